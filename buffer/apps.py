@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class BufferConfig(AppConfig):
+    """The Redis buffer (Lua scripts, key schema) and the gate that decides what goes into it."""
+
+    name = "buffer"

@@ -1,0 +1,89 @@
+"""The one typed settings object for Mollifier (DESIGN §14).
+
+Every setting NAME is read once from the environment variable ``MOLLIFIER_<NAME>``. Values are parsed
+strictly: a bad value fails start-up with the variable's name in the message, because a drainer that
+silently runs with ``SHARDS=0`` or a flag that silently reads ``maybe`` as off is worse than no drainer.
+Combinations that are individually valid but wrong together are Django system checks
+(``mollifier_project/checks.py``), so ``manage.py check`` reports them all at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from django.core.exceptions import ImproperlyConfigured
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "MOLLIFIER_"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class MollifierSettings(BaseModel):
+    """Immutable, validated settings. Attribute names are the DESIGN §14 names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Feature flags: all default off, so a deploy changes nothing until an operator opts in.
+    ENABLED: bool = False
+    DRAINER_ENABLED: bool = False
+    STALE_SWEEP_ENABLED: bool = False
+    SHADOW_MODE: bool = False
+
+    SHARDS: int = Field(16, ge=1, le=16384)
+    KEY_PREFIX: str = Field("mollifier", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    TRIP_WINDOW_MS: int = Field(200, ge=1)
+    TRIP_THRESHOLD: int = Field(100, ge=0)
+    HOLD_MS: int = Field(500, ge=0)
+    DRAIN_INTERVAL_S: float = Field(1.0, gt=0)
+    DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
+    ROUND_BUDGET: int = Field(1000, ge=1)
+    MAX_ORGS_PER_ROUND: int = Field(500, ge=1)
+    LEASE_MS: int = Field(30_000, ge=1)
+    MAX_ATTEMPTS: int = Field(3, ge=1)
+    STALE_THRESHOLD_S: int = Field(300, ge=1)
+    SWEEP_INTERVAL_S: int = Field(300, ge=1)
+    SWEEP_MAX_ORGS_PER_PASS: int = Field(100, ge=1)
+    SWEEP_MAX_ENTRIES_PER_ENV: int = Field(1000, ge=1)
+    ACK_GRACE_S: int = Field(30, ge=0)
+    MUTATE_WAIT_MS: int = Field(2000, ge=0)
+    MAX_PAYLOAD_BYTES: int = Field(3 * 1024 * 1024, ge=1)
+    MAX_BUFFERED_PER_ENV: int = Field(1_000_000, ge=1)
+
+    @field_validator("ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", mode="before")
+    @classmethod
+    def _strict_flag(cls, value: object) -> object:
+        """Accept only the spellings an operator means; ``maybe`` or ``ture`` is an error, not "off"."""
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"expected one of true/false/1/0/yes/no/on/off, got {value!r}")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> MollifierSettings:
+    """Parse ``MOLLIFIER_*`` from ``environ`` (default: the process environment).
+
+    Raises ``ImproperlyConfigured`` naming every offending variable and its value.
+    """
+    if environ is None:
+        import os
+
+        environ = os.environ
+    values = {key[len(ENV_PREFIX) :]: value for key, value in environ.items() if key.startswith(ENV_PREFIX)}
+    known = set(MollifierSettings.model_fields)
+    unknown = sorted(ENV_PREFIX + name for name in values if name not in known)
+    if unknown:
+        raise ImproperlyConfigured(f"Unknown Mollifier setting(s): {', '.join(unknown)}")
+    try:
+        return MollifierSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ENV_PREFIX + ".".join(str(part) for part in error["loc"])
+            problems.append(f"{name}={values.get(name[len(ENV_PREFIX) :])!r}: {error['msg']}")
+        raise ImproperlyConfigured("Invalid Mollifier setting(s): " + "; ".join(problems)) from None

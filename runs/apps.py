@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class RunsConfig(AppConfig):
+    """Tenants, TaskRun, the run engine, the trigger service and the API."""
+
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "runs"
+
+    def ready(self) -> None:
+        from mollifier_project import checks  # noqa: F401  (registers the system checks)
+        from runs import signals  # noqa: F401

@@ -1,0 +1,439 @@
+"""The run engine (DESIGN §4): the only writer of TaskRun rows.
+
+Every function builds rows with ``_row`` — one code path whether a run is written at trigger time, in
+bulk by the drain, or as a CANCELED / SYSTEM_FAILURE row — and every insert is
+``ON CONFLICT DO NOTHING`` on the run id, so a replay after a crash is a no-op rather than a duplicate.
+
+Outcomes are values, not exceptions, where "someone got there first" is the expected race
+(``Outcome.EXISTED``, ``Outcome.IDEMPOTENCY_CLASH``). Exceptions are kept for what the caller must handle
+differently: ``CancelConflict`` (a live row exists; cancel it instead) and ``InvalidRun`` (a snapshot
+that can never become a row).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+from psycopg.types.json import Jsonb
+
+from runs.models import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_TAGS,
+    BatchStatus,
+    BatchTaskRun,
+    Environment,
+    RunStatus,
+    TaskRun,
+    TERMINAL_STATUSES,
+)
+from runs.signals import run_cancelled, run_created, run_failed
+from runs.snapshot import Snapshot, normalise_tags
+
+log = logging.getLogger(__name__)
+
+FAILURE_PREFIX = "Mollifier drainer terminal failure:"
+
+# Column order shared by the single-row INSERT, the COPY into staging and the INSERT … SELECT.
+COLUMNS = (
+    "id", "env_id", "org_id", "task_identifier", "status", "payload", "payload_type", "metadata", "tags",
+    "idempotency_key", "idempotency_key_user", "idempotency_key_expires_at", "queue", "concurrency_key",
+    "delay_until", "ttl", "max_attempts", "max_duration", "machine", "priority", "batch_id", "batch_index",
+    "parent_run_id", "root_run_id", "depth", "trace_id", "span_id", "error", "created_at", "materialised_at",
+    "buffered", "completed_at", "updated_at",
+)  # fmt: skip
+_COLS = ", ".join(COLUMNS)
+_TABLE = TaskRun._meta.db_table
+_STAGE = "mollifier_stage"
+
+
+class Outcome(StrEnum):
+    CREATED = "created"
+    EXISTED = "existed"  # a row with this run id was already there: replay is a no-op
+    IDEMPOTENCY_CLASH = "idempotency_clash"  # another run holds (env, task, idempotency key)
+    INVALID = "invalid"  # the snapshot can never become a row; ``reason`` says why
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    run_id: str
+    outcome: Outcome
+    existing_run_id: str | None = None  # for IDEMPOTENCY_CLASH: the run holding the key
+    reason: str | None = None  # for INVALID
+
+
+class InvalidRun(ValueError):
+    """The snapshot can never become a row (unknown env, too many tags…)."""
+
+
+class CancelConflict(Exception):
+    """A row with this id exists and is not CANCELED: the caller must cancel the live run instead."""
+
+    def __init__(self, run_id: str, status: str):
+        super().__init__(f"run {run_id} already exists with status {status}")
+        self.run_id = run_id
+        self.status = status
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"
+    ALREADY_TERMINAL = "already_terminal"
+    NOT_FOUND = "not_found"
+
+
+# --------------------------------------------------------------------------------------------- rows
+
+
+def _row(
+    s: Snapshot,
+    *,
+    now: datetime,
+    buffered: bool,
+    status: str | None = None,
+    error: dict[str, Any] | None = None,
+    completed_at: datetime | None = None,
+    keep_idempotency_key: bool = True,
+) -> tuple:
+    """The row for ``s`` in ``COLUMNS`` order. ``created_at`` is the snapshot's trigger time."""
+    if status is None:
+        status = RunStatus.DELAYED if s.delay_until is not None and s.delay_until > now else RunStatus.PENDING
+    key = s.idempotency_key if keep_idempotency_key else None
+    return (
+        s.id, s.env_id, s.org_id, s.task_identifier, str(status), s.payload, s.payload_type,
+        None if s.metadata is None else Jsonb(s.metadata), normalise_tags(s.tags),
+        key, s.idempotency_key_user if key else None, s.idempotency_key_expires_at if key else None,
+        s.queue, s.concurrency_key, s.delay_until, s.ttl, s.max_attempts, s.max_duration, s.machine,
+        s.priority, s.batch_id, s.batch_index, s.parent_run_id, s.root_run_id, s.depth, s.trace_id,
+        s.span_id, None if error is None else Jsonb(error), s.created_at, now, buffered, completed_at, now,
+    )  # fmt: skip
+
+
+def validate(s: Snapshot) -> str | None:
+    """Why ``s`` can never be inserted as given, or None. Checked before a bulk insert so one bad
+    snapshot cannot abort the whole transaction."""
+    tags = normalise_tags(s.tags)
+    if not s.task_identifier or len(s.task_identifier) > 128:
+        return "task identifier must be 1–128 characters"
+    if len(tags) > MAX_TAGS:
+        return f"runs can have at most {MAX_TAGS} tags, got {len(tags)}"
+    if any(len(t) > MAX_TAG_LENGTH for t in tags):
+        return f"tags must be at most {MAX_TAG_LENGTH} characters"
+    if s.idempotency_key is not None and len(s.idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        return f"idempotency key must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
+    if (s.batch_id is None) != (s.batch_index is None):
+        return "batch id and batch index must be given together"
+    if s.depth < 0:
+        return "depth must be non-negative"
+    if s.max_attempts is not None and s.max_attempts < 0:
+        return "max attempts must be non-negative"
+    if s.max_duration is not None and s.max_duration < 0:
+        return "max duration must be non-negative"
+    if s.batch_index is not None and s.batch_index < 0:
+        return "batch index must be non-negative"
+    return None
+
+
+def _sanitised_for_failure(s: Snapshot) -> Snapshot:
+    """A failure row must always be writable: trim whatever would violate a column constraint."""
+    tags = [t[:MAX_TAG_LENGTH] for t in normalise_tags(s.tags)][:MAX_TAGS]
+    key = s.idempotency_key if s.idempotency_key and len(s.idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH else None
+    return s.replace(
+        task_identifier=(s.task_identifier or "unknown")[:128],
+        tags=tags,
+        idempotency_key=key,
+        depth=max(s.depth or 0, 0),
+        priority=s.priority or 0,
+        max_attempts=s.max_attempts if (s.max_attempts or 0) >= 0 else None,
+        max_duration=s.max_duration if (s.max_duration or 0) >= 0 else None,
+    )
+
+
+def _missing_references(snapshots: Sequence[Snapshot]) -> dict[str, str]:
+    """Run id → reason for snapshots whose env (or env/org pair) or batch does not exist. Two queries."""
+    env_ids = {s.env_id for s in snapshots}
+    env_org = dict(Environment.objects.filter(id__in=env_ids).values_list("id", "org_id"))
+    batch_ids = {s.batch_id for s in snapshots if s.batch_id}
+    batch_env = dict(BatchTaskRun.objects.filter(id__in=batch_ids).values_list("id", "env_id")) if batch_ids else {}
+    reasons: dict[str, str] = {}
+    for s in snapshots:
+        if s.env_id not in env_org:
+            reasons[s.id] = f"environment {s.env_id} does not exist"
+        elif env_org[s.env_id] != s.org_id:
+            reasons[s.id] = f"environment {s.env_id} does not belong to organization {s.org_id}"
+        elif s.batch_id and batch_env.get(s.batch_id) != s.env_id:
+            reasons[s.id] = f"batch {s.batch_id} does not exist in environment {s.env_id}"
+    return reasons
+
+
+def _insert_one(row: tuple) -> bool:
+    """Insert one row unless its id or idempotency key is taken. True if this call wrote it."""
+    placeholders = ", ".join(["%s"] * len(COLUMNS))
+    with connection.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {_TABLE} ({_COLS}) VALUES ({placeholders}) ON CONFLICT DO NOTHING RETURNING id", row
+        )
+        return cur.fetchone() is not None
+
+
+def _status_of(run_id: str) -> str | None:
+    return TaskRun.objects.filter(id=run_id).values_list("status", flat=True).first()
+
+
+def _holder_of_key(s: Snapshot) -> str | None:
+    return (
+        TaskRun.objects.filter(env_id=s.env_id, task_identifier=s.task_identifier, idempotency_key=s.idempotency_key)
+        .values_list("id", flat=True)
+        .first()
+    )
+
+
+# ------------------------------------------------------------------------------------------ public
+
+
+def trigger(snapshot: Snapshot, *, now: datetime | None = None, buffered: bool = False) -> Result:
+    """Insert the run's row (PENDING, or DELAYED while ``delay_until`` is ahead) and emit ``run_created``.
+
+    Returns CREATED; EXISTED when a row with this id is already there (a replay); IDEMPOTENCY_CLASH with
+    ``existing_run_id`` when another run holds the idempotency key (the unique index is the backstop
+    behind the trigger service's Redis claim). Raises ``InvalidRun`` for a snapshot that cannot be a row.
+    """
+    now = now or timezone.now()
+    reason = validate(snapshot) or _missing_references([snapshot]).get(snapshot.id)
+    if reason:
+        raise InvalidRun(reason)
+    with transaction.atomic():
+        created = _insert_one(_row(snapshot, now=now, buffered=buffered))
+        if created and snapshot.batch_id:
+            settle_batches([snapshot.batch_id], now=now)
+    if created:
+        run_created.send(sender=TaskRun, run_id=snapshot.id, snapshot=snapshot, buffered=buffered)
+        return Result(snapshot.id, Outcome.CREATED)
+    if _status_of(snapshot.id) is not None:
+        return Result(snapshot.id, Outcome.EXISTED)
+    return Result(snapshot.id, Outcome.IDEMPOTENCY_CLASH, existing_run_id=_holder_of_key(snapshot))
+
+
+def materialise_many(
+    snapshots: Sequence[Snapshot], *, now: datetime | None = None, buffered: bool = True
+) -> list[Result]:
+    """The drain's bulk form of ``trigger``: one COPY + one ``INSERT … ON CONFLICT DO NOTHING`` in one
+    transaction. Returns one ``Result`` per snapshot, in input order.
+
+    Steps:
+    1. Validate each snapshot and check its env/org/batch exist (two queries for the whole batch);
+       failures are INVALID and are not inserted, so one bad snapshot cannot abort the rest.
+    2. COPY the valid rows into a session-local staging table, then insert them in input order with
+       ``ON CONFLICT DO NOTHING RETURNING id``: the first of several snapshots with one id or one
+       idempotency key wins.
+    3. Classify what was not inserted: its id exists → EXISTED, else IDEMPOTENCY_CLASH (with the holder).
+    4. Settle the batches whose children were written; after commit, emit ``run_created`` per new row.
+    """
+    now = now or timezone.now()
+    results: list[Result | None] = [None] * len(snapshots)
+    missing = _missing_references(snapshots) if snapshots else {}
+    valid: list[tuple[int, Snapshot]] = []
+    for i, s in enumerate(snapshots):
+        reason = validate(s) or missing.get(s.id)
+        if reason:
+            results[i] = Result(s.id, Outcome.INVALID, reason=reason)
+        else:
+            valid.append((i, s))
+    created_ids: set[str] = set()
+    if valid:
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE {_TABLE} INCLUDING DEFAULTS, ord integer) "
+                "ON COMMIT DELETE ROWS"
+            )
+            cur.execute(f"TRUNCATE {_STAGE}")  # inside an outer transaction rows of a prior call may linger
+            with cur.cursor.copy(f"COPY {_STAGE} ({_COLS}, ord) FROM STDIN") as copy:
+                for i, s in valid:
+                    copy.write_row((*_row(s, now=now, buffered=buffered), i))
+            cur.execute(
+                f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {_STAGE} ORDER BY ord "
+                "ON CONFLICT DO NOTHING RETURNING id"
+            )
+            created_ids = {r[0] for r in cur.fetchall()}
+            not_created = [s for _, s in valid if s.id not in created_ids]
+            existing_ids: set[str] = set()
+            holders: dict[tuple[int, str, str], str] = {}
+            if not_created:
+                existing_ids = set(
+                    TaskRun.objects.filter(id__in={s.id for s in not_created}).values_list("id", flat=True)
+                )
+                clashing = [s for s in not_created if s.id not in existing_ids and s.idempotency_key]
+                if clashing:
+                    holders = _holders_of_keys(clashing)
+            batch_ids = {s.batch_id for _, s in valid if s.batch_id and s.id in created_ids}
+            if batch_ids:
+                settle_batches(batch_ids, now=now)
+        first_seen: set[str] = set()
+        for i, s in valid:
+            if s.id in created_ids and s.id not in first_seen:
+                first_seen.add(s.id)
+                results[i] = Result(s.id, Outcome.CREATED)
+            elif s.id in existing_ids or s.id in created_ids:
+                results[i] = Result(s.id, Outcome.EXISTED)
+            else:
+                key = (s.env_id, s.task_identifier, s.idempotency_key or "")
+                results[i] = Result(s.id, Outcome.IDEMPOTENCY_CLASH, existing_run_id=holders.get(key))
+        for i, s in valid:
+            if results[i].outcome is Outcome.CREATED:  # type: ignore[union-attr]
+                run_created.send(sender=TaskRun, run_id=s.id, snapshot=s, buffered=buffered)
+    return results  # type: ignore[return-value]
+
+
+def _holders_of_keys(snapshots: Sequence[Snapshot]) -> dict[tuple[int, str, str], str]:
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT t.env_id, t.task_identifier, t.idempotency_key, t.id FROM {_TABLE} t "
+            "JOIN unnest(%s::bigint[], %s::text[], %s::text[]) AS k(env_id, task, key) "
+            "ON t.env_id = k.env_id AND t.task_identifier = k.task AND t.idempotency_key = k.key",
+            (
+                [s.env_id for s in snapshots],
+                [s.task_identifier for s in snapshots],
+                [s.idempotency_key for s in snapshots],
+            ),
+        )
+        return {(env, task, key): run_id for env, task, key, run_id in cur.fetchall()}
+
+
+def create_cancelled_run(
+    snapshot: Snapshot,
+    cancelled_at: datetime,
+    reason: str,
+    *,
+    emit_event: bool = True,
+    now: datetime | None = None,
+    buffered: bool = True,
+) -> Result:
+    """Insert a CANCELED row straight from the snapshot (it never queues).
+
+    CREATED, or EXISTED when a CANCELED row with this id is there already (no second event). Raises
+    ``CancelConflict`` when the id exists with another status — the caller then ``cancel_run``s it.
+    If another run holds the snapshot's idempotency key, the CANCELED row is written without the key:
+    the key belongs to the live run, and the cancelled run must still exist.
+    """
+    now = now or timezone.now()
+    error = {"type": "STRING_ERROR", "raw": reason}
+    s = _sanitised_for_failure(snapshot)
+    with transaction.atomic():
+        created = _insert_one(
+            _row(s, now=now, buffered=buffered, status=RunStatus.CANCELED, error=error, completed_at=cancelled_at)
+        )
+        if not created:
+            status = _status_of(s.id)
+            if status == RunStatus.CANCELED:
+                return Result(s.id, Outcome.EXISTED)
+            if status is not None:
+                raise CancelConflict(s.id, status)
+            created = _insert_one(
+                _row(s, now=now, buffered=buffered, status=RunStatus.CANCELED, error=error,
+                     completed_at=cancelled_at, keep_idempotency_key=False)
+            )  # fmt: skip
+        if s.batch_id:
+            settle_batches([s.batch_id], now=now)
+    if emit_event:
+        run_cancelled.send(sender=TaskRun, run_id=s.id, reason=reason)
+    return Result(s.id, Outcome.CREATED)
+
+
+def create_failed_run(
+    snapshot: Snapshot,
+    error: str,
+    *,
+    batch_id: str | None = None,
+    batch_index: int | None = None,
+    emit_event: bool = True,
+    now: datetime | None = None,
+    buffered: bool = True,
+) -> Result:
+    """Insert a SYSTEM_FAILURE row for a run that can never be created normally.
+
+    The batch link is kept (``batch_id``/``batch_index`` override the snapshot's when the snapshot itself
+    was unreadable) so a batch never waits forever on a child that failed to materialise. Idempotent on
+    run id (EXISTED, no second alert). The alert is enqueued after commit even when ``emit_event`` is
+    False. Raises ``InvalidRun`` when not even a failure row can be written (its env is gone): the
+    caller dead-letters the entry.
+    """
+    now = now or timezone.now()
+    s = _sanitised_for_failure(snapshot)
+    if batch_id is not None:
+        s = s.replace(batch_id=batch_id, batch_index=batch_index)
+    missing = _missing_references([s]).get(s.id)
+    if missing and s.batch_id and "batch" in missing:
+        s = s.replace(batch_id=None, batch_index=None)  # keep the row; a vanished batch cannot be kept
+        missing = _missing_references([s]).get(s.id)
+    if missing:
+        raise InvalidRun(missing)
+    payload = {"type": "STRING_ERROR", "raw": error}
+    with transaction.atomic():
+        row = _row(s, now=now, buffered=buffered, status=RunStatus.SYSTEM_FAILURE, error=payload, completed_at=now)
+        created = _insert_one(row)
+        if not created and _status_of(s.id) is None:
+            created = _insert_one(
+                _row(s, now=now, buffered=buffered, status=RunStatus.SYSTEM_FAILURE, error=payload,
+                     completed_at=now, keep_idempotency_key=False)
+            )  # fmt: skip
+        if not created:
+            return Result(s.id, Outcome.EXISTED)
+        if s.batch_id:
+            settle_batches([s.batch_id], now=now)
+        transaction.on_commit(lambda: _enqueue_alert(s.id))
+    if emit_event:
+        run_failed.send(sender=TaskRun, run_id=s.id, error=error)
+    return Result(s.id, Outcome.CREATED)
+
+
+def _enqueue_alert(run_id: str) -> None:
+    from runs.tasks import record_run_alert
+
+    try:
+        record_run_alert.delay(run_id)
+    except Exception:  # the broker is down: the row exists and says SYSTEM_FAILURE; the alert is lost, loudly
+        log.exception("could not enqueue the alert for failed run %s", run_id)
+
+
+def cancel_run(run_id: str, reason: str, at: datetime) -> CancelOutcome:
+    """Cancel a live run: any non-terminal status → CANCELED. Terminal runs are left as they are."""
+    error = {"type": "STRING_ERROR", "raw": reason}
+    updated = (
+        TaskRun.objects.filter(id=run_id)
+        .exclude(status__in=TERMINAL_STATUSES)
+        .update(status=RunStatus.CANCELED, completed_at=at, error=error, updated_at=at)
+    )
+    if updated:
+        run_cancelled.send(sender=TaskRun, run_id=run_id, reason=reason)
+        return CancelOutcome.CANCELLED
+    return CancelOutcome.ALREADY_TERMINAL if _status_of(run_id) is not None else CancelOutcome.NOT_FOUND
+
+
+def settle_batches(batch_ids: Sequence[str] | set[str], *, now: datetime) -> int:
+    """Move sealed batches whose every index has a row to COMPLETED (PARTIAL_FAILED if any child is a
+    SYSTEM_FAILURE). Returns how many batches changed. One statement; safe to call repeatedly."""
+    if not batch_ids:
+        return 0
+    batch_table = BatchTaskRun._meta.db_table
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""
+            UPDATE {batch_table} b
+               SET status = CASE WHEN c.failed > 0 THEN %s ELSE %s END, completed_at = %s, updated_at = %s
+              FROM (SELECT batch_id, count(DISTINCT batch_index) AS done,
+                           count(*) FILTER (WHERE status = %s) AS failed
+                      FROM {_TABLE} WHERE batch_id = ANY(%s) GROUP BY batch_id) c
+             WHERE b.id = c.batch_id AND b.sealed AND c.done >= b.run_count AND b.status IN (%s, %s)
+            """,
+            (
+                BatchStatus.PARTIAL_FAILED, BatchStatus.COMPLETED, now, now, RunStatus.SYSTEM_FAILURE,
+                list(batch_ids), BatchStatus.PENDING, BatchStatus.PROCESSING,
+            ),
+        )  # fmt: skip
+        return cur.rowcount

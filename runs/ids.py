@@ -1,0 +1,37 @@
+"""Friendly ids, minted at trigger time before any row exists (DESIGN §1).
+
+``run_`` + 25 lowercase base-32 characters: 10 characters of millisecond timestamp (so ids sort by
+creation time and btree inserts stay at the right edge) and 15 characters (75 bits) of randomness.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base-32, lowercase: no i, l, o, u.
+_TIME_CHARS = 10
+_RANDOM_CHARS = 15
+
+
+def _encode(value: int, width: int) -> str:
+    chars = []
+    for _ in range(width):
+        value, rem = divmod(value, 32)
+        chars.append(ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str, now_ms: int | None = None) -> str:
+    """A new time-ordered id, e.g. ``new_id("run")`` → ``run_01jq…``."""
+    if now_ms is None:
+        now_ms = time.time_ns() // 1_000_000
+    return f"{prefix}_{_encode(now_ms, _TIME_CHARS)}{_encode(secrets.randbits(5 * _RANDOM_CHARS), _RANDOM_CHARS)}"
+
+
+def new_run_id(now_ms: int | None = None) -> str:
+    return new_id("run", now_ms)
+
+
+def new_batch_id(now_ms: int | None = None) -> str:
+    return new_id("batch", now_ms)

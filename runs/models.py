@@ -1,0 +1,232 @@
+"""Domain model (DESIGN §3): tenants, API keys, task runs, batches and alerts.
+
+Only ``runs.engine`` writes ``TaskRun`` rows; everything here is schema plus small read helpers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.contrib.postgres.fields import ArrayField
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 128
+MAX_IDEMPOTENCY_KEY_LENGTH = 2048
+
+
+class Organization(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    feature_flags = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def mollifier_enrolled(self) -> bool:
+        return flags_enrol_mollifier(self.feature_flags)
+
+
+def flags_enrol_mollifier(feature_flags: object) -> bool:
+    """Strict enrolment: only a JSON object whose ``mollifier`` is JSON ``true`` enrols the org.
+
+    ``{"mollifier": "false"}`` is a truthy string in Python; treating it as enrolment would divert an org
+    that asked not to be, so anything but the boolean ``True`` means "not enrolled".
+    """
+    return isinstance(feature_flags, dict) and feature_flags.get("mollifier") is True
+
+
+class Environment(models.Model):
+    class Type(models.TextChoices):
+        DEVELOPMENT = "DEVELOPMENT"
+        STAGING = "STAGING"
+        PRODUCTION = "PRODUCTION"
+        PREVIEW = "PREVIEW"
+
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="environments")
+    slug = models.SlugField(max_length=64)
+    type = models.CharField(max_length=16, choices=Type.choices, default=Type.DEVELOPMENT)
+    alert_webhook_url = models.URLField(blank=True, help_text="Optional: failed-run alerts are POSTed here.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["org__slug", "slug"]
+        constraints = [models.UniqueConstraint(fields=["org", "slug"], name="environment_unique_slug_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.org.slug}/{self.slug}"
+
+
+class ApiKey(models.Model):
+    """A bearer secret for one environment. Only the SHA-256 of the secret is stored."""
+
+    env = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="api_keys")
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=16, editable=False, help_text="First characters, for display only.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.env})"
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "PENDING"
+    DELAYED = "DELAYED"
+    EXECUTING = "EXECUTING"
+    COMPLETED_SUCCESSFULLY = "COMPLETED_SUCCESSFULLY"
+    COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
+    CANCELED = "CANCELED"
+    SYSTEM_FAILURE = "SYSTEM_FAILURE"
+    CRASHED = "CRASHED"
+    EXPIRED = "EXPIRED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        RunStatus.COMPLETED_SUCCESSFULLY,
+        RunStatus.COMPLETED_WITH_ERRORS,
+        RunStatus.CANCELED,
+        RunStatus.SYSTEM_FAILURE,
+        RunStatus.CRASHED,
+        RunStatus.EXPIRED,
+        RunStatus.TIMED_OUT,
+    }
+)
+
+
+class BatchStatus(models.TextChoices):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    PARTIAL_FAILED = "PARTIAL_FAILED"
+    ABORTED = "ABORTED"
+
+
+class BatchTaskRun(models.Model):
+    id = models.CharField(primary_key=True, max_length=40)
+    env = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="batches")
+    run_count = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=BatchStatus.choices, default=BatchStatus.PENDING)
+    idempotency_key = models.CharField(max_length=MAX_IDEMPOTENCY_KEY_LENGTH, null=True, blank=True)
+    items_received = models.PositiveIntegerField(default=0)
+    sealed = models.BooleanField(default=False)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "batch"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["env", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="batch_unique_idempotency_key",
+            ),
+            models.CheckConstraint(condition=Q(items_received__lte=models.F("run_count")), name="batch_items_le_count"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class TaskRun(models.Model):
+    """One run. ``id`` is the friendly id minted at trigger time; ``created_at`` is that trigger time."""
+
+    id = models.CharField(primary_key=True, max_length=40)
+    env = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="runs")
+    # Denormalised from env so list filters and admin need no join.
+    org = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="runs")
+    task_identifier = models.CharField(max_length=128)
+    status = models.CharField(max_length=32, choices=RunStatus.choices, default=RunStatus.PENDING)
+    payload = models.TextField(null=True, blank=True)
+    payload_type = models.CharField(max_length=64, default="application/json")
+    metadata = models.JSONField(null=True, blank=True)
+    tags = ArrayField(models.CharField(max_length=MAX_TAG_LENGTH), default=list, blank=True)
+    idempotency_key = models.CharField(max_length=MAX_IDEMPOTENCY_KEY_LENGTH, null=True, blank=True)
+    idempotency_key_user = models.TextField(null=True, blank=True)
+    idempotency_key_expires_at = models.DateTimeField(null=True, blank=True)
+    queue = models.CharField(max_length=128, null=True, blank=True)
+    concurrency_key = models.CharField(max_length=256, null=True, blank=True)
+    delay_until = models.DateTimeField(null=True, blank=True)
+    ttl = models.CharField(max_length=32, null=True, blank=True)
+    max_attempts = models.PositiveIntegerField(null=True, blank=True)
+    max_duration = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds.")
+    machine = models.CharField(max_length=16, null=True, blank=True)
+    priority = models.IntegerField(default=0)
+    batch = models.ForeignKey(BatchTaskRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="runs")
+    batch_index = models.PositiveIntegerField(null=True, blank=True)
+    # Plain ids, not foreign keys: a parent may itself still be buffered when its child's row is written.
+    parent_run_id = models.CharField(max_length=40, null=True, blank=True)
+    root_run_id = models.CharField(max_length=40, null=True, blank=True)
+    depth = models.PositiveIntegerField(default=0)
+    trace_id = models.CharField(max_length=64, null=True, blank=True)
+    span_id = models.CharField(max_length=32, null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    materialised_at = models.DateTimeField(db_default=Now())
+    buffered = models.BooleanField(default=False, help_text="Came through the Redis buffer.")
+    completed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "task run"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["env", "task_identifier", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="taskrun_unique_idempotency_key",
+            ),
+            models.CheckConstraint(condition=Q(tags__len__lte=MAX_TAGS), name="taskrun_at_most_10_tags"),
+            models.CheckConstraint(
+                condition=Q(batch__isnull=True) | Q(batch_index__isnull=False), name="taskrun_batch_has_index"
+            ),
+        ]
+        indexes = [
+            # Newest-first listing per env with a stable cursor (GET /api/v1/runs).
+            models.Index(fields=["env", "-created_at", "-id"], name="taskrun_env_created"),
+            models.Index(fields=["status", "created_at"], name="taskrun_status_created"),
+            models.Index(fields=["batch", "batch_index"], name="taskrun_batch_index"),
+            models.Index(fields=["org", "status"], name="taskrun_org_status"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class RunAlert(models.Model):
+    """One row per alert delivered for a failed run; unique per channel so a retried task alerts once."""
+
+    class Channel(models.TextChoices):
+        LOG = "log"
+        WEBHOOK = "webhook"
+
+    run = models.ForeignKey(TaskRun, on_delete=models.CASCADE, related_name="alerts")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "channel"], name="runalert_once_per_channel")]
+
+    def __str__(self) -> str:
+        return f"{self.channel} alert for {self.run_id}"
