@@ -1,0 +1,403 @@
+"""The buffer: a thin typed wrapper over the Lua scripts in ``buffer/lua`` (DESIGN §7).
+
+All logic that must be atomic lives in the scripts; this module builds keys (through ``buffer.keys``),
+checks arguments, calls one script and parses its reply into dataclasses. Time arrives as ``now_ms``.
+Redis errors propagate: the trigger service decides to fail open, the drainer to retry.
+
+Entry life cycle (every transition keeps "env in ``org:<org>:envs`` iff its queue is non-empty, org in
+``orgs`` iff it has such an env")::
+
+    accept ─► QUEUED (q:<env>) ─lease─► LEASED (leases) ─ack─► ACKED (grace TTL, then gone)
+                  ▲                        │ requeue / reclaim_expired
+                  └──promote_due── QUEUED (retry) ◄┘        release ─► back to the queue head
+    dead_letter (from any live state) ─► DEAD (dead, kept)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import redis
+from django.conf import settings
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from buffer import metrics
+from buffer.keys import ClaimKind, ShardKeys, shard_for
+from buffer.scripts import Scripts
+
+
+class EntryStatus(StrEnum):
+    QUEUED = "QUEUED"  # in its env queue, or waiting out a retry backoff
+    LEASED = "LEASED"  # popped by a drainer, lease deadline in ``leases``
+    DEAD = "DEAD"  # dead-lettered, kept for operators
+    ACKED = "ACKED"  # materialised; the hash lingers for the grace TTL
+
+
+class AcceptStatus(StrEnum):
+    ACCEPTED = "ACCEPTED"
+    DUPLICATE = "DUPLICATE"  # the run id already has an entry (any state, incl. ACKED grace)
+    IDEMPOTENT = "IDEMPOTENT"  # the idempotency key is bound to ``existing_run_id``
+    FULL = "FULL"  # the env queue holds ``depth`` >= max_per_env entries; nothing written
+
+
+class MutationStatus(StrEnum):
+    QUEUED = "QUEUED"  # changed in the buffer; the drain writes it into the row
+    LEASED = "LEASED"  # changed, but a drainer holds the entry: wait for the row and change that too
+    DEAD = "DEAD"  # changed; the entry waits for an operator
+    ACKED = "ACKED"  # already materialised: nothing changed, use Postgres
+    NOT_FOUND = "NOT_FOUND"  # no entry, or another env's
+    TOO_MANY = "TOO_MANY"  # append_tags only: ``count`` would exceed the cap; nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class IdemRef:
+    """A task-level idempotency key to bind to the run atomically with its acceptance."""
+
+    env_id: int
+    task: str
+    key: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    status: AcceptStatus
+    existing_run_id: str | None = None  # IDEMPOTENT: the run holding the key
+    depth: int | None = None  # ACCEPTED: queue length after the push; FULL: queue length
+
+
+@dataclass(frozen=True, slots=True)
+class MutationResult:
+    status: MutationStatus
+    cancelled_at_ms: int | None = None  # cancel: when the entry was (first) cancelled
+    # append_tags, as engine.add_tags: how many tags were new; TOO_MANY: the count it would have reached.
+    count: int | None = None
+    total: int | None = None  # append_tags: distinct tags of the run after the append (or would-be)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    run_id: str
+    env_id: int
+    org_id: int
+    status: EntryStatus
+    snapshot: str
+    attempts: int
+    accepted_ms: int
+    lease_until_ms: int | None = None
+    cancelled_at_ms: int | None = None
+    cancel_reason: str | None = None
+    extra_tags: list[str] = field(default_factory=list)
+    last_error: str | None = None
+    materialised: bool = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancelled_at_ms is not None
+
+
+def _opt_int(value: str | None) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+def _extra_tags(value: str | None) -> list[str]:
+    """The ``extra_tags`` field: a JSON array written by append_tags (absent when none were added)."""
+    if not value:
+        return []
+    decoded = json.loads(value)
+    return [str(tag) for tag in decoded] if isinstance(decoded, list) else []
+
+
+def parse_entry(run_id: str, flat: Sequence[str]) -> Entry | None:
+    """An ``Entry`` from a flat HGETALL reply; ``None`` for an empty reply (no such entry)."""
+    if not flat:
+        return None
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    return Entry(
+        run_id=run_id,
+        env_id=int(fields["env"]),
+        org_id=int(fields["org"]),
+        status=EntryStatus(fields["status"]),
+        snapshot=fields.get("snapshot", ""),
+        attempts=int(fields.get("attempts", 0)),
+        accepted_ms=int(fields.get("accepted_ms", 0)),
+        lease_until_ms=_opt_int(fields.get("lease_until_ms")),
+        cancelled_at_ms=_opt_int(fields.get("cancelled_at")),
+        cancel_reason=fields.get("cancel_reason"),
+        extra_tags=_extra_tags(fields.get("extra_tags")),
+        last_error=fields.get("last_error"),
+        materialised=fields.get("materialised") == "1",
+    )
+
+
+def _require(name: str, value: int, minimum: int) -> None:
+    """Bad arguments fail loudly with the parameter's name instead of reaching a script."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+_clients: dict[str, tuple[redis.Redis, Scripts]] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(url: str) -> tuple[redis.Redis, Scripts]:
+    """The process-wide client for ``url`` (str replies) and its registered scripts.
+
+    Short connect timeout and a single quick retry (redis-py's default retries three times with up to
+    seconds of backoff) so an unreachable Redis fails the trigger path fast and it fails open. A retried
+    ``accept`` whose first attempt did run answers DUPLICATE for its own run id: that means "accepted".
+    """
+    with _clients_lock:
+        if url not in _clients:
+            client = redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=1.0,
+                socket_timeout=5.0,
+                health_check_interval=30,
+                retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+            )
+            _clients[url] = (client, Scripts.register(client))
+        return _clients[url]
+
+
+class Buffer:
+    """Typed access to one buffer: ``prefix`` (KEY_PREFIX) and ``shards`` (SHARDS) fix the key space.
+
+    The client must use ``decode_responses=True``: every reply is parsed as ``str``.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str, shards: int, scripts: Scripts | None = None) -> None:
+        _require("shards", shards, 1)
+        self.client = client
+        self.prefix = prefix
+        self.shards = shards
+        self.scripts = scripts or Scripts.register(client)
+
+    @classmethod
+    def from_settings(cls) -> Buffer:
+        """A buffer on the process-wide client for ``settings.REDIS_URL``, with the current MOLLIFIER settings."""
+        cfg = settings.MOLLIFIER
+        client, scripts = client_for(settings.REDIS_URL)
+        return cls(client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts)
+
+    # -- keys ---------------------------------------------------------------------------------------------
+
+    def shard_for(self, org_id: int) -> int:
+        return shard_for(org_id, self.shards)
+
+    def keys(self, shard: int) -> ShardKeys:
+        if not 0 <= shard < self.shards:
+            raise ValueError(f"shard must be in [0, {self.shards}), got {shard!r}")
+        return ShardKeys(self.prefix, shard)
+
+    def keys_for_org(self, org_id: int) -> ShardKeys:
+        return ShardKeys(self.prefix, self.shard_for(org_id))
+
+    def _checked_keys(self, shard: int, org_id: int) -> ShardKeys:
+        """Keys of ``shard``, refusing an org from another shard (its keys would silently be wrong)."""
+        if self.shard_for(org_id) != shard:
+            raise ValueError(f"org {org_id} belongs to shard {self.shard_for(org_id)}, not shard {shard}")
+        return self.keys(shard)
+
+    # -- trigger side ---------------------------------------------------------------------------------------
+
+    def accept(
+        self,
+        *,
+        run_id: str,
+        env_id: int,
+        org_id: int,
+        snapshot: str,
+        now_ms: int,
+        idempotency: IdemRef | None,
+        max_per_env: int,
+    ) -> AcceptResult:
+        """Park a snapshot; see ``lua/accept.lua``. Counted in ``mollifier_accepted_total{result}``."""
+        _require("max_per_env", max_per_env, 0)
+        if not isinstance(snapshot, str) or not snapshot:
+            raise ValueError("snapshot must be a non-empty JSON string")
+        k = self.keys_for_org(org_id)
+        keys = [k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs]
+        args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env]
+        if idempotency is not None:
+            if idempotency.env_id != env_id:
+                raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
+            _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
+            keys.append(k.idem(env_id, idempotency.task, idempotency.key))
+            args.append(idempotency.ttl_ms)
+        status, value = self.scripts.accept(keys=keys, args=args)
+        result = _accept_result(AcceptStatus(status), value)
+        metrics.ACCEPTED.labels(result=result.status.value.lower()).inc()
+        return result
+
+    def get(self, run_id: str, *, org_id: int) -> Entry | None:
+        """The entry in any state, or ``None``. The caller checks ``env_id`` for tenancy."""
+        flat = self.scripts.get(keys=[self.keys_for_org(org_id).entry(run_id)])
+        return parse_entry(run_id, flat)
+
+    def cancel(self, run_id: str, *, org_id: int, env_id: int, now_ms: int, reason: str) -> MutationResult:
+        """Flag a buffered run cancelled (idempotent: the first cancelled_at stays); see ``lua/cancel.lua``."""
+        status, cancelled_at = self.scripts.cancel(
+            keys=[self.keys_for_org(org_id).entry(run_id)], args=[env_id, now_ms, reason]
+        )
+        return MutationResult(MutationStatus(status), cancelled_at_ms=_opt_int(cancelled_at))
+
+    def append_tags(self, run_id: str, *, org_id: int, env_id: int, tags: list[str], max_tags: int) -> MutationResult:
+        """Add deduplicated tags as a hash field; TOO_MANY (nothing written) past ``max_tags``.
+
+        ``count`` follows ``engine.add_tags``: the number of new tags, or for TOO_MANY the would-be total.
+        """
+        _require("max_tags", max_tags, 0)
+        if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
+            raise ValueError("tags must be a list of strings")
+        status, total, added = self.scripts.append_tags(
+            keys=[self.keys_for_org(org_id).entry(run_id)], args=[env_id, max_tags, *tags]
+        )
+        status = MutationStatus(status)
+        count = int(total) if status is MutationStatus.TOO_MANY else int(added)
+        return MutationResult(status, count=count, total=int(total))
+
+    def claim(
+        self,
+        kind: ClaimKind,
+        *,
+        org_id: int,
+        env_id: int,
+        task: str,
+        key: str,
+        run_id: str,
+        ttl_ms: int,
+        stale_run_id: str | None = None,
+    ) -> str | None:
+        """Bind an idempotency key (``"idem"``) or request key (``"req"``) to ``run_id``.
+
+        Returns ``None`` when ``run_id`` now holds it (it was free, already ours, or held by
+        ``stale_run_id``), else the holder's run id — a normal outcome, not an error.
+        """
+        _require("ttl_ms", ttl_ms, 1)
+        key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
+        holder = self.scripts.claim(keys=[key_name], args=[run_id, ttl_ms, stale_run_id or ""])
+        return holder or None
+
+    def release_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str, run_id: str) -> bool:
+        """Delete the key only if ``run_id`` holds it; ``True`` if it did."""
+        key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
+        return self.scripts.release_claim(keys=[key_name], args=[run_id]) == 1
+
+    def reset_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str) -> bool:
+        """Delete the key whoever holds it (an operator or API reset of an idempotency key). ``True`` if it existed."""
+        return self.client.delete(self.keys_for_org(org_id).claim(kind, env_id, task, key)) == 1
+
+    def trip(
+        self, *, org_id: int, env_id: int, now_ms: int, window_ms: int, threshold: int, hold_ms: int
+    ) -> tuple[bool, int]:
+        """Count one trigger in the env's fixed window; ``(tripped, count in this window)``."""
+        _require("window_ms", window_ms, 1)
+        _require("threshold", threshold, 0)
+        _require("hold_ms", hold_ms, 0)
+        k = self.keys_for_org(org_id)
+        tripped, count = self.scripts.trip(
+            keys=[k.rate(env_id), k.tripped(env_id)], args=[now_ms, window_ms, threshold, hold_ms]
+        )
+        return tripped == 1, int(count)
+
+    # -- drain side -------------------------------------------------------------------------------------------
+
+    def lease(self, shard: int, *, org_id: int, env_id: int, n: int, now_ms: int, lease_ms: int) -> list[Entry]:
+        """Pop up to ``n`` entries of one env, FIFO, as LEASED until ``now_ms + lease_ms``."""
+        _require("n", n, 1)
+        _require("lease_ms", lease_ms, 1)
+        k = self._checked_keys(shard, org_id)
+        flat = self.scripts.lease(
+            keys=[k.queue(env_id), k.org_envs(org_id), k.orgs, k.leases],
+            args=[k.base, env_id, org_id, n, now_ms, lease_ms],
+        )
+        entries = (parse_entry(run_id, fields) for run_id, fields in zip(flat[::2], flat[1::2], strict=True))
+        return [entry for entry in entries if entry is not None]
+
+    def ack(self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int) -> int:
+        """Rows committed: entries become ACKED with a ``grace_ms`` TTL. Returns how many changed."""
+        _require("grace_ms", grace_ms, 0)
+        if not run_ids:
+            return 0
+        k = self.keys(shard)
+        return self.scripts.ack(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, grace_ms, *run_ids])
+
+    def requeue(self, shard: int, run_id: str, *, now_ms: int, delay_ms: int, error: str) -> int | None:
+        """A retryable failure: attempts + 1, wait in ``retry`` until ``now_ms + delay_ms``.
+
+        Returns the new attempts count, or ``None`` if the run was no longer leased (nothing changed).
+        """
+        _require("delay_ms", delay_ms, 0)
+        k = self.keys(shard)
+        attempts = self.scripts.requeue(keys=[k.leases, k.retry], args=[k.base, run_id, now_ms, delay_ms, error])
+        return None if attempts < 0 else attempts
+
+    def promote_due(self, shard: int, *, now_ms: int, limit: int) -> int:
+        """Move up to ``limit`` due retries to the head of their queues. Returns how many moved."""
+        _require("limit", limit, 1)
+        k = self.keys(shard)
+        return self.scripts.promote_due(keys=[k.retry, k.orgs], args=[k.base, now_ms, limit])
+
+    def reclaim_expired(self, shard: int, *, now_ms: int, limit: int) -> list[tuple[str, int]]:
+        """Expired leases (deadline <= now_ms) → retry, due now, attempts + 1. Returns (run id, attempts)."""
+        _require("limit", limit, 1)
+        k = self.keys(shard)
+        flat = self.scripts.reclaim_expired(keys=[k.leases, k.retry], args=[k.base, now_ms, limit])
+        return [(run_id, int(attempts)) for run_id, attempts in zip(flat[::2], flat[1::2], strict=True)]
+
+    def release(self, shard: int, run_ids: Sequence[str]) -> int:
+        """Leased entries back to their queue heads in the given order, attempts unchanged (Postgres down)."""
+        if not run_ids:
+            return 0
+        k = self.keys(shard)
+        return self.scripts.release(keys=[k.leases, k.orgs], args=[k.base, *run_ids])
+
+    def dead_letter(self, shard: int, run_id: str, *, now_ms: int, reason: str) -> bool:
+        """Park an entry as DEAD for operators (kept, no TTL). ``False`` if missing, DEAD or ACKED."""
+        k = self.keys(shard)
+        return (
+            self.scripts.dead_letter(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, run_id, now_ms, reason])
+            == 1
+        )
+
+    def orgs(self, shard: int) -> list[int]:
+        """Orgs of the shard with queued entries, sorted (the drain's fairness order)."""
+        return sorted(int(org) for org in self.client.smembers(self.keys(shard).orgs))
+
+    def envs(self, shard: int, org_id: int) -> list[int]:
+        """Envs of the org with queued entries, sorted."""
+        return sorted(int(env) for env in self.client.smembers(self._checked_keys(shard, org_id).org_envs(org_id)))
+
+    def depth(self, shard: int, env_id: int) -> int:
+        """Entries waiting in the env's queue (the number the per-env cap applies to)."""
+        return self.client.llen(self.keys(shard).queue(env_id))
+
+    def shard_has_work(self, shards: Iterable[int] | None = None) -> list[bool]:
+        """Per shard (default: all, in order): anything queued, waiting to retry or leased (maybe expired).
+
+        One pipelined round trip; the drain fan-out sends only shards with work.
+        """
+        shard_list = list(range(self.shards)) if shards is None else list(shards)
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shard_list:
+            k = self.keys(shard)
+            pipe.scard(k.orgs)
+            pipe.zcard(k.retry)
+            pipe.zcard(k.leases)
+        counts = pipe.execute()
+        return [any(counts[i * 3 : i * 3 + 3]) for i in range(len(shard_list))]
+
+
+def _accept_result(status: AcceptStatus, value: str | int) -> AcceptResult:
+    if status is AcceptStatus.IDEMPOTENT:
+        return AcceptResult(status, existing_run_id=str(value))
+    if status in (AcceptStatus.ACCEPTED, AcceptStatus.FULL):
+        return AcceptResult(status, depth=int(value))
+    return AcceptResult(status)

@@ -1,0 +1,141 @@
+"""The Redis key schema of the buffer and the gate (DESIGN §7). Nothing else in Python builds key strings.
+
+Every key of shard *k* starts with ``<KEY_PREFIX>:{m<k>}:`` — the ``{m<k>}`` hash tag puts all of a shard's
+keys in one Redis Cluster slot, so each Lua script touches one slot. The shard of an org is
+``crc32(org_id) % SHARDS`` (``zlib.crc32``, never ``hash()``, which is salted per process), and every key of
+an org's envs and runs lives in that org's shard.
+
+Glossary (``B`` = ``<KEY_PREFIX>:{m<k>}:``):
+
+=============================================  ======  ==============================================================
+key                                            type    holds / written by
+=============================================  ======  ==============================================================
+``B orgs``                                     SET     orgs of the shard with a non-empty queue. accept, lease, ack,
+                                                       promote_due, release, dead_letter (kept equal to queue
+                                                       presence by every script)
+``B org:<org>:envs``                           SET     envs of that org with a non-empty queue. same scripts
+``B q:<env>``                                  LIST    run ids waiting, FIFO (RPUSH tail, LPOP head; promote_due and
+                                                       release push back to the head). accept, lease, ack,
+                                                       promote_due, release, dead_letter
+``B e:<run>``                                  HASH    the entry (fields below). accept creates it; lease, ack,
+                                                       requeue, promote_due, reclaim_expired, release, dead_letter,
+                                                       cancel, append_tags update it. No TTL except once ACKED.
+``B leases``                                   ZSET    leased run id → lease deadline ms. lease, ack, requeue,
+                                                       reclaim_expired, release, dead_letter
+``B retry``                                    ZSET    run id → not-before ms (requeued, waiting out a backoff).
+                                                       requeue, reclaim_expired, promote_due, ack, dead_letter
+``B dead``                                     ZSET    run id → dead-letter time ms, kept for operators. dead_letter
+``B idem:<env>:<b64u(task)>:<b64u(key)>``      STRING  run id holding a task-level idempotency key (PX = key TTL).
+                                                       accept, claim, release_claim
+``B req:<env>:<b64u(task)>:<b64u(key)>``       STRING  run id for a request-level idempotency key (client retries).
+                                                       claim, release_claim
+``B rate:<env>``                               HASH    gate fixed window: ``window`` (start ms), ``count``. trip
+``B tripped:<env>``                            STRING  ms until which the env is tripped. trip
+``B cursor:orgs``                              STRING  drain fairness cursor over the shard's orgs. drainer
+``B cursor:envs``                              HASH    org → drain fairness cursor over its envs. drainer
+``B drain:lock``                               STRING  owner token of the shard task draining the shard (NX PX).
+                                                       drainer (redis-py Lock)
+``B drain:circuit``                            HASH    Postgres-outage circuit: ``until_ms``, ``failures``. drainer
+=============================================  ======  ==============================================================
+
+Entry hash fields (``e:<run>``): ``snapshot`` (the JSON document, never rewritten), ``env``, ``org``,
+``status`` (QUEUED | LEASED | DEAD | ACKED; a requeued entry waiting in ``retry`` is QUEUED), ``attempts``,
+``accepted_ms``, ``lease_until_ms`` (only while LEASED), ``cancelled_at`` (ms) and ``cancel_reason``,
+``extra_tags`` (JSON array of tags appended while buffered), ``last_error``, ``materialised`` (0/1),
+``acked_ms``, ``dead_ms``.
+
+Lua scripts that discover run ids at run time (lease, ack, promote_due, …) derive ``e:<run>``, ``q:<env>``
+and ``org:<org>:envs`` from the shard base ``B`` passed as ``ARGV[1]``, using exactly the shapes above;
+``tests/buffer`` checks the keys they create against the functions here.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+ClaimKind = Literal["idem", "req"]
+
+
+def shard_for(org_id: int, shards: int) -> int:
+    """The drain shard of an org: stable across processes and deploys (crc32, not ``hash()``)."""
+    return zlib.crc32(str(org_id).encode()) % shards
+
+
+def b64u(text: str) -> str:
+    """URL-safe base64 without padding: task ids and user keys may contain ``:`` or anything else."""
+    return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """The keys of one shard."""
+
+    prefix: str
+    shard: int
+
+    @property
+    def base(self) -> str:
+        """``<prefix>:{m<k>}:`` — what Lua scripts receive to derive per-entry keys."""
+        return f"{self.prefix}:{{m{self.shard}}}:"
+
+    @property
+    def orgs(self) -> str:
+        return self.base + "orgs"
+
+    def org_envs(self, org_id: int) -> str:
+        return f"{self.base}org:{org_id}:envs"
+
+    def queue(self, env_id: int) -> str:
+        return f"{self.base}q:{env_id}"
+
+    def entry(self, run_id: str) -> str:
+        return f"{self.base}e:{run_id}"
+
+    @property
+    def leases(self) -> str:
+        return self.base + "leases"
+
+    @property
+    def retry(self) -> str:
+        return self.base + "retry"
+
+    @property
+    def dead(self) -> str:
+        return self.base + "dead"
+
+    def claim(self, kind: ClaimKind, env_id: int, task: str, key: str) -> str:
+        """``idem:…`` (task-level idempotency key) or ``req:…`` (request-level dedupe key)."""
+        if kind not in ("idem", "req"):
+            raise ValueError(f"claim kind must be 'idem' or 'req', got {kind!r}")
+        return f"{self.base}{kind}:{env_id}:{b64u(task)}:{b64u(key)}"
+
+    def idem(self, env_id: int, task: str, key: str) -> str:
+        return self.claim("idem", env_id, task, key)
+
+    def req(self, env_id: int, task: str, key: str) -> str:
+        return self.claim("req", env_id, task, key)
+
+    def rate(self, env_id: int) -> str:
+        return f"{self.base}rate:{env_id}"
+
+    def tripped(self, env_id: int) -> str:
+        return f"{self.base}tripped:{env_id}"
+
+    @property
+    def cursor_orgs(self) -> str:
+        return self.base + "cursor:orgs"
+
+    @property
+    def cursor_envs(self) -> str:
+        return self.base + "cursor:envs"
+
+    @property
+    def drain_lock(self) -> str:
+        return self.base + "drain:lock"
+
+    @property
+    def drain_circuit(self) -> str:
+        return self.base + "drain:circuit"

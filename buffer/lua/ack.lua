@@ -1,0 +1,55 @@
+--[[
+ack — the runs' rows are committed in Postgres: take the entries out of the buffer (DESIGN §8).
+
+KEYS[1]  leases
+KEYS[2]  retry
+KEYS[3]  dead
+KEYS[4]  orgs
+ARGV[1]  shard key base "<prefix>:{m<k>}:"
+ARGV[2]  now_ms (stored as acked_ms)
+ARGV[3]  grace_ms: how long the acked hash stays readable (0 deletes it at once)
+ARGV[4…] run ids
+
+Returns the number of entries that became ACKED (already-acked or missing ids are not counted).
+Guarantees: each entry leaves leases (and, if a reclaim raced the drain, retry or its queue, keeping the
+org/env sets equal to queue presence); its hash stays with status ACKED, materialised 1 and a TTL of
+grace_ms, so a read that raced the drain still finds it and a re-accept of the same run id is refused
+as DUPLICATE during the grace. Idempotency keys are not touched.
+]]
+local leases, retry, dead, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local base, now, grace = ARGV[1], ARGV[2], tonumber(ARGV[3])
+
+local function leave_queue(run, entry)
+  local where = redis.call('HMGET', entry, 'env', 'org')
+  local env, org = where[1], where[2]
+  if not env then return end
+  local queue = base .. 'q:' .. env
+  if redis.call('LREM', queue, 0, run) > 0 and redis.call('LLEN', queue) == 0 then
+    local org_envs = base .. 'org:' .. org .. ':envs'
+    redis.call('SREM', org_envs, env)
+    if redis.call('SCARD', org_envs) == 0 then redis.call('SREM', orgs, org) end
+  end
+end
+
+local acked = 0
+for i = 4, #ARGV do
+  local run = ARGV[i]
+  local entry = base .. 'e:' .. run
+  local status = redis.call('HGET', entry, 'status')
+  redis.call('ZREM', leases, run)
+  if status and status ~= 'ACKED' then
+    if status == 'QUEUED' and redis.call('ZREM', retry, run) == 0 then
+      leave_queue(run, entry)
+    end
+    redis.call('ZREM', dead, run)
+    redis.call('HSET', entry, 'status', 'ACKED', 'materialised', 1, 'acked_ms', now)
+    redis.call('HDEL', entry, 'lease_until_ms')
+    if grace > 0 then
+      redis.call('PEXPIRE', entry, grace)
+    else
+      redis.call('DEL', entry)
+    end
+    acked = acked + 1
+  end
+end
+return acked

@@ -1,0 +1,45 @@
+--[[
+lease — pop up to n entries of one env, FIFO, and mark them in flight (DESIGN §7, §8).
+
+KEYS[1]  q:<env>            the env's queue
+KEYS[2]  org:<org>:envs     envs of the org with queued entries
+KEYS[3]  orgs               orgs of the shard with queued entries
+KEYS[4]  leases             run id → lease deadline ms
+ARGV[1]  shard key base "<prefix>:{m<k>}:" (entry keys are base .. "e:" .. run)
+ARGV[2]  env id
+ARGV[3]  org id
+ARGV[4]  n, how many to pop (≥ 1)
+ARGV[5]  now_ms
+ARGV[6]  lease_ms
+
+Returns a flat list {run id, {HGETALL fields…}, run id, {…}, …} in queue order, each entry already
+showing status LEASED and lease_until_ms = now_ms + lease_ms.
+Guarantees: LPOP and marking are atomic, so two concurrent leases never get the same entry. When the
+queue ends up empty the env leaves KEYS[2], and the org leaves KEYS[3] if it has no other queued env
+(an env is in its org's set iff its queue is non-empty). An id whose hash is missing or not QUEUED is
+dropped from the queue without being returned (no script leaves such an id in a queue).
+]]
+local queue, org_envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local base, env, org = ARGV[1], ARGV[2], ARGV[3]
+local lease_until = string.format('%d', tonumber(ARGV[5]) + tonumber(ARGV[6]))
+
+local out = {}
+local ids = redis.call('LPOP', queue, ARGV[4])
+if ids then
+  for _, run in ipairs(ids) do
+    local entry = base .. 'e:' .. run
+    if redis.call('HGET', entry, 'status') == 'QUEUED' then
+      redis.call('HSET', entry, 'status', 'LEASED', 'lease_until_ms', lease_until)
+      redis.call('ZADD', leases, lease_until, run)
+      out[#out + 1] = run
+      out[#out + 1] = redis.call('HGETALL', entry)
+    end
+  end
+end
+if redis.call('LLEN', queue) == 0 then
+  redis.call('SREM', org_envs, env)
+  if redis.call('SCARD', org_envs) == 0 then
+    redis.call('SREM', orgs, org)
+  end
+end
+return out

@@ -1,0 +1,32 @@
+--[[
+promote_due — requeued entries whose backoff is over go back to the head of their env's queue.
+
+KEYS[1]  retry     run id → not-before ms
+KEYS[2]  orgs
+ARGV[1]  shard key base "<prefix>:{m<k>}:"
+ARGV[2]  now_ms (entries with not-before <= now_ms are due)
+ARGV[3]  limit: at most this many entries per call
+
+Returns the number of entries promoted.
+Guarantees: due entries leave retry and are pushed to the queue head so that, within an env, the earliest
+due is served first and before anything accepted later; their env and org are (re-)added to the sets.
+An id without a QUEUED hash is dropped from retry.
+]]
+local retry, orgs = KEYS[1], KEYS[2]
+local base = ARGV[1]
+
+local due = redis.call('ZRANGEBYSCORE', retry, '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local promoted = 0
+for i = #due, 1, -1 do
+  local run = due[i]
+  redis.call('ZREM', retry, run)
+  local f = redis.call('HMGET', base .. 'e:' .. run, 'env', 'org', 'status')
+  local env, org, status = f[1], f[2], f[3]
+  if env and status == 'QUEUED' then
+    redis.call('LPUSH', base .. 'q:' .. env, run)
+    redis.call('SADD', base .. 'org:' .. org .. ':envs', env)
+    redis.call('SADD', orgs, org)
+    promoted = promoted + 1
+  end
+end
+return promoted

@@ -1,0 +1,31 @@
+"""Prometheus metrics of the gate and the buffer (DESIGN §12).
+
+Label values are bounded sets (outcome, reason, result); never an env or org id — per-tenant detail goes
+to structured logs and the admin.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+DECISIONS = Counter(
+    "mollifier_decisions_total",
+    "Gate evaluations by outcome (pass_through | mollify) and reason.",
+    ["outcome", "reason"],
+)
+
+ACCEPTED = Counter(
+    "mollifier_accepted_total",
+    "buffer.accept calls by result (accepted | duplicate | idempotent | full).",
+    ["result"],
+)
+
+FAIL_OPEN = Counter(
+    "mollifier_fail_open_total",
+    "Triggers passed through because Redis (claims or gate) was unreachable.",
+)
+
+POSTGRES_DIVERSIONS = Counter(
+    "mollifier_postgres_diversions_total",
+    "Pass-through triggers accepted into the buffer because Postgres was unreachable.",
+)

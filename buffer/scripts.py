@@ -1,0 +1,53 @@
+"""Every Lua script of the buffer, read once from ``buffer/lua/`` and registered on a Redis client.
+
+``register_script`` hashes the source locally; the first call does EVALSHA and, on NOSCRIPT (a restarted
+or different server), loads the script and retries — so no SCRIPT LOAD round trip at start-up and no
+failure after a Redis restart. Each field of ``Scripts`` is one file; ``tests/buffer/test_scripts.py``
+fails if a ``.lua`` file has no field here or lacks its contract header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import redis
+from redis.commands.core import Script
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+
+@cache
+def source(name: str) -> str:
+    """The text of ``buffer/lua/<name>.lua`` (read once per process)."""
+    return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    """The buffer's scripts bound to one client. Field name = file name without ``.lua``."""
+
+    accept: Script
+    get: Script
+    lease: Script
+    ack: Script
+    requeue: Script
+    promote_due: Script
+    reclaim_expired: Script
+    release: Script
+    dead_letter: Script
+    cancel: Script
+    append_tags: Script
+    claim: Script
+    release_claim: Script
+    trip: Script
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))
+
+    @classmethod
+    def register(cls, client: redis.Redis) -> Scripts:
+        return cls(**{name: client.register_script(source(name)) for name in cls.names()})

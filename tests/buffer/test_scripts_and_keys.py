@@ -1,0 +1,72 @@
+"""The Lua files are all registered with a contract header, and the key schema is stable."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from buffer.keys import ShardKeys, b64u, shard_for
+from buffer.scripts import LUA_DIR, Scripts, source
+
+LUA_NAMES = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
+
+
+def test_every_lua_file_is_registered_and_every_registered_script_has_a_file():
+    assert sorted(Scripts.names()) == LUA_NAMES
+
+
+@pytest.mark.parametrize("name", LUA_NAMES)
+def test_lua_file_opens_with_a_contract_header(name):
+    text = source(name)
+    header = re.match(r"--\[\[(.*?)\]\]", text, re.S)
+    assert header is not None, f"{name}.lua must open with a --[[ … ]] header"
+    body = header.group(1)
+    assert body.strip().startswith(f"{name} —"), f"{name}.lua header must start with '{name} — what it does'"
+    for word in ("KEYS", "ARGV", "Returns", "Guarantees"):
+        assert word in body, f"{name}.lua header does not mention {word}"
+
+
+def test_a_registered_script_is_loaded_by_sha_on_first_call(buffer):
+    buffer.get("run_x", org_id=1)
+    assert buffer.client.script_exists(buffer.scripts.get.sha) == [True]
+
+
+def test_shard_for_is_crc32_of_the_decimal_org_id():
+    # Pinned values: a change here would strand every buffered entry in the wrong shard.
+    assert [shard_for(org, 16) for org in (1, 2, 42, 12345)] == [7, 13, 8, 12]
+    assert [shard_for(org, 4) for org in (1, 2, 4)] == [3, 1, 0]
+
+
+def test_every_shard_key_carries_the_shard_hash_tag():
+    k = ShardKeys("mollifier", 5)
+    names = [
+        k.orgs,
+        k.org_envs(3),
+        k.queue(7),
+        k.entry("run_abc"),
+        k.leases,
+        k.retry,
+        k.dead,
+        k.idem(7, "task", "key"),
+        k.req(7, "task", "key"),
+        k.rate(7),
+        k.tripped(7),
+        k.cursor_orgs,
+        k.cursor_envs,
+    ]
+    assert all(name.startswith("mollifier:{m5}:") for name in names)
+    assert len(set(names)) == len(names)
+
+
+def test_claim_keys_encode_task_and_key_so_separators_cannot_collide():
+    k = ShardKeys("p", 0)
+    assert k.idem(1, "a:b", "c") != k.idem(1, "a", "b:c")
+    assert k.idem(1, "my-task", "key/1") == f"p:{{m0}}:idem:1:{b64u('my-task')}:{b64u('key/1')}"
+    assert "=" not in b64u("x")
+    assert k.idem(1, "t", "k") != k.req(1, "t", "k")
+
+
+def test_unknown_claim_kind_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="claim kind"):
+        ShardKeys("p", 0).claim("other", 1, "t", "k")  # type: ignore[arg-type]
