@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex, HashIndex
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
@@ -207,6 +208,9 @@ class TaskRun(models.Model):
             models.Index(fields=["status", "created_at"], name="taskrun_status_created"),
             models.Index(fields=["batch", "batch_index"], name="taskrun_batch_index"),
             models.Index(fields=["org", "status"], name="taskrun_org_status"),
+            # Tag filters (API ``filter[tag]``, admin search) and admin search by idempotency key.
+            GinIndex(fields=["tags"], name="taskrun_tags"),
+            HashIndex(fields=["idempotency_key"], name="taskrun_idempotency_key"),
         ]
 
     def __str__(self) -> str:
@@ -230,3 +234,20 @@ class RunAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} alert for {self.run_id}"
+
+
+class BatchItem(models.Model):
+    """Which run each index of a batch became. Unique per (batch, index): the SDK may resend the whole
+    item stream, and a resent index must not make a second run."""
+
+    batch = models.ForeignKey(BatchTaskRun, on_delete=models.CASCADE, related_name="items")
+    index = models.PositiveIntegerField()
+    run_id = models.CharField(max_length=40)
+    task_identifier = models.CharField(max_length=128)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["batch", "index"], name="batchitem_unique_index")]
+        ordering = ["batch", "index"]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}[{self.index}] → {self.run_id}"

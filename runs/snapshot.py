@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 VERSION = 1
@@ -90,8 +90,13 @@ def normalise_tags(value: object) -> list[str]:
     return list(seen)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+
+
 def _ms(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp() * 1000)
+    # Integer arithmetic: ``int(value.timestamp() * 1000)`` is a millisecond short for some times (from 2039 on).
+    return None if value is None else (value.astimezone(UTC) - _EPOCH) // _ONE_MS
 
 
 def _dt(value: object, key: str) -> datetime | None:
@@ -100,8 +105,8 @@ def _dt(value: object, key: str) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SnapshotError(f"{key} must be epoch milliseconds, got {value!r}")
     try:
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
-    except (OverflowError, OSError, ValueError) as exc:
+        return _EPOCH + timedelta(milliseconds=value)  # exact; ``fromtimestamp(value / 1000)`` drifts by µs
+    except (OverflowError, ValueError) as exc:
         raise SnapshotError(f"{key} is out of range: {value!r}") from exc
 
 
@@ -167,7 +172,7 @@ def from_snapshot(text: str | bytes) -> Snapshot:
     if not isinstance(doc, dict):
         raise SnapshotError("snapshot is not a JSON object")
     version = doc.get("v")
-    if version != VERSION:
+    if version != VERSION or isinstance(version, bool):
         raise SnapshotError(f"unsupported snapshot version {version!r} (this build reads {VERSION})")
 
     def required(key: str, kind: type | tuple[type, ...]) -> Any:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from runs.models import ApiKey, Environment, Organization
 
@@ -69,3 +72,11 @@ def env_for_secret(secret: str) -> Environment | None:
         .first()
     )
     return key.env if key else None
+
+
+def revoke_keys(keys: QuerySet[ApiKey] | Iterable[int], now: datetime) -> int:
+    """Revoke the keys (a queryset or primary keys) that are still active; their secrets stop
+    authenticating at once. Returns how many this call revoked: a key already revoked keeps its first
+    ``revoked_at``, so the audit trail says when access actually ended."""
+    queryset = keys if isinstance(keys, QuerySet) else ApiKey.objects.filter(pk__in=list(keys))
+    return queryset.filter(revoked_at__isnull=True).update(revoked_at=now)

@@ -1,4 +1,4 @@
-"""factory-boy factories for tenants and snapshots."""
+"""factory-boy factories for tenants and snapshots, and helpers that make runs the only legal way: through the engine."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import factory
 
+from runs import engine
 from runs.ids import new_run_id
-from runs.models import BatchTaskRun, Environment, Organization
+from runs.models import BatchTaskRun, Environment, Organization, TaskRun
 from runs.snapshot import Snapshot
 
 
@@ -62,3 +63,20 @@ class SnapshotFactory(factory.Factory):
     payload = '{"json":{"n":1}}'
     payload_type = "application/super+json"
     tags = factory.LazyFunction(lambda: ["user_1"])
+
+
+def trigger_run(env: Environment, *, buffered: bool = False, **snapshot_fields: object) -> TaskRun:
+    """A run for ``env`` written by ``runs.engine.trigger`` (never by the ORM), with any snapshot fields."""
+    snapshot = SnapshotFactory(env=env, **snapshot_fields)
+    result = engine.trigger(snapshot, buffered=buffered)
+    assert result.outcome is engine.Outcome.CREATED, result
+    return TaskRun.objects.get(id=snapshot.id)
+
+
+def fail_run(env: Environment, error: str = "boom", *, buffered: bool = True, **snapshot_fields: object) -> TaskRun:
+    """A SYSTEM_FAILURE run for ``env`` written by ``runs.engine.create_failed_run`` (buffered by default,
+    as the drainer writes them). Its alert is enqueued on commit, which a test transaction never reaches."""
+    snapshot = SnapshotFactory(env=env, **snapshot_fields)
+    result = engine.create_failed_run(snapshot, error, buffered=buffered)
+    assert result.outcome is engine.Outcome.CREATED, result
+    return TaskRun.objects.get(id=snapshot.id)

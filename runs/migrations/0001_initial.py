@@ -7,169 +7,272 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Environment',
+            name="Environment",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=64)),
-                ('type', models.CharField(choices=[('DEVELOPMENT', 'Development'), ('STAGING', 'Staging'), ('PRODUCTION', 'Production'), ('PREVIEW', 'Preview')], default='DEVELOPMENT', max_length=16)),
-                ('alert_webhook_url', models.URLField(blank=True, help_text='Optional: failed-run alerts are POSTed here.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("slug", models.SlugField(max_length=64)),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("DEVELOPMENT", "Development"),
+                            ("STAGING", "Staging"),
+                            ("PRODUCTION", "Production"),
+                            ("PREVIEW", "Preview"),
+                        ],
+                        default="DEVELOPMENT",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "alert_webhook_url",
+                    models.URLField(blank=True, help_text="Optional: failed-run alerts are POSTed here."),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['org__slug', 'slug'],
+                "ordering": ["org__slug", "slug"],
             },
         ),
         migrations.CreateModel(
-            name='Organization',
+            name="Organization",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('slug', models.SlugField(max_length=64, unique=True)),
-                ('name', models.CharField(max_length=200)),
-                ('feature_flags', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("slug", models.SlugField(max_length=64, unique=True)),
+                ("name", models.CharField(max_length=200)),
+                ("feature_flags", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'ordering': ['slug'],
+                "ordering": ["slug"],
             },
         ),
         migrations.CreateModel(
-            name='BatchTaskRun',
+            name="BatchTaskRun",
             fields=[
-                ('id', models.CharField(max_length=40, primary_key=True, serialize=False)),
-                ('run_count', models.PositiveIntegerField()),
-                ('status', models.CharField(choices=[('PENDING', 'Pending'), ('PROCESSING', 'Processing'), ('COMPLETED', 'Completed'), ('PARTIAL_FAILED', 'Partial Failed'), ('ABORTED', 'Aborted')], default='PENDING', max_length=16)),
-                ('idempotency_key', models.CharField(blank=True, max_length=2048, null=True)),
-                ('items_received', models.PositiveIntegerField(default=0)),
-                ('sealed', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('env', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='batches', to='runs.environment')),
+                ("id", models.CharField(max_length=40, primary_key=True, serialize=False)),
+                ("run_count", models.PositiveIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("PENDING", "Pending"),
+                            ("PROCESSING", "Processing"),
+                            ("COMPLETED", "Completed"),
+                            ("PARTIAL_FAILED", "Partial Failed"),
+                            ("ABORTED", "Aborted"),
+                        ],
+                        default="PENDING",
+                        max_length=16,
+                    ),
+                ),
+                ("idempotency_key", models.CharField(blank=True, max_length=2048, null=True)),
+                ("items_received", models.PositiveIntegerField(default=0)),
+                ("sealed", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "env",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="batches", to="runs.environment"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'batch',
+                "verbose_name": "batch",
             },
         ),
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('secret_hash', models.CharField(editable=False, max_length=64, unique=True)),
-                ('prefix', models.CharField(editable=False, help_text='First characters, for display only.', max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('env', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to='runs.environment')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("secret_hash", models.CharField(editable=False, max_length=64, unique=True)),
+                (
+                    "prefix",
+                    models.CharField(editable=False, help_text="First characters, for display only.", max_length=16),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "env",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="api_keys", to="runs.environment"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
+                "verbose_name": "API key",
             },
         ),
         migrations.AddField(
-            model_name='environment',
-            name='org',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='environments', to='runs.organization'),
+            model_name="environment",
+            name="org",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="environments", to="runs.organization"
+            ),
         ),
         migrations.CreateModel(
-            name='TaskRun',
+            name="TaskRun",
             fields=[
-                ('id', models.CharField(max_length=40, primary_key=True, serialize=False)),
-                ('task_identifier', models.CharField(max_length=128)),
-                ('status', models.CharField(choices=[('PENDING', 'Pending'), ('DELAYED', 'Delayed'), ('EXECUTING', 'Executing'), ('COMPLETED_SUCCESSFULLY', 'Completed Successfully'), ('COMPLETED_WITH_ERRORS', 'Completed With Errors'), ('CANCELED', 'Canceled'), ('SYSTEM_FAILURE', 'System Failure'), ('CRASHED', 'Crashed'), ('EXPIRED', 'Expired'), ('TIMED_OUT', 'Timed Out')], default='PENDING', max_length=32)),
-                ('payload', models.TextField(blank=True, null=True)),
-                ('payload_type', models.CharField(default='application/json', max_length=64)),
-                ('metadata', models.JSONField(blank=True, null=True)),
-                ('tags', django.contrib.postgres.fields.ArrayField(base_field=models.CharField(max_length=128), blank=True, default=list, size=None)),
-                ('idempotency_key', models.CharField(blank=True, max_length=2048, null=True)),
-                ('idempotency_key_user', models.TextField(blank=True, null=True)),
-                ('idempotency_key_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('queue', models.CharField(blank=True, max_length=128, null=True)),
-                ('concurrency_key', models.CharField(blank=True, max_length=256, null=True)),
-                ('delay_until', models.DateTimeField(blank=True, null=True)),
-                ('ttl', models.CharField(blank=True, max_length=32, null=True)),
-                ('max_attempts', models.PositiveIntegerField(blank=True, null=True)),
-                ('max_duration', models.PositiveIntegerField(blank=True, help_text='Seconds.', null=True)),
-                ('machine', models.CharField(blank=True, max_length=16, null=True)),
-                ('priority', models.IntegerField(default=0)),
-                ('batch_index', models.PositiveIntegerField(blank=True, null=True)),
-                ('parent_run_id', models.CharField(blank=True, max_length=40, null=True)),
-                ('root_run_id', models.CharField(blank=True, max_length=40, null=True)),
-                ('depth', models.PositiveIntegerField(default=0)),
-                ('trace_id', models.CharField(blank=True, max_length=64, null=True)),
-                ('span_id', models.CharField(blank=True, max_length=32, null=True)),
-                ('error', models.JSONField(blank=True, null=True)),
-                ('created_at', models.DateTimeField()),
-                ('materialised_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('buffered', models.BooleanField(default=False, help_text='Came through the Redis buffer.')),
-                ('completed_at', models.DateTimeField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
-                ('batch', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='runs', to='runs.batchtaskrun')),
-                ('env', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='runs.environment')),
-                ('org', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='runs.organization')),
+                ("id", models.CharField(max_length=40, primary_key=True, serialize=False)),
+                ("task_identifier", models.CharField(max_length=128)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("PENDING", "Pending"),
+                            ("DELAYED", "Delayed"),
+                            ("EXECUTING", "Executing"),
+                            ("COMPLETED_SUCCESSFULLY", "Completed Successfully"),
+                            ("COMPLETED_WITH_ERRORS", "Completed With Errors"),
+                            ("CANCELED", "Canceled"),
+                            ("SYSTEM_FAILURE", "System Failure"),
+                            ("CRASHED", "Crashed"),
+                            ("EXPIRED", "Expired"),
+                            ("TIMED_OUT", "Timed Out"),
+                        ],
+                        default="PENDING",
+                        max_length=32,
+                    ),
+                ),
+                ("payload", models.TextField(blank=True, null=True)),
+                ("payload_type", models.CharField(default="application/json", max_length=64)),
+                ("metadata", models.JSONField(blank=True, null=True)),
+                (
+                    "tags",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.CharField(max_length=128), blank=True, default=list, size=None
+                    ),
+                ),
+                ("idempotency_key", models.CharField(blank=True, max_length=2048, null=True)),
+                ("idempotency_key_user", models.TextField(blank=True, null=True)),
+                ("idempotency_key_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("queue", models.CharField(blank=True, max_length=128, null=True)),
+                ("concurrency_key", models.CharField(blank=True, max_length=256, null=True)),
+                ("delay_until", models.DateTimeField(blank=True, null=True)),
+                ("ttl", models.CharField(blank=True, max_length=32, null=True)),
+                ("max_attempts", models.PositiveIntegerField(blank=True, null=True)),
+                ("max_duration", models.PositiveIntegerField(blank=True, help_text="Seconds.", null=True)),
+                ("machine", models.CharField(blank=True, max_length=16, null=True)),
+                ("priority", models.IntegerField(default=0)),
+                ("batch_index", models.PositiveIntegerField(blank=True, null=True)),
+                ("parent_run_id", models.CharField(blank=True, max_length=40, null=True)),
+                ("root_run_id", models.CharField(blank=True, max_length=40, null=True)),
+                ("depth", models.PositiveIntegerField(default=0)),
+                ("trace_id", models.CharField(blank=True, max_length=64, null=True)),
+                ("span_id", models.CharField(blank=True, max_length=32, null=True)),
+                ("error", models.JSONField(blank=True, null=True)),
+                ("created_at", models.DateTimeField()),
+                ("materialised_at", models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
+                ("buffered", models.BooleanField(default=False, help_text="Came through the Redis buffer.")),
+                ("completed_at", models.DateTimeField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
+                (
+                    "batch",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="runs",
+                        to="runs.batchtaskrun",
+                    ),
+                ),
+                (
+                    "env",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="runs", to="runs.environment"
+                    ),
+                ),
+                (
+                    "org",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="runs", to="runs.organization"
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'task run',
+                "verbose_name": "task run",
             },
         ),
         migrations.CreateModel(
-            name='RunAlert',
+            name="RunAlert",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('channel', models.CharField(choices=[('log', 'Log'), ('webhook', 'Webhook')], max_length=16)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('detail', models.TextField(blank=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alerts', to='runs.taskrun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("channel", models.CharField(choices=[("log", "Log"), ("webhook", "Webhook")], max_length=16)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("detail", models.TextField(blank=True)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="alerts", to="runs.taskrun"
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='batchtaskrun',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False)), fields=('env', 'idempotency_key'), name='batch_unique_idempotency_key'),
+            model_name="batchtaskrun",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("idempotency_key__isnull", False)),
+                fields=("env", "idempotency_key"),
+                name="batch_unique_idempotency_key",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='batchtaskrun',
-            constraint=models.CheckConstraint(condition=models.Q(('items_received__lte', models.F('run_count'))), name='batch_items_le_count'),
+            model_name="batchtaskrun",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("items_received__lte", models.F("run_count"))), name="batch_items_le_count"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='environment',
-            constraint=models.UniqueConstraint(fields=('org', 'slug'), name='environment_unique_slug_per_org'),
+            model_name="environment",
+            constraint=models.UniqueConstraint(fields=("org", "slug"), name="environment_unique_slug_per_org"),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(fields=['env', '-created_at', '-id'], name='taskrun_env_created'),
+            model_name="taskrun",
+            index=models.Index(fields=["env", "-created_at", "-id"], name="taskrun_env_created"),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(fields=['status', 'created_at'], name='taskrun_status_created'),
+            model_name="taskrun",
+            index=models.Index(fields=["status", "created_at"], name="taskrun_status_created"),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(fields=['batch', 'batch_index'], name='taskrun_batch_index'),
+            model_name="taskrun",
+            index=models.Index(fields=["batch", "batch_index"], name="taskrun_batch_index"),
         ),
         migrations.AddIndex(
-            model_name='taskrun',
-            index=models.Index(fields=['org', 'status'], name='taskrun_org_status'),
+            model_name="taskrun",
+            index=models.Index(fields=["org", "status"], name="taskrun_org_status"),
         ),
         migrations.AddConstraint(
-            model_name='taskrun',
-            constraint=models.UniqueConstraint(condition=models.Q(('idempotency_key__isnull', False)), fields=('env', 'task_identifier', 'idempotency_key'), name='taskrun_unique_idempotency_key'),
+            model_name="taskrun",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("idempotency_key__isnull", False)),
+                fields=("env", "task_identifier", "idempotency_key"),
+                name="taskrun_unique_idempotency_key",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='taskrun',
-            constraint=models.CheckConstraint(condition=models.Q(('tags__len__lte', 10)), name='taskrun_at_most_10_tags'),
+            model_name="taskrun",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("tags__len__lte", 10)), name="taskrun_at_most_10_tags"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='taskrun',
-            constraint=models.CheckConstraint(condition=models.Q(('batch__isnull', True), ('batch_index__isnull', False), _connector='OR'), name='taskrun_batch_has_index'),
+            model_name="taskrun",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("batch__isnull", True), ("batch_index__isnull", False), _connector="OR"),
+                name="taskrun_batch_has_index",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='runalert',
-            constraint=models.UniqueConstraint(fields=('run', 'channel'), name='runalert_once_per_channel'),
+            model_name="runalert",
+            constraint=models.UniqueConstraint(fields=("run", "channel"), name="runalert_once_per_channel"),
         ),
     ]

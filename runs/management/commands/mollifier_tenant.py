@@ -24,7 +24,9 @@ class Command(BaseCommand):
             return
         verb = lambda created: "created" if created else "reused"  # noqa: E731
         self.stdout.write(f"organisation {tenant.org.slug} (id {tenant.org.id}): {verb(tenant.org_created)}")
-        self.stdout.write(f"environment  {tenant.env.slug} (id {tenant.env.id}, {tenant.env.type}): {verb(tenant.env_created)}")
+        self.stdout.write(
+            f"environment  {tenant.env.slug} (id {tenant.env.id}, {tenant.env.type}): {verb(tenant.env_created)}"
+        )
         self.stdout.write(f"enrolled in the mollifier: {'yes' if tenant.org.mollifier_enrolled else 'no'}")
         self.stdout.write(f"API key {key.prefix}… created. Secret (shown once, store it now):")
         self.stdout.write(self.style.SUCCESS(secret))

@@ -1,0 +1,66 @@
+# The two commands are `make demo` and `make test` (README.md). Each creates .venv when the pinned
+# requirements change, makes sure Postgres and Redis answer (scripts/services.py), migrates, then runs.
+# Every target that talks to the services sources .data/services.env, which `services` writes, so all
+# of them use the same servers.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements-installed
+WITH_SERVICES := . ./.data/services.env &&
+PORT ?= 8000
+FLOWER_PORT ?= 5555
+ROWS ?= 50000
+
+# Procfile commands (gunicorn, celery) and `honcho` come from the venv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PORT FLOWER_PORT
+
+.PHONY: venv sdk services services-stop migrate test demo up tenant lint bench
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# The official @trigger.dev/sdk, pinned by tests/sdk/package-lock.json, for the SDK tests.
+SDK_STAMP := tests/sdk/node_modules/.package-lock.json
+sdk: $(SDK_STAMP)
+
+$(SDK_STAMP): tests/sdk/package-lock.json
+	cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error
+
+services: venv
+	$(PY) scripts/services.py
+
+services-stop: venv
+	$(PY) scripts/services.py --stop
+
+migrate: services
+	$(WITH_SERVICES) $(PY) manage.py migrate --no-input
+
+test: migrate sdk
+	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
+
+demo: migrate
+	$(WITH_SERVICES) $(PY) manage.py mollifier_demo --port $(PORT) --flower-port $(FLOWER_PORT) $(if $(filter 1,$(HOLD)),--hold)
+
+up: migrate
+	$(WITH_SERVICES) honcho start --port $(PORT)
+
+ifneq ($(filter tenant,$(MAKECMDGOALS)),)
+ifeq ($(and $(ORG),$(ENV)),)
+$(error usage: make tenant ORG=acme ENV=prod)
+endif
+endif
+tenant: migrate
+	$(WITH_SERVICES) $(PY) manage.py mollifier_tenant --org "$(ORG)" --env "$(ENV)" --enrol
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: migrate
+	$(WITH_SERVICES) $(PY) bench/materialise.py --rows $(ROWS)

@@ -1,0 +1,207 @@
+"""Settings (mollifier_project/config.py) and the system checks that guard their combinations (checks.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
+from mollifier_project.checks import check_mollifier_settings, check_redis_eviction_policy
+from mollifier_project.config import load_settings
+
+DESIGN_DEFAULTS = {
+    "ENABLED": False,
+    "DRAINER_ENABLED": False,
+    "STALE_SWEEP_ENABLED": False,
+    "SHADOW_MODE": False,
+    "SHARDS": 16,
+    "KEY_PREFIX": "mollifier",
+    "TRIP_WINDOW_MS": 200,
+    "TRIP_THRESHOLD": 100,
+    "HOLD_MS": 500,
+    "DRAIN_INTERVAL_S": 1,
+    "DRAIN_TIME_BUDGET_MS": 2000,
+    "ROUND_BUDGET": 1000,
+    "MAX_ORGS_PER_ROUND": 500,
+    "LEASE_MS": 30_000,
+    "MAX_ATTEMPTS": 3,
+    "STALE_THRESHOLD_S": 300,
+    "SWEEP_INTERVAL_S": 300,
+    "SWEEP_MAX_ORGS_PER_PASS": 100,
+    "SWEEP_MAX_ENTRIES_PER_ENV": 1000,
+    "ACK_GRACE_S": 30,
+    "MUTATE_WAIT_MS": 2000,
+    "MAX_PAYLOAD_BYTES": 3 * 1024 * 1024,
+    "MAX_BUFFERED_PER_ENV": 1_000_000,
+}
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+def test_defaults_match_design_section_14():
+    assert load_settings({}).model_dump() == DESIGN_DEFAULTS
+
+
+def test_variables_outside_the_prefix_are_ignored():
+    assert load_settings({"PATH": "/bin", "SHARDS": "0", "DATABASE_URL": "x"}).SHARDS == 16
+
+
+def test_values_are_read_from_prefixed_variables():
+    cfg = load_settings({"MOLLIFIER_SHARDS": "4", "MOLLIFIER_DRAIN_INTERVAL_S": "0.5", "MOLLIFIER_KEY_PREFIX": "m2"})
+
+    assert (cfg.SHARDS, cfg.DRAIN_INTERVAL_S, cfg.KEY_PREFIX) == (4, 0.5, "m2")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MOLLIFIER_SHARDS", "0"),
+        ("MOLLIFIER_ENABLED", "maybe"),
+        ("MOLLIFIER_LEASE_MS", "thirty seconds"),
+        ("MOLLIFIER_DRAIN_INTERVAL_S", "0"),
+        ("MOLLIFIER_KEY_PREFIX", "has space"),
+        ("MOLLIFIER_SHADOW_MODE", "ture"),
+    ],
+)
+def test_bad_value_raises_improperly_configured_naming_the_variable(variable, value):
+    with pytest.raises(ImproperlyConfigured, match=variable) as caught:
+        load_settings({variable: value})
+
+    assert repr(value) in str(caught.value)
+
+
+def test_every_bad_variable_is_named_at_once():
+    with pytest.raises(ImproperlyConfigured) as caught:
+        load_settings({"MOLLIFIER_SHARDS": "0", "MOLLIFIER_ENABLED": "maybe"})
+
+    assert "MOLLIFIER_SHARDS" in str(caught.value)
+    assert "MOLLIFIER_ENABLED" in str(caught.value)
+
+
+def test_unknown_mollifier_variable_is_refused_by_name():
+    with pytest.raises(ImproperlyConfigured, match=r"Unknown Mollifier setting.*MOLLIFIER_SHARDZ"):
+        load_settings({"MOLLIFIER_SHARDZ": "4"})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        (" on ", True),
+        ("false", False),
+        ("False", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
+@pytest.mark.parametrize("flag", ["ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE"])
+def test_flags_accept_the_usual_spellings(flag, text, value):
+    assert getattr(load_settings({f"MOLLIFIER_{flag}": text}), flag) is value
+
+
+def test_settings_object_is_immutable():
+    cfg = load_settings({})
+
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.SHARDS = 2
+
+
+def test_manage_py_check_fails_at_start_up_naming_a_bad_variable():
+    environ = {**os.environ, "MOLLIFIER_SHARDS": "0"}
+
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=django_settings.BASE_DIR,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode != 0
+    assert "MOLLIFIER_SHARDS" in done.stderr
+
+
+# -------------------------------------------------------------------------------------------- checks
+
+
+def _ids(messages) -> set[str]:
+    return {m.id for m in messages}
+
+
+def _mollifier_ids() -> set[str]:
+    """Check ids from the settings checks, without the secret-key reminder (tests run with the dev key)."""
+    return _ids(check_mollifier_settings()) - {"mollifier.W010"}
+
+
+def test_default_settings_pass_every_combination_check(mollifier_settings):
+    mollifier_settings()
+
+    assert _mollifier_ids() == set()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"LEASE_MS": 2000, "DRAIN_TIME_BUDGET_MS": 2000, "MUTATE_WAIT_MS": 100}, {"mollifier.E001"}),
+        ({"LEASE_MS": 1000, "DRAIN_TIME_BUDGET_MS": 2000, "MUTATE_WAIT_MS": 100}, {"mollifier.E001"}),
+        ({"LEASE_MS": 2001, "DRAIN_TIME_BUDGET_MS": 2000, "MUTATE_WAIT_MS": 100}, set()),
+        ({"MUTATE_WAIT_MS": 30_000, "LEASE_MS": 30_000}, {"mollifier.E002"}),
+        ({"MUTATE_WAIT_MS": 29_999, "LEASE_MS": 30_000}, set()),
+        ({"LEASE_MS": 2000, "DRAIN_TIME_BUDGET_MS": 2000}, {"mollifier.E001", "mollifier.E002"}),
+        ({"STALE_THRESHOLD_S": 1, "DRAIN_INTERVAL_S": 1.0}, {"mollifier.E003"}),
+        ({"STALE_THRESHOLD_S": 5, "DRAIN_INTERVAL_S": 10.0}, {"mollifier.E003"}),
+        ({"STALE_THRESHOLD_S": 1, "DRAIN_INTERVAL_S": 0.5}, set()),
+        ({"SHADOW_MODE": True, "ENABLED": False}, {"mollifier.W001"}),
+        ({"SHADOW_MODE": True, "ENABLED": True, "DRAINER_ENABLED": True}, set()),
+        ({"ENABLED": True, "DRAINER_ENABLED": False}, {"mollifier.W002"}),
+        ({"ENABLED": True, "DRAINER_ENABLED": True}, set()),
+        ({"ENABLED": False, "DRAINER_ENABLED": True}, set()),
+        ({"SHADOW_MODE": True, "ENABLED": True, "DRAINER_ENABLED": False}, {"mollifier.W002"}),
+    ],
+)
+def test_each_check_fires_exactly_on_its_combination(mollifier_settings, overrides, expected):
+    mollifier_settings(**overrides)
+
+    assert _mollifier_ids() == expected
+
+
+def test_errors_name_both_variables(mollifier_settings):
+    mollifier_settings(LEASE_MS=1000, DRAIN_TIME_BUDGET_MS=2000, MUTATE_WAIT_MS=100)
+
+    [error] = [m for m in check_mollifier_settings() if m.id == "mollifier.E001"]
+
+    assert "MOLLIFIER_LEASE_MS" in error.msg
+    assert "MOLLIFIER_DRAIN_TIME_BUDGET_MS" in error.msg
+
+
+def test_development_secret_key_warns_outside_debug(settings):
+    settings.DEBUG = False
+    settings.SECRET_KEY = "dev-insecure-anything"
+    assert "mollifier.W010" in _ids(check_mollifier_settings())
+
+    settings.SECRET_KEY = "a-real-secret"
+    assert "mollifier.W010" not in _ids(check_mollifier_settings())
+
+
+def test_redis_with_noeviction_policy_passes_the_eviction_check(redis_client):
+    """The shared Redis must not be reconfigured, so W003 is checked against what it reports."""
+    assert redis_client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+
+    assert check_redis_eviction_policy() == []
+
+
+def test_unreachable_redis_warns_instead_of_crashing_the_check(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+    assert _ids(check_redis_eviction_policy()) == {"mollifier.W004"}
