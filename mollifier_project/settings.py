@@ -76,6 +76,9 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 MOLLIFIER = load_settings()
 
+# The API checks body sizes itself (413 naming the limit, API.md §4); Django's 2.5 MB cap would answer 400.
+DATA_UPLOAD_MAX_MEMORY_SIZE = None
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -105,6 +108,14 @@ CELERY_TASK_ROUTES = {
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Beat entries exist only when their feature flag is on (DESIGN §8, §11): off means not scheduled at all.
+CELERY_BEAT_SCHEDULE = {}
+if MOLLIFIER.DRAINER_ENABLED:
+    CELERY_BEAT_SCHEDULE["drain-fan-out"] = {
+        "task": "drainer.fan_out",
+        "schedule": MOLLIFIER.DRAIN_INTERVAL_S,
+        "options": {"expires": MOLLIFIER.DRAIN_INTERVAL_S},
+    }
 
 LOGGING = {
     "version": 1,

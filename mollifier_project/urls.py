@@ -1,8 +1,9 @@
-"""URL routes: the operator admin. The trigger.dev-compatible API is added by ``runs.urls``."""
+"""URL routes: the trigger.dev-compatible API (``runs.urls``) and the operator admin."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
+    path("", include("runs.urls")),
     path("admin/", admin.site.urls),
 ]

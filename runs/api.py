@@ -1,0 +1,233 @@
+"""HTTP API in the trigger.dev v4 wire format (DESIGN §10, API.md). Views only parse, call a service
+and map its result or error to HTTP; every error is ``{"error": "…"}``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from pydantic import BaseModel, ValidationError
+
+from buffer.buffer import Buffer
+from runs import batches, mutations, queries, trigger
+from runs.auth import EnvContext, authenticate
+from runs.schemas import CreateBatchBody, ResetIdempotencyBody, TagsBody, TriggerBody, describe
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+MAX_BATCH_BODY_BYTES = 100 * 1024 * 1024
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
+    response = JsonResponse({"error": message}, status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def endpoint(*methods: str) -> Callable:
+    """Method check, bearer auth → ``EnvContext``, and error mapping for an API view."""
+
+    def decorate(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            if request.method not in methods:
+                return error(405, f"Method {request.method} not allowed")
+            env = authenticate(request.META.get("HTTP_AUTHORIZATION"))
+            if env is None:
+                return error(401, "Invalid or Missing API key")
+            try:
+                return view(request, env, *args, **kwargs)
+            except HttpError as exc:
+                return error(exc.status, exc.message, exc.headers)
+            except trigger.TriggerError as exc:
+                return error(exc.status, exc.message, exc.headers)
+            except queries.QueryError as exc:
+                return error(400, str(exc))
+
+        return wrapper
+
+    return decorate
+
+
+def now_ms() -> int:
+    """The request's clock, read once at the edge and passed down."""
+    return time.time_ns() // 1_000_000
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _buffer() -> Buffer:
+    return Buffer.from_settings()
+
+
+def _json_body(request: HttpRequest, model: type[M], *, limit: int, allow_empty: bool = False) -> M:
+    length = request.META.get("CONTENT_LENGTH")
+    if length and length.isdigit() and int(length) > limit:
+        raise HttpError(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
+    raw = request.body
+    if not raw.strip():
+        if allow_empty:
+            return model()
+        raise HttpError(400, "Request body is empty")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise HttpError(400, "Invalid JSON") from None
+    if not isinstance(data, dict):
+        raise HttpError(400, "Request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise HttpError(400, describe(exc)) from None
+
+
+def _body_limit() -> int:
+    return settings.MOLLIFIER.MAX_PAYLOAD_BYTES + 256 * 1024  # payload plus room for options
+
+
+# ------------------------------------------------------------------------------------------- trigger
+
+
+@endpoint("POST")
+def trigger_task(request: HttpRequest, env: EnvContext, task: str) -> JsonResponse:
+    cfg = settings.MOLLIFIER
+    clock = now_ms()
+    body = _json_body(request, TriggerBody, limit=_body_limit())
+    snapshot = trigger.prepare(
+        env, task, body.options, body.payload, now_ms=clock, max_payload_bytes=cfg.MAX_PAYLOAD_BYTES
+    )
+    result = trigger.trigger(
+        env, snapshot, buffer=_buffer(), cfg=cfg, now_ms=clock, bypass=trigger.is_bypass(body.options),
+        request_key=request.headers.get("x-trigger-request-idempotency-key") or None,
+    )  # fmt: skip
+    return JsonResponse({"id": result.run_id, "isCached": result.is_cached})
+
+
+# ------------------------------------------------------------------------------------------- batches
+
+
+@endpoint("POST")
+def create_batch(request: HttpRequest, env: EnvContext) -> JsonResponse:
+    body = _json_body(request, CreateBatchBody, limit=1024 * 1024)
+    created = batches.create(env, body, now=_dt(now_ms()))
+    doc = {"id": created.batch.id, "runCount": created.batch.run_count, "isCached": created.is_cached}
+    if created.batch.idempotency_key:
+        doc["idempotencyKey"] = created.batch.idempotency_key
+    return JsonResponse(doc, status=202)
+
+
+def _stream(request: HttpRequest, limit: int) -> bytes:
+    """The whole body, also when it arrives chunked without Content-Length (gunicorn sets
+    ``wsgi.input_terminated``; Django's ``request.body`` would read nothing, see API.md §5b)."""
+    if request.META.get("CONTENT_LENGTH"):
+        length = request.META["CONTENT_LENGTH"]
+        if length.isdigit() and int(length) > limit:
+            raise HttpError(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
+        return request.body
+    if request.META.get("wsgi.input_terminated"):
+        data = request.META["wsgi.input"].read(limit + 1)
+        if len(data) > limit:
+            raise HttpError(413, f"Request body exceeds the limit of {limit} bytes")
+        return data
+    return request.body
+
+
+@endpoint("POST")
+def batch_items(request: HttpRequest, env: EnvContext, batch_id: str) -> JsonResponse:
+    content_type = request.content_type or ""
+    if content_type not in NDJSON_TYPES:
+        return error(415, f"Content-Type must be application/x-ndjson, got {content_type or 'none'!r}")
+    body = _stream(request, MAX_BATCH_BODY_BYTES)
+    try:
+        result = batches.ingest(
+            env, batch_id, body.splitlines(), buffer=_buffer(), cfg=settings.MOLLIFIER, now_ms=now_ms()
+        )
+    except batches.BatchNotFound:
+        return error(404, "Batch not found")
+    return JsonResponse(
+        {
+            "id": result.batch_id,
+            "itemsAccepted": result.accepted,
+            "itemsDeduplicated": result.deduplicated,
+            "sealed": result.sealed,
+        }
+    )
+
+
+@endpoint("GET")
+def retrieve_batch(request: HttpRequest, env: EnvContext, batch_id: str) -> JsonResponse:
+    doc = batches.retrieve(env, batch_id)
+    return JsonResponse(doc) if doc else error(404, "Batch not found")
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+@endpoint("GET")
+def retrieve_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResponse:
+    found = queries.retrieve(env, run_id, buffer=_buffer(), now=_dt(now_ms()))
+    if found.doc is None:
+        return error(404, "Run not found", {"x-should-retry": "true" if found.maybe_in_flight else "false"})
+    return JsonResponse(found.doc)
+
+
+@endpoint("GET")
+def list_runs(request: HttpRequest, env: EnvContext) -> JsonResponse:
+    params = {key: request.GET.get(key, "") for key in request.GET}
+    return JsonResponse(queries.list_runs(env, params, now=_dt(now_ms())))
+
+
+def _mutation_response(run_id: str, result: mutations.Mutation, ok: dict[str, Any]) -> JsonResponse:
+    if result.status == mutations.Status.NOT_FOUND:
+        return error(404, "Run not found")
+    if result.status == mutations.Status.BUSY:
+        return error(503, f"Run {run_id} is being created right now; retry in a moment.", {"x-should-retry": "true"})
+    if result.status == mutations.Status.TOO_MANY:
+        return error(422, f"Runs can only have 10 tags, you're trying to set {result.count}.")
+    return JsonResponse(ok)
+
+
+@endpoint("POST")
+def cancel_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResponse:
+    result = mutations.cancel(env, run_id, buffer=_buffer(), now_ms=now_ms(), wait_ms=settings.MOLLIFIER.MUTATE_WAIT_MS)
+    return _mutation_response(run_id, result, {"id": run_id})
+
+
+@endpoint("POST")
+def add_tags(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResponse:
+    body = _json_body(request, TagsBody, limit=64 * 1024)
+    tags = list(dict.fromkeys(body.tags))
+    if len(tags) > 10:
+        return error(422, f"Runs can only have 10 tags, you're trying to set {len(tags)}.")
+    result = mutations.add_tags(
+        env, run_id, tags, buffer=_buffer(), now_ms=now_ms(), wait_ms=settings.MOLLIFIER.MUTATE_WAIT_MS
+    )
+    return _mutation_response(run_id, result, {"message": f"Successfully set {result.count} new tags."})
+
+
+@endpoint("POST")
+def reset_idempotency_key(request: HttpRequest, env: EnvContext, key: str) -> JsonResponse:
+    body = _json_body(request, ResetIdempotencyBody, limit=64 * 1024)
+    if not mutations.reset_idempotency_key(env, body.taskIdentifier, key, buffer=_buffer(), now_ms=now_ms()):
+        return error(404, f"No run found with idempotency key {key!r} for task {body.taskIdentifier!r}")
+    return JsonResponse({"id": key})

@@ -1,0 +1,65 @@
+"""Bearer key → environment, cached in process memory so a warm buffered trigger makes no Postgres query.
+
+The cache is keyed by the SHA-256 of the secret (the secret itself is never kept) and entries live for
+``AUTH_CACHE_TTL_S``: a revoked key or a changed enrolment takes effect within that time on every web
+process. Unknown keys are cached too (briefly), so a client hammering with a bad key cannot turn every
+request into a query.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from runs.models import ApiKey
+
+AUTH_CACHE_TTL_S = 30.0
+NEGATIVE_CACHE_TTL_S = 5.0
+_MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class EnvContext:
+    """What the API needs to know about the caller's environment, without touching Postgres again."""
+
+    env_id: int
+    org_id: int
+    env_slug: str
+    env_type: str
+    org_slug: str
+    enrolled: bool
+
+
+_cache: dict[str, tuple[float, EnvContext | None]] = {}
+_lock = threading.Lock()
+
+
+def authenticate(authorization: str | None, *, now: float | None = None) -> EnvContext | None:
+    """The env for an ``Authorization: Bearer <secret>`` header, or None (missing, unknown, revoked)."""
+    if not authorization or not authorization.startswith("Bearer "):
+        return None
+    secret = authorization[len("Bearer ") :].strip()
+    if not secret:
+        return None
+    now = time.monotonic() if now is None else now
+    digest = ApiKey.hash_secret(secret)
+    hit = _cache.get(digest)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    key = ApiKey.objects.select_related("env__org").filter(secret_hash=digest, revoked_at__isnull=True).first()
+    ctx = None
+    if key is not None:
+        env = key.env
+        ctx = EnvContext(env.id, env.org_id, env.slug, env.type, env.org.slug, env.org.mollifier_enrolled)
+    with _lock:
+        if len(_cache) >= _MAX_ENTRIES:
+            _cache.clear()
+        _cache[digest] = (now + (AUTH_CACHE_TTL_S if ctx else NEGATIVE_CACHE_TTL_S), ctx)
+    return ctx
+
+
+def clear_cache() -> None:
+    """Forget every cached key (tests; an operator revoking keys can also wait out the TTL)."""
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,158 @@
+"""Runs as the SDK's schemas want them (API.md §6–§7): V2 status vocabulary, boolean flags, optional
+fields omitted — never ``null`` (the SDK rejects ``"ttl": null``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from runs.models import RunStatus, TaskRun
+from runs.snapshot import Snapshot
+
+API_STATUS = {
+    RunStatus.PENDING: "QUEUED",
+    RunStatus.DELAYED: "DELAYED",
+    RunStatus.EXECUTING: "EXECUTING",
+    RunStatus.COMPLETED_SUCCESSFULLY: "COMPLETED",
+    RunStatus.COMPLETED_WITH_ERRORS: "FAILED",
+    RunStatus.CANCELED: "CANCELED",
+    RunStatus.SYSTEM_FAILURE: "SYSTEM_FAILURE",
+    RunStatus.CRASHED: "CRASHED",
+    RunStatus.EXPIRED: "EXPIRED",
+    RunStatus.TIMED_OUT: "TIMED_OUT",
+}
+# API status → internal statuses, for ``filter[status]``.
+INTERNAL_STATUSES: dict[str, list[str]] = {}
+for _internal, _api in API_STATUS.items():
+    INTERNAL_STATUSES.setdefault(_api, []).append(str(_internal))
+
+_COMPLETED = {"COMPLETED", "CANCELED", "FAILED", "CRASHED", "SYSTEM_FAILURE"}
+
+
+def flags(api_status: str) -> dict[str, bool]:
+    """trigger.dev's boolean helpers. EXPIRED and TIMED_OUT are not "completed" there either (API.md §7)."""
+    completed = api_status in _COMPLETED
+    return {
+        "isQueued": api_status in {"QUEUED", "DELAYED", "PENDING_VERSION"},
+        "isExecuting": api_status in {"EXECUTING", "DEQUEUED"},
+        "isWaiting": api_status == "WAITING",
+        "isCompleted": completed,
+        "isSuccess": api_status == "COMPLETED",
+        "isFailed": completed and api_status != "COMPLETED",
+        "isCancelled": api_status == "CANCELED",
+    }
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def decode_payload(payload: str | None, payload_type: str) -> tuple[bool, Any]:
+    """(present, value): super+json → its ``json`` member, JSON → parsed, text → as is."""
+    if payload is None:
+        return False, None
+    try:
+        if payload_type == "application/super+json":
+            return True, json.loads(payload).get("json")
+        if payload_type == "application/json":
+            return True, json.loads(payload)
+    except (ValueError, AttributeError):
+        return True, payload
+    if payload_type.startswith("text/"):
+        return True, payload
+    return False, None
+
+
+def _compact(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+def _common(
+    *,
+    run_id: str,
+    api_status: str,
+    task: str,
+    created_at: datetime,
+    updated_at: datetime,
+    tags: list[str],
+    depth: int,
+    batch_id: str | None,
+    idempotency_key_user: str | None,
+    delay_until: datetime | None,
+    ttl: str | None,
+    metadata: Any,
+    finished_at: datetime | None,
+) -> dict[str, Any]:
+    return _compact(
+        {
+            "id": run_id,
+            "status": api_status,
+            "taskIdentifier": task,
+            **flags(api_status),
+            "isTest": False,
+            "createdAt": iso(created_at),
+            "updatedAt": iso(updated_at),
+            "tags": list(tags),
+            "costInCents": 0,
+            "baseCostInCents": 0,
+            "durationMs": 0,
+            "depth": depth,
+            "idempotencyKey": idempotency_key_user,
+            "delayedUntil": iso(delay_until) if api_status == "DELAYED" else None,
+            "ttl": ttl,
+            "metadata": metadata if isinstance(metadata, dict) else None,
+            "batchId": batch_id,
+            "finishedAt": iso(finished_at),
+            "attemptCount": 0,
+        }
+    )
+
+
+def _detail(doc: dict[str, Any], *, batch_id: str | None, payload: tuple[bool, Any], error: Any) -> dict[str, Any]:
+    doc["triggerFunction"] = "batchTrigger" if batch_id else "trigger"
+    doc["relatedRuns"] = {}
+    present, value = payload
+    if present and value is not None:
+        doc["payload"] = value
+    if isinstance(error, dict):
+        doc["error"] = _compact(
+            {"message": str(error.get("raw") or error.get("message") or ""), "name": error.get("name")}
+        )
+    return doc
+
+
+def run_row(run: TaskRun, *, detail: bool = True) -> dict[str, Any]:
+    """A Postgres row as ``RetrieveRunResponse`` (``detail``) or a list item (caller adds ``env``)."""
+    doc = _common(
+        run_id=run.id, api_status=API_STATUS[run.status], task=run.task_identifier, created_at=run.created_at,
+        updated_at=run.updated_at, tags=run.tags, depth=run.depth, batch_id=run.batch_id,
+        idempotency_key_user=run.idempotency_key_user if run.idempotency_key else None,
+        delay_until=run.delay_until, ttl=run.ttl, metadata=run.metadata, finished_at=run.completed_at,
+    )  # fmt: skip
+    if not detail:
+        return doc
+    return _detail(doc, batch_id=run.batch_id, payload=decode_payload(run.payload, run.payload_type), error=run.error)
+
+
+def buffered_run(
+    s: Snapshot, *, extra_tags: list[str], cancelled_at: datetime | None, cancel_reason: str | None, now: datetime
+) -> dict[str, Any]:
+    """A run still in the buffer (DESIGN §9): QUEUED, DELAYED while its delay is ahead, CANCELED once cancelled."""
+    if cancelled_at is not None:
+        status = "CANCELED"
+    elif s.delay_until is not None and s.delay_until > now:
+        status = "DELAYED"
+    else:
+        status = "QUEUED"
+    tags = list(dict.fromkeys([*s.tags, *extra_tags]))
+    doc = _common(
+        run_id=s.id, api_status=status, task=s.task_identifier, created_at=s.created_at,
+        updated_at=cancelled_at or s.created_at, tags=tags, depth=s.depth, batch_id=s.batch_id,
+        idempotency_key_user=s.idempotency_key_user, delay_until=s.delay_until, ttl=s.ttl, metadata=s.metadata,
+        finished_at=cancelled_at,
+    )  # fmt: skip
+    error = {"raw": cancel_reason or "Run was cancelled"} if cancelled_at is not None else None
+    return _detail(doc, batch_id=s.batch_id, payload=decode_payload(s.payload, s.payload_type), error=error)

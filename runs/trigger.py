@@ -1,0 +1,367 @@
+"""The trigger service (DESIGN §5): validate, de-duplicate, decide, write or buffer — in that order.
+
+1. The caller (the view) has authenticated the key into an ``EnvContext`` and parsed the body.
+2. ``prepare`` validates what needs settings or the clock and builds the snapshot; a validation error
+   is raised here, before any de-duplication state or the gate is touched.
+3. Request-level de-duplication: ``x-trigger-request-idempotency-key`` → run id (Redis, 24 h), so a
+   client retrying after a lost response gets the same run.
+4. Task-level idempotency: the key is claimed in Redis (compare-and-set) before deciding, so
+   concurrent same-key triggers yield one run; a live holder is returned with ``isCached: true``.
+   The Postgres unique index is the backstop when Redis has lost the claim.
+5. The gate decides: pass through → ``engine.trigger``; mollify → ``buffer.accept``. Redis unreachable
+   → pass through (fail open). Postgres unreachable on the pass-through path → buffer instead, for
+   enrolled orgs.
+6. The answer is ``Triggered(run_id, is_cached)`` whichever path was taken.
+
+Claims made in 3–4 are released again if this call does not end up creating its run, so a failed
+trigger never leaves a key pointing at a run that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
+
+from buffer import gate
+from buffer.buffer import AcceptStatus, Buffer, IdemRef
+from runs import engine
+from runs.auth import EnvContext
+from runs.durations import DurationError, idempotency_ttl, parse_delay, parse_ttl
+from runs.ids import new_run_id
+from runs.models import MAX_TAGS, RunStatus, TaskRun
+from runs.schemas import TriggerOptions
+from runs.snapshot import Snapshot, normalise_tags, to_snapshot
+
+log = logging.getLogger(__name__)
+
+REQUEST_KEY_TTL_MS = 24 * 3600 * 1000
+# A key whose run ended like this may be reused: the next trigger makes a new run (API.md §4).
+REUSABLE_KEY_STATUSES = frozenset(
+    {
+        RunStatus.COMPLETED_WITH_ERRORS,
+        RunStatus.SYSTEM_FAILURE,
+        RunStatus.CRASHED,
+        RunStatus.EXPIRED,
+        RunStatus.TIMED_OUT,
+    }
+)
+
+
+class TriggerError(Exception):
+    """A trigger refused with an HTTP status and a message for ``{"error": …}``."""
+
+    status = 400
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidTrigger(TriggerError):
+    status = 400
+
+
+class Unprocessable(TriggerError):
+    status = 422
+
+
+class PayloadTooLarge(TriggerError):
+    status = 413
+
+
+class Backpressure(TriggerError):
+    status = 429
+
+
+class Unavailable(TriggerError):
+    status = 503
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRef:
+    batch_id: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Triggered:
+    run_id: str
+    is_cached: bool
+    path: str  # direct | buffered | cached | replayed — for logs and tests, not the API
+
+
+@dataclass(slots=True)
+class _Claims:
+    """Redis claims this call made, released unless the call creates its run."""
+
+    buffer: Buffer
+    env: EnvContext
+    task: str
+    run_id: str
+    held: list[tuple[str, str]] = field(default_factory=list)
+
+    def release(self) -> None:
+        for kind, key in self.held:
+            try:
+                self.buffer.release_claim(
+                    kind, org_id=self.env.org_id, env_id=self.env.env_id, task=self.task, key=key, run_id=self.run_id
+                )
+            except redis.RedisError:
+                log.warning("could not release %s claim for run %s", kind, self.run_id)
+        self.held.clear()
+
+
+# ------------------------------------------------------------------------------------------ prepare
+
+
+def encode_payload(payload: Any, payload_type: str) -> tuple[str | None, str]:
+    """The payload as the string packet the SDK sends; a raw JSON value from another client is encoded."""
+    if payload is None:
+        return None, payload_type
+    if isinstance(payload, str):
+        return payload, payload_type
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False), "application/json"
+
+
+def prepare(
+    env: EnvContext,
+    task: str,
+    options: TriggerOptions,
+    payload: Any,
+    *,
+    now_ms: int,
+    max_payload_bytes: int,
+    batch: BatchRef | None = None,
+    idempotency_key: str | None = None,
+) -> Snapshot:
+    """Validate what the schema cannot and build the snapshot. Raises a ``TriggerError`` subclass."""
+    if not task or len(task) > 128:
+        raise InvalidTrigger("taskIdentifier: must be 1–128 characters")
+    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    packet, payload_type = encode_payload(payload, options.payloadType)
+    if packet is not None and len(packet.encode()) > max_payload_bytes:
+        raise PayloadTooLarge(f"payload: {len(packet.encode())} bytes exceeds the limit of {max_payload_bytes} bytes")
+    tags = normalise_tags(options.tags)
+    if len(tags) > MAX_TAGS:
+        raise Unprocessable(f"Runs can only have {MAX_TAGS} tags, you're trying to set {len(tags)}.")
+    try:
+        delay_until = parse_delay(options.delay, now=now) if options.delay else None
+        ttl = parse_ttl(options.ttl) if options.ttl is not None else None
+    except DurationError as exc:
+        name = "options.delay" if options.delay and str(options.delay) in str(exc) else "options.ttl"
+        raise InvalidTrigger(f"{name}: {exc}") from None
+    key = idempotency_key or options.idempotencyKey
+    expires = now + idempotency_ttl(options.idempotencyKeyTTL) if key else None
+    return Snapshot(
+        id=new_run_id(now_ms),
+        env_id=env.env_id,
+        org_id=env.org_id,
+        task_identifier=task,
+        created_at=now,
+        payload=packet,
+        payload_type=payload_type,
+        metadata=options.metadata,
+        tags=tags,
+        idempotency_key=key,
+        idempotency_key_user=options.idempotencyKeyOptions.key if key and options.idempotencyKeyOptions else None,
+        idempotency_key_expires_at=expires,
+        queue=options.queue.name if options.queue else None,
+        concurrency_key=options.concurrencyKey,
+        delay_until=delay_until,
+        ttl=ttl,
+        max_attempts=options.maxAttempts,
+        max_duration=int(options.maxDuration) if options.maxDuration is not None else None,
+        machine=options.machine,
+        priority=int(options.priority or 0),
+        batch_id=batch.batch_id if batch else None,
+        batch_index=batch.index if batch else None,
+        parent_run_id=options.parentRunId,
+    )
+
+
+def is_bypass(options: TriggerOptions) -> bool:
+    """Triggers the gate never buffers (DESIGN §6): a parent waits on the child, debounce, one-time tokens."""
+    return (
+        bool(options.resumeParentOnCompletion and options.parentRunId)
+        or bool(options.debounce)
+        or bool(options.oneTimeUseToken)
+    )
+
+
+# ------------------------------------------------------------------------------------------ trigger
+
+
+def trigger(
+    env: EnvContext,
+    snapshot: Snapshot,
+    *,
+    buffer: Buffer,
+    cfg: Any,
+    now_ms: int,
+    bypass: bool = False,
+    request_key: str | None = None,
+) -> Triggered:
+    """Run steps 3–6 of the module docstring for a prepared snapshot."""
+    claims = _Claims(buffer, env, snapshot.task_identifier, snapshot.id)
+    redis_up = True
+    try:
+        if request_key:
+            try:
+                replay = _claim_request(buffer, env, snapshot, request_key, claims)
+            except redis.RedisError:
+                redis_up = False
+                replay = None
+            if replay is not None:
+                return Triggered(replay, False, "replayed")
+        if snapshot.idempotency_key and redis_up:
+            try:
+                cached = _claim_idempotency(buffer, env, snapshot, claims, now_ms=now_ms)
+            except redis.RedisError:
+                redis_up = False
+                cached = None
+            if cached is not None:
+                return Triggered(cached, True, "cached")
+        decision = _decide(buffer, env, cfg, now_ms=now_ms, bypass=bypass, redis_up=redis_up)
+        if decision == gate.Action.MOLLIFY:
+            result = _accept(buffer, env, snapshot, cfg, now_ms=now_ms)
+        else:
+            result = _write(buffer, env, snapshot, cfg, now_ms=now_ms, redis_up=redis_up)
+        if result.run_id == snapshot.id:
+            claims.held.clear()  # our run exists: the claims now point at it for good
+        return result
+    finally:
+        claims.release()
+
+
+def _claim_request(buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str, claims: _Claims) -> str | None:
+    """The run a previous attempt of this request made, or None once this call holds the request key."""
+    stale = None
+    for _ in range(2):
+        holder = buffer.claim(
+            "req", org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=request_key, run_id=s.id,
+            ttl_ms=REQUEST_KEY_TTL_MS, stale_run_id=stale,
+        )  # fmt: skip
+        if holder is None:
+            claims.held.append(("req", request_key))
+            return None
+        if _holder_state(buffer, env, holder) != "missing":
+            return holder
+        stale = holder  # the earlier attempt died before creating its run: take the key over
+    return holder
+
+
+def _claim_idempotency(buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Claims, *, now_ms: int) -> str | None:
+    """The live run holding the task-level key (→ ``isCached``), or None once this call holds the key."""
+    assert s.idempotency_key is not None and s.idempotency_key_expires_at is not None
+    ttl_ms = max(1, int(s.idempotency_key_expires_at.timestamp() * 1000) - now_ms)
+    stale = None
+    for _ in range(3):
+        holder = buffer.claim(
+            "idem", org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key,
+            run_id=s.id, ttl_ms=ttl_ms, stale_run_id=stale,
+        )  # fmt: skip
+        if holder is None:
+            claims.held.append(("idem", s.idempotency_key))
+            return None
+        state = _holder_state(buffer, env, holder)
+        if state == "live":
+            return holder
+        if state == "reusable":
+            engine.release_idempotency_key(
+                env.env_id, s.task_identifier, s.idempotency_key, now=s.created_at, statuses=REUSABLE_KEY_STATUSES
+            )
+        stale = holder
+    raise Unavailable("idempotency key is contended; retry")
+
+
+def _holder_state(buffer: Buffer, env: EnvContext, run_id: str) -> str:
+    """``live`` (return it), ``reusable`` (its run failed: a new run may take the key) or ``missing``."""
+    status = TaskRun.objects.filter(id=run_id, env_id=env.env_id).values_list("status", flat=True).first()
+    if status is not None:
+        return "reusable" if status in REUSABLE_KEY_STATUSES else "live"
+    entry = buffer.get(run_id, org_id=env.org_id)
+    if entry is None or entry.env_id != env.env_id:
+        return "missing"
+    if entry.status in ("QUEUED", "LEASED"):
+        return "live"
+    if entry.status == "DEAD":
+        return "reusable"
+    # ACKED: the row committed between our two reads, or was written elsewhere; look once more.
+    return "live" if TaskRun.objects.filter(id=run_id, env_id=env.env_id).exists() else "missing"
+
+
+def _decide(buffer: Buffer, env: EnvContext, cfg: Any, *, now_ms: int, bypass: bool, redis_up: bool) -> gate.Action:
+    if not redis_up:
+        gate.count_fail_open()
+        return gate.Action.PASS_THROUGH
+    try:
+        decision = gate.evaluate(
+            buffer, org_id=env.org_id, env_id=env.env_id, enrolled=env.enrolled, bypass=bypass, now_ms=now_ms, cfg=cfg
+        )
+    except redis.RedisError:
+        log.warning("gate unavailable, failing open", extra={"env_id": env.env_id, "org_id": env.org_id})
+        gate.count_fail_open()
+        return gate.Action.PASS_THROUGH
+    return decision.action
+
+
+def _accept(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: Any, *, now_ms: int) -> Triggered:
+    idem = None
+    if s.idempotency_key and s.idempotency_key_expires_at:
+        ttl_ms = max(1, int(s.idempotency_key_expires_at.timestamp() * 1000) - now_ms)
+        idem = IdemRef(env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key, ttl_ms=ttl_ms)
+    result = buffer.accept(
+        run_id=s.id, env_id=env.env_id, org_id=env.org_id, snapshot=to_snapshot(s), now_ms=now_ms,
+        idempotency=idem, max_per_env=cfg.MAX_BUFFERED_PER_ENV,
+    )  # fmt: skip
+    if result.status == AcceptStatus.FULL:
+        reset_ms = now_ms + max(1000, int(cfg.DRAIN_INTERVAL_S * 1000))
+        raise Backpressure(
+            f"This environment has {result.depth} runs waiting to be created, the most it may buffer "
+            f"({cfg.MAX_BUFFERED_PER_ENV}). Retry after the reset time.",
+            headers={"x-ratelimit-reset": str(reset_ms)},
+        )
+    if result.status == AcceptStatus.IDEMPOTENT and result.existing_run_id:
+        return Triggered(result.existing_run_id, True, "cached")
+    return Triggered(s.id, False, "buffered")
+
+
+def _write(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: Any, *, now_ms: int, redis_up: bool) -> Triggered:
+    """Pass through to Postgres; an outage diverts enrolled orgs into the buffer instead."""
+    try:
+        result = engine.trigger(s, now=s.created_at)
+        if result.outcome == engine.Outcome.IDEMPOTENCY_CLASH:
+            # Redis had no claim (lost, or Redis down) but Postgres holds the key: reuse it if allowed.
+            released = engine.release_idempotency_key(
+                env.env_id, s.task_identifier, s.idempotency_key or "", now=s.created_at,
+                statuses=REUSABLE_KEY_STATUSES,
+            )  # fmt: skip
+            if not released:
+                return Triggered(result.existing_run_id or s.id, True, "cached")
+            result = engine.trigger(s, now=s.created_at)
+            if result.outcome == engine.Outcome.IDEMPOTENCY_CLASH:
+                return Triggered(result.existing_run_id or s.id, True, "cached")
+        return Triggered(s.id, False, "direct")
+    except engine.InvalidRun as exc:
+        raise Unprocessable(str(exc)) from None
+    except (OperationalError, InterfaceError) as exc:
+        _discard_broken_connection()
+        if not (env.enrolled and redis_up):
+            raise Unavailable("The database is unavailable; retry shortly.") from exc
+        log.warning("postgres unavailable, buffering", extra={"env_id": env.env_id, "org_id": env.org_id})
+        gate.count_postgres_diversion()
+        return _accept(buffer, env, s, cfg, now_ms=now_ms)
+
+
+def _discard_broken_connection() -> None:
+    try:
+        connection.close()
+    except DatabaseError:
+        pass

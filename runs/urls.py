@@ -1,0 +1,17 @@
+"""Routes of the trigger.dev v4 wire format (API.md §3)."""
+
+from django.urls import path
+
+from runs import api
+
+urlpatterns = [
+    path("api/v1/tasks/<path:task>/trigger", api.trigger_task, name="trigger-task"),
+    path("api/v3/batches", api.create_batch, name="create-batch"),
+    path("api/v3/batches/<str:batch_id>/items", api.batch_items, name="batch-items"),
+    path("api/v2/batches/<str:batch_id>", api.retrieve_batch, name="retrieve-batch"),
+    path("api/v3/runs/<str:run_id>", api.retrieve_run, name="retrieve-run"),
+    path("api/v1/runs", api.list_runs, name="list-runs"),
+    path("api/v2/runs/<str:run_id>/cancel", api.cancel_run, name="cancel-run"),
+    path("api/v1/runs/<str:run_id>/tags", api.add_tags, name="add-tags"),
+    path("api/v1/idempotencyKeys/<path:key>/reset", api.reset_idempotency_key, name="reset-idempotency-key"),
+]

@@ -1,0 +1,181 @@
+"""The trigger path's order and guarantees (DESIGN §5), through the HTTP API and real Redis/Postgres."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection
+
+from buffer.buffer import Buffer
+from runs import auth
+from runs.models import TaskRun
+from runs.tenants import ensure_tenant, issue_api_key
+
+TRIGGER = "/api/v1/tasks/hello/trigger"
+
+
+@pytest.fixture
+def tenant(db):
+    tenant = ensure_tenant("trigger-org", "dev", enrol=True)
+    return tenant, issue_api_key(tenant.env)[1]
+
+
+@pytest.fixture
+def buffer(key_prefix):
+    return Buffer.from_settings()
+
+
+def post(client, secret, body, **headers):
+    return client.post(
+        TRIGGER, data=json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}",
+        **headers,
+    )  # fmt: skip
+
+
+def rate_count(buffer, env) -> int:
+    """How many triggers the gate has counted for ``env`` (0 when it never evaluated one)."""
+    return int(buffer.client.hget(buffer.keys_for_org(env.org_id).rate(env.id), "count") or 0)
+
+
+def test_buffered_trigger_answers_with_an_id_and_parks_the_snapshot(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0, KEY_PREFIX=buffer.prefix)
+    (t, secret) = tenant
+    response = post(client, secret, {"payload": '{"json":{"a":1}}', "options": {"tags": ["a"]}})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["isCached"] is False and body["id"].startswith("run_")
+    entry = buffer.get(body["id"], org_id=t.org.id)
+    assert entry is not None and entry.env_id == t.env.id and entry.status == "QUEUED"
+    assert not TaskRun.objects.filter(id=body["id"]).exists()
+
+
+def test_validation_errors_never_reach_the_gate(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0, KEY_PREFIX=buffer.prefix)
+    (t, secret) = tenant
+    assert post(client, secret, {"options": {"delay": "soonish"}}).status_code == 400
+    assert post(client, secret, {"options": {"tags": [str(i) for i in range(11)]}}).status_code == 422
+    assert rate_count(buffer, t.env) == 0
+    assert post(client, secret, {"payload": "{}"}).status_code == 200
+    assert rate_count(buffer, t.env) == 1  # the probe can see a counted trigger
+
+
+def test_idempotency_hit_never_reaches_the_gate(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0, KEY_PREFIX=buffer.prefix)
+    (t, secret) = tenant
+    first = post(client, secret, {"options": {"idempotencyKey": "k-1"}}).json()
+    counted = rate_count(buffer, t.env)
+    second = post(client, secret, {"options": {"idempotencyKey": "k-1"}}).json()
+    assert second == {"id": first["id"], "isCached": True}
+    assert rate_count(buffer, t.env) == counted
+
+
+def test_request_idempotency_header_returns_the_same_run_on_retry(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0, KEY_PREFIX=buffer.prefix)
+    (_, secret) = tenant
+    header = {"HTTP_X_TRIGGER_REQUEST_IDEMPOTENCY_KEY": str(uuid.uuid4())}
+    first = post(client, secret, {"payload": "{}"}, **header).json()
+    retry = post(client, secret, {"payload": "{}"}, **header).json()
+    other = post(client, secret, {"payload": "{}"}).json()
+    assert retry["id"] == first["id"]
+    assert other["id"] != first["id"]
+
+
+def test_direct_trigger_writes_the_row_when_the_gate_passes(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=False, KEY_PREFIX=buffer.prefix)
+    (t, secret) = tenant
+    run_id = post(client, secret, {"payload": "{}", "options": {"delay": "1h"}}).json()["id"]
+    run = TaskRun.objects.get(id=run_id)
+    assert (run.status, run.buffered, run.env_id) == ("DELAYED", False, t.env.id)
+    assert buffer.get(run_id, org_id=t.org.id) is None
+
+
+def test_warm_buffered_trigger_makes_zero_postgres_queries(
+    client, tenant, buffer, mollifier_settings, django_assert_num_queries
+):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0, KEY_PREFIX=buffer.prefix)
+    (_, secret) = tenant
+    auth.clear_cache()
+    assert post(client, secret, {"payload": "{}"}).status_code == 200  # warms the key cache
+    with django_assert_num_queries(0):
+        response = post(client, secret, {"payload": "{}", "options": {"idempotencyKey": "fresh", "tags": ["x"]}})
+    assert response.status_code == 200
+
+
+def test_full_buffer_answers_429_with_reset_header_and_writes_nothing(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0, MAX_BUFFERED_PER_ENV=2, KEY_PREFIX=buffer.prefix)
+    (t, secret) = tenant
+    assert [post(client, secret, {}).status_code for _ in range(2)] == [200, 200]
+    response = post(client, secret, {})
+    assert response.status_code == 429
+    assert "x-ratelimit-reset" in response.headers and int(response.headers["x-ratelimit-reset"]) > 0
+    assert "error" in response.json()
+    assert buffer.depth(buffer.shard_for(t.org.id), t.env.id) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgres_unreachable_still_answers_200_for_an_enrolled_org_and_buffers(client, key_prefix, mollifier_settings):
+    """Gate passes (threshold high) but Postgres is down: the trigger is diverted into the buffer."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=1_000_000)
+    tenant = ensure_tenant("outage-org", "dev", enrol=True)
+    secret = issue_api_key(tenant.env)[1]
+    auth.clear_cache()
+    assert post(client, secret, {}).status_code == 200  # warm: the key is cached in process
+    saved = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # nothing listens there: every connect is refused
+    try:
+        response = post(client, secret, {"payload": "{}"})
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = saved
+    assert response.status_code == 200, response.content
+    run_id = response.json()["id"]
+    entry = Buffer.from_settings().get(run_id, org_id=tenant.org.id)
+    assert entry is not None and entry.status == "QUEUED"
+    assert not TaskRun.objects.filter(id=run_id).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("enrolled", [True, False], ids=["buffered", "direct"])
+def test_a_thousand_concurrent_same_key_triggers_make_exactly_one_run(key_prefix, enrolled):
+    """Real concurrency: 1,000 requests from 32 threads against gunicorn with 2 worker processes."""
+    from tests.live import Gunicorn
+
+    tenant = ensure_tenant(f"race-{enrolled}", "dev", enrol=enrolled)
+    secret = issue_api_key(tenant.env)[1]
+    server = Gunicorn(
+        {"MOLLIFIER_ENABLED": "true", "MOLLIFIER_TRIP_THRESHOLD": "0", "MOLLIFIER_KEY_PREFIX": key_prefix}
+    )
+    body = json.dumps({"payload": "{}", "options": {"idempotencyKey": "the-one"}}).encode()
+    barrier = threading.Barrier(32)
+
+    def fire(i: int) -> dict:
+        if i < 32:
+            barrier.wait()
+        request = urllib.request.Request(
+            f"{server.url}{TRIGGER}", data=body, method="POST",
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(fire, range(1000)))
+    finally:
+        server.stop()
+    ids = {a["id"] for a in answers}
+    assert len(ids) == 1
+    assert sum(not a["isCached"] for a in answers) == 1
+    run_id = ids.pop()
+    if enrolled:
+        assert Buffer.from_settings().get(run_id, org_id=tenant.org.id) is not None
+        assert not TaskRun.objects.exists()
+    else:
+        assert list(TaskRun.objects.values_list("id", flat=True)) == [run_id]
