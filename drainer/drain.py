@@ -1,0 +1,435 @@
+"""Drain one shard: lease buffered snapshots fairly and materialise them in bulk (DESIGN §8).
+
+``drain_shard`` runs inside the shard's lock (``drainer.tasks``) and loops within its time budget:
+reclaim expired leases, promote due retries, run one fair round, until the shard is empty, the budget
+is spent, or Postgres is unreachable (then the shard's circuit opens: 100 ms doubling to 5 s).
+
+A round: pick orgs and envs (``drainer.fairness``), lease their share of ``ROUND_BUDGET``, then
+``materialise`` every leased entry and ack only what committed.
+
+Race analysis — every crash point and what it costs
+---------------------------------------------------
+1. Killed after ``lease``, before the commit: nothing was written. The lease expires (``LEASE_MS``),
+   ``reclaim_expired`` moves the entry to ``retry`` with attempts + 1, the next round writes it.
+   Cost: one lease period of delay and one attempt.
+2. Killed after the commit, before ``ack``: the rows exist. The lease expires, the entry is
+   reclaimed and materialised again; ``ON CONFLICT DO NOTHING`` makes that a no-op (EXISTED) and the
+   entry is acked. Cost: delay only — never a second row. Attempts can be exhausted this way; the
+   SYSTEM_FAILURE insert is then also a no-op on the existing id, so the live row stands.
+3. A lease that expires while its drainer is still working (Postgres very slow): another drainer
+   reclaims and materialises the same entry; both inserts race on the primary key, one wins, the
+   other sees EXISTED. ``ack`` of an entry already acked is a no-op. ``mollifier.E001`` keeps
+   ``LEASE_MS`` above the drain time budget so this needs a stall, not just a busy shard.
+4. Two drainers on one shard: the shard lock admits one. If a lock expired under a stalled holder,
+   ``lease`` is still an atomic LPOP, so the two get disjoint entries.
+5. Cancel during drain: a cancel that lands before the lease makes a CANCELED row. One that lands
+   while the entry is leased sets the flag too late for this round: the row is written live and the
+   API (which waits for the row, DESIGN §9) cancels it in Postgres. If that lease then expires, the
+   reclaimed entry carries the flag, ``create_cancelled_run`` hits ``CancelConflict`` and
+   ``cancel_run`` is applied: cancel wins either way.
+6. Postgres outage mid-round: everything not yet committed goes back to the queue head with attempts
+   unchanged (``release``); what did commit is acked. No SYSTEM_FAILURE row comes from an outage.
+7. Redis unreachable mid-round after the commit: the ack is lost, which is case 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import connection
+
+from buffer.buffer import Buffer, Entry
+from drainer import fairness
+from drainer.errors import Failure, classify
+from runs import engine
+from runs.snapshot import Snapshot, SnapshotError, from_snapshot, normalise_tags
+
+log = logging.getLogger(__name__)
+
+RECLAIM_LIMIT = 1000
+PROMOTE_LIMIT = 1000
+RETRY_BASE_MS = 500
+RETRY_MAX_MS = 30_000
+CIRCUIT_BASE_MS = 100
+CIRCUIT_MAX_MS = 5_000
+REUSABLE_KEY_STATUSES = frozenset({"COMPLETED_WITH_ERRORS", "SYSTEM_FAILURE", "CRASHED", "EXPIRED", "TIMED_OUT"})
+
+
+class _Outage(Exception):
+    """Postgres is unreachable: stop the round, release what is not committed."""
+
+
+@dataclass
+class Report:
+    """What a round (or a whole shard run) did; counts are entries."""
+
+    leased: int = 0
+    created: int = 0
+    existed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    dead: int = 0
+    requeued: int = 0
+    released: int = 0
+    reclaimed: int = 0
+    rounds: int = 0
+    outage: bool = False
+    circuit_open: bool = False
+
+    def add(self, other: Report) -> None:
+        for name in ("leased", "created", "existed", "cancelled", "failed", "dead", "requeued", "released",
+                     "reclaimed", "rounds"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.outage = self.outage or other.outage
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# ------------------------------------------------------------------------------------------- shard
+
+
+def drain_shard(
+    buffer: Buffer,
+    *,
+    shard: int,
+    cfg: Any,
+    clock: Callable[[], int] = wall_clock_ms,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Report:
+    """Drain ``shard`` until it is empty or ``DRAIN_TIME_BUDGET_MS`` is spent. Call with the shard lock held.
+
+    Steps per iteration: 1. respect an open circuit; 2. reclaim expired leases; 3. promote due retries;
+    4. one fair round; 5. on an outage open the circuit (and wait it out if the budget allows), on
+    success close it; stop when a round leased nothing.
+    """
+    report = Report()
+    start = clock()
+    circuit = buffer.keys(shard).drain_circuit
+    while True:
+        now = clock()
+        if now - start >= cfg.DRAIN_TIME_BUDGET_MS:
+            break
+        until = int(buffer.client.hget(circuit, "until_ms") or 0)
+        if until > now:
+            wait_ms = until - now
+            if now + wait_ms - start >= cfg.DRAIN_TIME_BUDGET_MS:
+                report.circuit_open = True
+                break
+            sleep(wait_ms / 1000)
+            continue
+        report.reclaimed += len(buffer.reclaim_expired(shard, now_ms=now, limit=RECLAIM_LIMIT))
+        buffer.promote_due(shard, now_ms=now, limit=PROMOTE_LIMIT)
+        result = run_round(buffer, shard=shard, cfg=cfg, now_ms=now)
+        report.add(result)
+        if result.outage:
+            failures = int(buffer.client.hincrby(circuit, "failures", 1))
+            delay = min(CIRCUIT_MAX_MS, CIRCUIT_BASE_MS * 2 ** (failures - 1))
+            buffer.client.hset(circuit, "until_ms", now + delay)
+            log.warning("postgres unreachable; shard %s backs off %s ms", shard, delay, extra={"shard": shard})
+            continue
+        if buffer.client.exists(circuit):
+            buffer.client.delete(circuit)
+        if result.leased == 0:
+            break
+    return report
+
+
+# ------------------------------------------------------------------------------------------- round
+
+
+def choose(buffer: Buffer, *, shard: int, cfg: Any) -> list[tuple[int, int, int]]:
+    """This round's (org, env, how many) — two-level round robin plus a max-min split of the budget.
+
+    Advances the durable cursors: the org cursor by one org per round, each chosen org's env cursor
+    by one env.
+    """
+    keys = buffer.keys(shard)
+    orgs = sorted(buffer.orgs(shard))
+    if not orgs:
+        return []
+    cursor = buffer.client.get(keys.cursor_orgs)
+    chosen = fairness.rotate_from(orgs, int(cursor) if cursor else None, cfg.MAX_ORGS_PER_ROUND)
+    buffer.client.set(keys.cursor_orgs, chosen[0])
+    env_cursors = buffer.client.hmget(keys.cursor_envs, [str(org) for org in chosen])
+    pipe = buffer.client.pipeline(transaction=False)
+    for org in chosen:
+        pipe.smembers(keys.org_envs(org))
+    env_sets = pipe.execute()
+    picks: list[tuple[int, int]] = []
+    for org, envs, env_cursor in zip(chosen, env_sets, env_cursors, strict=True):
+        candidates = sorted(int(e) for e in envs)
+        if candidates:
+            picks.append((org, fairness.rotate_from(candidates, int(env_cursor) if env_cursor else None, 1)[0]))
+    if not picks:
+        return []
+    buffer.client.hset(keys.cursor_envs, mapping={str(org): env for org, env in picks})
+    pipe = buffer.client.pipeline(transaction=False)
+    for _, env in picks:
+        pipe.llen(keys.queue(env))
+    demands = pipe.execute()
+    shares = fairness.max_min_split(cfg.ROUND_BUDGET, demands)
+    return [(org, env, n) for (org, env), n in zip(picks, shares, strict=True) if n > 0]
+
+
+def run_round(buffer: Buffer, *, shard: int, cfg: Any, now_ms: int) -> Report:
+    """Lease this round's entries and materialise them."""
+    entries: list[Entry] = []
+    for org, env, n in choose(buffer, shard=shard, cfg=cfg):
+        entries.extend(buffer.lease(shard, org_id=org, env_id=env, n=n, now_ms=now_ms, lease_ms=cfg.LEASE_MS))
+    report = materialise(buffer, shard=shard, entries=entries, cfg=cfg, now_ms=now_ms)
+    report.rounds = 1
+    return report
+
+
+# ------------------------------------------------------------------------------------- materialise
+
+
+@dataclass
+class _Round:
+    """Bookkeeping for one round: which leased entries are resolved, and how."""
+
+    buffer: Buffer
+    shard: int
+    cfg: Any
+    now_ms: int
+    report: Report
+    pending: dict[str, Entry] = field(default_factory=dict)  # leased, not yet resolved; insertion order = lease order
+    acks: list[str] = field(default_factory=list)
+
+    def ack(self, entry: Entry) -> None:
+        self.pending.pop(entry.run_id, None)
+        self.acks.append(entry.run_id)
+
+    def requeue(self, entry: Entry, error: str) -> None:
+        """Transient failure: back off and try again, or give up once attempts are exhausted."""
+        self.pending.pop(entry.run_id, None)
+        delay = min(RETRY_MAX_MS, RETRY_BASE_MS * 2**entry.attempts)
+        attempts = self.buffer.requeue(self.shard, entry.run_id, now_ms=self.now_ms, delay_ms=delay, error=error)
+        if attempts is not None:
+            self.report.requeued += 1
+            log.warning("requeued run %s (attempt %s): %s", entry.run_id, attempts, error, extra=_ids(entry))
+
+
+def _ids(entry: Entry) -> dict[str, Any]:
+    return {"run_id": entry.run_id, "env_id": entry.env_id, "org_id": entry.org_id}
+
+
+def _parse(entry: Entry) -> Snapshot:
+    snapshot = from_snapshot(entry.snapshot)
+    if (snapshot.env_id, snapshot.org_id) != (entry.env_id, entry.org_id) or snapshot.id != entry.run_id:
+        raise SnapshotError("snapshot does not match its buffer entry (run, env or org differ)")
+    if entry.extra_tags:
+        snapshot = snapshot.replace(tags=normalise_tags([*snapshot.tags, *entry.extra_tags]))
+    return snapshot
+
+
+def _minimal_snapshot(entry: Entry) -> Snapshot:
+    """Enough of an unreadable snapshot to write its SYSTEM_FAILURE row — keeping the batch link if any."""
+    batch_id, batch_index, task = None, None, "unknown"
+    try:
+        doc = json.loads(entry.snapshot)
+        if isinstance(doc, dict):
+            task = doc.get("task") if isinstance(doc.get("task"), str) and doc.get("task") else task
+            if isinstance(doc.get("batch"), str) and isinstance(doc.get("batch_index"), int):
+                batch_id, batch_index = doc["batch"], doc["batch_index"]
+    except ValueError:
+        pass
+    return Snapshot(
+        id=entry.run_id, env_id=entry.env_id, org_id=entry.org_id, task_identifier=task,
+        created_at=_dt(entry.accepted_ms), batch_id=batch_id, batch_index=batch_index,
+    )  # fmt: skip
+
+
+def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], cfg: Any, now_ms: int) -> Report:
+    """Write a row for every leased entry and ack it after the commit (the outcome table of DESIGN §8).
+
+    Steps: 1. sort entries into normal / cancelled / failed (unreadable snapshot, attempts exhausted);
+    2. ``materialise_many`` the normal ones in one transaction; 3. CANCELED rows; 4. SYSTEM_FAILURE rows
+    (dead-letter when even that is impossible); 5. ack what committed — or, on an outage, release
+    everything still pending with attempts unchanged.
+    """
+    state = _Round(buffer, shard, cfg, now_ms, Report(leased=len(entries)))
+    state.pending = {e.run_id: e for e in entries}
+    normal: list[tuple[Entry, Snapshot]] = []
+    cancelled: list[tuple[Entry, Snapshot]] = []
+    failed: list[tuple[Entry, Snapshot | None, str]] = []
+    for entry in entries:
+        try:
+            snapshot = _parse(entry)
+        except SnapshotError as exc:
+            failed.append((entry, None, f"unreadable snapshot: {exc}"))
+            continue
+        if entry.cancelled_at_ms is not None:
+            cancelled.append((entry, snapshot))
+        elif entry.attempts >= cfg.MAX_ATTEMPTS:
+            failed.append((entry, snapshot, f"gave up after {entry.attempts} attempts: {entry.last_error or 'lease expired'}"))
+        else:
+            normal.append((entry, snapshot))
+    try:
+        failed.extend(_materialise_normal(state, normal))
+        for entry, snapshot in cancelled:
+            _guarded(state, entry, snapshot, failed, lambda e=entry, s=snapshot: _cancelled_row(state, e, s))
+        for entry, snapshot, reason in failed:
+            _failure_row(state, entry, snapshot, reason)
+    except _Outage:
+        state.report.outage = True
+        _discard_connection()
+        if state.pending:
+            state.report.released += buffer.release(shard, list(state.pending))
+            state.pending.clear()
+    finally:
+        if state.acks:
+            buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=cfg.ACK_GRACE_S * 1000)
+    return state.report
+
+
+def _retry_or_fail(state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list) -> None:
+    if entry.attempts + 1 < state.cfg.MAX_ATTEMPTS:
+        state.requeue(entry, reason)
+    else:
+        failed.append((entry, snapshot, f"gave up after {entry.attempts + 1} attempts: {reason}"))
+
+
+def _guarded(state: _Round, entry: Entry, snapshot: Snapshot | None, failed: list, write: Callable[[], None]) -> None:
+    """Run one database write for ``entry`` and route its failure by class (DESIGN §8 table)."""
+    try:
+        write()
+    except Exception as exc:  # classified below; nothing is swallowed silently
+        kind = classify(exc)
+        if kind is Failure.OUTAGE:
+            raise _Outage from exc
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        if kind is Failure.RETRY:
+            _retry_or_fail(state, entry, snapshot, reason, failed)
+        else:
+            failed.append((entry, snapshot, reason))
+
+
+def _materialise_normal(state: _Round, normal: list[tuple[Entry, Snapshot]]) -> list[tuple[Entry, Snapshot | None, str]]:
+    """Bulk insert; on a non-outage error fall back to one entry at a time to isolate the culprit."""
+    failed: list[tuple[Entry, Snapshot | None, str]] = []
+    if not normal:
+        return failed
+    now = _dt(state.now_ms)
+    try:
+        results = engine.materialise_many([s for _, s in normal], now=now)
+    except Exception as exc:
+        kind = classify(exc)
+        if kind is Failure.OUTAGE:
+            raise _Outage from exc
+        if kind is Failure.RETRY:
+            for entry, snapshot in normal:
+                _retry_or_fail(state, entry, snapshot, f"{type(exc).__name__}: {exc}".strip(), failed)
+            return failed
+        log.warning("bulk materialise failed (%s); isolating entries one by one", exc)
+        for entry, snapshot in normal:
+            _guarded(state, entry, snapshot, failed, lambda e=entry, s=snapshot: _one(state, e, s, failed))
+        return failed
+    _apply_results(state, normal, results, failed)
+    return failed
+
+
+def _one(state: _Round, entry: Entry, snapshot: Snapshot, failed: list) -> None:
+    _apply_results(state, [(entry, snapshot)], engine.materialise_many([snapshot], now=_dt(state.now_ms)), failed)
+
+
+def _apply_results(
+    state: _Round, normal: list[tuple[Entry, Snapshot]], results: list[engine.Result], failed: list
+) -> None:
+    clashes: list[tuple[Entry, Snapshot, engine.Result]] = []
+    for (entry, snapshot), result in zip(normal, results, strict=True):
+        if result.outcome is engine.Outcome.CREATED:
+            state.report.created += 1
+            state.ack(entry)
+        elif result.outcome is engine.Outcome.EXISTED:
+            state.report.existed += 1
+            state.ack(entry)
+        elif result.outcome is engine.Outcome.INVALID:
+            failed.append((entry, snapshot, result.reason or "invalid snapshot"))
+        else:
+            clashes.append((entry, snapshot, result))
+    for entry, snapshot, result in clashes:
+        _guarded(state, entry, snapshot, failed, lambda e=entry, s=snapshot, r=result: _resolve_clash(state, e, s, r, failed))
+
+
+def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engine.Result, failed: list) -> None:
+    """Another row holds this run's idempotency key (the Redis claim was lost or expired). If that key
+    may be reused (expired, or its run failed) take it over; otherwise the run cannot exist without
+    breaking idempotency, so it becomes a SYSTEM_FAILURE row naming the holder."""
+    now = _dt(state.now_ms)
+    released = engine.release_idempotency_key(
+        snapshot.env_id, snapshot.task_identifier, snapshot.idempotency_key or "", now=now,
+        statuses=REUSABLE_KEY_STATUSES,
+    )  # fmt: skip
+    if released:
+        retry = engine.materialise_many([snapshot], now=now)[0]
+        if retry.outcome in (engine.Outcome.CREATED, engine.Outcome.EXISTED):
+            state.report.created += retry.outcome is engine.Outcome.CREATED
+            state.report.existed += retry.outcome is engine.Outcome.EXISTED
+            state.ack(entry)
+            return
+        result = retry
+    failed.append((entry, snapshot, f"idempotency key already belongs to run {result.existing_run_id}"))
+
+
+def _cancelled_row(state: _Round, entry: Entry, snapshot: Snapshot) -> None:
+    """Cancel wins: a CANCELED row (no event: it was reported at cancel time), or cancel the live row."""
+    at = _dt(entry.cancelled_at_ms or state.now_ms)
+    reason = entry.cancel_reason or "Canceled by user"
+    try:
+        engine.create_cancelled_run(snapshot, at, reason, emit_event=False, now=_dt(state.now_ms))
+    except engine.CancelConflict:
+        engine.cancel_run(snapshot.id, reason, at)
+    state.report.cancelled += 1
+    state.ack(entry)
+
+
+def _failure_row(state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str) -> None:
+    """SYSTEM_FAILURE row keeping the batch link; if even that cannot be written, dead-letter the entry."""
+    error = f"{engine.FAILURE_PREFIX} {reason}"
+    try:
+        engine.create_failed_run(snapshot or _minimal_snapshot(entry), error, now=_dt(state.now_ms))
+    except engine.InvalidRun as exc:
+        state.pending.pop(entry.run_id, None)
+        state.buffer.dead_letter(state.shard, entry.run_id, now_ms=state.now_ms, reason=f"{reason}; {exc}")
+        state.report.dead += 1
+        log.error("dead-lettered run %s: %s; %s", entry.run_id, reason, exc, extra=_ids(entry))
+        return
+    except Exception as exc:
+        if classify(exc) is Failure.OUTAGE:
+            raise _Outage from exc
+        state.pending.pop(entry.run_id, None)
+        state.buffer.dead_letter(state.shard, entry.run_id, now_ms=state.now_ms, reason=f"{reason}; {exc}")
+        state.report.dead += 1
+        log.exception("dead-lettered run %s", entry.run_id, extra=_ids(entry))
+        return
+    state.report.failed += 1
+    state.ack(entry)
+    log.warning("run %s failed terminally: %s", entry.run_id, reason, extra=_ids(entry))
+
+
+def _discard_connection() -> None:
+    try:
+        connection.close()
+    except Exception:  # the connection is already broken; closing it is best effort
+        log.debug("closing a broken connection failed", exc_info=True)
+
+
+def shards_with_work(buffer: Buffer, *, offset: int) -> list[int]:
+    """Shards that have queued, retrying or leased entries, starting from ``offset`` (mod shards)."""
+    has_work = buffer.shard_has_work()
+    start = offset % buffer.shards
+    order = [*range(start, buffer.shards), *range(start)]
+    return [shard for shard in order if has_work[shard]]

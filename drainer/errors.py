@@ -1,0 +1,51 @@
+"""Which database failures the drain retries, and how (the outcome table of DESIGN §8).
+
+- ``OUTAGE``: Postgres is unreachable (connection refused/reset, server shutting down, pool timeout).
+  The whole round goes back to the queue head with attempts unchanged and the shard backs off: an
+  outage must never burn attempts or turn into SYSTEM_FAILURE rows.
+- ``RETRY``: a transient conflict (deadlock, serialization failure, lock or statement timeout). The
+  entries are requeued with backoff and attempts + 1.
+- ``FATAL``: anything else (bad data, integrity error, a bug). Retrying cannot help; the entry becomes
+  a SYSTEM_FAILURE row.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import psycopg
+from django.db import utils as db_utils
+from psycopg_pool import PoolTimeout
+
+
+class Failure(StrEnum):
+    OUTAGE = "outage"
+    RETRY = "retry"
+    FATAL = "fatal"
+
+
+# SQLSTATE classes/codes: 08 connection exception; 57P01-03 admin/crash shutdown, cannot connect now;
+# 53300 too many connections.
+_OUTAGE_CODES = ("08", "57P01", "57P02", "57P03", "53300")
+# 40001 serialization_failure, 40P01 deadlock_detected, 55P03 lock_not_available, 57014 query_canceled.
+_RETRY_CODES = ("40001", "40P01", "55P03", "57014")
+
+
+def classify(exc: BaseException) -> Failure:
+    """Classify an exception raised while materialising (Django wraps psycopg errors; look inside)."""
+    cause = exc.__cause__ if isinstance(exc, db_utils.Error) and exc.__cause__ is not None else exc
+    if isinstance(cause, PoolTimeout):
+        return Failure.OUTAGE
+    code = getattr(cause, "sqlstate", None)
+    if code:
+        if code.startswith(_OUTAGE_CODES):
+            return Failure.OUTAGE
+        if code in _RETRY_CODES:
+            return Failure.RETRY
+        return Failure.FATAL
+    # No SQLSTATE: the connection itself failed (refused, reset, closed under us).
+    if isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError):
+        return Failure.OUTAGE
+    if isinstance(exc, db_utils.OperationalError | db_utils.InterfaceError):
+        return Failure.OUTAGE
+    return Failure.FATAL

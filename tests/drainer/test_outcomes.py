@@ -1,0 +1,214 @@
+"""Every row of the drain's outcome table (DESIGN §8), against real Redis and Postgres."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from django.db import connection
+
+from drainer import drain
+from runs import engine
+from runs.models import BatchStatus, RunStatus, TaskRun
+from runs.signals import run_cancelled
+from tests.factories import BatchFactory, EnvironmentFactory, SnapshotFactory
+from tests.live import database_url_of_test_db
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def env():
+    return EnvironmentFactory()
+
+
+def entry(buffer, run_id, env):
+    return buffer.get(run_id, org_id=env.org_id)
+
+
+def test_buffered_snapshots_become_rows_and_are_acked(buffer, park, cfg, env):
+    snaps = [SnapshotFactory(env=env) for _ in range(5)]
+    park(*snaps)
+    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    assert report.created == 5
+    rows = TaskRun.objects.in_bulk([s.id for s in snaps])
+    assert len(rows) == 5
+    assert all(r.buffered and r.status == RunStatus.PENDING for r in rows.values())
+    assert rows[snaps[0].id].created_at == snaps[0].created_at  # trigger time, not drain time
+    assert all(entry(buffer, s.id, env).status == "ACKED" for s in snaps)
+    assert buffer.orgs(0) == []
+
+
+def test_row_already_there_is_acked_without_a_second_row(buffer, park, cfg, env):
+    snap = SnapshotFactory(env=env)
+    engine.materialise_many([snap])  # as if an earlier drain committed and then died before its ack
+    park(snap)
+    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    assert (report.created, report.existed) == (0, 1)
+    assert TaskRun.objects.filter(id=snap.id).count() == 1
+    assert entry(buffer, snap.id, env).status == "ACKED"
+
+
+def test_cancelled_while_buffered_becomes_a_canceled_row_without_an_event(buffer, park, cfg, env):
+    snap = SnapshotFactory(env=env)
+    park(snap)
+    buffer.cancel(snap.id, org_id=env.org_id, env_id=env.id, now_ms=1_700_000_000_000, reason="user said no")
+    events = []
+    run_cancelled.connect(lambda **kw: events.append(kw["run_id"]), weak=False, dispatch_uid="t-cancel")
+    try:
+        report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    finally:
+        run_cancelled.disconnect(dispatch_uid="t-cancel")
+    row = TaskRun.objects.get(id=snap.id)
+    assert report.cancelled == 1
+    assert (row.status, row.error["raw"]) == (RunStatus.CANCELED, "user said no")
+    assert int(row.completed_at.timestamp() * 1000) == 1_700_000_000_000
+    assert events == []
+
+
+def test_cancelled_entry_whose_row_is_live_cancels_the_row(buffer, park, cfg, env):
+    snap = SnapshotFactory(env=env)
+    engine.trigger(snap)  # live row from a drain whose ack was lost
+    park(snap)
+    buffer.cancel(snap.id, org_id=env.org_id, env_id=env.id, now_ms=1_700_000_000_000, reason="cancel wins")
+    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    assert TaskRun.objects.get(id=snap.id).status == RunStatus.CANCELED
+
+
+def test_unreadable_snapshot_becomes_a_system_failure_row_keeping_its_batch(buffer, park, cfg, env):
+    batch = BatchFactory(env=env, run_count=1)
+    snap = SnapshotFactory(env=env)
+    park(snap, raw=json.dumps({"v": 1, "id": snap.id, "task": "t", "batch": batch.id, "batch_index": 0}))
+    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    row = TaskRun.objects.get(id=snap.id)
+    assert report.failed == 1
+    assert row.status == RunStatus.SYSTEM_FAILURE
+    assert row.error["raw"].startswith("Mollifier drainer terminal failure: unreadable snapshot")
+    assert (row.batch_id, row.batch_index) == (batch.id, 0)
+    batch.refresh_from_db()
+    assert batch.status == BatchStatus.PARTIAL_FAILED  # the batch does not wait forever on it
+    assert entry(buffer, snap.id, env).status == "ACKED"
+
+
+def test_invalid_snapshot_becomes_a_system_failure_row(buffer, park, cfg, env):
+    snap = SnapshotFactory(env=env, tags=[f"t{i}" for i in range(12)])
+    park(snap)
+    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    row = TaskRun.objects.get(id=snap.id)
+    assert row.status == RunStatus.SYSTEM_FAILURE
+    assert "at most 10 tags" in row.error["raw"]
+
+
+def test_entry_whose_env_is_gone_is_dead_lettered_with_its_reason(buffer, park, cfg, env):
+    snap = SnapshotFactory(env=env)
+    park(snap)
+    org_id = env.org_id
+    env.delete()
+    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    dead = buffer.get(snap.id, org_id=org_id)
+    assert report.dead == 1
+    assert dead.status == "DEAD"
+    assert "does not exist" in dead.last_error
+    assert not TaskRun.objects.filter(id=snap.id).exists()
+
+
+def test_exhausted_attempts_become_a_system_failure_row(buffer, park, cfg, env, mollifier_settings):
+    cfg = mollifier_settings(MAX_ATTEMPTS=2)
+    snap = SnapshotFactory(env=env)
+    park(snap, now_ms=0)
+    for now in (0, 1):  # leased twice, each lease abandoned (a crashed worker) and reclaimed
+        assert len(buffer.lease(0, org_id=env.org_id, env_id=env.id, n=10, now_ms=now * 100_000, lease_ms=10)) == 1
+        buffer.reclaim_expired(0, now_ms=now * 100_000 + 50, limit=10)
+        buffer.promote_due(0, now_ms=now * 100_000 + 10_000_000, limit=10)
+    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    row = TaskRun.objects.get(id=snap.id)
+    assert row.status == RunStatus.SYSTEM_FAILURE
+    assert "gave up after 2 attempts" in row.error["raw"]
+
+
+def test_idempotency_clash_with_a_live_run_becomes_a_failure_row_naming_the_holder(buffer, park, cfg, env):
+    holder = SnapshotFactory(env=env, idempotency_key="k")
+    engine.trigger(holder)
+    snap = SnapshotFactory(env=env, idempotency_key="k")
+    park(snap)
+    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    row = TaskRun.objects.get(id=snap.id)
+    assert row.status == RunStatus.SYSTEM_FAILURE
+    assert holder.id in row.error["raw"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lock_timeout_requeues_with_attempts_plus_one(buffer, park, cfg, env):
+    """A real row lock held by another session makes the insert time out (55P03): retryable."""
+    snap = SnapshotFactory(env=env)
+    park(snap)
+    with psycopg.connect(database_url_of_test_db()) as other:
+        other.execute(  # an uncommitted insert of the same id: our insert must wait for it
+            "INSERT INTO runs_taskrun (id, env_id, org_id, task_identifier, status, payload_type, tags, priority,"
+            " depth, created_at, buffered) VALUES (%s, %s, %s, 't', 'PENDING', 'application/json', '{}', 0, 0,"
+            " now(), false)",
+            (snap.id, env.id, env.org_id),
+        )
+        with connection.cursor() as cur:
+            cur.execute("SET lock_timeout = '200ms'")
+        try:
+            report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+        finally:
+            with connection.cursor() as cur:
+                cur.execute("RESET lock_timeout")
+        other.rollback()
+    got = entry(buffer, snap.id, env)
+    assert report.requeued == 1
+    assert (got.status, got.attempts) == ("QUEUED", 1)
+    assert "LockNotAvailable" in got.last_error or "lock timeout" in got.last_error
+    assert not TaskRun.objects.filter(id=snap.id).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgres_outage_releases_the_round_with_attempts_unchanged_and_opens_the_circuit(buffer, park, cfg, env):
+    snaps = [SnapshotFactory(env=env) for _ in range(3)]
+    park(*snaps)
+    saved = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # connection refused: Postgres is "down"
+    try:
+        report = drain.drain_shard(buffer, shard=0, cfg=cfg, sleep=lambda s: None)
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = saved
+    assert report.outage
+    assert report.failed == report.created == 0
+    for s in snaps:
+        got = entry(buffer, s.id, env)
+        assert (got.status, got.attempts) == ("QUEUED", 0)
+    assert buffer.depth(0, env.id) == 3
+    assert buffer.client.hget(buffer.keys(0).drain_circuit, "until_ms") is not None
+    assert not TaskRun.objects.exists()
+    # Postgres is back: the next run drains everything and closes the circuit.
+    report = drain.drain_shard(buffer, shard=0, cfg=cfg, sleep=lambda s: None)
+    assert report.created == 3
+    assert not buffer.client.exists(buffer.keys(0).drain_circuit)
+
+
+def test_disabled_drainer_task_does_not_pop(buffer, park, env, mollifier_settings):
+    from drainer.tasks import drain_shard as task
+
+    mollifier_settings(DRAINER_ENABLED=False)
+    snap = SnapshotFactory(env=env)
+    park(snap)
+    assert task.run(0) is None
+    assert entry(buffer, snap.id, env).status == "QUEUED"
+
+
+def test_two_drain_tasks_on_one_shard_the_lock_admits_one(buffer, park, env):
+    from drainer.tasks import drain_shard as task
+
+    lock = buffer.client.lock(buffer.keys(0).drain_lock, timeout=10, blocking=False)
+    assert lock.acquire()
+    try:
+        park(SnapshotFactory(env=env))
+        assert task.run(0) == {"shard": 0, "locked": True}
+        assert buffer.depth(0, env.id) == 1
+    finally:
+        lock.release()
