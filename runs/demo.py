@@ -1,7 +1,7 @@
-"""The demo behind ``make demo``: start the processes, make a tenant, trigger a few runs, say what happened.
+"""The demo behind ``make demo``: start the processes, fire a trigger storm over HTTP, watch the buffer
+absorb it and the drain turn it into rows, and check that every run exists exactly once.
 
-One function per phase, so a later issue can replace one phase — ``trigger_runs`` becomes the trigger
-storm — without touching the others. The four processes (web, worker, beat, flower) run under honcho from
+One function per phase; the storm itself lives in ``runs.storm``. The four processes (web, worker, beat, flower) run under honcho from
 the Procfile; their output goes to ``.data/demo-processes.log`` so the terminal shows only the demo.
 """
 
@@ -17,26 +17,27 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
 
-from runs import engine
-from runs.ids import new_run_id
-from runs.models import Environment, TaskRun
-from runs.snapshot import Snapshot
-from runs.tenants import Tenant, ensure_tenant, issue_api_key
+from buffer.buffer import Buffer
+from runs import storm
+from runs.tenants import ensure_tenant, issue_api_key
 
 Say = Callable[[str], None]
 
-DEMO_ORG = "demo"
 DEMO_ENV = "dev"
-DEMO_TASK = "demo-hello"
 ADMIN_USERNAME = "admin"
 STOP_WAIT_S = 20.0
+# The demo switches the mollifier on for its processes (an operator's own MOLLIFIER_* values win).
+DEMO_FLAGS = {
+    "MOLLIFIER_ENABLED": "true",
+    "MOLLIFIER_DRAINER_ENABLED": "true",
+    "MOLLIFIER_STALE_SWEEP_ENABLED": "true",
+}
 
 
 class DemoError(Exception):
@@ -48,7 +49,7 @@ class DemoConfig:
     root: Path
     port: int = 8000
     flower_port: int = 5555
-    runs: int = 5
+    runs: int = 20_000
     hold: bool = False
     ready_timeout_s: float = 120.0
 
@@ -72,19 +73,21 @@ class Admin:
 
 
 def run_demo(cfg: DemoConfig, say: Say) -> None:
-    """1. refuse busy ports; 2. start the processes; 3. wait until web, flower and a worker answer;
-    4. ensure the demo tenant and admin user; 5. trigger runs; 6. report; 7. hold (``--hold``) or stop."""
+    """1. refuse busy ports; 2. start the processes (gate, drainer and sweep switched on); 3. wait until
+    web, flower and a worker answer; 4. ensure the storm's tenants and the admin user; 5. fire the storm
+    and watch it drain; 6. report; 7. hold (``--hold``) or stop."""
     check_ports_free(cfg)
     processes = start_processes(cfg)
     say(f"started web, worker, beat and flower (honcho pid {processes.pid}; output in {cfg.log_path})")
     try:
         wait_until_ready(processes, cfg, say)
-        tenant, secret = ensure_demo_tenant()
+        tenants = ensure_storm_tenants(cfg.runs)
         admin = ensure_admin_user()
-        created_at = now_ms_precision()
-        results = trigger_runs(tenant, count=cfg.runs, now=created_at)
-        report(cfg, tenant, secret, admin, results, say)
+        ok = run_storm(cfg, tenants, say)
+        report(cfg, admin, say)
         ensure_still_running(processes, cfg)
+        if not ok:
+            raise DemoError("the storm lost or doubled runs; see the table above")
         if cfg.hold:
             hold(processes, cfg, say)
     finally:
@@ -107,6 +110,7 @@ def start_processes(cfg: DemoConfig) -> subprocess.Popen:
     """``honcho start`` in its own session (Ctrl-C reaches only the demo, which then stops honcho)."""
     cfg.log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {
+        **DEMO_FLAGS,
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "FLOWER_PORT": str(cfg.flower_port),
@@ -141,11 +145,19 @@ def wait_until_ready(processes: subprocess.Popen, cfg: DemoConfig, say: Say) -> 
         time.sleep(0.5)
 
 
-def ensure_demo_tenant() -> tuple[Tenant, str]:
-    """The ``demo``/``dev`` tenant (enrolled), with a fresh API key whose secret is returned once."""
-    tenant = ensure_tenant(DEMO_ORG, DEMO_ENV, enrol=True)
-    _key, secret = issue_api_key(tenant.env)
-    return tenant, secret
+def ensure_storm_tenants(runs: int) -> list[storm.Tenant]:
+    """``storm`` and ``calm`` (enrolled) and ``legacy`` (not enrolled), each with a fresh API key."""
+    plan = (
+        ("storm", True, runs, None),
+        ("calm", True, max(20, runs // 200), 20.0),
+        ("legacy", False, max(1, runs // 10), None),
+    )
+    tenants = []
+    for name, enrol, count, rate in plan:
+        tenant = ensure_tenant(name, DEMO_ENV, enrol=enrol)
+        _key, secret = issue_api_key(tenant.env)
+        tenants.append(storm.Tenant(name, tenant.env.id, tenant.org.id, secret, count, rate))
+    return tenants
 
 
 def ensure_admin_user() -> Admin:
@@ -158,30 +170,27 @@ def ensure_admin_user() -> Admin:
     return Admin(ADMIN_USERNAME, password)
 
 
-def trigger_runs(tenant: Tenant, *, count: int, now: datetime) -> list[engine.Result]:
-    """Trigger ``count`` runs through the engine, as the trigger path would. (The storm replaces this.)"""
-    now_ms = int(now.timestamp() * 1000)
-    return [engine.trigger(_demo_snapshot(tenant.env, i, now, now_ms), now=now) for i in range(count)]
+def run_storm(cfg: DemoConfig, tenants: list[storm.Tenant], say: Say) -> bool:
+    """Fire every tenant's triggers over HTTP at once, print progress until drained, then the summary."""
+    say("\nthe storm: " + "; ".join(
+        f"{t.name} {t.runs} triggers " + (f"at {t.rate_per_s:.0f}/s" if t.rate_per_s else "as fast as possible")
+        for t in tenants
+    ))  # fmt: skip
+    say("  (storm and calm are enrolled in the mollifier; legacy is not, so it always writes straight to Postgres)")
+    thread, totals = storm.fire(cfg.port, tenants)
+    elapsed = storm.watch(say, thread, totals, tenants, Buffer.from_settings(), timeout_s=cfg.ready_timeout_s + 300)
+    return storm.summarise(say, tenants, elapsed)
 
 
-def report(
-    cfg: DemoConfig, tenant: Tenant, secret: str, admin: Admin, results: Sequence[engine.Result], say: Say
-) -> None:
-    """Print what the demo did, with each run's status as Postgres has it now."""
-    statuses = dict(TaskRun.objects.filter(id__in=[r.run_id for r in results]).values_list("id", "status"))
-    verb = "created" if tenant.org_created else "reused"
-    say(f"\ntenant: org {tenant.org.slug} (id {tenant.org.id}, {verb}), env {tenant.env.slug} (id {tenant.env.id})")
-    say(f"API key for {tenant.org.slug}/{tenant.env.slug} (shown once): {secret}")
-    say(f"\ntriggered {len(results)} runs of task {DEMO_TASK!r} through runs.engine.trigger:")
-    say(f"  {'run id':<30}  {'outcome':<8}  status in Postgres")
-    for result in results:
-        say(f"  {result.run_id:<30}  {result.outcome:<8}  {statuses.get(result.run_id, '(no row!)')}")
+def report(cfg: DemoConfig, admin: Admin, say: Say) -> None:
+    """Where to look next."""
     say(f"\nadmin:  {cfg.admin_url}")
     if admin.password:
         say(f"        user {admin.username!r}, password {admin.password!r} (shown once)")
     else:
         say(f"        user {admin.username!r} exists; password unchanged (`manage.py changepassword admin`)")
     say(f"flower: {cfg.flower_url}")
+    say(f"metrics: http://127.0.0.1:{cfg.port}/metrics")
 
 
 def ensure_still_running(processes: subprocess.Popen, cfg: DemoConfig) -> None:
@@ -219,25 +228,6 @@ def stop_processes(processes: subprocess.Popen, say: Say) -> None:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def now_ms_precision() -> datetime:
-    """Snapshots carry millisecond times; reading rows back must give the same value."""
-    now = datetime.now(tz=UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def _demo_snapshot(env: Environment, index: int, now: datetime, now_ms: int) -> Snapshot:
-    return Snapshot(
-        id=new_run_id(now_ms),
-        env_id=env.id,
-        org_id=env.org_id,
-        task_identifier=DEMO_TASK,
-        created_at=now,
-        payload=f'{{"json":{{"n":{index}}}}}',
-        payload_type="application/super+json",
-        tags=["demo"],
-    )
 
 
 def _http_ok(url: str) -> bool:

@@ -107,6 +107,8 @@ def test_idempotency_key_reuse_returns_the_same_run_cached(server, buffered_key,
         second = sdk(server, key, "trigger", task="hello", payload={}, options={"idempotencyKey": "order-42"})
         assert first["ok"] and second["ok"], (first, second)
         assert second["result"]["id"] == first["result"]["id"]
+        assert second["result"]["isCached"] is True
+        assert not first["result"].get("isCached")
     reset = sdk(server, direct_key, "resetKey", task="hello", key="order-42")
     assert reset["ok"], reset
     third = sdk(server, direct_key, "trigger", task="hello", payload={}, options={"idempotencyKey": "order-42"})

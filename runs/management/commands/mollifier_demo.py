@@ -23,14 +23,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 class Command(BaseCommand):
     help = (
-        "Start web, worker, beat and flower from the Procfile, create a demo tenant, trigger a few runs, "
+        "Start web, worker, beat and flower from the Procfile, fire a trigger storm over HTTP and watch it drain, "
         "print what happened and the admin/Flower URLs, then stop the processes (unless --hold)."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--port", type=_positive, default=8000, help="web port (default 8000)")
         parser.add_argument("--flower-port", type=_positive, default=5555, help="Flower port (default 5555)")
-        parser.add_argument("--runs", type=_positive, default=5, help="how many runs to trigger (default 5)")
+        parser.add_argument("--runs", type=_positive, default=20_000, help="size of the storm: triggers of the bursting tenant (default 20000)")
         parser.add_argument("--hold", action="store_true", help="keep the processes running until Ctrl-C")
 
     def handle(self, *args, port: int, flower_port: int, runs: int, hold: bool, **options):
