@@ -11,7 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import redis
 from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ValidationError
@@ -50,10 +52,10 @@ def endpoint(*methods: str) -> Callable:
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
             if request.method not in methods:
                 return error(405, f"Method {request.method} not allowed")
-            env = authenticate(request.META.get("HTTP_AUTHORIZATION"))
-            if env is None:
-                return error(401, "Invalid or Missing API key")
             try:
+                env = authenticate(request.META.get("HTTP_AUTHORIZATION"))
+                if env is None:
+                    return error(401, "Invalid or Missing API key")
                 return view(request, env, *args, **kwargs)
             except HttpError as exc:
                 return error(exc.status, exc.message, exc.headers)
@@ -61,10 +63,26 @@ def endpoint(*methods: str) -> Callable:
                 return error(exc.status, exc.message, exc.headers)
             except queries.QueryError as exc:
                 return error(400, str(exc))
+            except (redis.RedisError, OperationalError, InterfaceError) as exc:
+                # A backing service is down: a clear, retryable JSON error, never an HTML 500.
+                log.warning("%s unavailable during %s %s: %s", _service(exc), request.method, request.path, exc)
+                _discard_broken_connection()
+                return error(503, f"{_service(exc)} is unavailable; retry shortly.", {"x-should-retry": "true"})
 
         return wrapper
 
     return decorate
+
+
+def _service(exc: BaseException) -> str:
+    return "The buffer (Redis)" if isinstance(exc, redis.RedisError) else "The database"
+
+
+def _discard_broken_connection() -> None:
+    try:
+        connection.close()
+    except DatabaseError:
+        pass
 
 
 def now_ms() -> int:
@@ -80,14 +98,12 @@ def _buffer() -> Buffer:
     return Buffer.from_settings()
 
 
-def _json_body(request: HttpRequest, model: type[M], *, limit: int, allow_empty: bool = False) -> M:
+def _json_body(request: HttpRequest, model: type[M], *, limit: int) -> M:
     length = request.META.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > limit:
         raise HttpError(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
     raw = request.body
     if not raw.strip():
-        if allow_empty:
-            return model()
         raise HttpError(400, "Request body is empty")
     try:
         data = json.loads(raw)

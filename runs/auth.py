@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from runs.models import ApiKey
 
 AUTH_CACHE_TTL_S = 30.0
 NEGATIVE_CACHE_TTL_S = 5.0
-_MAX_ENTRIES = 10_000
+_MAX_KNOWN = 10_000
+_MAX_UNKNOWN = 1_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +33,19 @@ class EnvContext:
     enrolled: bool
 
 
-_cache: dict[str, tuple[float, EnvContext | None]] = {}
+# Two LRU caches: a flood of bad keys can only evict other bad keys, never the warm good ones that keep
+# buffered triggers off Postgres.
+_known: OrderedDict[str, tuple[float, EnvContext]] = OrderedDict()
+_unknown: OrderedDict[str, float] = OrderedDict()
 _lock = threading.Lock()
+
+
+def _remember(cache: OrderedDict, digest: str, value: object, limit: int) -> None:
+    with _lock:
+        cache[digest] = value
+        cache.move_to_end(digest)
+        while len(cache) > limit:
+            cache.popitem(last=False)
 
 
 def authenticate(authorization: str | None, *, now: float | None = None) -> EnvContext | None:
@@ -44,22 +57,23 @@ def authenticate(authorization: str | None, *, now: float | None = None) -> EnvC
         return None
     now = time.monotonic() if now is None else now
     digest = ApiKey.hash_secret(secret)
-    hit = _cache.get(digest)
-    if hit is not None and hit[0] > now:
-        return hit[1]
+    known = _known.get(digest)
+    if known is not None and known[0] > now:
+        return known[1]
+    if _unknown.get(digest, 0.0) > now:
+        return None
     key = ApiKey.objects.select_related("env__org").filter(secret_hash=digest, revoked_at__isnull=True).first()
-    ctx = None
-    if key is not None:
-        env = key.env
-        ctx = EnvContext(env.id, env.org_id, env.slug, env.type, env.org.slug, env.org.mollifier_enrolled)
-    with _lock:
-        if len(_cache) >= _MAX_ENTRIES:
-            _cache.clear()
-        _cache[digest] = (now + (AUTH_CACHE_TTL_S if ctx else NEGATIVE_CACHE_TTL_S), ctx)
+    if key is None:
+        _remember(_unknown, digest, now + NEGATIVE_CACHE_TTL_S, _MAX_UNKNOWN)
+        return None
+    env = key.env
+    ctx = EnvContext(env.id, env.org_id, env.slug, env.type, env.org.slug, env.org.mollifier_enrolled)
+    _remember(_known, digest, (now + AUTH_CACHE_TTL_S, ctx), _MAX_KNOWN)
     return ctx
 
 
 def clear_cache() -> None:
     """Forget every cached key (tests; an operator revoking keys can also wait out the TTL)."""
     with _lock:
-        _cache.clear()
+        _known.clear()
+        _unknown.clear()

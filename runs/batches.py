@@ -19,7 +19,7 @@ from django.db import IntegrityError, connection, transaction
 from pydantic import ValidationError
 
 from buffer.buffer import Buffer
-from runs import engine, trigger
+from runs import engine, ids, trigger
 from runs.auth import EnvContext
 from runs.ids import new_batch_id
 from runs.models import BatchItem, BatchStatus, BatchTaskRun, RunStatus, TaskRun
@@ -110,6 +110,23 @@ def _reserve(batch: BatchTaskRun, pending: list[tuple[BatchItemBody, str]]) -> s
         return {row[0] for row in cur.fetchall()}
 
 
+def _orphaned(env: EnvContext, batch: BatchTaskRun, indices: list[int], buffer: Buffer) -> dict[int, str]:
+    """Already-reserved indices whose run exists nowhere (the request that reserved them died before
+    triggering): index → the reserved run id, to trigger again under that same id."""
+    if not indices:
+        return {}
+    reserved = dict(BatchItem.objects.filter(batch_id=batch.id, index__in=indices).values_list("index", "run_id"))
+    rows = set(TaskRun.objects.filter(id__in=reserved.values()).values_list("id", flat=True))
+    orphans = {}
+    for index, run_id in reserved.items():
+        if run_id in rows:
+            continue
+        entry = buffer.get(run_id, org_id=env.org_id)
+        if entry is None and ids.timestamp_ms(run_id) is not None:
+            orphans[index] = run_id
+    return orphans
+
+
 def ingest(
     env: EnvContext, batch_id: str, lines: Iterable[bytes], *, buffer: Buffer, cfg: Any, now_ms: int
 ) -> Ingested:
@@ -136,7 +153,12 @@ def ingest(
         )  # fmt: skip
         snapshots.append((item, snapshot))
     reserved = _reserve(batch, [(item, s.id) for item, s in snapshots])
-    todo = [(item, s) for item, s in snapshots if item.index in reserved]
+    orphans = _orphaned(env, batch, [item.index for item, _ in snapshots if item.index not in reserved], buffer)
+    todo = [
+        (item, s if item.index in reserved else s.replace(id=orphans[item.index]))
+        for item, s in snapshots
+        if item.index in reserved or item.index in orphans
+    ]
     done = 0
     try:
         for item, snapshot in todo:
@@ -148,7 +170,8 @@ def ingest(
             done += 1
     finally:
         if done < len(todo):
-            BatchItem.objects.filter(batch_id=batch.id, index__in=[item.index for item, _ in todo[done:]]).delete()
+            unstarted = [item.index for item, _ in todo[done:] if item.index in reserved]
+            BatchItem.objects.filter(batch_id=batch.id, index__in=unstarted).delete()
         sealed = _refresh(batch, now_ms=now_ms)
     return Ingested(batch.id, done, duplicates_in_stream + len(snapshots) - len(todo), sealed)
 
@@ -158,12 +181,13 @@ def _refresh(batch: BatchTaskRun, *, now_ms: int) -> bool:
     now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     received = BatchItem.objects.filter(batch_id=batch.id).count()
     sealed = received >= batch.run_count
-    BatchTaskRun.objects.filter(id=batch.id).update(
-        items_received=received,
-        sealed=sealed,
-        status=BatchStatus.PROCESSING if sealed else BatchStatus.PENDING,
-        updated_at=now,
+    BatchTaskRun.objects.filter(id=batch.id, sealed=False).update(
+        items_received=received, sealed=sealed, updated_at=now
     )
+    if sealed:  # only PENDING moves on: a resent stream must not reopen a finished or aborted batch
+        BatchTaskRun.objects.filter(id=batch.id, status=BatchStatus.PENDING).update(
+            status=BatchStatus.PROCESSING, updated_at=now
+        )
     if sealed:
         engine.settle_batches([batch.id], now=now)
     return sealed

@@ -31,6 +31,7 @@ from runs.models import (
     MAX_TAG_LENGTH,
     MAX_TAGS,
     TERMINAL_STATUSES,
+    BatchItem,
     BatchStatus,
     BatchTaskRun,
     Environment,
@@ -43,6 +44,16 @@ from runs.snapshot import Snapshot, normalise_tags
 log = logging.getLogger(__name__)
 
 FAILURE_PREFIX = "Mollifier drainer terminal failure:"
+# A key whose run ended like this may be reused: the next trigger makes a new run (API.md §4).
+REUSABLE_KEY_STATUSES = frozenset(
+    {
+        RunStatus.COMPLETED_WITH_ERRORS,
+        RunStatus.SYSTEM_FAILURE,
+        RunStatus.CRASHED,
+        RunStatus.EXPIRED,
+        RunStatus.TIMED_OUT,
+    }
+)
 
 # Column order shared by the single-row INSERT, the COPY into staging and the INSERT … SELECT.
 COLUMNS = (
@@ -55,6 +66,7 @@ COLUMNS = (
 _COLS = ", ".join(COLUMNS)
 _TABLE = TaskRun._meta.db_table
 _STAGE = "mollifier_stage"
+_ITEMS = BatchItem._meta.db_table
 
 # Snapshot text attributes → the column length they must fit (None: unbounded). Checked before a bulk
 # insert: one value Postgres rejects would otherwise abort the COPY, and with it the whole batch.
@@ -356,6 +368,10 @@ def materialise_many(
                 if clashing:
                     holders = _holders_of_keys(clashing)
             batch_ids = {s.batch_id for _, s in valid if s.batch_id and s.id in created_ids}
+            if created_ids:  # a created run may also answer another batch's index (an idempotency hit)
+                batch_ids |= set(
+                    BatchItem.objects.filter(run_id__in=created_ids).values_list("batch_id", flat=True).distinct()
+                )
             if batch_ids:
                 settle_batches(batch_ids, now=now)
         first_seen: set[str] = set()
@@ -518,14 +534,18 @@ def settle_batches(batch_ids: Sequence[str] | set[str], *, now: datetime) -> int
             f"""
             UPDATE {batch_table} b
                SET status = CASE WHEN c.failed > 0 THEN %s ELSE %s END, completed_at = %s, updated_at = %s
-              FROM (SELECT batch_id, count(DISTINCT batch_index) AS done,
-                           count(*) FILTER (WHERE status = %s) AS failed
-                      FROM {_TABLE} WHERE batch_id = ANY(%s) GROUP BY batch_id) c
+              FROM (SELECT batch_id, count(DISTINCT idx) AS done, count(*) FILTER (WHERE status = %s) AS failed
+                      FROM (SELECT batch_id, batch_index AS idx, status FROM {_TABLE} WHERE batch_id = ANY(%s)
+                            UNION
+                            -- an index answered by an idempotency hit is another run: found via BatchItem
+                            SELECT i.batch_id, i.index, t.status FROM {_ITEMS} i JOIN {_TABLE} t ON t.id = i.run_id
+                             WHERE i.batch_id = ANY(%s)) children
+                     GROUP BY batch_id) c
              WHERE b.id = c.batch_id AND b.sealed AND c.done >= b.run_count AND b.status IN (%s, %s)
             """,
             (
                 BatchStatus.PARTIAL_FAILED, BatchStatus.COMPLETED, now, now, RunStatus.SYSTEM_FAILURE,
-                list(batch_ids), BatchStatus.PENDING, BatchStatus.PROCESSING,
+                list(batch_ids), list(batch_ids), BatchStatus.PENDING, BatchStatus.PROCESSING,
             ),
         )  # fmt: skip
         return cur.rowcount

@@ -35,3 +35,17 @@ def new_run_id(now_ms: int | None = None) -> str:
 
 def new_batch_id(now_ms: int | None = None) -> str:
     return new_id("batch", now_ms)
+
+
+def timestamp_ms(friendly_id: str) -> int | None:
+    """When an id was minted (its embedded millisecond clock), or None if it is not one of ours."""
+    _, _, body = friendly_id.partition("_")
+    if len(body) != _TIME_CHARS + _RANDOM_CHARS:
+        return None
+    value = 0
+    for char in body[:_TIME_CHARS]:
+        digit = ALPHABET.find(char)
+        if digit < 0:
+            return None
+        value = value * 32 + digit
+    return value

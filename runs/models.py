@@ -242,7 +242,7 @@ class BatchItem(models.Model):
 
     batch = models.ForeignKey(BatchTaskRun, on_delete=models.CASCADE, related_name="items")
     index = models.PositiveIntegerField()
-    run_id = models.CharField(max_length=40)
+    run_id = models.CharField(max_length=40, db_index=True)  # settling finds batches by their runs
     task_identifier = models.CharField(max_length=128)
 
     class Meta:

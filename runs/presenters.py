@@ -22,7 +22,11 @@ API_STATUS = {
     RunStatus.EXPIRED: "EXPIRED",
     RunStatus.TIMED_OUT: "TIMED_OUT",
 }
-# API status → internal statuses, for ``filter[status]``.
+# Every status the SDK accepts (API.md §7), and API status → internal statuses for ``filter[status]``.
+API_STATUSES = frozenset(
+    {"PENDING_VERSION", "QUEUED", "DEQUEUED", "EXECUTING", "WAITING", "COMPLETED", "CANCELED", "FAILED",
+     "CRASHED", "SYSTEM_FAILURE", "DELAYED", "EXPIRED", "TIMED_OUT"}
+)  # fmt: skip
 INTERNAL_STATUSES: dict[str, list[str]] = {}
 for _internal, _api in API_STATUS.items():
     INTERNAL_STATUSES.setdefault(_api, []).append(str(_internal))
@@ -138,10 +142,20 @@ def run_row(run: TaskRun, *, detail: bool = True) -> dict[str, Any]:
 
 
 def buffered_run(
-    s: Snapshot, *, extra_tags: list[str], cancelled_at: datetime | None, cancel_reason: str | None, now: datetime
+    s: Snapshot,
+    *,
+    extra_tags: list[str],
+    cancelled_at: datetime | None,
+    cancel_reason: str | None,
+    now: datetime,
+    dead_reason: str | None = None,
 ) -> dict[str, Any]:
-    """A run still in the buffer (DESIGN §9): QUEUED, DELAYED while its delay is ahead, CANCELED once cancelled."""
-    if cancelled_at is not None:
+    """A run still in the buffer (DESIGN §9): QUEUED, DELAYED while its delay is ahead, CANCELED once
+    cancelled — and SYSTEM_FAILURE when dead-lettered (it will never become a row on its own; pollers
+    must see it finished, not queued forever)."""
+    if dead_reason is not None:
+        status = "SYSTEM_FAILURE"
+    elif cancelled_at is not None:
         status = "CANCELED"
     elif s.delay_until is not None and s.delay_until > now:
         status = "DELAYED"
@@ -154,5 +168,10 @@ def buffered_run(
         idempotency_key_user=s.idempotency_key_user, delay_until=s.delay_until, ttl=s.ttl, metadata=s.metadata,
         finished_at=cancelled_at,
     )  # fmt: skip
-    error = {"raw": cancel_reason or "Run was cancelled"} if cancelled_at is not None else None
+    if dead_reason is not None:
+        error: dict[str, Any] | None = {"raw": dead_reason}
+    elif cancelled_at is not None:
+        error = {"raw": cancel_reason or "Run was cancelled"}
+    else:
+        error = None
     return _detail(doc, batch_id=s.batch_id, payload=decode_payload(s.payload, s.payload_type), error=error)

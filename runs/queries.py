@@ -62,6 +62,7 @@ def retrieve(env: EnvContext, run_id: str, *, buffer: Buffer, now: datetime) -> 
             cancelled_at=_ms_to_dt(entry.cancelled_at_ms),
             cancel_reason=entry.cancel_reason,
             now=now,
+            dead_reason=(entry.last_error or "dead-lettered") if entry.status == "DEAD" else None,
         )
     )
 
@@ -111,10 +112,11 @@ def list_runs(env: EnvContext, params: dict[str, str], *, now: datetime) -> dict
     runs = TaskRun.objects.filter(env_id=env.env_id)
     statuses = _csv(params, "filter[status]")
     if statuses:
-        unknown = [s for s in statuses if s not in presenters.INTERNAL_STATUSES]
+        unknown = [s for s in statuses if s not in presenters.API_STATUSES]
         if unknown:
             raise QueryError(f"filter[status]: unknown status {unknown[0]!r}")
-        runs = runs.filter(status__in=[i for s in statuses for i in presenters.INTERNAL_STATUSES[s]])
+        # WAITING, DEQUEUED, PENDING_VERSION are valid SDK statuses no run here has: they match nothing.
+        runs = runs.filter(status__in=[i for s in statuses for i in presenters.INTERNAL_STATUSES.get(s, [])])
     if tasks := _csv(params, "filter[taskIdentifier]"):
         runs = runs.filter(task_identifier__in=tasks)
     if tags := _csv(params, "filter[tag]"):

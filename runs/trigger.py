@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,27 +31,22 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 
 from buffer import gate
 from buffer.buffer import AcceptStatus, Buffer, IdemRef
-from runs import engine
+from runs import engine, ids
 from runs.auth import EnvContext
 from runs.durations import DurationError, idempotency_ttl, parse_delay, parse_ttl
-from runs.ids import new_run_id
-from runs.models import MAX_TAGS, RunStatus, TaskRun
+from runs.models import MAX_TAGS, TaskRun
 from runs.schemas import TriggerOptions
 from runs.snapshot import Snapshot, normalise_tags, to_snapshot
 
 log = logging.getLogger(__name__)
 
 REQUEST_KEY_TTL_MS = 24 * 3600 * 1000
-# A key whose run ended like this may be reused: the next trigger makes a new run (API.md §4).
-REUSABLE_KEY_STATUSES = frozenset(
-    {
-        RunStatus.COMPLETED_WITH_ERRORS,
-        RunStatus.SYSTEM_FAILURE,
-        RunStatus.CRASHED,
-        RunStatus.EXPIRED,
-        RunStatus.TIMED_OUT,
-    }
-)
+# A claim whose run exists nowhere is taken over only when it is older than any trigger request can
+# last (gunicorn's timeout is 30 s): before that, its trigger may simply not have written yet.
+CLAIM_STALE_MS = 60_000
+IN_FLIGHT_WAIT_S = 1.0
+IN_FLIGHT_POLL_S = 0.025
+REUSABLE_KEY_STATUSES = engine.REUSABLE_KEY_STATUSES
 
 
 class TriggerError(Exception):
@@ -82,6 +78,12 @@ class Backpressure(TriggerError):
 
 class Unavailable(TriggerError):
     status = 503
+
+
+class InFlight(TriggerError):
+    """Another trigger holds the key and has not created its run yet: the client retries (409)."""
+
+    status = 409
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +142,13 @@ def prepare(
     max_payload_bytes: int,
     batch: BatchRef | None = None,
     idempotency_key: str | None = None,
+    run_id: str | None = None,
 ) -> Snapshot:
-    """Validate what the schema cannot and build the snapshot. Raises a ``TriggerError`` subclass."""
+    """Validate what the schema cannot and build the snapshot. Raises a ``TriggerError`` subclass.
+
+    Everything the engine would refuse at write time is refused here too, so a buffered trigger can
+    never be answered 200 and fail later for a reason the request already showed.
+    """
     if not task or len(task) > 128:
         raise InvalidTrigger("taskIdentifier: must be 1–128 characters")
     now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
@@ -153,14 +160,16 @@ def prepare(
         raise Unprocessable(f"Runs can only have {MAX_TAGS} tags, you're trying to set {len(tags)}.")
     try:
         delay_until = parse_delay(options.delay, now=now) if options.delay else None
+    except DurationError as exc:
+        raise InvalidTrigger(f"options.delay: {exc}") from None
+    try:
         ttl = parse_ttl(options.ttl) if options.ttl is not None else None
     except DurationError as exc:
-        name = "options.delay" if options.delay and str(options.delay) in str(exc) else "options.ttl"
-        raise InvalidTrigger(f"{name}: {exc}") from None
+        raise InvalidTrigger(f"options.ttl: {exc}") from None
     key = idempotency_key or options.idempotencyKey
     expires = now + idempotency_ttl(options.idempotencyKeyTTL) if key else None
-    return Snapshot(
-        id=new_run_id(now_ms),
+    snapshot = Snapshot(
+        id=run_id or ids.new_run_id(now_ms),
         env_id=env.env_id,
         org_id=env.org_id,
         task_identifier=task,
@@ -184,6 +193,28 @@ def prepare(
         batch_index=batch.index if batch else None,
         parent_run_id=options.parentRunId,
     )
+    reason = engine.validate(snapshot)
+    if reason:
+        raise Unprocessable(_api_names(reason))
+    return snapshot
+
+
+# Snapshot attribute → the request field it came from, so an engine validation message names the field.
+_FIELD_NAMES = {
+    "task_identifier": "taskIdentifier", "payload_type": "options.payloadType", "payload": "payload",
+    "idempotency_key_user": "options.idempotencyKeyOptions.key", "idempotency_key": "options.idempotencyKey",
+    "concurrency_key": "options.concurrencyKey", "queue": "options.queue.name", "ttl": "options.ttl",
+    "machine": "options.machine", "max_attempts": "options.maxAttempts", "max_duration": "options.maxDuration",
+    "priority": "options.priority", "parent_run_id": "options.parentRunId", "metadata": "options.metadata",
+    "tags": "options.tags",
+}  # fmt: skip
+
+
+def _api_names(reason: str) -> str:
+    for attr, name in _FIELD_NAMES.items():
+        if reason.startswith(attr + " "):
+            return name + reason[len(attr) :]
+    return reason
 
 
 def is_bypass(options: TriggerOptions) -> bool:
@@ -230,7 +261,11 @@ def trigger(
                 return Triggered(cached, True, "cached")
         decision = _decide(buffer, env, cfg, now_ms=now_ms, bypass=bypass, redis_up=redis_up)
         if decision == gate.Action.MOLLIFY:
-            result = _accept(buffer, env, snapshot, cfg, now_ms=now_ms)
+            try:
+                result = _accept(buffer, env, snapshot, cfg, now_ms=now_ms)
+            except redis.RedisError:  # Redis went away after the gate answered: fail open
+                gate.count_fail_open()
+                result = _write(buffer, env, snapshot, cfg, now_ms=now_ms, redis_up=False)
         else:
             result = _write(buffer, env, snapshot, cfg, now_ms=now_ms, redis_up=redis_up)
         if result.run_id == snapshot.id:
@@ -251,7 +286,7 @@ def _claim_request(buffer: Buffer, env: EnvContext, s: Snapshot, request_key: st
         if holder is None:
             claims.held.append(("req", request_key))
             return None
-        if _holder_state(buffer, env, holder) != "missing":
+        if _settled_state(buffer, env, holder, now_ms=_ms(s)) != "missing":
             return holder
         stale = holder  # the earlier attempt died before creating its run: take the key over
     return holder
@@ -270,7 +305,7 @@ def _claim_idempotency(buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Cl
         if holder is None:
             claims.held.append(("idem", s.idempotency_key))
             return None
-        state = _holder_state(buffer, env, holder)
+        state = _settled_state(buffer, env, holder, now_ms=now_ms)
         if state == "live":
             return holder
         if state == "reusable":
@@ -279,6 +314,29 @@ def _claim_idempotency(buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Cl
             )
         stale = holder
     raise Unavailable("idempotency key is contended; retry")
+
+
+def _ms(s: Snapshot) -> int:
+    return int(s.created_at.timestamp() * 1000)
+
+
+def _settled_state(buffer: Buffer, env: EnvContext, holder: str, *, now_ms: int) -> str:
+    """``_holder_state``, except that a young claim whose run exists nowhere is a trigger still in
+    flight, not a dead one: wait briefly for its run to appear, then tell the client to retry (409)."""
+    state = _holder_state(buffer, env, holder)
+    minted = ids.timestamp_ms(holder)
+    if state != "missing" or minted is None or now_ms - minted > CLAIM_STALE_MS:
+        return state
+    deadline = time.monotonic() + IN_FLIGHT_WAIT_S
+    while time.monotonic() < deadline:
+        time.sleep(IN_FLIGHT_POLL_S)
+        state = _holder_state(buffer, env, holder)
+        if state != "missing":
+            return state
+    raise InFlight(
+        "Another trigger with this idempotency key is still being created; retry shortly.",
+        headers={"x-should-retry": "true"},
+    )
 
 
 def _holder_state(buffer: Buffer, env: EnvContext, run_id: str) -> str:

@@ -170,3 +170,32 @@ def test_tags_endpoint_refuses_eleven_tags_with_422(api):
 def test_list_with_bad_page_size_is_400_naming_the_parameter(api):
     assert_error(api.get("/api/v1/runs", data={"page[size]": "500"}), 400, "page[size]")
     assert_error(api.get("/api/v1/runs", data={"filter[status]": "PENDING"}), 400, "filter[status]")
+
+
+def test_list_accepts_every_sdk_status_even_those_no_run_here_has(api):
+    response = api.get("/api/v1/runs", data={"filter[status]": "WAITING,DEQUEUED"})
+    assert response.status_code == 200
+    assert response.json()["data"] == []
+
+
+def test_bad_ttl_is_named_as_ttl_even_with_a_good_delay(api):
+    assert_error(api.post(TRIGGER, {"options": {"delay": "5m", "ttl": "5"}}), 400, "options.ttl")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_database_down_on_a_cold_key_is_a_503_json_error_not_html(client, key_prefix):
+    from django.db import connection
+
+    from runs import auth
+
+    auth.clear_cache()
+    saved = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"
+    try:
+        response = client.get("/api/v1/runs", HTTP_AUTHORIZATION="Bearer tr_dev_" + "a" * 32)
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = saved
+    assert_error(response, 503, "database")
+    assert response.headers["x-should-retry"] == "true"

@@ -13,6 +13,7 @@ from django.db import connection
 
 from buffer.buffer import Buffer
 from runs import auth
+from runs.ids import new_run_id
 from runs.models import TaskRun
 from runs.tenants import ensure_tenant, issue_api_key
 
@@ -179,3 +180,63 @@ def test_a_thousand_concurrent_same_key_triggers_make_exactly_one_run(key_prefix
         assert not TaskRun.objects.exists()
     else:
         assert list(TaskRun.objects.values_list("id", flat=True)) == [run_id]
+
+
+def test_a_key_claimed_by_a_trigger_still_in_flight_is_not_taken_over(client, tenant, buffer, mollifier_settings):
+    """The claim's run exists nowhere yet because its trigger has not written it: answer 409 (retry)."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    (t, secret) = tenant
+    in_flight = new_run_id()  # minted just now, written nowhere
+    assert buffer.claim("idem", org_id=t.org.id, env_id=t.env.id, task="hello", key="k-busy", run_id=in_flight,
+                        ttl_ms=60_000) is None  # fmt: skip
+    response = post(client, secret, {"options": {"idempotencyKey": "k-busy"}})
+    assert response.status_code == 409
+    assert response.headers["x-should-retry"] == "true"
+    assert not list(buffer.client.scan_iter(match=f"{buffer.prefix}:*:e:*"))
+
+
+def test_a_claim_left_by_a_trigger_that_died_long_ago_is_taken_over(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    (t, secret) = tenant
+    dead = new_run_id(now_ms=1_600_000_000_000)  # minted years ago, written nowhere
+    buffer.claim("idem", org_id=t.org.id, env_id=t.env.id, task="hello", key="k-old", run_id=dead, ttl_ms=60_000)
+    response = post(client, secret, {"options": {"idempotencyKey": "k-old"}})
+    assert response.status_code == 200
+    assert response.json()["id"] != dead
+    assert response.json()["isCached"] is False
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"concurrencyKey": "c" * 300}, "options.concurrencyKey"), ({"priority": 10**12}, "options.priority")],
+)
+def test_buffered_trigger_refuses_what_the_row_could_not_hold(
+    client, tenant, buffer, mollifier_settings, options, field
+):
+    """Validation happens before the gate: a buffered trigger is never answered 200 and failed later."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    (_, secret) = tenant
+    response = post(client, secret, {"payload": "{}", "options": options})
+    assert response.status_code in (400, 422)
+    assert field in response.json()["error"]
+    assert not list(buffer.client.scan_iter(match=f"{buffer.prefix}:*:e:*"))
+
+
+def test_nul_in_payload_is_refused_before_buffering(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    (_, secret) = tenant
+    response = post(client, secret, {"payload": "a\u0000b"})
+    assert response.status_code == 422
+    assert "payload" in response.json()["error"]
+
+
+def test_dead_lettered_run_reads_as_system_failure_not_queued_forever(client, tenant, buffer, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    (t, secret) = tenant
+    run_id = post(client, secret, {"payload": "{}"}).json()["id"]
+    shard = buffer.shard_for(t.org.id)
+    buffer.lease(shard, org_id=t.org.id, env_id=t.env.id, n=1, now_ms=1, lease_ms=1000)
+    buffer.dead_letter(shard, run_id, now_ms=2, reason="env gone")
+    run = client.get(f"/api/v3/runs/{run_id}", HTTP_AUTHORIZATION=f"Bearer {secret}").json()
+    assert (run["status"], run["isCompleted"], run["isFailed"]) == ("SYSTEM_FAILURE", True, True)
+    assert run["error"]["message"] == "env gone"
