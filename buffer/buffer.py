@@ -65,10 +65,28 @@ class IdemRef:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """One claim of ``Buffer.claim_many``: the arguments of ``Buffer.claim`` besides the org and env."""
+
+    kind: ClaimKind
+    task: str
+    key: str
+    run_id: str
+    ttl_ms: int
+    stale_run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AcceptResult:
     status: AcceptStatus
     existing_run_id: str | None = None  # IDEMPOTENT: the run holding the key
     depth: int | None = None  # ACCEPTED: queue length after the push; FULL: queue length
+
+
+@dataclass(frozen=True, slots=True)
+class AckResult:
+    count: int  # entries that became ACKED
+    cancelled: list[tuple[str, int, str | None]] = field(default_factory=list)  # (run id, cancelled_at ms, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +151,22 @@ def parse_entry(run_id: str, flat: Sequence[str]) -> Entry | None:
         last_error=fields.get("last_error"),
         materialised=fields.get("materialised") == "1",
     )
+
+
+# The values ``lua/lease.lua`` returns per entry, in its order (its header lists the same names).
+LEASE_FIELDS = (
+    "snapshot", "env", "org", "status", "attempts", "accepted_ms", "lease_until_ms", "cancelled_at",
+    "cancel_reason", "extra_tags", "last_error", "materialised",
+)  # fmt: skip
+
+
+def parse_leased(run_id: str, values: Sequence[str | None]) -> Entry:
+    """An ``Entry`` from one entry of a ``lease`` reply: values by position (``LEASE_FIELDS``), absent = None."""
+    snapshot, env, org, status, attempts, accepted, lease_until, cancelled, reason, extra, error, done = values
+    return Entry(
+        run_id, int(env), int(org), EntryStatus(status), snapshot or "", int(attempts or 0), int(accepted or 0),
+        _opt_int(lease_until), _opt_int(cancelled), reason, _extra_tags(extra), error, done == "1",
+    )  # fmt: skip
 
 
 def _require(name: str, value: int, minimum: int) -> None:
@@ -285,6 +319,36 @@ class Buffer:
         holder = self.scripts.claim(keys=[key_name], args=[run_id, ttl_ms, stale_run_id or ""])
         return holder or None
 
+    def claim_many(self, claims: Sequence[ClaimRequest], *, org_id: int, env_id: int) -> list[str | None]:
+        """``claim`` for each of ``claims``, in one round trip: a pipeline, not a transaction, so each claim
+        is atomic on its own exactly as if made one after the other. The trigger path claims its request
+        key and its idempotency key together: one Redis round trip fewer per trigger.
+
+        Plain EVALSHA in the pipeline: a redis-py ``Script`` there would add a SCRIPT EXISTS round trip on
+        every call. If the server has lost the script (restart, SCRIPT FLUSH) the claims are made again one
+        by one, which loads it; repeating a claim that did run is harmless (the same run id gets ``None``).
+        """
+        for claim in claims:
+            _require("ttl_ms", claim.ttl_ms, 1)
+        k = self.keys_for_org(org_id)
+        pipe = self.client.pipeline(transaction=False)
+        for claim in claims:
+            key_name = k.claim(claim.kind, env_id, claim.task, claim.key)
+            pipe.evalsha(self.scripts.claim.sha, 1, key_name, claim.run_id, claim.ttl_ms, claim.stale_run_id or "")
+        replies = pipe.execute(raise_on_error=False) if claims else []
+        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+            return [self._claim_one(claim, org_id=org_id, env_id=env_id) for claim in claims]
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [reply or None for reply in replies]
+
+    def _claim_one(self, c: ClaimRequest, *, org_id: int, env_id: int) -> str | None:
+        return self.claim(
+            c.kind, org_id=org_id, env_id=env_id, task=c.task, key=c.key, run_id=c.run_id, ttl_ms=c.ttl_ms,
+            stale_run_id=c.stale_run_id,
+        )  # fmt: skip
+
     def release_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str, run_id: str) -> bool:
         """Delete the key only if ``run_id`` holds it; ``True`` if it did."""
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
@@ -313,21 +377,46 @@ class Buffer:
         """Pop up to ``n`` entries of one env, FIFO, as LEASED until ``now_ms + lease_ms``."""
         _require("n", n, 1)
         _require("lease_ms", lease_ms, 1)
-        k = self._checked_keys(shard, org_id)
-        flat = self.scripts.lease(
-            keys=[k.queue(env_id), k.org_envs(org_id), k.orgs, k.leases],
-            args=[k.base, env_id, org_id, n, now_ms, lease_ms],
-        )
-        entries = (parse_entry(run_id, fields) for run_id, fields in zip(flat[::2], flat[1::2], strict=True))
-        return [entry for entry in entries if entry is not None]
+        return self.lease_many(shard, [(org_id, env_id, n)], now_ms=now_ms, lease_ms=lease_ms)
 
-    def ack(self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int) -> int:
-        """Rows committed: entries become ACKED with a ``grace_ms`` TTL. Returns how many changed."""
+    def lease_many(
+        self, shard: int, picks: Sequence[tuple[int, int, int]], *, now_ms: int, lease_ms: int
+    ) -> list[Entry]:
+        """``lease`` for several ``(org, env, n)`` of one shard — a drain round — in one pipelined round
+        trip (each lease is still its own atomic script call). Entries in pick order, FIFO within an env."""
+        _require("lease_ms", lease_ms, 1)
+        if not picks:
+            return []
+        calls = []
+        for org_id, env_id, n in picks:
+            _require("n", n, 1)
+            k = self._checked_keys(shard, org_id)
+            calls.append(
+                ([k.queue(env_id), k.org_envs(org_id), k.orgs, k.leases], [k.base, env_id, org_id, n, now_ms, lease_ms])
+            )
+        if len(calls) == 1:
+            replies = [self.scripts.lease(keys=calls[0][0], args=calls[0][1])]
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                self.scripts.lease(keys=keys, args=args, client=pipe)
+            replies = pipe.execute()
+        return [
+            parse_leased(run_id, values)
+            for flat in replies
+            for run_id, values in zip(flat[::2], flat[1::2], strict=True)
+        ]
+
+    def ack(self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int) -> AckResult:
+        """Rows committed: entries become ACKED with a ``grace_ms`` TTL. Returns how many changed and
+        which of them carry a cancel flag (their rows must be cancelled: the flag came too late)."""
         _require("grace_ms", grace_ms, 0)
         if not run_ids:
-            return 0
+            return AckResult(0)
         k = self.keys(shard)
-        return self.scripts.ack(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, grace_ms, *run_ids])
+        reply = self.scripts.ack(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, grace_ms, *run_ids])
+        flagged = [(reply[i], int(reply[i + 1]), reply[i + 2] or None) for i in range(1, len(reply), 3)]
+        return AckResult(int(reply[0]), flagged)
 
     def requeue(self, shard: int, run_id: str, *, now_ms: int, delay_ms: int, error: str) -> int | None:
         """A retryable failure: attempts + 1, wait in ``retry`` until ``now_ms + delay_ms``.
@@ -350,7 +439,9 @@ class Buffer:
         _require("limit", limit, 1)
         k = self.keys(shard)
         flat = self.scripts.reclaim_expired(keys=[k.leases, k.retry], args=[k.base, now_ms, limit])
-        return [(run_id, int(attempts)) for run_id, attempts in zip(flat[::2], flat[1::2], strict=True)]
+        reclaimed = [(run_id, int(attempts)) for run_id, attempts in zip(flat[::2], flat[1::2], strict=True)]
+        metrics.RECLAIMED.inc(len(reclaimed))
+        return reclaimed
 
     def release(self, shard: int, run_ids: Sequence[str]) -> int:
         """Leased entries back to their queue heads in the given order, attempts unchanged (Postgres down)."""

@@ -68,6 +68,14 @@ def evaluate(
     """Decide for one trigger (steps in the module docstring)."""
     decision = _decide(buffer, org_id=org_id, env_id=env_id, enrolled=enrolled, bypass=bypass, now_ms=now_ms, cfg=cfg)
     metrics.DECISIONS.labels(outcome=decision.action.value, reason=decision.reason.value).inc()
+    if decision.count is not None and decision.count == cfg.TRIP_THRESHOLD + 1:
+        # The trigger that pushed this window over the threshold: one line per window, with the tenant ids
+        # the metric labels must not carry (DESIGN §12).
+        logger.info(
+            "env %s tripped: %s triggers in the window", env_id, decision.count,
+            extra={"env_id": env_id, "org_id": org_id, "count": decision.count, "outcome": decision.action.value,
+                   "reason": decision.reason.value},
+        )  # fmt: skip
     return decision
 
 

@@ -36,6 +36,17 @@ key                                            type    holds / written by
 ``B drain:lock``                               STRING  owner token of the shard task draining the shard (NX PX).
                                                        drainer (redis-py Lock)
 ``B drain:circuit``                            HASH    Postgres-outage circuit: ``until_ms``, ``failures``. drainer
+``B drained:<bucket ms>``                      STRING  entries that left the buffer (acked or dead-lettered) in the
+                                               10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
+                                               time for the drain rate and ETA. ``buffer.telemetry``
+``B sweep:orgs``                               LIST    the stale sweep's frozen org list: a sorted copy of ``orgs``
+                                               taken when a cycle starts, deleted when it wraps. sweep
+``B sweep:cursor``                             STRING  index in ``sweep:orgs`` of the next org to visit. sweep
+``B sweep:counts``                             HASH    env → stale entries at its last visit (no zero fields; envs
+                                               not visited in a cycle are removed when it wraps). sweep
+``B sweep:visited``                            SET     envs visited in the current cycle. sweep
+``B sweep:lock``                               STRING  owner token of the shard's sweep task (NX PX). sweep
+                                               (redis-py Lock)
 =============================================  ======  ==============================================================
 
 Entry hash fields (``e:<run>``): ``snapshot`` (the JSON document, never rewritten), ``env``, ``org``,
@@ -139,3 +150,32 @@ class ShardKeys:
     @property
     def drain_circuit(self) -> str:
         return self.base + "drain:circuit"
+
+    def drained(self, bucket_ms: int) -> str:
+        """Entries that left the buffer in the bucket starting at ``bucket_ms`` (a multiple of the bucket size)."""
+        return f"{self.base}drained:{bucket_ms}"
+
+    @property
+    def sweep_orgs(self) -> str:
+        return self.base + "sweep:orgs"
+
+    @property
+    def sweep_cursor(self) -> str:
+        return self.base + "sweep:cursor"
+
+    @property
+    def sweep_counts(self) -> str:
+        return self.base + "sweep:counts"
+
+    @property
+    def sweep_visited(self) -> str:
+        return self.base + "sweep:visited"
+
+    @property
+    def sweep_lock(self) -> str:
+        return self.base + "sweep:lock"
+
+    @property
+    def sweep_state(self) -> tuple[str, ...]:
+        """Every key of the sweep's cycle state (not the lock): what ``sweep.clear_state`` deletes."""
+        return (self.sweep_orgs, self.sweep_cursor, self.sweep_counts, self.sweep_visited)

@@ -43,6 +43,9 @@ class Scripts:
     claim: Script
     release_claim: Script
     trip: Script
+    find_stale: Script
+    find_expired_and_dead: Script
+    shard_stats: Script
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

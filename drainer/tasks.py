@@ -61,8 +61,9 @@ def drain_shard(shard: int) -> dict | None:
         except LockError:
             log.warning("drain lock of shard %s expired before release", shard, extra={"shard": shard})
     if report.leased:
+        # Not "created": that is a LogRecord attribute, and logging raises KeyError for it in ``extra``.
         log.info(
             "drained shard %s", shard,
-            extra={"shard": shard, "leased": report.leased, "created": report.created, "rounds": report.rounds},
+            extra={"shard": shard, "leased": report.leased, "created_runs": report.created, "rounds": report.rounds},
         )  # fmt: skip
     return {"shard": shard, **{k: v for k, v in vars(report).items() if v}}

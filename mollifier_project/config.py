@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from django.core.exceptions import ImproperlyConfigured
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 ENV_PREFIX = "MOLLIFIER_"
 
@@ -50,6 +50,8 @@ class MollifierSettings(BaseModel):
     MUTATE_WAIT_MS: int = Field(2000, ge=0)
     MAX_PAYLOAD_BYTES: int = Field(3 * 1024 * 1024, ge=1)
     MAX_BUFFERED_PER_ENV: int = Field(1_000_000, ge=1)
+    # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
+    METRICS_TOKEN: SecretStr = SecretStr("")
 
     @field_validator("ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", mode="before")
     @classmethod

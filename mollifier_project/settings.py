@@ -116,11 +116,32 @@ if MOLLIFIER.DRAINER_ENABLED:
         "schedule": MOLLIFIER.DRAIN_INTERVAL_S,
         "options": {"expires": MOLLIFIER.DRAIN_INTERVAL_S},
     }
+if MOLLIFIER.STALE_SWEEP_ENABLED:
+    CELERY_BEAT_SCHEDULE["sweep-fan-out"] = {
+        "task": "sweep.fan_out",
+        "schedule": MOLLIFIER.SWEEP_INTERVAL_S,
+        "options": {"expires": MOLLIFIER.SWEEP_INTERVAL_S},
+    }
 
+# Prometheus multiprocess mode (README "Metrics"): the Procfile sets PROMETHEUS_MULTIPROC_DIR for web and
+# worker, so their counters add up in /metrics; unset (tests, runserver) each process counts on its own.
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+
+# JSON lines by default: env, org and run ids travel as fields (DESIGN §12); LOG_FORMAT=plain for reading by eye.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "json": {"()": "mollifier_project.logs.JsonFormatter"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain" if os.environ.get("LOG_FORMAT", "json") == "plain" else "json",
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }

@@ -368,10 +368,12 @@ def materialise_many(
                 if clashing:
                     holders = _holders_of_keys(clashing)
             batch_ids = {s.batch_id for _, s in valid if s.batch_id and s.id in created_ids}
-            if created_ids:  # a created run may also answer another batch's index (an idempotency hit)
-                batch_ids |= set(
-                    BatchItem.objects.filter(run_id__in=created_ids).values_list("batch_id", flat=True).distinct()
-                )
+            # A created run may also answer another batch's index — only through an idempotency hit, so only
+            # runs with a key can: look those up (one indexed query; most rounds have none).
+            keyed = [s.id for _, s in valid if s.idempotency_key and s.id in created_ids]
+            if keyed:
+                cur.execute(f"SELECT DISTINCT batch_id FROM {_ITEMS} WHERE run_id = ANY(%s)", [keyed])
+                batch_ids |= {row[0] for row in cur.fetchall()}
             if batch_ids:
                 settle_batches(batch_ids, now=now)
         first_seen: set[str] = set()

@@ -14,7 +14,9 @@
 6. The answer is ``Triggered(run_id, is_cached)`` whichever path was taken.
 
 Claims made in 3–4 are released again if this call does not end up creating its run, so a failed
-trigger never leaves a key pointing at a run that does not exist.
+trigger never leaves a key pointing at a run that does not exist. When a request carries both keys, the
+first claims of 3 and 4 share one Redis round trip (``Buffer.claim_many``); their results are then
+handled in the order above.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import redis
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 
 from buffer import gate
-from buffer.buffer import AcceptStatus, Buffer, IdemRef
+from buffer.buffer import AcceptStatus, Buffer, ClaimRequest, IdemRef
 from runs import engine, ids
 from runs.auth import EnvContext
 from runs.durations import DurationError, idempotency_ttl, parse_delay, parse_ttl
@@ -108,6 +110,10 @@ class _Claims:
     task: str
     run_id: str
     held: list[tuple[str, str]] = field(default_factory=list)
+
+    def hold(self, kind: str, key: str) -> None:
+        if (kind, key) not in self.held:
+            self.held.append((kind, key))
 
     def release(self) -> None:
         for kind, key in self.held:
@@ -243,9 +249,15 @@ def trigger(
     claims = _Claims(buffer, env, snapshot.task_identifier, snapshot.id)
     redis_up = True
     try:
-        if request_key:
+        first: dict[str, str | None] = {}  # first claim replies made ahead, by kind
+        if request_key and snapshot.idempotency_key:
             try:
-                replay = _claim_request(buffer, env, snapshot, request_key, claims)
+                first = _claim_together(buffer, env, snapshot, request_key, claims, now_ms=now_ms)
+            except redis.RedisError:
+                redis_up = False
+        if request_key and redis_up:
+            try:
+                replay = _claim_request(buffer, env, snapshot, request_key, claims, first)
             except redis.RedisError:
                 redis_up = False
                 replay = None
@@ -253,7 +265,7 @@ def trigger(
                 return Triggered(replay, False, "replayed")
         if snapshot.idempotency_key and redis_up:
             try:
-                cached = _claim_idempotency(buffer, env, snapshot, claims, now_ms=now_ms)
+                cached = _claim_idempotency(buffer, env, snapshot, claims, first, now_ms=now_ms)
             except redis.RedisError:
                 redis_up = False
                 cached = None
@@ -275,16 +287,43 @@ def trigger(
         claims.release()
 
 
-def _claim_request(buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str, claims: _Claims) -> str | None:
-    """The run a previous attempt of this request made, or None once this call holds the request key."""
+def _claim_together(
+    buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str, claims: _Claims, *, now_ms: int
+) -> dict[str, str | None]:
+    """The first claims of the request key and the idempotency key, in one round trip. A key this call
+    now holds is registered at once, so it is released whichever way the call ends."""
+    assert s.idempotency_key is not None
+    replies = buffer.claim_many(
+        [
+            ClaimRequest("req", s.task_identifier, request_key, s.id, REQUEST_KEY_TTL_MS),
+            ClaimRequest("idem", s.task_identifier, s.idempotency_key, s.id, _idem_ttl_ms(s, now_ms)),
+        ],
+        org_id=env.org_id,
+        env_id=env.env_id,
+    )
+    first = {"req": replies[0], "idem": replies[1]}
+    for kind, key in (("req", request_key), ("idem", s.idempotency_key)):
+        if first[kind] is None:
+            claims.hold(kind, key)
+    return first
+
+
+def _claim_request(
+    buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str, claims: _Claims, first: dict[str, str | None]
+) -> str | None:
+    """The run a previous attempt of this request made, or None once this call holds the request key.
+    ``first`` may hold the reply of the first claim, already made by ``_claim_together``."""
     stale = None
     for _ in range(2):
-        holder = buffer.claim(
-            "req", org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=request_key, run_id=s.id,
-            ttl_ms=REQUEST_KEY_TTL_MS, stale_run_id=stale,
-        )  # fmt: skip
+        if "req" in first:
+            holder = first.pop("req")
+        else:
+            holder = buffer.claim(
+                "req", org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=request_key, run_id=s.id,
+                ttl_ms=REQUEST_KEY_TTL_MS, stale_run_id=stale,
+            )  # fmt: skip
         if holder is None:
-            claims.held.append(("req", request_key))
+            claims.hold("req", request_key)
             return None
         if _settled_state(buffer, env, holder, now_ms=_ms(s)) != "missing":
             return holder
@@ -292,18 +331,24 @@ def _claim_request(buffer: Buffer, env: EnvContext, s: Snapshot, request_key: st
     return holder
 
 
-def _claim_idempotency(buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Claims, *, now_ms: int) -> str | None:
-    """The live run holding the task-level key (→ ``isCached``), or None once this call holds the key."""
-    assert s.idempotency_key is not None and s.idempotency_key_expires_at is not None
-    ttl_ms = max(1, int(s.idempotency_key_expires_at.timestamp() * 1000) - now_ms)
+def _claim_idempotency(
+    buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Claims, first: dict[str, str | None], *, now_ms: int
+) -> str | None:
+    """The live run holding the task-level key (→ ``isCached``), or None once this call holds the key.
+    ``first`` may hold the reply of the first claim, already made by ``_claim_together``."""
+    assert s.idempotency_key is not None
+    ttl_ms = _idem_ttl_ms(s, now_ms)
     stale = None
     for _ in range(3):
-        holder = buffer.claim(
-            "idem", org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key,
-            run_id=s.id, ttl_ms=ttl_ms, stale_run_id=stale,
-        )  # fmt: skip
+        if "idem" in first:
+            holder = first.pop("idem")
+        else:
+            holder = buffer.claim(
+                "idem", org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key,
+                run_id=s.id, ttl_ms=ttl_ms, stale_run_id=stale,
+            )  # fmt: skip
         if holder is None:
-            claims.held.append(("idem", s.idempotency_key))
+            claims.hold("idem", s.idempotency_key)
             return None
         state = _settled_state(buffer, env, holder, now_ms=now_ms)
         if state == "live":
@@ -314,6 +359,12 @@ def _claim_idempotency(buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Cl
             )
         stale = holder
     raise Unavailable("idempotency key is contended; retry")
+
+
+def _idem_ttl_ms(s: Snapshot, now_ms: int) -> int:
+    """What is left of the idempotency key's lifetime (the claim's PX)."""
+    assert s.idempotency_key_expires_at is not None
+    return max(1, int(s.idempotency_key_expires_at.timestamp() * 1000) - now_ms)
 
 
 def _ms(s: Snapshot) -> int:

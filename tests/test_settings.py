@@ -9,6 +9,7 @@ import sys
 import pytest
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
+from pydantic import SecretStr
 
 from mollifier_project.checks import check_mollifier_settings, check_redis_eviction_policy
 from mollifier_project.config import load_settings
@@ -37,6 +38,7 @@ DESIGN_DEFAULTS = {
     "MUTATE_WAIT_MS": 2000,
     "MAX_PAYLOAD_BYTES": 3 * 1024 * 1024,
     "MAX_BUFFERED_PER_ENV": 1_000_000,
+    "METRICS_TOKEN": SecretStr(""),  # not in §14: the optional /metrics bearer token (§12), off by default
 }
 
 

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('runs', '0002_batch_items_and_search_indexes'),
+        ("runs", "0002_batch_items_and_search_indexes"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='batchitem',
-            name='run_id',
+            model_name="batchitem",
+            name="run_id",
             field=models.CharField(db_index=True, max_length=40),
         ),
     ]

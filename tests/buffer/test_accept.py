@@ -68,7 +68,7 @@ def test_duplicate_run_id_is_refused_in_every_state_and_changes_nothing(buffer, 
     if state == "dead":
         assert buffer.dead_letter(shard, run_id, now_ms=3_000, reason="env deleted")
     elif state == "acked_in_grace":
-        assert buffer.ack(shard, [run_id], now_ms=3_000, grace_ms=30_000) == 1
+        assert buffer.ack(shard, [run_id], now_ms=3_000, grace_ms=30_000).count == 1
     elif state == "waiting_to_retry":
         assert buffer.requeue(shard, run_id, now_ms=3_000, delay_ms=60_000, error="deadlock") == 1
     before = buffer.get(run_id, org_id=ORG)

@@ -104,7 +104,7 @@ def test_ack_keeps_the_hash_as_acked_with_the_grace_ttl(buffer, put):
     run_id = put(ORG, ENV)
     lease(buffer)
 
-    assert buffer.ack(SHARD, [run_id], now_ms=3_000, grace_ms=30_000) == 1
+    assert buffer.ack(SHARD, [run_id], now_ms=3_000, grace_ms=30_000).count == 1
 
     entry = buffer.get(run_id, org_id=ORG)
     assert entry.status is EntryStatus.ACKED
@@ -120,8 +120,8 @@ def test_ack_twice_or_of_unknown_ids_counts_nothing(buffer, put):
     lease(buffer)
     buffer.ack(SHARD, [run_id], now_ms=3_000, grace_ms=30_000)
 
-    assert buffer.ack(SHARD, [run_id, "run_unknown"], now_ms=3_100, grace_ms=30_000) == 0
-    assert buffer.ack(SHARD, [], now_ms=3_100, grace_ms=30_000) == 0
+    assert buffer.ack(SHARD, [run_id, "run_unknown"], now_ms=3_100, grace_ms=30_000).count == 0
+    assert buffer.ack(SHARD, [], now_ms=3_100, grace_ms=30_000).count == 0
     assert_consistent(buffer)
 
 
@@ -129,7 +129,7 @@ def test_ack_with_zero_grace_deletes_the_entry(buffer, put):
     run_id = put(ORG, ENV)
     lease(buffer)
 
-    assert buffer.ack(SHARD, [run_id], now_ms=3_000, grace_ms=0) == 1
+    assert buffer.ack(SHARD, [run_id], now_ms=3_000, grace_ms=0).count == 1
     assert buffer.get(run_id, org_id=ORG) is None
 
 
@@ -143,7 +143,7 @@ def test_ack_after_a_reclaim_raced_the_drain_takes_the_entry_out_of_retry_and_qu
     assert_consistent(buffer)
 
     # The original drainer committed after all: its ack must take both out of the buffer.
-    assert buffer.ack(SHARD, runs, now_ms=1_500, grace_ms=30_000) == 2
+    assert buffer.ack(SHARD, runs, now_ms=1_500, grace_ms=30_000).count == 2
 
     assert buffer.depth(SHARD, ENV) == 0
     assert buffer.client.zcard(buffer.keys(SHARD).retry) == 0

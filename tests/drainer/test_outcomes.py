@@ -127,15 +127,38 @@ def test_exhausted_attempts_become_a_system_failure_row(buffer, park, cfg, env, 
     assert "gave up after 2 attempts" in row.error["raw"]
 
 
-def test_idempotency_clash_with_a_live_run_becomes_a_failure_row_naming_the_holder(buffer, park, cfg, env):
+def test_accepted_run_whose_key_another_run_holds_is_written_without_the_key(buffer, park, cfg, env):
+    """Its id was answered to the client, so it must exist; the key stays with the run holding it."""
     holder = SnapshotFactory(env=env, idempotency_key="k")
     engine.trigger(holder)
     snap = SnapshotFactory(env=env, idempotency_key="k")
     park(snap)
     drain.drain_shard(buffer, shard=0, cfg=cfg)
     row = TaskRun.objects.get(id=snap.id)
-    assert row.status == RunStatus.SYSTEM_FAILURE
-    assert holder.id in row.error["raw"]
+    assert (row.status, row.idempotency_key) == (RunStatus.PENDING, None)
+    assert TaskRun.objects.get(id=holder.id).idempotency_key == "k"
+
+
+def test_accepted_run_takes_over_the_key_of_a_failed_run(buffer, park, cfg, env):
+    holder = SnapshotFactory(env=env, idempotency_key="k")
+    engine.create_failed_run(holder, "boom")
+    snap = SnapshotFactory(env=env, idempotency_key="k")
+    park(snap)
+    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    assert TaskRun.objects.get(id=snap.id).idempotency_key == "k"
+    assert TaskRun.objects.get(id=holder.id).idempotency_key is None
+
+
+def test_cancel_that_lands_while_leased_cancels_the_row_after_the_ack(buffer, park, cfg, env):
+    """The drain wrote the row from the lease-time snapshot; the flag set meanwhile must still win."""
+    snap = SnapshotFactory(env=env)
+    park(snap)
+    entries = buffer.lease(0, org_id=env.org_id, env_id=env.id, n=10, now_ms=1_000, lease_ms=60_000)
+    buffer.cancel(snap.id, org_id=env.org_id, env_id=env.id, now_ms=1_500, reason="too late?")
+    report = drain.materialise(buffer, shard=0, entries=entries, cfg=cfg, now_ms=2_000)
+    assert report.created == 1
+    row = TaskRun.objects.get(id=snap.id)
+    assert (row.status, row.error["raw"]) == (RunStatus.CANCELED, "too late?")
 
 
 @pytest.mark.django_db(transaction=True)

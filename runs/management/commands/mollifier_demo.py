@@ -30,7 +30,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--port", type=_positive, default=8000, help="web port (default 8000)")
         parser.add_argument("--flower-port", type=_positive, default=5555, help="Flower port (default 5555)")
-        parser.add_argument("--runs", type=_positive, default=20_000, help="size of the storm: triggers of the bursting tenant (default 20000)")
+        parser.add_argument(
+            "--runs",
+            type=_positive,
+            default=20_000,
+            help="size of the storm: triggers of the bursting tenant (default 20000)",
+        )
         parser.add_argument("--hold", action="store_true", help="keep the processes running until Ctrl-C")
 
     def handle(self, *args, port: int, flower_port: int, runs: int, hold: bool, **options):

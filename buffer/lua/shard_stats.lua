@@ -1,0 +1,46 @@
+--[[
+shard_stats — one shard's numbers for the gauges computed at scrape time (DESIGN §12).
+
+KEYS[1]  orgs            orgs of the shard with queued entries
+KEYS[2]  leases          leased run id → lease deadline ms
+KEYS[3]  retry           requeued run id → not-before ms
+KEYS[4]  dead            run id → dead-letter time ms
+KEYS[5]  sweep:counts    env → stale entries (written by the stale sweep)
+ARGV[1]  shard key base "<prefix>:{m<k>}:" (queues are base .. "q:" .. env, envs base .. "org:" .. org .. ":envs")
+ARGV[2]  now_ms (a lease is expired when its deadline <= now_ms)
+
+Returns {queued, retrying, leased, expired leases, dead, oldest accepted_ms or -1, stale}:
+  queued = entries in the env queues, retrying = entries waiting out a backoff, leased includes the
+  expired ones, oldest = the smallest accepted_ms among the queue heads (FIFO: a head is its queue's
+  oldest entry), stale = the sum of sweep:counts.
+Guarantees: read-only; one consistent view of the shard. Cost O(orgs + envs of the shard), all O(1)
+reads (SCARD/LLEN/LINDEX/HGET), so a scrape never walks a queue.
+]]
+local orgs, leases, retry, dead, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local base, now = ARGV[1], ARGV[2]
+
+local queued, oldest = 0, -1
+for _, org in ipairs(redis.call('SMEMBERS', orgs)) do
+  for _, env in ipairs(redis.call('SMEMBERS', base .. 'org:' .. org .. ':envs')) do
+    local queue = base .. 'q:' .. env
+    queued = queued + redis.call('LLEN', queue)
+    local head = redis.call('LINDEX', queue, 0)
+    if head then
+      local accepted = tonumber(redis.call('HGET', base .. 'e:' .. head, 'accepted_ms'))
+      if accepted and (oldest < 0 or accepted < oldest) then oldest = accepted end
+    end
+  end
+end
+
+local stale = 0
+for _, value in ipairs(redis.call('HVALS', counts)) do stale = stale + tonumber(value) end
+
+return {
+  queued,
+  redis.call('ZCARD', retry),
+  redis.call('ZCARD', leases),
+  redis.call('ZCOUNT', leases, '-inf', now),
+  redis.call('ZCARD', dead),
+  oldest,
+  stale,
+}

@@ -1,0 +1,20 @@
+"""gunicorn settings for the Procfile's ``web`` process (``gunicorn -c mollifier_project/gunicorn.conf.py``).
+
+Only the prometheus-client multiprocess hook lives here; workers, bind and logging stay on the Procfile
+line. README "Metrics" explains the mode.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited: remove its live-gauge files so a dead process is not reported. Its counter and
+    histogram files stay — a counter's sum must not drop when a worker is recycled."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, path)

@@ -1,0 +1,64 @@
+"""``StuckEntry``: one row per buffered run the stale sweep found stuck (DESIGN §11, §13).
+
+Written only by ``sweep.services`` (upserted each time the sweep sees the entry, resolved once it has
+drained); the operator admin lists the unresolved ones.
+
+``org_id``/``env_id`` are plain ids, not foreign keys: a row must outlive its env (an env deleted while
+its runs were buffered is one way entries end up dead-lettered), and the sweep writes rows without
+looking tenants up.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import models
+from django.db.models import Q
+
+
+class StuckKind(models.TextChoices):
+    STALE = "STALE", "stale (queued too long)"
+    EXPIRED_LEASE = "EXPIRED_LEASE", "expired lease (not reclaimed)"
+    DEAD = "DEAD", "dead-lettered"
+
+
+class StuckEntry(models.Model):
+    run_id = models.CharField(max_length=40, unique=True)
+    org_id = models.BigIntegerField()
+    env_id = models.BigIntegerField()
+    shard = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=StuckKind.choices)
+    accepted_at = models.DateTimeField(help_text="When the trigger was accepted into the buffer.")
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    resolved_at = models.DateTimeField(null=True, blank=True, help_text="When the sweep saw it drained.")
+
+    class Meta:
+        verbose_name = "stuck entry"
+        verbose_name_plural = "stuck entries"
+        ordering = ["accepted_at"]
+        indexes = [
+            models.Index(fields=["env_id", "accepted_at"], name="stuck_env_accepted"),
+            models.Index(fields=["org_id", "accepted_at"], name="stuck_org_accepted"),
+            # The sweep's "which unresolved rows of this shard may have drained" query.
+            models.Index(
+                fields=["shard", "last_seen_at"], condition=Q(resolved_at__isnull=True), name="stuck_unresolved"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.run_id} ({self.kind})"
+
+    @property
+    def resolved(self) -> bool:
+        return self.resolved_at is not None
+
+    @property
+    def age(self) -> timedelta:
+        """How long the entry had been in the buffer when last seen (or when it drained)."""
+        return self.age_at(self.resolved_at or self.last_seen_at)
+
+    def age_at(self, now: datetime) -> timedelta:
+        return now - self.accepted_at

@@ -1,0 +1,71 @@
+"""A trigger carrying both a request key and an idempotency key claims them in one round trip; the
+results must be exactly those of claiming them one after the other (DESIGN §5 steps 3–4)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from buffer.buffer import Buffer
+from runs.tenants import ensure_tenant, issue_api_key
+
+TRIGGER = "/api/v1/tasks/hello/trigger"
+
+
+@pytest.fixture
+def tenant(db):
+    tenant = ensure_tenant("claims-org", "dev", enrol=True)
+    return tenant, issue_api_key(tenant.env)[1]
+
+
+@pytest.fixture
+def buffer(key_prefix, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    return Buffer.from_settings()
+
+
+def post(client, secret, idempotency_key, request_key):
+    return client.post(
+        TRIGGER, data=json.dumps({"payload": "{}", "options": {"idempotencyKey": idempotency_key}}),
+        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}",
+        HTTP_X_TRIGGER_REQUEST_IDEMPOTENCY_KEY=request_key,
+    )  # fmt: skip
+
+
+def claim_holder(buffer, t, kind, key):
+    return buffer.client.get(buffer.keys_for_org(t.org.id).claim(kind, t.env.id, "hello", key))
+
+
+def test_retry_with_both_keys_returns_the_same_run_and_buffers_it_once(client, tenant, buffer):
+    (t, secret) = tenant
+    request_key = str(uuid.uuid4())
+    first = post(client, secret, "k-1", request_key).json()
+    retry = post(client, secret, "k-1", request_key).json()
+    assert retry["id"] == first["id"]
+    assert buffer.depth(buffer.shard_for(t.org.id), t.env.id) == 1
+    assert claim_holder(buffer, t, "req", request_key) == first["id"]
+    assert claim_holder(buffer, t, "idem", "k-1") == first["id"]
+
+
+def test_replayed_request_leaves_no_claim_on_a_new_idempotency_key(client, tenant, buffer):
+    """The retry claimed "k-b" for a run it never creates: that claim is released, so "k-b" stays free."""
+    (t, secret) = tenant
+    request_key = str(uuid.uuid4())
+    first = post(client, secret, "k-a", request_key).json()
+    replay = post(client, secret, "k-b", request_key).json()
+    assert replay == {"id": first["id"], "isCached": False}
+    assert claim_holder(buffer, t, "idem", "k-b") is None
+    fresh = post(client, secret, "k-b", str(uuid.uuid4())).json()
+    assert fresh["isCached"] is False and fresh["id"] != first["id"]
+
+
+def test_idempotency_hit_leaves_no_claim_on_its_new_request_key(client, tenant, buffer):
+    (t, secret) = tenant
+    first = post(client, secret, "k-1", str(uuid.uuid4())).json()
+    request_key = str(uuid.uuid4())
+    cached = post(client, secret, "k-1", request_key).json()
+    assert cached == {"id": first["id"], "isCached": True}
+    assert claim_holder(buffer, t, "req", request_key) is None
+    assert buffer.depth(buffer.shard_for(t.org.id), t.env.id) == 1
