@@ -11,12 +11,14 @@ WITH_SERVICES := . ./.data/services.env &&
 PORT ?= 8000
 FLOWER_PORT ?= 5555
 ROWS ?= 50000
+# Prometheus multiprocess files of the Procfile's web and worker (README "Metrics"), wiped at every start.
+METRICS_DIR := .data/prometheus
 
 # Procfile commands (gunicorn, celery) and `honcho` come from the venv.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PORT FLOWER_PORT
 
-.PHONY: venv sdk services services-stop migrate test demo up tenant lint bench
+.PHONY: venv sdk services services-stop migrate test demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep
 
 venv: $(STAMP)
 
@@ -45,9 +47,11 @@ test: migrate sdk
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: migrate
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
 	$(WITH_SERVICES) $(PY) manage.py mollifier_demo --port $(PORT) --flower-port $(FLOWER_PORT) $(if $(filter 1,$(HOLD)),--hold)
 
 up: migrate
+	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)
 	$(WITH_SERVICES) honcho start --port $(PORT)
 
 ifneq ($(filter tenant,$(MAKECMDGOALS)),)
@@ -64,3 +68,15 @@ lint: venv
 
 bench: migrate
 	$(WITH_SERVICES) $(PY) bench/materialise.py --rows $(ROWS)
+
+bench-trigger: migrate
+	$(WITH_SERVICES) $(PY) -m bench.trigger
+
+bench-drain: migrate
+	$(WITH_SERVICES) $(PY) -m bench.drain --runs 100000 --envs 10
+
+bench-fairness: migrate
+	$(WITH_SERVICES) $(PY) -m bench.fairness
+
+bench-sweep: migrate
+	$(WITH_SERVICES) $(PY) -m bench.sweep
