@@ -119,8 +119,19 @@ def buffered_depth(buffer: Buffer) -> int:
     return queued + sum(counts)
 
 
+def rows_of(tenants: list[Tenant]) -> int:
+    return TaskRun.objects.filter(env_id__in=[t.env_id for t in tenants]).count()
+
+
 def watch(
-    say: Say, thread: threading.Thread, totals: Totals, tenants: list[Tenant], buffer: Buffer, *, timeout_s: float
+    say: Say,
+    thread: threading.Thread,
+    totals: Totals,
+    tenants: list[Tenant],
+    buffer: Buffer,
+    *,
+    rows_before: int,
+    timeout_s: float,
 ) -> float:
     """Print progress every second until the storm is sent and fully drained. Returns seconds."""
     start = time.monotonic()
@@ -130,7 +141,7 @@ def watch(
     while True:
         time.sleep(1.0)
         now = time.monotonic()
-        rows = TaskRun.objects.filter(env_id__in=env_ids).count()
+        rows = TaskRun.objects.filter(env_id__in=env_ids).count() - rows_before  # this storm's rows only
         depth = buffered_depth(buffer)
         rate = (rows - last_rows) / max(now - last_t, 1e-6)
         last_rows, last_t = rows, now
