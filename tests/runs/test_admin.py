@@ -288,3 +288,10 @@ def test_revoke_keys_counts_only_keys_it_revoked(world):
     assert revoke_keys(ApiKey.objects.filter(pk=world.key.pk), now) == 0
     world.key.refresh_from_db()
     assert world.key.revoked_at == now
+
+
+def test_admin_static_files_are_served_by_the_app_itself(client):
+    """gunicorn serves the admin's CSS too (WhiteNoise), so the admin is styled under `make up`."""
+    response = client.get("/static/admin/css/base.css")
+    assert response.status_code == 200
+    assert b"body" in b"".join(response.streaming_content)
