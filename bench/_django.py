@@ -8,8 +8,12 @@ missing and applies migrations.
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,3 +59,46 @@ def setup_django(*, database: str | None = None) -> str:
     django.setup()
     call_command("migrate", verbosity=0, interactive=False)
     return url
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every worker-driven benchmark takes: worker size, broker, settings, database."""
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork worker processes")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/10", help="Celery broker of the worker")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a MOLLIFIER_<NAME> setting for the worker and this process (repeatable), e.g. ROUND_BUDGET=2000",
+    )  # fmt: skip
+    parser.add_argument("--database", default=None, help="database name (default: DATABASE_URL's + _bench)")
+
+
+def parse_settings(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, str]:
+    """``--set NAME=VALUE`` items → {NAME: VALUE} (a leading ``MOLLIFIER_`` is accepted and dropped)."""
+    settings_: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--set expects NAME=VALUE, got {item!r}")
+        settings_[name.upper().removeprefix("MOLLIFIER_")] = value
+    return settings_
+
+
+@dataclass
+class Measurement:
+    """Repeated timings of one method over ``rows`` rows; the benches report medians."""
+
+    method: str
+    rows: int
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def rates(self) -> list[float]:
+        return [self.rows / s for s in self.seconds]
+
+    @property
+    def rows_per_second(self) -> float:
+        return statistics.median(self.rates)

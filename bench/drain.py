@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._django import setup_django
+from bench._django import Measurement, add_worker_arguments, parse_settings, setup_django
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -57,13 +55,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--orgs", type=int, default=None, help="orgs the envs are spread over (default: one per env)")
     parser.add_argument("--per-entry", type=int, default=5000, help="runs for the one-at-a-time replay")
     parser.add_argument("--repeat", type=int, default=3, help="measurements per method; medians are reported")
-    parser.add_argument("--concurrency", type=int, default=2, help="prefork worker processes")
-    parser.add_argument("--broker", default="redis://127.0.0.1:6379/10", help="Celery broker of the worker")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="a MOLLIFIER_<NAME> setting for the worker and this process (repeatable), e.g. ROUND_BUDGET=2000",
-    )  # fmt: skip
-    parser.add_argument("--database", default=None, help="database name (default: DATABASE_URL's + _bench)")
+    add_worker_arguments(parser)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one drain may take before giving up")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -73,32 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.orgs > args.envs:
         parser.error("--orgs cannot exceed --envs (every org needs an env)")
-    args.settings = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--set expects NAME=VALUE, got {item!r}")
-        args.settings[name.upper().removeprefix("MOLLIFIER_")] = value
+    args.settings = parse_settings(parser, args.set)
     return args
-
-
-@dataclass
-class Measurement:
-    method: str
-    rows: int
-    seconds: list[float] = field(default_factory=list)
-
-    @property
-    def median_seconds(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def rates(self) -> list[float]:
-        return [self.rows / s for s in self.seconds]
-
-    @property
-    def rows_per_second(self) -> float:
-        return statistics.median(self.rates)
 
 
 def wall_ms() -> int:

@@ -43,7 +43,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._django import setup_django
+from bench._django import add_worker_arguments, parse_settings, setup_django
 
 POLL_S = 0.02
 
@@ -57,13 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--orgs", type=int, default=10, help="orgs with equal demand for Jain's index")
     parser.add_argument("--backlog", type=int, default=60_000, help="entries queued per org for Jain's index")
     parser.add_argument("--window", type=float, default=20.0, help="seconds over which rows per org are counted")
-    parser.add_argument("--concurrency", type=int, default=2, help="prefork worker processes")
-    parser.add_argument("--broker", default="redis://127.0.0.1:6379/10", help="Celery broker of the worker")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="a MOLLIFIER_<NAME> setting for the worker and this process (repeatable)",
-    )  # fmt: skip
-    parser.add_argument("--database", default=None, help="database name (default: DATABASE_URL's + _bench)")
+    add_worker_arguments(parser)
     parser.add_argument("--only", choices=("latency", "jain"), default=None, help="run one part only")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
@@ -73,12 +67,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("light_rate", "seconds", "window"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    args.settings = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--set expects NAME=VALUE, got {item!r}")
-        args.settings[name.upper().removeprefix("MOLLIFIER_")] = value
+    args.settings = parse_settings(parser, args.set)
     return args
 
 

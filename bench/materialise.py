@@ -25,7 +25,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._django import setup_django
+from bench._django import Measurement, setup_django
 
 TASKS = ("send-email", "charge-card", "sync-crm", "resize-image", "notify-slack")
 
@@ -51,21 +50,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
-
-
-@dataclass
-class Measurement:
-    method: str
-    rows: int
-    seconds: list[float] = field(default_factory=list)
-
-    @property
-    def median_seconds(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def rows_per_second(self) -> float:
-        return statistics.median(self.rows / s for s in self.seconds)
 
 
 def build_snapshots(n: int, *, env_id: int, org_id: int, now: datetime, seed: int) -> list[Any]:

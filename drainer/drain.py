@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection
-
 from buffer import telemetry
 from buffer.buffer import Buffer, Entry
 from drainer import fairness
@@ -301,7 +299,7 @@ def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], cfg: An
             _failure_row(state, entry, snapshot, reason)
     except _Outage:
         state.report.outage = True
-        _discard_connection()
+        engine.discard_connection()
         if state.pending:
             state.report.released += buffer.release(shard, list(state.pending))
             state.pending.clear()
@@ -469,13 +467,6 @@ def _dead_letter(state: _Round, entry: Entry, reason: str) -> None:
     state.buffer.dead_letter(state.shard, entry.run_id, now_ms=state.now_ms, reason=reason)
     state.report.dead += 1
     log.error("dead-lettered run %s: %s", entry.run_id, reason, extra=_ids(entry))
-
-
-def _discard_connection() -> None:
-    try:
-        connection.close()
-    except Exception:  # the connection is already broken; closing it is best effort
-        log.debug("closing a broken connection failed", exc_info=True)
 
 
 def shards_with_work(buffer: Buffer, *, offset: int) -> list[int]:

@@ -13,13 +13,13 @@ from typing import Any, TypeVar
 
 import redis
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ValidationError
 
 from buffer.buffer import Buffer
-from runs import batches, mutations, queries, trigger
+from runs import batches, engine, mutations, queries, trigger
 from runs.auth import EnvContext, authenticate
 from runs.schemas import CreateBatchBody, ResetIdempotencyBody, TagsBody, TriggerBody, describe
 
@@ -66,7 +66,7 @@ def endpoint(*methods: str) -> Callable:
             except (redis.RedisError, OperationalError, InterfaceError) as exc:
                 # A backing service is down: a clear, retryable JSON error, never an HTML 500.
                 log.warning("%s unavailable during %s %s: %s", _service(exc), request.method, request.path, exc)
-                _discard_broken_connection()
+                engine.discard_connection()
                 return error(503, f"{_service(exc)} is unavailable; retry shortly.", {"x-should-retry": "true"})
 
         return wrapper
@@ -76,13 +76,6 @@ def endpoint(*methods: str) -> Callable:
 
 def _service(exc: BaseException) -> str:
     return "The buffer (Redis)" if isinstance(exc, redis.RedisError) else "The database"
-
-
-def _discard_broken_connection() -> None:
-    try:
-        connection.close()
-    except DatabaseError:
-        pass
 
 
 def now_ms() -> int:

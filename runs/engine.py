@@ -594,3 +594,12 @@ def add_tags(run_id: str, env_id: int, tags: Sequence[str], *, now: datetime) ->
         if added:
             TaskRun.objects.filter(id=run_id).update(tags=merged, updated_at=now)
     return TagsOutcome.ADDED, added
+
+
+def discard_connection() -> None:
+    """Drop this thread's database connection after it failed, so the next query reconnects instead of
+    reusing a broken socket (web requests and drain rounds both outlive a Postgres restart)."""
+    try:
+        connection.close()
+    except Exception:  # the connection is already broken; closing it is best effort
+        log.debug("closing a broken connection failed", exc_info=True)

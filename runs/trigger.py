@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 
 from buffer import gate
 from buffer.buffer import AcceptStatus, Buffer, ClaimRequest, IdemRef
@@ -461,16 +461,9 @@ def _write(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: Any, *, now_ms: in
     except engine.InvalidRun as exc:
         raise Unprocessable(str(exc)) from None
     except (OperationalError, InterfaceError) as exc:
-        _discard_broken_connection()
+        engine.discard_connection()
         if not (env.enrolled and redis_up):
             raise Unavailable("The database is unavailable; retry shortly.") from exc
         log.warning("postgres unavailable, buffering", extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_postgres_diversion()
         return _accept(buffer, env, s, cfg, now_ms=now_ms)
-
-
-def _discard_broken_connection() -> None:
-    try:
-        connection.close()
-    except DatabaseError:
-        pass
