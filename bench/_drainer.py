@@ -72,7 +72,7 @@ def fill(buffer: Buffer, snapshots: Iterable[Snapshot], *, now_ms: int, batch: i
     takes seconds instead of a quarter of a minute.
     """
     accepted = 0
-    pipe = buffer.client.pipeline(transaction=False)
+    pipe = buffer._client.pipeline(transaction=False)
     pending = 0
 
     def flush() -> int:
@@ -84,7 +84,7 @@ def fill(buffer: Buffer, snapshots: Iterable[Snapshot], *, now_ms: int, batch: i
 
     for s in snapshots:
         k = buffer.keys_for_org(s.org_id)
-        buffer.scripts.accept(
+        buffer._scripts.accept(
             keys=[k.entry(s.id), k.queue(s.env_id), k.org_envs(s.org_id), k.orgs],
             args=[s.id, s.env_id, s.org_id, to_snapshot(s), now_ms, 10**9],
             client=pipe,
@@ -124,7 +124,7 @@ class ShardHold:
     def __init__(self, buffer: Buffer, *, seconds: float = 600) -> None:
         self.locks = []
         for shard in range(buffer.shards):
-            lock = buffer.client.lock(
+            lock = buffer._client.lock(
                 buffer.keys(shard).drain_lock, timeout=seconds, blocking=False, thread_local=False
             )
             if not lock.acquire():

@@ -89,7 +89,7 @@ def fill(buffer, args: argparse.Namespace, now_ms: int) -> set[str]:
     envs = [(org, org * 10 + e) for org in range(1, args.orgs + 1) for e in range(args.envs)]
     stale_envs = set(rng.sample(envs, args.stale_envs))
     stale_ids: set[str] = set()
-    pipe = buffer.client.pipeline(transaction=False)
+    pipe = buffer._client.pipeline(transaction=False)
     pending = 0
     for org, env in envs:
         k = buffer.keys_for_org(org)
@@ -99,7 +99,7 @@ def fill(buffer, args: argparse.Namespace, now_ms: int) -> set[str]:
             run_id = new_run_id()
             if stale:
                 stale_ids.add(run_id)
-            buffer.scripts.accept(
+            buffer._scripts.accept(
                 keys=[k.entry(run_id), k.queue(env), k.org_envs(org), k.orgs],
                 args=[run_id, env, org, f'{{"id":"{run_id}"}}', accepted_ms, 1_000_000],
                 client=pipe,
@@ -117,7 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_django(database=args.database)
     from django.conf import settings
 
-    from buffer import telemetry
     from buffer.buffer import Buffer
     from sweep import sweep
     from sweep.models import StuckEntry
@@ -156,10 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
         cycle_s = time.perf_counter() - cycle_started
 
-        stale_gauge = sum(s.stale for s in telemetry.read_shard_stats(buffer, now_ms=now_ms))
+        stale_gauge = sum(s.stale for s in buffer.shard_stats(now_ms=now_ms))
         scrape_before = counter.commands
         t0 = time.perf_counter()
-        telemetry.read_shard_stats(buffer, now_ms=now_ms)
+        buffer.shard_stats(now_ms=now_ms)
         scrape_s = time.perf_counter() - t0
         assert found == stale_ids, f"found {len(found)} stale entries, planted {len(stale_ids)}"
         assert stale_gauge == len(stale_ids), (stale_gauge, len(stale_ids))

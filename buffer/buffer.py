@@ -1,8 +1,15 @@
-"""The buffer: a thin typed wrapper over the Lua scripts in ``buffer/lua`` (DESIGN §7).
+"""The buffer: a thin typed wrapper over the Lua scripts in ``buffer/lua`` (docs/architecture.md#the-redis-buffer).
+
+``Buffer`` is the only door to the buffer's Redis: its client is private, and no package outside
+``buffer/`` imports redis (an import-linter contract, ``make lint``). Callers get typed methods for what
+they need — the trigger side (accept, claims, the gate's counter, mutations), the drain (the round's
+candidates, lease/ack/…, the outage circuit, the shard lock), the sweep (``buffer.sweep_state``) and the
+gauges (``buffer.stats``) — and decide over the values they return.
 
 All logic that must be atomic lives in the scripts; this module builds keys (through ``buffer.keys``),
 checks arguments, calls one script and parses its reply into dataclasses. Time arrives as ``now_ms``.
-Redis errors propagate: the trigger service decides to fail open, the drainer to retry.
+Redis errors propagate as ``BufferUnavailable``: the trigger service decides to fail open, the drainer
+to retry.
 
 Entry life cycle (every transition keeps "env in ``org:<org>:envs`` iff its queue is non-empty, org in
 ``orgs`` iff it has such an env")::
@@ -16,19 +23,31 @@ Entry life cycle (every transition keeps "env in ``org:<org>:envs`` iff its queu
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 import redis
 from django.conf import settings
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import LockError
 from redis.retry import Retry
 
-from buffer import metrics
+from buffer import metrics, stats, sweep_state
 from buffer.keys import ClaimKind, ShardKeys, shard_for
 from buffer.scripts import Scripts
+from buffer.stats import ShardStats
+from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
+
+log = logging.getLogger(__name__)
+
+BufferUnavailable = redis.RedisError
+"""Any failure to reach or use the buffer's Redis. An alias, so that callers outside ``buffer/`` can
+catch it without importing redis."""
 
 
 class EntryStatus(StrEnum):
@@ -99,6 +118,24 @@ class MutationResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Candidate:
+    """One env a drain round may take from: its org, and how many entries wait in its queue."""
+
+    org_id: int
+    env_id: int
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCandidates:
+    """What ``Buffer.round_candidates`` found: one env per chosen org, in round order."""
+
+    picks: list[Candidate]
+    # Every org of the shard was chosen and none has a second queued env: ``picks`` is everything queued.
+    covers_all: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     run_id: str
     env_id: int
@@ -163,6 +200,7 @@ LEASE_FIELDS = (
 def parse_leased(run_id: str, values: Sequence[str | None]) -> Entry:
     """An ``Entry`` from one entry of a ``lease`` reply: values by position (``LEASE_FIELDS``), absent = None."""
     snapshot, env, org, status, attempts, accepted, lease_until, cancelled, reason, extra, error, done = values
+    assert env is not None and org is not None and status is not None, f"entry {run_id} lacks env, org or status"
     return Entry(
         run_id, int(env), int(org), EntryStatus(status), snapshot or "", int(attempts or 0), int(accepted or 0),
         _opt_int(lease_until), _opt_int(cancelled), reason, _extra_tags(extra), error, done == "1",
@@ -208,10 +246,10 @@ class Buffer:
 
     def __init__(self, client: redis.Redis, *, prefix: str, shards: int, scripts: Scripts | None = None) -> None:
         _require("shards", shards, 1)
-        self.client = client
+        self._client = client
+        self._scripts = scripts or Scripts.register(client)
         self.prefix = prefix
         self.shards = shards
-        self.scripts = scripts or Scripts.register(client)
 
     @classmethod
     def from_settings(cls) -> Buffer:
@@ -265,19 +303,41 @@ class Buffer:
             _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
             keys.append(k.idem(env_id, idempotency.task, idempotency.key))
             args.append(idempotency.ttl_ms)
-        status, value = self.scripts.accept(keys=keys, args=args)
+        status, value = self._scripts.accept(keys=keys, args=args)
         result = _accept_result(AcceptStatus(status), value)
         metrics.ACCEPTED.labels(result=result.status.value.lower()).inc()
         return result
 
-    def get(self, run_id: str, *, org_id: int) -> Entry | None:
-        """The entry in any state, or ``None``. The caller checks ``env_id`` for tenancy."""
-        flat = self.scripts.get(keys=[self.keys_for_org(org_id).entry(run_id)])
-        return parse_entry(run_id, flat)
+    def get(self, run_id: str, *, org_id: int, snapshot: bool = True) -> Entry | None:
+        """The entry in any state, or ``None``. The caller checks ``env_id`` for tenancy.
+
+        ``snapshot=False`` leaves the snapshot out (``Entry.snapshot == ""``): a question about where a run
+        is needs its status, not a document of up to ``MAX_PAYLOAD_BYTES``.
+        """
+        return self.get_many([run_id], org_id=org_id, snapshot=snapshot)[0]
+
+    def get_many(self, run_ids: Sequence[str], *, org_id: int, snapshot: bool = True) -> list[Entry | None]:
+        """``get`` for several runs of one org, in one round trip (a pipeline when there are several)."""
+        k = self.keys_for_org(org_id)
+        if snapshot and len(run_ids) == 1:
+            return [parse_entry(run_ids[0], self._scripts.get(keys=[k.entry(run_ids[0])]))]
+        pipe = self._client.pipeline(transaction=False)
+        for run_id in run_ids:
+            if snapshot:
+                self._scripts.get(keys=[k.entry(run_id)], client=pipe)
+            else:
+                pipe.hmget(k.entry(run_id), LEASE_FIELDS[1:])
+        replies = pipe.execute() if run_ids else []
+        if snapshot:
+            return [parse_entry(run_id, flat) for run_id, flat in zip(run_ids, replies, strict=True)]
+        return [
+            None if values[0] is None else parse_leased(run_id, [None, *values])
+            for run_id, values in zip(run_ids, replies, strict=True)
+        ]
 
     def cancel(self, run_id: str, *, org_id: int, env_id: int, now_ms: int, reason: str) -> MutationResult:
         """Flag a buffered run cancelled (idempotent: the first cancelled_at stays); see ``lua/cancel.lua``."""
-        status, cancelled_at = self.scripts.cancel(
+        status, cancelled_at = self._scripts.cancel(
             keys=[self.keys_for_org(org_id).entry(run_id)], args=[env_id, now_ms, reason]
         )
         return MutationResult(MutationStatus(status), cancelled_at_ms=_opt_int(cancelled_at))
@@ -290,7 +350,7 @@ class Buffer:
         _require("max_tags", max_tags, 0)
         if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
             raise ValueError("tags must be a list of strings")
-        status, total, added = self.scripts.append_tags(
+        status, total, added = self._scripts.append_tags(
             keys=[self.keys_for_org(org_id).entry(run_id)], args=[env_id, max_tags, *tags]
         )
         status = MutationStatus(status)
@@ -316,7 +376,7 @@ class Buffer:
         """
         _require("ttl_ms", ttl_ms, 1)
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
-        holder = self.scripts.claim(keys=[key_name], args=[run_id, ttl_ms, stale_run_id or ""])
+        holder = self._scripts.claim(keys=[key_name], args=[run_id, ttl_ms, stale_run_id or ""])
         return holder or None
 
     def claim_many(self, claims: Sequence[ClaimRequest], *, org_id: int, env_id: int) -> list[str | None]:
@@ -331,10 +391,10 @@ class Buffer:
         for claim in claims:
             _require("ttl_ms", claim.ttl_ms, 1)
         k = self.keys_for_org(org_id)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for claim in claims:
             key_name = k.claim(claim.kind, env_id, claim.task, claim.key)
-            pipe.evalsha(self.scripts.claim.sha, 1, key_name, claim.run_id, claim.ttl_ms, claim.stale_run_id or "")
+            pipe.evalsha(self._scripts.claim.sha, 1, key_name, claim.run_id, claim.ttl_ms, claim.stale_run_id or "")
         replies = pipe.execute(raise_on_error=False) if claims else []
         if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
             return [self._claim_one(claim, org_id=org_id, env_id=env_id) for claim in claims]
@@ -352,11 +412,11 @@ class Buffer:
     def release_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str, run_id: str) -> bool:
         """Delete the key only if ``run_id`` holds it; ``True`` if it did."""
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
-        return self.scripts.release_claim(keys=[key_name], args=[run_id]) == 1
+        return self._scripts.release_claim(keys=[key_name], args=[run_id]) == 1
 
     def reset_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str) -> bool:
         """Delete the key whoever holds it (an operator or API reset of an idempotency key). ``True`` if it existed."""
-        return self.client.delete(self.keys_for_org(org_id).claim(kind, env_id, task, key)) == 1
+        return self._client.delete(self.keys_for_org(org_id).claim(kind, env_id, task, key)) == 1
 
     def trip(
         self, *, org_id: int, env_id: int, now_ms: int, window_ms: int, threshold: int, hold_ms: int
@@ -366,7 +426,7 @@ class Buffer:
         _require("threshold", threshold, 0)
         _require("hold_ms", hold_ms, 0)
         k = self.keys_for_org(org_id)
-        tripped, count = self.scripts.trip(
+        tripped, count = self._scripts.trip(
             keys=[k.rate(env_id), k.tripped(env_id)], args=[now_ms, window_ms, threshold, hold_ms]
         )
         return tripped == 1, int(count)
@@ -387,7 +447,7 @@ class Buffer:
         _require("lease_ms", lease_ms, 1)
         if not picks:
             return []
-        calls = []
+        calls: list[tuple[list[str], list[str | int]]] = []
         for org_id, env_id, n in picks:
             _require("n", n, 1)
             k = self._checked_keys(shard, org_id)
@@ -395,11 +455,11 @@ class Buffer:
                 ([k.queue(env_id), k.org_envs(org_id), k.orgs, k.leases], [k.base, env_id, org_id, n, now_ms, lease_ms])
             )
         if len(calls) == 1:
-            replies = [self.scripts.lease(keys=calls[0][0], args=calls[0][1])]
+            replies = [self._scripts.lease(keys=calls[0][0], args=calls[0][1])]
         else:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self._client.pipeline(transaction=False)
             for keys, args in calls:
-                self.scripts.lease(keys=keys, args=args, client=pipe)
+                self._scripts.lease(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
         return [
             parse_leased(run_id, values)
@@ -414,7 +474,7 @@ class Buffer:
         if not run_ids:
             return AckResult(0)
         k = self.keys(shard)
-        reply = self.scripts.ack(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, grace_ms, *run_ids])
+        reply = self._scripts.ack(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, grace_ms, *run_ids])
         flagged = [(reply[i], int(reply[i + 1]), reply[i + 2] or None) for i in range(1, len(reply), 3)]
         return AckResult(int(reply[0]), flagged)
 
@@ -425,50 +485,139 @@ class Buffer:
         """
         _require("delay_ms", delay_ms, 0)
         k = self.keys(shard)
-        attempts = self.scripts.requeue(keys=[k.leases, k.retry], args=[k.base, run_id, now_ms, delay_ms, error])
+        attempts = self._scripts.requeue(keys=[k.leases, k.retry], args=[k.base, run_id, now_ms, delay_ms, error])
         return None if attempts < 0 else attempts
 
     def promote_due(self, shard: int, *, now_ms: int, limit: int) -> int:
         """Move up to ``limit`` due retries to the head of their queues. Returns how many moved."""
         _require("limit", limit, 1)
         k = self.keys(shard)
-        return self.scripts.promote_due(keys=[k.retry, k.orgs], args=[k.base, now_ms, limit])
+        return self._scripts.promote_due(keys=[k.retry, k.orgs], args=[k.base, now_ms, limit])
 
     def reclaim_expired(self, shard: int, *, now_ms: int, limit: int) -> list[tuple[str, int]]:
         """Expired leases (deadline <= now_ms) → retry, due now, attempts + 1. Returns (run id, attempts)."""
         _require("limit", limit, 1)
         k = self.keys(shard)
-        flat = self.scripts.reclaim_expired(keys=[k.leases, k.retry], args=[k.base, now_ms, limit])
-        reclaimed = [(run_id, int(attempts)) for run_id, attempts in zip(flat[::2], flat[1::2], strict=True)]
-        metrics.RECLAIMED.inc(len(reclaimed))
-        return reclaimed
+        flat = self._scripts.reclaim_expired(keys=[k.leases, k.retry], args=[k.base, now_ms, limit])
+        return [(run_id, int(attempts)) for run_id, attempts in zip(flat[::2], flat[1::2], strict=True)]
 
     def release(self, shard: int, run_ids: Sequence[str]) -> int:
         """Leased entries back to their queue heads in the given order, attempts unchanged (Postgres down)."""
         if not run_ids:
             return 0
         k = self.keys(shard)
-        return self.scripts.release(keys=[k.leases, k.orgs], args=[k.base, *run_ids])
+        return self._scripts.release(keys=[k.leases, k.orgs], args=[k.base, *run_ids])
 
     def dead_letter(self, shard: int, run_id: str, *, now_ms: int, reason: str) -> bool:
         """Park an entry as DEAD for operators (kept, no TTL). ``False`` if missing, DEAD or ACKED."""
         k = self.keys(shard)
         return (
-            self.scripts.dead_letter(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, run_id, now_ms, reason])
+            self._scripts.dead_letter(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, run_id, now_ms, reason])
             == 1
         )
 
+    def round_candidates(self, shard: int, *, max_orgs: int) -> RoundCandidates:
+        """The next round's envs — up to ``max_orgs`` orgs after the org cursor, one env each after its env
+        cursor, with their depths — in one script call that also advances the cursors (``lua/candidates.lua``)."""
+        _require("max_orgs", max_orgs, 1)
+        k = self.keys(shard)
+        flat = self._scripts.candidates(keys=[k.orgs, k.cursor_orgs, k.cursor_envs], args=[k.base, max_orgs])
+        picks = [Candidate(int(flat[i]), int(flat[i + 1]), int(flat[i + 2])) for i in range(1, len(flat), 3)]
+        return RoundCandidates(picks, covers_all=flat[0] == 1)
+
+    def circuit_until_ms(self, shard: int) -> int:
+        """Until when the shard's Postgres-outage circuit is open (0: closed)."""
+        return int(self._client.hget(self.keys(shard).drain_circuit, "until_ms") or 0)
+
+    def open_circuit(self, shard: int, *, now_ms: int, base_ms: int, max_ms: int) -> int:
+        """One more outage in a row: the circuit stays open for ``min(max_ms, base_ms · 2^(n−1))``.
+        Returns that delay in ms (``lua/open_circuit.lua``)."""
+        _require("base_ms", base_ms, 1)
+        _require("max_ms", max_ms, base_ms)
+        delay, _failures = self._scripts.open_circuit(
+            keys=[self.keys(shard).drain_circuit], args=[now_ms, base_ms, max_ms]
+        )
+        return int(delay)
+
+    def close_circuit(self, shard: int) -> None:
+        """A round reached Postgres: forget the outage streak."""
+        self._client.delete(self.keys(shard).drain_circuit)
+
+    @contextmanager
+    def shard_lock(self, shard: int, kind: Literal["drain", "sweep"], *, timeout_s: float) -> Iterator[bool]:
+        """Hold the shard's drain or sweep lock (NX PX ``timeout_s``) for the ``with`` block; yields whether
+        it was acquired — ``False`` means another task holds it (someone got there first: return).
+
+        A lock that expired before the block ended (the holder stalled past ``timeout_s``) is logged on
+        release, not raised: the work is done, and the scripts stay safe under two holders (each lease is
+        an atomic pop).
+        """
+        k = self.keys(shard)
+        name = k.drain_lock if kind == "drain" else k.sweep_lock
+        lock = self._client.lock(name, timeout=timeout_s, blocking=False, thread_local=False)
+        if not lock.acquire():
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                log.warning("%s lock of shard %s expired before release", kind, shard, extra={"shard": shard})
+
+    def count_drained(self, shard: int, count: int, *, now_ms: int) -> None:
+        """Count ``count`` entries that left the buffer (acked or dead-lettered) in the shard's drain rate."""
+        _require("count", count, 0)
+        stats.count_drained(self._client, self.keys(shard), count, now_ms=now_ms)
+
+    # -- reads for operators, the sweep and the gauges --------------------------------------------------------
+
+    def shard_stats(self, *, now_ms: int) -> list[ShardStats]:
+        """Every shard's depth, leased, retrying, dead, oldest age, stale count and drain rate (``buffer.stats``)."""
+        return stats.read(self._client, self._scripts, [self.keys(s) for s in range(self.shards)], now_ms=now_ms)
+
+    def sweep_cycle(self, shard: int, *, max_orgs: int) -> SweepCycle:
+        """Where the shard's sweep cycle stands and which orgs the next pass visits."""
+        _require("max_orgs", max_orgs, 1)
+        return sweep_state.read_cycle(self._client, self.keys(shard), max_orgs=max_orgs)
+
+    def find_stuck(
+        self, shard: int, orgs: Sequence[int], *, now_ms: int, older_than_ms: int, max_entries: int
+    ) -> StuckScan:
+        """Stale entries of ``orgs``, and the shard's expired leases and dead letters, in one round trip."""
+        _require("max_entries", max_entries, 1)
+        return sweep_state.scan(
+            self._client, self._scripts, self.keys(shard), orgs, now_ms=now_ms, older_than_ms=older_than_ms,
+            max_entries=max_entries,
+        )  # fmt: skip
+
+    def commit_sweep(self, shard: int, commit: SweepCommit) -> None:
+        """Write a sweep pass's counts and the cycle's next state atomically."""
+        sweep_state.commit(self._client, self.keys(shard), commit)
+
+    def clear_sweep_state(self, shards: Iterable[int] | None = None) -> None:
+        """Delete the sweep's cycle state of ``shards`` (default: all)."""
+        sweep_state.clear(self._client, [self.keys(s) for s in (range(self.shards) if shards is None else shards)])
+
+    def statuses(self, shard: int, run_ids: Sequence[str]) -> list[EntryStatus | None]:
+        """The status of each entry, ``None`` once its hash is gone; one round trip."""
+        return [
+            None if s is None else EntryStatus(s)
+            for s in sweep_state.entry_statuses(self._client, self.keys(shard), run_ids)
+        ]
+
     def orgs(self, shard: int) -> list[int]:
         """Orgs of the shard with queued entries, sorted (the drain's fairness order)."""
-        return sorted(int(org) for org in self.client.smembers(self.keys(shard).orgs))
+        return sorted(int(org) for org in self._client.smembers(self.keys(shard).orgs))
 
     def envs(self, shard: int, org_id: int) -> list[int]:
         """Envs of the org with queued entries, sorted."""
-        return sorted(int(env) for env in self.client.smembers(self._checked_keys(shard, org_id).org_envs(org_id)))
+        return sorted(int(env) for env in self._client.smembers(self._checked_keys(shard, org_id).org_envs(org_id)))
 
     def depth(self, shard: int, env_id: int) -> int:
         """Entries waiting in the env's queue (the number the per-env cap applies to)."""
-        return self.client.llen(self.keys(shard).queue(env_id))
+        return self._client.llen(self.keys(shard).queue(env_id))
 
     def shard_has_work(self, shards: Iterable[int] | None = None) -> list[bool]:
         """Per shard (default: all, in order): anything queued, waiting to retry or leased (maybe expired).
@@ -476,7 +625,7 @@ class Buffer:
         One pipelined round trip; the drain fan-out sends only shards with work.
         """
         shard_list = list(range(self.shards)) if shards is None else list(shards)
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for shard in shard_list:
             k = self.keys(shard)
             pipe.scard(k.orgs)

@@ -1,4 +1,4 @@
-"""The gate: at trigger time, write the row now (pass through) or park the snapshot (mollify) (DESIGN §6).
+"""The gate: at trigger time, write the row now (pass through) or park the snapshot (mollify) (docs/architecture.md#gate).
 
 Order of the checks, each cheaper than the next and each stopping evaluation:
 
@@ -70,7 +70,7 @@ def evaluate(
     metrics.DECISIONS.labels(outcome=decision.action.value, reason=decision.reason.value).inc()
     if decision.count is not None and decision.count == cfg.TRIP_THRESHOLD + 1:
         # The trigger that pushed this window over the threshold: one line per window, with the tenant ids
-        # the metric labels must not carry (DESIGN §12).
+        # the metric labels must not carry (docs/architecture.md#telemetry).
         logger.info(
             "env %s tripped: %s triggers in the window", env_id, decision.count,
             extra={"env_id": env_id, "org_id": org_id, "count": decision.count, "outcome": decision.action.value,
@@ -80,7 +80,7 @@ def evaluate(
 
 
 def count_fail_open() -> None:
-    """Redis was unreachable, so the trigger passed through (DESIGN §5 step 5): the caller counts it here."""
+    """Redis was unreachable, so the trigger passed through (docs/architecture.md#failure-modes): the caller counts it here."""
     metrics.FAIL_OPEN.inc()
 
 

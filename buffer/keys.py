@@ -1,4 +1,4 @@
-"""The Redis key schema of the buffer and the gate (DESIGN §7). Nothing else in Python builds key strings.
+"""The Redis key schema of the buffer and the gate (docs/architecture.md#the-redis-buffer). Nothing else in Python builds key strings.
 
 Every key of shard *k* starts with ``<KEY_PREFIX>:{m<k>}:`` — the ``{m<k>}`` hash tag puts all of a shard's
 keys in one Redis Cluster slot, so each Lua script touches one slot. The shard of an org is

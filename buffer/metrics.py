@@ -1,4 +1,5 @@
-"""Prometheus metrics of the gate and the buffer (DESIGN §12).
+"""Prometheus counters of the gate and the buffer (docs/architecture.md#telemetry); the drain's are in
+``drainer.metrics``.
 
 Label values are bounded sets (outcome, reason, result); never an env or org id — per-tenant detail goes
 to structured logs and the admin.
@@ -6,7 +7,7 @@ to structured logs and the admin.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 DECISIONS = Counter(
     "mollifier_decisions_total",
@@ -28,23 +29,4 @@ FAIL_OPEN = Counter(
 POSTGRES_DIVERSIONS = Counter(
     "mollifier_postgres_diversions_total",
     "Pass-through triggers accepted into the buffer because Postgres was unreachable.",
-)
-
-# -- drain side: ``buffer.telemetry.record_round`` (once per drain round), ``Buffer.reclaim_expired`` ----------
-
-DRAINED = Counter(
-    "mollifier_drained_total",
-    "Leased entries by drain outcome (created | existed | cancelled | failed | dead | requeued | released).",
-    ["outcome"],
-)
-
-RECLAIMED = Counter(
-    "mollifier_reclaimed_total",
-    "Expired leases reclaimed for a retry (a drainer died or stalled holding them).",
-)
-
-DWELL = Histogram(
-    "mollifier_dwell_seconds",
-    "Time from accept to materialisation of entries that left the buffer through a row.",
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )

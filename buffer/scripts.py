@@ -2,8 +2,11 @@
 
 ``register_script`` hashes the source locally; the first call does EVALSHA and, on NOSCRIPT (a restarted
 or different server), loads the script and retries — so no SCRIPT LOAD round trip at start-up and no
-failure after a Redis restart. Each field of ``Scripts`` is one file; ``tests/buffer/test_scripts.py``
+failure after a Redis restart. Each field of ``Scripts`` is one file; ``tests/buffer/test_scripts_and_keys.py``
 fails if a ``.lua`` file has no field here or lacks its contract header.
+
+Every script is registered with the prelude ``lua/lib/presence.lua`` in front of it: the invariant several
+scripts keep (an env is in its org's set iff its queue is non-empty) is written once, there.
 """
 
 from __future__ import annotations
@@ -17,12 +20,19 @@ import redis
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
+PRELUDE = LUA_DIR / "lib" / "presence.lua"
 
 
 @cache
 def source(name: str) -> str:
     """The text of ``buffer/lua/<name>.lua`` (read once per process)."""
     return (LUA_DIR / f"{name}.lua").read_text(encoding="utf-8")
+
+
+@cache
+def registered_source(name: str) -> str:
+    """What is sent to Redis for ``name``: the prelude, then the script's own file."""
+    return PRELUDE.read_text(encoding="utf-8") + source(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,8 @@ class Scripts:
     find_stale: Script
     find_expired_and_dead: Script
     shard_stats: Script
+    candidates: Script
+    open_circuit: Script
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -53,4 +65,4 @@ class Scripts:
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
-        return cls(**{name: client.register_script(source(name)) for name in cls.names()})
+        return cls(**{name: client.register_script(registered_source(name)) for name in cls.names()})

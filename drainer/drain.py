@@ -1,11 +1,13 @@
-"""Drain one shard: lease buffered snapshots fairly and materialise them in bulk (DESIGN §8).
+"""Drain one shard: lease buffered snapshots fairly and materialise them in bulk (docs/architecture.md#drain).
 
 ``drain_shard`` runs inside the shard's lock (``drainer.tasks``) and loops within its time budget:
 reclaim expired leases, promote due retries, run one fair round, until the shard is empty, the budget
 is spent, or Postgres is unreachable (then the shard's circuit opens: 100 ms doubling to 5 s).
 
-A round: pick orgs and envs (``drainer.fairness``), lease their share of ``ROUND_BUDGET``, then
-``materialise`` every leased entry and ack only what committed.
+A round: the buffer names the candidates (orgs after the durable cursor, one env each, their depths:
+``Buffer.round_candidates``), ``drainer.fairness`` splits ``ROUND_BUDGET`` among them, the round leases
+its shares, then ``materialise`` writes every leased entry and acks only what committed. Every Redis
+access goes through ``Buffer``; this module decides over the values it returns.
 
 Race analysis — every crash point and what it costs
 ---------------------------------------------------
@@ -24,7 +26,7 @@ Race analysis — every crash point and what it costs
    ``lease`` is still an atomic LPOP, so the two get disjoint entries.
 5. Cancel during drain: a cancel that lands before the lease makes a CANCELED row. One that lands
    while the entry is leased sets the flag too late for this round: the row is written live and the
-   API (which waits for the row, DESIGN §9) cancels it in Postgres. If that lease then expires, the
+   API (which waits for the row, docs/architecture.md#reads-and-mutations-of-buffered-runs) cancels it in Postgres. If that lease then expires, the
    reclaimed entry carries the flag, ``create_cancelled_run`` hits ``CancelConflict`` and
    ``cancel_run`` is applied: cancel wins either way.
 6. Postgres outage mid-round: everything not yet committed goes back to the queue head with attempts
@@ -34,18 +36,20 @@ Race analysis — every crash point and what it costs
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-from buffer import telemetry
 from buffer.buffer import Buffer, Entry
-from drainer import fairness
+from drainer import fairness, metrics, telemetry
 from drainer.errors import Failure, classify
+from drainer.limits import DrainLimits
+from drainer.report import Report
+from mollifier_project.clock import from_ms, now_ms
 from runs import engine
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot, normalise_tags
 
@@ -63,42 +67,6 @@ class _Outage(Exception):
     """Postgres is unreachable: stop the round, release what is not committed."""
 
 
-@dataclass
-class Report:
-    """What a round (or a whole shard run) did; counts are entries."""
-
-    leased: int = 0
-    created: int = 0
-    existed: int = 0
-    cancelled: int = 0
-    failed: int = 0
-    dead: int = 0
-    requeued: int = 0
-    released: int = 0
-    reclaimed: int = 0
-    rounds: int = 0
-    outage: bool = False
-    circuit_open: bool = False
-    # The round took everything queued when it started (every org and env chosen, every share = demand):
-    # the shard task stops there; what arrives meanwhile waits for the next tick, not for a loop of
-    # one-entry rounds that would keep the worker from the other shards.
-    emptied: bool = False
-
-    def add(self, other: Report) -> None:
-        for name in ("leased", "created", "existed", "cancelled", "failed", "dead", "requeued", "released",
-                     "reclaimed", "rounds"):  # fmt: skip
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.outage = self.outage or other.outage
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 # ------------------------------------------------------------------------------------------- shard
 
 
@@ -106,11 +74,11 @@ def drain_shard(
     buffer: Buffer,
     *,
     shard: int,
-    cfg: Any,
-    clock: Callable[[], int] = wall_clock_ms,
+    limits: DrainLimits,
+    clock: Callable[[], int] = now_ms,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Report:
-    """Drain ``shard`` until it is empty or ``DRAIN_TIME_BUDGET_MS`` is spent. Call with the shard lock held.
+    """Drain ``shard`` until it is empty or ``limits.time_budget_ms`` is spent. Call with the shard lock held.
 
     Steps per iteration: 1. respect an open circuit; 2. reclaim expired leases; 3. promote due retries;
     4. one fair round; 5. on an outage open the circuit (and wait it out if the budget allows), on
@@ -118,31 +86,30 @@ def drain_shard(
     """
     report = Report()
     start = clock()
-    circuit = buffer.keys(shard).drain_circuit
     while True:
         now = clock()
-        if now - start >= cfg.DRAIN_TIME_BUDGET_MS:
+        if now - start >= limits.time_budget_ms:
             break
-        until = int(buffer.client.hget(circuit, "until_ms") or 0)
+        until = buffer.circuit_until_ms(shard)
         if until > now:
             wait_ms = until - now
-            if now + wait_ms - start >= cfg.DRAIN_TIME_BUDGET_MS:
+            if now + wait_ms - start >= limits.time_budget_ms:
                 report.circuit_open = True
                 break
             sleep(wait_ms / 1000)
             continue
-        report.reclaimed += len(buffer.reclaim_expired(shard, now_ms=now, limit=RECLAIM_LIMIT))
+        reclaimed = len(buffer.reclaim_expired(shard, now_ms=now, limit=RECLAIM_LIMIT))
+        metrics.RECLAIMED.inc(reclaimed)
+        report.reclaimed += reclaimed
         buffer.promote_due(shard, now_ms=now, limit=PROMOTE_LIMIT)
-        result = run_round(buffer, shard=shard, cfg=cfg, now_ms=now)
+        result = run_round(buffer, shard=shard, limits=limits, now_ms=now)
         report.add(result)
         if result.outage:
-            failures = int(buffer.client.hincrby(circuit, "failures", 1))
-            delay = min(CIRCUIT_MAX_MS, CIRCUIT_BASE_MS * 2 ** (failures - 1))
-            buffer.client.hset(circuit, "until_ms", now + delay)
+            delay = buffer.open_circuit(shard, now_ms=now, base_ms=CIRCUIT_BASE_MS, max_ms=CIRCUIT_MAX_MS)
             log.warning("postgres unreachable; shard %s backs off %s ms", shard, delay, extra={"shard": shard})
             continue
-        if buffer.client.exists(circuit):
-            buffer.client.delete(circuit)
+        if until:  # the circuit was open and this round reached Postgres: close it
+            buffer.close_circuit(shard)
         if result.leased == 0 or result.emptied:
             report.emptied = result.emptied
             break
@@ -152,54 +119,31 @@ def drain_shard(
 # ------------------------------------------------------------------------------------------- round
 
 
-def choose(buffer: Buffer, *, shard: int, cfg: Any) -> list[tuple[int, int, int]]:
+def choose(buffer: Buffer, *, shard: int, limits: DrainLimits) -> list[tuple[int, int, int]]:
     """This round's (org, env, how many) — two-level round robin plus a max-min split of the budget.
 
     Advances the durable cursors: the org cursor by one org per round, each chosen org's env cursor
     by one env.
     """
-    return _plan(buffer, shard=shard, cfg=cfg)[0]
+    return _plan(buffer, shard=shard, limits=limits)[0]
 
 
-def _plan(buffer: Buffer, *, shard: int, cfg: Any) -> tuple[list[tuple[int, int, int]], bool]:
+def _plan(buffer: Buffer, *, shard: int, limits: DrainLimits) -> tuple[list[tuple[int, int, int]], bool]:
     """``choose``, and whether the picks cover everything queued in the shard right now (every org
     chosen, each with a single queued env, each share equal to its env's demand)."""
-    keys = buffer.keys(shard)
-    orgs = sorted(buffer.orgs(shard))
-    if not orgs:
-        return [], True
-    cursor = buffer.client.get(keys.cursor_orgs)
-    chosen = fairness.rotate_from(orgs, int(cursor) if cursor else None, cfg.MAX_ORGS_PER_ROUND)
-    buffer.client.set(keys.cursor_orgs, chosen[0])
-    env_cursors = buffer.client.hmget(keys.cursor_envs, [str(org) for org in chosen])
-    pipe = buffer.client.pipeline(transaction=False)
-    for org in chosen:
-        pipe.smembers(keys.org_envs(org))
-    env_sets = pipe.execute()
-    picks: list[tuple[int, int]] = []
-    covers_all = len(chosen) == len(orgs)
-    for org, envs, env_cursor in zip(chosen, env_sets, env_cursors, strict=True):
-        candidates = sorted(int(e) for e in envs)
-        covers_all = covers_all and len(candidates) <= 1
-        if candidates:
-            picks.append((org, fairness.rotate_from(candidates, int(env_cursor) if env_cursor else None, 1)[0]))
-    if not picks:
-        return [], covers_all
-    buffer.client.hset(keys.cursor_envs, mapping={str(org): env for org, env in picks})
-    pipe = buffer.client.pipeline(transaction=False)
-    for _, env in picks:
-        pipe.llen(keys.queue(env))
-    demands = pipe.execute()
-    shares = fairness.max_min_split(cfg.ROUND_BUDGET, demands)
-    covers_all = covers_all and shares == demands
-    return [(org, env, n) for (org, env), n in zip(picks, shares, strict=True) if n > 0], covers_all
+    found = buffer.round_candidates(shard, max_orgs=limits.max_orgs_per_round)
+    demands = [c.depth for c in found.picks]
+    shares = fairness.max_min_split(limits.round_budget, demands)
+    covers_all = found.covers_all and shares == demands
+    picks = [(c.org_id, c.env_id, n) for c, n in zip(found.picks, shares, strict=True) if n > 0]
+    return picks, covers_all
 
 
-def run_round(buffer: Buffer, *, shard: int, cfg: Any, now_ms: int) -> Report:
+def run_round(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> Report:
     """Lease this round's entries and materialise them."""
-    picks, covers_all = _plan(buffer, shard=shard, cfg=cfg)
-    entries = buffer.lease_many(shard, picks, now_ms=now_ms, lease_ms=cfg.LEASE_MS)
-    report = materialise(buffer, shard=shard, entries=entries, cfg=cfg, now_ms=now_ms)
+    picks, covers_all = _plan(buffer, shard=shard, limits=limits)
+    entries = buffer.lease_many(shard, picks, now_ms=now_ms, lease_ms=limits.lease_ms)
+    report = materialise(buffer, shard=shard, entries=entries, limits=limits, now_ms=now_ms)
     report.rounds = 1
     report.emptied = covers_all and not report.outage
     return report
@@ -214,7 +158,7 @@ class _Round:
 
     buffer: Buffer
     shard: int
-    cfg: Any
+    limits: DrainLimits
     now_ms: int
     report: Report
     pending: dict[str, Entry] = field(default_factory=dict)  # leased, not yet resolved; insertion order = lease order
@@ -249,30 +193,33 @@ def _parse(entry: Entry) -> Snapshot:
 
 def _minimal_snapshot(entry: Entry) -> Snapshot:
     """Enough of an unreadable snapshot to write its SYSTEM_FAILURE row — keeping the batch link if any."""
-    batch_id, batch_index, task = None, None, "unknown"
+    batch_id: str | None = None
+    batch_index: int | None = None
+    task = "unknown"
     try:
         doc = json.loads(entry.snapshot)
         if isinstance(doc, dict):
-            task = doc.get("task") if isinstance(doc.get("task"), str) and doc.get("task") else task
+            if isinstance(doc.get("task"), str) and doc["task"]:
+                task = doc["task"]
             if isinstance(doc.get("batch"), str) and isinstance(doc.get("batch_index"), int):
                 batch_id, batch_index = doc["batch"], doc["batch_index"]
     except ValueError:
         pass
     return Snapshot(
         id=entry.run_id, env_id=entry.env_id, org_id=entry.org_id, task_identifier=task,
-        created_at=_dt(entry.accepted_ms), batch_id=batch_id, batch_index=batch_index,
+        created_at=from_ms(entry.accepted_ms), batch_id=batch_id, batch_index=batch_index,
     )  # fmt: skip
 
 
-def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], cfg: Any, now_ms: int) -> Report:
-    """Write a row for every leased entry and ack it after the commit (the outcome table of DESIGN §8).
+def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], limits: DrainLimits, now_ms: int) -> Report:
+    """Write a row for every leased entry and ack it after the commit (docs/architecture.md#drain-outcomes).
 
     Steps: 1. sort entries into normal / cancelled / failed (unreadable snapshot, attempts exhausted);
     2. ``materialise_many`` the normal ones in one transaction; 3. CANCELED rows; 4. SYSTEM_FAILURE rows
     (dead-letter when even that is impossible); 5. ack what committed — or, on an outage, release
     everything still pending with attempts unchanged.
     """
-    state = _Round(buffer, shard, cfg, now_ms, Report(leased=len(entries)))
+    state = _Round(buffer, shard, limits, now_ms, Report(leased=len(entries)))
     state.pending = {e.run_id: e for e in entries}
     normal: list[tuple[Entry, Snapshot]] = []
     cancelled: list[tuple[Entry, Snapshot]] = []
@@ -285,7 +232,7 @@ def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], cfg: An
             continue
         if entry.cancelled_at_ms is not None:
             cancelled.append((entry, snapshot))
-        elif entry.attempts >= cfg.MAX_ATTEMPTS:
+        elif entry.attempts >= limits.max_attempts:
             failed.append(
                 (entry, snapshot, f"gave up after {entry.attempts} attempts: {entry.last_error or 'lease expired'}")
             )
@@ -294,9 +241,9 @@ def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], cfg: An
     try:
         failed.extend(_materialise_normal(state, normal))
         for entry, snapshot in cancelled:
-            _guarded(state, entry, snapshot, failed, lambda e=entry, s=snapshot: _cancelled_row(state, e, s))
-        for entry, snapshot, reason in failed:
-            _failure_row(state, entry, snapshot, reason)
+            _guarded(state, entry, snapshot, failed, functools.partial(_cancelled_row, state, entry, snapshot))
+        for entry, maybe_snapshot, reason in failed:
+            _failure_row(state, entry, maybe_snapshot, reason)
     except _Outage:
         state.report.outage = True
         engine.discard_connection()
@@ -305,7 +252,7 @@ def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], cfg: An
             state.pending.clear()
     finally:
         if state.acks:
-            acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=cfg.ACK_GRACE_S * 1000)
+            acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=limits.ack_grace_ms)
             _cancel_late(acked.cancelled)
     # Telemetry only (counters, dwell, drain rate, per-env log lines); never changes the round's result.
     telemetry.record_round(buffer, shard=shard, report=state.report, entries=entries, acked=state.acks, now_ms=now_ms)
@@ -317,20 +264,20 @@ def _cancel_late(flagged: list[tuple[str, int, str | None]]) -> None:
     them now (rows already CANCELED or failed are terminal and stay as they are). Cancel wins."""
     for run_id, cancelled_at_ms, reason in flagged:
         try:
-            engine.cancel_run(run_id, reason or "Canceled by user", _dt(cancelled_at_ms))
+            engine.cancel_run(run_id, reason or "Canceled by user", from_ms(cancelled_at_ms))
         except Exception:  # the client was told 503 for this cancel and retries it against the row
             log.exception("could not apply the late cancel of run %s", run_id, extra={"run_id": run_id})
 
 
 def _retry_or_fail(state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list) -> None:
-    if entry.attempts + 1 < state.cfg.MAX_ATTEMPTS:
+    if entry.attempts + 1 < state.limits.max_attempts:
         state.requeue(entry, reason)
     else:
         failed.append((entry, snapshot, f"gave up after {entry.attempts + 1} attempts: {reason}"))
 
 
 def _guarded(state: _Round, entry: Entry, snapshot: Snapshot | None, failed: list, write: Callable[[], None]) -> None:
-    """Run one database write for ``entry`` and route its failure by class (DESIGN §8 table)."""
+    """Run one database write for ``entry`` and route its failure by class (docs/architecture.md#drain-outcomes)."""
     try:
         write()
     except Exception as exc:  # classified below; nothing is swallowed silently
@@ -351,7 +298,7 @@ def _materialise_normal(
     failed: list[tuple[Entry, Snapshot | None, str]] = []
     if not normal:
         return failed
-    now = _dt(state.now_ms)
+    now = from_ms(state.now_ms)
     try:
         results = engine.materialise_many([s for _, s in normal], now=now)
     except Exception as exc:
@@ -364,14 +311,14 @@ def _materialise_normal(
             return failed
         log.warning("bulk materialise failed (%s); isolating entries one by one", exc)
         for entry, snapshot in normal:
-            _guarded(state, entry, snapshot, failed, lambda e=entry, s=snapshot: _one(state, e, s, failed))
+            _guarded(state, entry, snapshot, failed, functools.partial(_one, state, entry, snapshot, failed))
         return failed
     _apply_results(state, normal, results, failed)
     return failed
 
 
 def _one(state: _Round, entry: Entry, snapshot: Snapshot, failed: list) -> None:
-    _apply_results(state, [(entry, snapshot)], engine.materialise_many([snapshot], now=_dt(state.now_ms)), failed)
+    _apply_results(state, [(entry, snapshot)], engine.materialise_many([snapshot], now=from_ms(state.now_ms)), failed)
 
 
 def _apply_results(
@@ -391,27 +338,18 @@ def _apply_results(
             clashes.append((entry, snapshot, result))
     for entry, snapshot, result in clashes:
         _guarded(
-            state, entry, snapshot, failed, lambda e=entry, s=snapshot, r=result: _resolve_clash(state, e, s, r, failed)
+            state, entry, snapshot, failed, functools.partial(_resolve_clash, state, entry, snapshot, result, failed)
         )
 
 
 def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engine.Result, failed: list) -> None:
     """Another row holds this run's idempotency key although the trigger path claimed it for this run
     (the key was reset, or Redis lost the claim). This run was accepted and its id answered, so it must
-    exist: take the key over if it may be reused (expired, or its run failed), else write the run
-    without the key — the key stays with the run that holds it."""
-    now = _dt(state.now_ms)
-    released = engine.release_idempotency_key(
-        snapshot.env_id, snapshot.task_identifier, snapshot.idempotency_key or "", now=now,
-        statuses=engine.REUSABLE_KEY_STATUSES,
-    )  # fmt: skip
-    if not released:
-        log.warning(
-            "run %s lost its idempotency key to run %s; written without it", snapshot.id, result.existing_run_id,
-            extra=_ids(entry),
-        )  # fmt: skip
-        snapshot = snapshot.replace(idempotency_key=None, idempotency_key_user=None, idempotency_key_expires_at=None)
-    retry = engine.materialise_many([snapshot], now=now)[0]
+    exist: the engine's key-clash policy takes the key over if it may be reused, else writes the run
+    without it (``ClashPolicy.WITHOUT_KEY``)."""
+    retry = engine.resolve_key_clash(
+        snapshot, result, now=from_ms(state.now_ms), policy=engine.ClashPolicy.WITHOUT_KEY, buffered=True
+    )
     if retry.outcome is engine.Outcome.CREATED:
         state.report.created += 1
         state.ack(entry)
@@ -426,10 +364,10 @@ def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engi
 
 def _cancelled_row(state: _Round, entry: Entry, snapshot: Snapshot) -> None:
     """Cancel wins: a CANCELED row (no event: it was reported at cancel time), or cancel the live row."""
-    at = _dt(entry.cancelled_at_ms or state.now_ms)
+    at = from_ms(entry.cancelled_at_ms or state.now_ms)
     reason = entry.cancel_reason or "Canceled by user"
     try:
-        engine.create_cancelled_run(snapshot, at, reason, emit_event=False, now=_dt(state.now_ms))
+        engine.create_cancelled_run(snapshot, at, reason, emit_event=False, now=from_ms(state.now_ms))
     except engine.CancelConflict:
         engine.cancel_run(snapshot.id, reason, at)
     state.report.cancelled += 1
@@ -441,7 +379,7 @@ def _failure_row(state: _Round, entry: Entry, snapshot: Snapshot | None, reason:
     A transient database error requeues instead (the failure row is retried, not given up on)."""
     error = f"{engine.FAILURE_PREFIX} {reason}"
     try:
-        result = engine.create_failed_run(snapshot or _minimal_snapshot(entry), error, now=_dt(state.now_ms))
+        result = engine.create_failed_run(snapshot or _minimal_snapshot(entry), error, now=from_ms(state.now_ms))
     except engine.InvalidRun as exc:
         _dead_letter(state, entry, f"{reason}; {exc}")
         return

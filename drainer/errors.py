@@ -1,4 +1,4 @@
-"""Which database failures the drain retries, and how (the outcome table of DESIGN §8).
+"""Which database failures the drain retries, and how (the outcome table in docs/architecture.md#drain-outcomes).
 
 - ``OUTAGE``: Postgres is unreachable (connection refused/reset, server shutting down, pool timeout).
   The whole round goes back to the queue head with attempts unchanged and the shard backs off: an

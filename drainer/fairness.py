@@ -1,4 +1,4 @@
-"""Fair choice of what a drain round takes (DESIGN §8), as pure functions so they are easy to test.
+"""Fair choice of what a drain round takes (docs/architecture.md#drain), as pure functions so they are easy to test.
 
 Two levels: orgs of the shard in sorted order starting from a durable cursor that advances by one org
 per round (at most ``max_orgs`` per round), and one env per org from a per-org cursor. The round's entry

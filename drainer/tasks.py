@@ -6,15 +6,15 @@ Thin on purpose: flags, the shard lock and connection hygiene here; every decisi
 from __future__ import annotations
 
 import logging
-import time
 
 from celery import shared_task
 from django.conf import settings
 from django.db import close_old_connections
-from redis.exceptions import LockError
 
 from buffer.buffer import Buffer
 from drainer import drain
+from drainer.limits import DrainLimits
+from mollifier_project.clock import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,13 @@ LOCK_MARGIN_MS = 5_000
 @shared_task(name="drainer.fan_out", ignore_result=True)
 def fan_out() -> list[int]:
     """Send ``drain_shard(k)`` for every shard with work, from an offset that rotates every tick, so
-    that with fewer workers than shards no shard waits behind the others every time (DESIGN §8)."""
+    that with fewer workers than shards no shard waits behind the others every time
+    (docs/architecture.md#fan-out)."""
     cfg = settings.MOLLIFIER
     if not cfg.DRAINER_ENABLED:
         return []
     buffer = Buffer.from_settings()
-    tick = int(time.time() / cfg.DRAIN_INTERVAL_S)
+    tick = int(now_ms() / 1000 / cfg.DRAIN_INTERVAL_S)
     shards = drain.shards_with_work(buffer, offset=tick)
     for shard in shards:
         drain_shard.apply_async((shard,), expires=cfg.DRAIN_INTERVAL_S)
@@ -43,23 +44,15 @@ def drain_shard(shard: int) -> dict | None:
     if not cfg.DRAINER_ENABLED:
         return None
     buffer = Buffer.from_settings()
-    lock = buffer.client.lock(
-        buffer.keys(shard).drain_lock,
-        timeout=(cfg.DRAIN_TIME_BUDGET_MS + LOCK_MARGIN_MS) / 1000,
-        blocking=False,
-        thread_local=False,
-    )
-    if not lock.acquire():
-        return {"shard": shard, "locked": True}
-    close_old_connections()
-    try:
-        report = drain.drain_shard(buffer, shard=shard, cfg=cfg)
-    finally:
+    limits = DrainLimits.from_settings(cfg)
+    with buffer.shard_lock(shard, "drain", timeout_s=(limits.time_budget_ms + LOCK_MARGIN_MS) / 1000) as held:
+        if not held:
+            return {"shard": shard, "locked": True}
         close_old_connections()
         try:
-            lock.release()
-        except LockError:
-            log.warning("drain lock of shard %s expired before release", shard, extra={"shard": shard})
+            report = drain.drain_shard(buffer, shard=shard, limits=limits)
+        finally:
+            close_old_connections()
     if report.leased:
         # Not "created": that is a LogRecord attribute, and logging raises KeyError for it in ``extra``.
         log.info(

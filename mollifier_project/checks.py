@@ -1,18 +1,20 @@
-"""Django system checks for settings that are valid one by one but wrong together (DESIGN §14).
+"""Django system checks for settings that are valid one by one but wrong together (docs/architecture.md#settings).
 
 Registered by ``runs.apps.RunsConfig.ready``. IDs: ``mollifier.E00x`` errors, ``mollifier.W00x`` warnings.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import CheckMessage, Error, Warning, register
 
 
 @register("mollifier")
-def check_mollifier_settings(app_configs=None, **kwargs):
+def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     cfg = settings.MOLLIFIER
-    problems = []
+    problems: list[CheckMessage] = []
     if cfg.LEASE_MS <= cfg.DRAIN_TIME_BUDGET_MS:
         problems.append(
             Error(
@@ -66,24 +68,3 @@ def check_mollifier_settings(app_configs=None, **kwargs):
             )
         )
     return problems
-
-
-@register("mollifier", "redis")
-def check_redis_eviction_policy(app_configs=None, **kwargs):
-    """A buffer must never lose a run silently: Redis must refuse writes rather than evict (DESIGN §5)."""
-    import redis
-
-    try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
-    except redis.RedisError as exc:
-        return [Warning(f"Could not read Redis maxmemory-policy at REDIS_URL: {exc}", id="mollifier.W004")]
-    if policy != "noeviction":
-        return [
-            Warning(
-                f"Redis maxmemory-policy is {policy!r}; the buffer needs 'noeviction'.",
-                hint="With an evicting policy Redis may silently drop buffered runs under memory pressure.",
-                id="mollifier.W003",
-            )
-        ]
-    return []

@@ -1,4 +1,5 @@
-"""The stale sweep: find entries that sit in the buffer too long, keep an alertable count (DESIGN §11).
+"""The stale sweep: find entries that sit in the buffer too long, keep an alertable count
+(docs/architecture.md#stale-sweep).
 
 A drain that is stuck, slow or switched off shows up as queued entries getting old. Counting every entry
 of every env each tick would cost O(buffer); instead each shard is swept in *cycles* of bounded *passes*:
@@ -13,11 +14,14 @@ of every env each tick would cost O(buffer); instead each shard is swept in *cyc
   this cycle (fully drained, or their org left the shard) are removed — otherwise a drained env would hold
   the gauge up forever — and the cycle state is deleted, so the next pass freezes a fresh list.
 
-The gauge ``mollifier_stale_entries`` is the sum of every shard's counts (``buffer.telemetry``).
+The gauge ``mollifier_stale_entries`` is the sum of every shard's counts (``telemetry.collector``).
 
 Each pass also lists the shard's expired leases (nobody reclaims them: the drainer is off or dying) and
 dead letters (``lua/find_expired_and_dead.lua``), upserts a ``StuckEntry`` row per stale, expired or dead
 entry, and resolves open rows whose entry has left the buffer.
+
+Redis is reached only through ``Buffer`` (``buffer.sweep_state``): this module decides which orgs a pass
+visits and which envs a wrap evicts, over the typed values it reads.
 
 Failure: every read happens before any write, and the Redis state is written in one MULTI/EXEC at the end,
 so a read that fails raises with the cycle untouched — it never looks like an empty cycle, which would
@@ -30,10 +34,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from buffer.buffer import Buffer, EntryStatus
+from buffer.sweep_state import Found, SweepCommit
+from mollifier_project.clock import from_ms
+from mollifier_project.config import MollifierSettings
 from sweep import services
 from sweep.models import StuckKind
 from sweep.services import Stuck
@@ -41,6 +47,27 @@ from sweep.services import Stuck
 log = logging.getLogger(__name__)
 
 RESOLVE_LIMIT = 1000  # open StuckEntry rows checked for resolution per pass
+
+
+@dataclass(frozen=True, slots=True)
+class SweepLimits:
+    """How far one pass looks; built from the settings where the task starts."""
+
+    older_than_ms: int  # STALE_THRESHOLD_S in ms: a queued entry older than this is stale
+    max_orgs: int  # SWEEP_MAX_ORGS_PER_PASS
+    max_entries: int  # SWEEP_MAX_ENTRIES_PER_ENV: entries scanned per env queue (and listed per kind)
+
+    def __post_init__(self) -> None:
+        if self.max_orgs < 1 or self.max_entries < 1:
+            raise ValueError(f"max_orgs and max_entries must be >= 1, got {self.max_orgs!r}, {self.max_entries!r}")
+
+    @classmethod
+    def from_settings(cls, cfg: MollifierSettings) -> SweepLimits:
+        return cls(
+            older_than_ms=cfg.STALE_THRESHOLD_S * 1000,
+            max_orgs=cfg.SWEEP_MAX_ORGS_PER_PASS,
+            max_entries=cfg.SWEEP_MAX_ENTRIES_PER_ENV,
+        )
 
 
 @dataclass
@@ -69,13 +96,7 @@ class PassReport:
         }  # fmt: skip
 
 
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
-def sweep_shard(
-    buffer: Buffer, *, shard: int, now_ms: int, older_than_ms: int, max_orgs: int, max_entries: int
-) -> PassReport:
+def sweep_shard(buffer: Buffer, *, shard: int, now_ms: int, limits: SweepLimits) -> PassReport:
     """One pass over ``shard``. Call with the shard's sweep lock held (``sweep.tasks``).
 
     Steps: 1. read the cycle state (cursor, frozen list — or freeze a new one, in memory for now);
@@ -84,56 +105,24 @@ def sweep_shard(
     (counts, visited, cursor; at the wrap evict unvisited envs and delete the cycle) in one transaction;
     6. log the per-tenant detail.
     """
-    if max_orgs < 1 or max_entries < 1:
-        raise ValueError(f"max_orgs and max_entries must be >= 1, got {max_orgs!r}, {max_entries!r}")
-    k = buffer.keys(shard)
-    client = buffer.client
     report = PassReport(shard=shard)
 
     # 1. Where the cycle stands.
-    cursor_raw, listed = client.pipeline(transaction=False).get(k.sweep_cursor).llen(k.sweep_orgs).execute()
-    cursor = int(cursor_raw or 0)
-    report.new_cycle = listed == 0
-    pipe = client.pipeline(transaction=False)
-    if report.new_cycle:
-        pipe.smembers(k.orgs)
-    else:
-        pipe.lrange(k.sweep_orgs, cursor, cursor + max_orgs - 1)
-    pipe.hkeys(k.sweep_counts).smembers(k.sweep_visited)
-    batch_raw, counted_envs, visited_before = pipe.execute()
-    if report.new_cycle:
-        frozen = sorted(int(org) for org in batch_raw)
-        cursor = 0
-        report.orgs = frozen[:max_orgs]
-        report.wrapped = len(frozen) <= max_orgs
-    else:
-        frozen = []
-        report.orgs = [int(org) for org in batch_raw]
-        report.wrapped = cursor + len(report.orgs) >= listed
+    cycle = buffer.sweep_cycle(shard, max_orgs=limits.max_orgs)
+    report.new_cycle, report.orgs, report.wrapped = cycle.new_cycle, cycle.orgs, cycle.wrapped
 
     # 2. Stale entries of this pass's orgs; the shard's expired leases and dead letters.
-    pipe = client.pipeline(transaction=False)
-    for org in report.orgs:
-        buffer.scripts.find_stale(
-            keys=[k.org_envs(org)], args=[k.base, now_ms, older_than_ms, max_entries], client=pipe
-        )
-    buffer.scripts.find_expired_and_dead(keys=[k.leases, k.dead], args=[k.base, now_ms, max_entries], client=pipe)
-    replies = pipe.execute()
+    scan = buffer.find_stuck(
+        shard, report.orgs, now_ms=now_ms, older_than_ms=limits.older_than_ms, max_entries=limits.max_entries
+    )
     env_org: dict[int, int] = {}
-    for org, reply in zip(report.orgs, replies[:-1], strict=True):
-        for i in range(0, len(reply), 3):
-            env, count, found = int(reply[i]), int(reply[i + 1]), reply[i + 2]
-            report.counts[env] = count
-            env_org[env] = org
-            report.stale.extend(
-                Stuck(run_id=found[j], env_id=env, org_id=org, kind=StuckKind.STALE, accepted_ms=int(found[j + 1]),
-                      attempts=int(found[j + 2]), last_error=found[j + 3])
-                for j in range(0, len(found), 4)
-            )  # fmt: skip
-    expired_total, dead_total, expired, dead = replies[-1]
-    report.expired_total, report.dead_total = int(expired_total), int(dead_total)
-    report.expired = _parse_listed(expired, StuckKind.EXPIRED_LEASE)
-    report.dead = _parse_listed(dead, StuckKind.DEAD)
+    for env in scan.envs:
+        report.counts[env.env_id] = env.stale
+        env_org[env.env_id] = env.org_id
+        report.stale.extend(_stuck(found, StuckKind.STALE) for found in env.entries)
+    report.expired_total, report.dead_total = scan.expired_total, scan.dead_total
+    report.expired = [_stuck(found, StuckKind.EXPIRED_LEASE) for found in scan.expired]
+    report.dead = [_stuck(found, StuckKind.DEAD) for found in scan.dead]
     found_now = [*report.stale, *report.expired, *report.dead]
 
     # 3. Open rows whose entry has left the buffer (hash gone after the ack grace, or ACKED).
@@ -141,56 +130,40 @@ def sweep_shard(
     drained = _drained(buffer, shard, [r for r in services.unresolved(shard, limit=RESOLVE_LIMIT) if r not in seen])
 
     # 4. Postgres first: if it fails, the cursor has not moved and the next pass repeats these orgs.
-    now = _dt(now_ms)
+    now = from_ms(now_ms)
     new = services.record(found_now, shard=shard, now=now)
     report.newly_stuck = len(new)
     report.resolved = services.resolve(drained, now=now)
 
-    # 5. The cycle state, atomically.
-    visited_now = set(report.counts)
-    pipe = client.pipeline(transaction=True)
-    stale_counts = {env: n for env, n in report.counts.items() if n > 0}
-    if stale_counts:
-        pipe.hset(k.sweep_counts, mapping=stale_counts)
-    zero = [env for env, n in report.counts.items() if n == 0]
-    if zero:
-        pipe.hdel(k.sweep_counts, *zero)
+    # 5. The cycle state, atomically. At the wrap, envs counted but not visited in the whole cycle go.
     if report.wrapped:
-        visited = visited_now | {int(env) for env in visited_before}
-        report.evicted = sorted({int(env) for env in counted_envs} - visited)
-        if report.evicted:
-            pipe.hdel(k.sweep_counts, *report.evicted)
-        pipe.delete(k.sweep_visited, k.sweep_orgs, k.sweep_cursor)
-    else:
-        if visited_now:
-            pipe.sadd(k.sweep_visited, *visited_now)
-        if report.new_cycle:
-            pipe.rpush(k.sweep_orgs, *frozen)
-        pipe.set(k.sweep_cursor, cursor + len(report.orgs))
-    pipe.execute()
+        report.evicted = sorted(cycle.counted_envs - set(report.counts) - cycle.visited_before)
+    buffer.commit_sweep(
+        shard,
+        SweepCommit(
+            counts=report.counts,
+            next_cursor=cycle.cursor + len(report.orgs),
+            wrapped=report.wrapped,
+            evict=report.evicted,
+            freeze=cycle.frozen if cycle.new_cycle else (),
+        ),
+    )
 
     # 6. Per-tenant detail goes to the logs, never to metric labels.
     _log(report, env_org, new, now_ms)
     return report
 
 
-def _parse_listed(flat: Sequence[str], kind: StuckKind) -> list[Stuck]:
-    return [
-        Stuck(run_id=flat[i], env_id=int(flat[i + 1]), org_id=int(flat[i + 2]), kind=kind,
-              accepted_ms=int(flat[i + 3]), attempts=int(flat[i + 4]), last_error=flat[i + 5])
-        for i in range(0, len(flat), 6)
-    ]  # fmt: skip
+def _stuck(found: Found, kind: StuckKind) -> Stuck:
+    return Stuck(
+        run_id=found.run_id, env_id=found.env_id, org_id=found.org_id, kind=kind, accepted_ms=found.accepted_ms,
+        attempts=found.attempts, last_error=found.last_error,
+    )  # fmt: skip
 
 
 def _drained(buffer: Buffer, shard: int, run_ids: Sequence[str]) -> list[str]:
     """Those of ``run_ids`` whose entry has left the buffer: no hash any more, or ACKED."""
-    if not run_ids:
-        return []
-    k = buffer.keys(shard)
-    pipe = buffer.client.pipeline(transaction=False)
-    for run_id in run_ids:
-        pipe.hget(k.entry(run_id), "status")
-    statuses = pipe.execute()
+    statuses = buffer.statuses(shard, run_ids)
     return [run_id for run_id, status in zip(run_ids, statuses, strict=True) if status in (None, EntryStatus.ACKED)]
 
 
@@ -216,7 +189,4 @@ def _log(report: PassReport, env_org: dict[int, int], new: Iterable[Stuck], now_
 
 def clear_state(buffer: Buffer, shards: Iterable[int] | None = None) -> None:
     """Delete the sweep's cycle state (the sweep is switched off: the stale gauge must read 0)."""
-    keys = [
-        key for shard in (range(buffer.shards) if shards is None else shards) for key in buffer.keys(shard).sweep_state
-    ]
-    buffer.client.delete(*keys)
+    buffer.clear_sweep_state(shards)

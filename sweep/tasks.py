@@ -1,22 +1,18 @@
-"""Celery wiring for the stale sweep: beat → ``fan_out`` → ``sweep_shard(k)`` for every shard (DESIGN §11).
+"""Celery wiring for the stale sweep: beat → ``fan_out`` → ``sweep_shard(k)`` for every shard (docs/architecture.md#stale-sweep).
 
 Thin on purpose: the flag, the shard's sweep lock and connection hygiene here; the pass is ``sweep.sweep``.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-
 from celery import shared_task
 from django.conf import settings
 from django.db import close_old_connections
-from redis.exceptions import LockError
 
 from buffer.buffer import Buffer
+from mollifier_project.clock import now_ms
 from sweep import sweep
-
-log = logging.getLogger(__name__)
+from sweep.sweep import SweepLimits
 
 
 @shared_task(name="sweep.fan_out", ignore_result=True)
@@ -41,25 +37,12 @@ def sweep_shard(shard: int) -> dict:
     if not cfg.STALE_SWEEP_ENABLED:
         sweep.clear_state(buffer, [shard])
         return {"shard": shard, "cleared": True}
-    lock = buffer.client.lock(
-        buffer.keys(shard).sweep_lock, timeout=cfg.SWEEP_INTERVAL_S, blocking=False, thread_local=False
-    )
-    if not lock.acquire():
-        return {"shard": shard, "locked": True}
-    close_old_connections()
-    try:
-        report = sweep.sweep_shard(
-            buffer,
-            shard=shard,
-            now_ms=time.time_ns() // 1_000_000,
-            older_than_ms=cfg.STALE_THRESHOLD_S * 1000,
-            max_orgs=cfg.SWEEP_MAX_ORGS_PER_PASS,
-            max_entries=cfg.SWEEP_MAX_ENTRIES_PER_ENV,
-        )
-    finally:
+    with buffer.shard_lock(shard, "sweep", timeout_s=cfg.SWEEP_INTERVAL_S) as held:
+        if not held:
+            return {"shard": shard, "locked": True}
         close_old_connections()
         try:
-            lock.release()
-        except LockError:
-            log.warning("sweep lock of shard %s expired before release", shard, extra={"shard": shard})
+            report = sweep.sweep_shard(buffer, shard=shard, now_ms=now_ms(), limits=SweepLimits.from_settings(cfg))
+        finally:
+            close_old_connections()
     return report.summary()

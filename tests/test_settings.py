@@ -11,7 +11,8 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from pydantic import SecretStr
 
-from mollifier_project.checks import check_mollifier_settings, check_redis_eviction_policy
+from buffer.checks import check_redis_eviction_policy
+from mollifier_project.checks import check_mollifier_settings
 from mollifier_project.config import load_settings
 
 DESIGN_DEFAULTS = {

@@ -1,5 +1,5 @@
 --[[
-accept — park one run's snapshot in the buffer (DESIGN §5, §7).
+accept — park one run's snapshot in the buffer (docs/architecture.md#trigger-path, #the-redis-buffer).
 
 KEYS[1]  e:<run>            entry hash
 KEYS[2]  q:<env>            the env's queue
@@ -46,6 +46,5 @@ redis.call('HSET', entry,
   'snapshot', ARGV[4], 'env', env, 'org', org, 'status', 'QUEUED',
   'attempts', 0, 'accepted_ms', ARGV[5], 'materialised', 0)
 redis.call('RPUSH', queue, run)
-redis.call('SADD', org_envs, env)
-redis.call('SADD', orgs, org)
+presence_join(orgs, org_envs, org, env)
 return {'ACCEPTED', depth + 1}

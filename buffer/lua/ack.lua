@@ -1,5 +1,5 @@
 --[[
-ack — the runs' rows are committed in Postgres: take the entries out of the buffer (DESIGN §8).
+ack — the runs' rows are committed in Postgres: take the entries out of the buffer (docs/architecture.md#drain).
 
 KEYS[1]  leases
 KEYS[2]  retry
@@ -13,7 +13,7 @@ ARGV[4…] run ids
 Returns {n, run, cancelled_at, cancel_reason, run, …}: n = how many entries became ACKED (already-acked
 or missing ids are not counted), then each of those entries that carries a cancel flag. A cancel that
 landed while the entry was leased came too late for the row just written, which is live: the caller
-cancels those rows (cancel wins, DESIGN §15.3). Reading the flag in the same script as the ack means
+cancels those rows (cancel wins, docs/architecture.md#guarantees). Reading the flag in the same script as the ack means
 no cancel can slip between the two: a later cancel sees ACKED and goes to Postgres itself.
 Guarantees: each entry leaves leases (and, if a reclaim raced the drain, retry or its queue, keeping the
 org/env sets equal to queue presence); its hash stays with status ACKED, materialised 1 and a TTL of
@@ -28,10 +28,8 @@ local function leave_queue(run, entry)
   local env, org = where[1], where[2]
   if not env then return end
   local queue = base .. 'q:' .. env
-  if redis.call('LREM', queue, 0, run) > 0 and redis.call('LLEN', queue) == 0 then
-    local org_envs = base .. 'org:' .. org .. ':envs'
-    redis.call('SREM', org_envs, env)
-    if redis.call('SCARD', org_envs) == 0 then redis.call('SREM', orgs, org) end
+  if redis.call('LREM', queue, 0, run) > 0 then
+    presence_leave(queue, orgs, base .. 'org:' .. org .. ':envs', org, env)
   end
 end
 

@@ -1,5 +1,5 @@
 --[[
-append_tags — add tags to a buffered run without rewriting its snapshot (DESIGN §9).
+append_tags — add tags to a buffered run without rewriting its snapshot (docs/architecture.md#reads-and-mutations-of-buffered-runs).
 
 KEYS[1]  e:<run>   entry hash
 ARGV[1]  env id of the caller (tenancy: another env's run is NOT_FOUND)

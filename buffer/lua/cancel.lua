@@ -1,5 +1,5 @@
 --[[
-cancel — flag a buffered run as cancelled; the drain then writes a CANCELED row (DESIGN §9, §15.3).
+cancel — flag a buffered run as cancelled; the drain then writes a CANCELED row (docs/architecture.md#reads-and-mutations-of-buffered-runs, #guarantees).
 
 KEYS[1]  e:<run>   entry hash
 ARGV[1]  env id of the caller (tenancy: another env's run is NOT_FOUND)

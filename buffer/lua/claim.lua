@@ -1,6 +1,6 @@
 --[[
 claim — compare-and-set of an idempotency key (task-level "idem:" or request-level "req:") to a run id
-(DESIGN §5 steps 3 and 4).
+(docs/architecture.md#trigger-path, steps 3 and 4).
 
 KEYS[1]  idem:<env>:… or req:<env>:…   STRING holding the run id
 ARGV[1]  run id that wants the key

@@ -1,6 +1,6 @@
 --[[
 dead_letter — an entry that cannot even become a SYSTEM_FAILURE row is parked for operators, never
-deleted (DESIGN §8, §15.2).
+deleted (docs/architecture.md#drain, #guarantees).
 
 KEYS[1]  leases
 KEYS[2]  retry
@@ -25,10 +25,8 @@ if not status or status == 'DEAD' or status == 'ACKED' then return 0 end
 
 if redis.call('ZREM', leases, run) == 0 and redis.call('ZREM', retry, run) == 0 then
   local queue = base .. 'q:' .. env
-  if redis.call('LREM', queue, 0, run) > 0 and redis.call('LLEN', queue) == 0 then
-    local org_envs = base .. 'org:' .. org .. ':envs'
-    redis.call('SREM', org_envs, env)
-    if redis.call('SCARD', org_envs) == 0 then redis.call('SREM', orgs, org) end
+  if redis.call('LREM', queue, 0, run) > 0 then
+    presence_leave(queue, orgs, base .. 'org:' .. org .. ':envs', org, env)
   end
 end
 redis.call('HSET', entry, 'status', 'DEAD', 'dead_ms', now, 'last_error', ARGV[4])

@@ -1,5 +1,5 @@
 --[[
-find_expired_and_dead — the shard's abandoned leases and dead letters, for the stale sweep (DESIGN §11).
+find_expired_and_dead — the shard's abandoned leases and dead letters, for the stale sweep (docs/architecture.md#stale-sweep).
 
 KEYS[1]  leases   leased run id → lease deadline ms
 KEYS[2]  dead     run id → dead-letter time ms

@@ -1,5 +1,5 @@
 --[[
-find_stale — count one org's queued entries that have waited too long, env by env (DESIGN §11).
+find_stale — count one org's queued entries that have waited too long, env by env (docs/architecture.md#stale-sweep).
 
 KEYS[1]  org:<org>:envs   envs of the org with queued entries (their queues are base .. "q:" .. env)
 ARGV[1]  shard key base "<prefix>:{m<k>}:" (entry keys are base .. "e:" .. run)

@@ -1,5 +1,5 @@
 --[[
-lease — pop up to n entries of one env, FIFO, and mark them in flight (DESIGN §7, §8).
+lease — pop up to n entries of one env, FIFO, and mark them in flight (docs/architecture.md#the-redis-buffer, #drain).
 
 KEYS[1]  q:<env>            the env's queue
 KEYS[2]  org:<org>:envs     envs of the org with queued entries
@@ -49,10 +49,5 @@ end
 for i = 1, #deadlines, 1000 do
   redis.call('ZADD', leases, unpack(deadlines, i, math.min(i + 999, #deadlines)))
 end
-if redis.call('LLEN', queue) == 0 then
-  redis.call('SREM', org_envs, env)
-  if redis.call('SCARD', org_envs) == 0 then
-    redis.call('SREM', orgs, org)
-  end
-end
+presence_leave(queue, orgs, org_envs, org, env)
 return out

@@ -24,8 +24,7 @@ for i = #due, 1, -1 do
   local env, org, status = f[1], f[2], f[3]
   if env and status == 'QUEUED' then
     redis.call('LPUSH', base .. 'q:' .. env, run)
-    redis.call('SADD', base .. 'org:' .. org .. ':envs', env)
-    redis.call('SADD', orgs, org)
+    presence_join(orgs, base .. 'org:' .. org .. ':envs', org, env)
     promoted = promoted + 1
   end
 end

@@ -1,6 +1,6 @@
 --[[
 reclaim_expired — leases whose deadline has passed were abandoned (worker killed, hung): count the
-attempt and make the entries due for retry now (DESIGN §8).
+attempt and make the entries due for retry now (docs/architecture.md#drain).
 
 KEYS[1]  leases    run id → lease deadline ms
 KEYS[2]  retry     run id → not-before ms

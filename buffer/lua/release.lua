@@ -1,6 +1,6 @@
 --[[
 release — give leased entries back untouched: Postgres is unreachable, so the round did not count as an
-attempt (DESIGN §8 circuit).
+attempt (docs/architecture.md#postgres-outage-circuit).
 
 KEYS[1]  leases
 KEYS[2]  orgs
@@ -26,8 +26,7 @@ for i = #ARGV, 2, -1 do
       redis.call('HSET', entry, 'status', 'QUEUED')
       redis.call('HDEL', entry, 'lease_until_ms')
       redis.call('LPUSH', base .. 'q:' .. env, run)
-      redis.call('SADD', base .. 'org:' .. org .. ':envs', env)
-      redis.call('SADD', orgs, org)
+      presence_join(orgs, base .. 'org:' .. org .. ':envs', org, env)
       released = released + 1
     end
   end

@@ -1,6 +1,6 @@
 --[[
 requeue — a leased entry failed with a retryable error: count the attempt and park it until its backoff
-is over (DESIGN §8).
+is over (docs/architecture.md#drain).
 
 KEYS[1]  leases
 KEYS[2]  retry     run id → not-before ms

@@ -1,5 +1,5 @@
 --[[
-shard_stats — one shard's numbers for the gauges computed at scrape time (DESIGN §12).
+shard_stats — one shard's numbers for the gauges computed at scrape time (docs/architecture.md#telemetry).
 
 KEYS[1]  orgs            orgs of the shard with queued entries
 KEYS[2]  leases          leased run id → lease deadline ms

@@ -1,5 +1,5 @@
 --[[
-trip — the gate's per-env fixed-window counter and tripped marker, in one call (DESIGN §6).
+trip — the gate's per-env fixed-window counter and tripped marker, in one call (docs/architecture.md#gate).
 
 KEYS[1]  rate:<env>      HASH {window = window start ms, count}
 KEYS[2]  tripped:<env>   STRING: ms until which the env is tripped

@@ -25,7 +25,7 @@ _SHAPE = re.compile(
 
 
 def assert_consistent(buffer: Buffer) -> None:
-    client = buffer.client
+    client = buffer._client
     all_keys = sorted(client.scan_iter(match=f"{buffer.prefix}:*", count=1000))
     by_shard: dict[int, list[re.Match[str]]] = defaultdict(list)
     for key in all_keys:
@@ -38,7 +38,7 @@ def assert_consistent(buffer: Buffer) -> None:
 
 
 def _assert_shard(buffer: Buffer, shard: int, matches: list[re.Match[str]]) -> None:
-    client = buffer.client
+    client = buffer._client
     k = buffer.keys(shard)
     entries: dict[str, dict[str, str]] = {}
     queues: dict[int, list[str]] = {}

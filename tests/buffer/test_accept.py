@@ -50,7 +50,7 @@ def test_accepted_entry_is_queued_with_its_fields_and_no_ttl(buffer):
     assert buffer.orgs(shard) == [ORG]
     assert buffer.envs(shard, ORG) == [ENV]
     assert buffer.depth(shard, ENV) == 1
-    assert buffer.client.pttl(buffer.keys(shard).entry(run_id)) == -1
+    assert buffer._client.pttl(buffer.keys(shard).entry(run_id)) == -1
     assert_consistent(buffer)
 
 
@@ -90,8 +90,8 @@ def test_idempotency_key_is_bound_to_the_accepted_run(buffer):
     assert accept(buffer, run_id, doc, idempotency=idem).status is AcceptStatus.ACCEPTED
 
     key = buffer.keys_for_org(ORG).idem(ENV, "hello-world", "order-1")
-    assert buffer.client.get(key) == run_id
-    assert 0 < buffer.client.pttl(key) <= 60_000
+    assert buffer._client.get(key) == run_id
+    assert 0 < buffer._client.pttl(key) <= 60_000
 
 
 def test_accept_succeeds_when_the_key_was_already_claimed_by_the_same_run(buffer):
@@ -148,7 +148,7 @@ def test_full_env_is_refused_exactly_at_the_cap_and_nothing_is_written(buffer, p
     assert result.status is AcceptStatus.FULL
     assert result.depth == 2
     assert buffer.get(run_id, org_id=ORG) is None
-    assert buffer.client.exists(buffer.keys_for_org(ORG).idem(ENV, "t", "k")) == 0
+    assert buffer._client.exists(buffer.keys_for_org(ORG).idem(ENV, "t", "k")) == 0
     assert buffer.depth(buffer.shard_for(ORG), ENV) == 2
     # Another env of the same org has its own cap.
     other, other_doc = make_snapshot(ORG, ENV + 1)
@@ -205,8 +205,8 @@ def test_claim_is_compare_and_set(buffer, kind):
     assert claim("run_b") == "run_a"  # held by another live run
     assert claim("run_b", stale="run_other") == "run_a"  # the stale id must match the holder
     assert claim("run_b", stale="run_a") is None  # holder known gone → taken over
-    assert buffer.client.get(buffer.keys_for_org(ORG).claim(kind, ENV, "t", "k")) == "run_b"
-    assert 0 < buffer.client.pttl(buffer.keys_for_org(ORG).claim(kind, ENV, "t", "k")) <= 10_000
+    assert buffer._client.get(buffer.keys_for_org(ORG).claim(kind, ENV, "t", "k")) == "run_b"
+    assert 0 < buffer._client.pttl(buffer.keys_for_org(ORG).claim(kind, ENV, "t", "k")) <= 10_000
 
 
 @pytest.mark.parametrize("kind", ["idem", "req"])

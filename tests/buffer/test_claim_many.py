@@ -27,10 +27,10 @@ def test_claim_many_answers_each_claim_as_if_made_alone(buffer):
     )
 
     assert replies == [None, "run_a"]  # the free key is now run_b's; the held one keeps its holder
-    assert buffer.client.get(key_of(buffer, "req", "free")) == "run_b"
-    assert 0 < buffer.client.pttl(key_of(buffer, "req", "free")) <= 5_000
-    assert buffer.client.get(key_of(buffer, "idem", "held")) == "run_a"
-    assert buffer.client.pttl(key_of(buffer, "idem", "held")) > 5_000  # a refused claim leaves the TTL alone
+    assert buffer._client.get(key_of(buffer, "req", "free")) == "run_b"
+    assert 0 < buffer._client.pttl(key_of(buffer, "req", "free")) <= 5_000
+    assert buffer._client.get(key_of(buffer, "idem", "held")) == "run_a"
+    assert buffer._client.pttl(key_of(buffer, "idem", "held")) > 5_000  # a refused claim leaves the TTL alone
 
 
 def test_claim_many_takes_over_only_the_named_stale_holder(buffer):
@@ -47,22 +47,22 @@ def test_claim_many_takes_over_only_the_named_stale_holder(buffer):
     )
 
     assert replies == [None, "run_dead"]
-    assert buffer.client.get(key_of(buffer, "idem", "k1")) == "run_new"
+    assert buffer._client.get(key_of(buffer, "idem", "k1")) == "run_new"
 
 
 def test_claim_many_loads_a_script_the_server_does_not_know(buffer):
     """After a Redis restart the pipeline's EVALSHA answers NOSCRIPT: the claims are made anyway."""
-    unknown = buffer.client.register_script(source("claim") + f"\n-- {uuid.uuid4().hex}\n")
+    unknown = buffer._client.register_script(source("claim") + f"\n-- {uuid.uuid4().hex}\n")
     fresh = Buffer(
-        buffer.client, prefix=buffer.prefix, shards=buffer.shards,
-        scripts=dataclasses.replace(buffer.scripts, claim=unknown),
+        buffer._client, prefix=buffer.prefix, shards=buffer.shards,
+        scripts=dataclasses.replace(buffer._scripts, claim=unknown),
     )  # fmt: skip
-    assert buffer.client.script_exists(unknown.sha) == [False]
+    assert buffer._client.script_exists(unknown.sha) == [False]
 
     replies = fresh.claim_many([ClaimRequest("req", "t", "k", "run_a", 60_000)], org_id=ORG, env_id=ENV)
 
     assert replies == [None]
-    assert buffer.client.get(key_of(buffer, "req", "k")) == "run_a"
+    assert buffer._client.get(key_of(buffer, "req", "k")) == "run_a"
 
 
 def test_claim_many_refuses_a_bad_ttl_by_name_before_writing(buffer):
@@ -72,4 +72,4 @@ def test_claim_many_refuses_a_bad_ttl_by_name_before_writing(buffer):
             org_id=ORG,
             env_id=ENV,
         )
-    assert buffer.client.get(key_of(buffer, "req", "k")) is None
+    assert buffer._client.get(key_of(buffer, "req", "k")) is None

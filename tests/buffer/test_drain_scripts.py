@@ -38,7 +38,7 @@ def test_lease_pops_fifo_and_marks_entries_leased(buffer, put):
     assert ids(first) == runs[:3]
     assert ids(second) == runs[3:]
     assert all(e.status is EntryStatus.LEASED and e.lease_until_ms == 2_000 + LEASE_MS for e in first)
-    leases = buffer.client.zrange(buffer.keys(SHARD).leases, 0, -1, withscores=True)
+    leases = buffer._client.zrange(buffer.keys(SHARD).leases, 0, -1, withscores=True)
     assert dict(leases) == {**dict.fromkeys(runs[:3], 32_000.0), **dict.fromkeys(runs[3:], 32_500.0)}
     assert_consistent(buffer)
 
@@ -110,8 +110,8 @@ def test_ack_keeps_the_hash_as_acked_with_the_grace_ttl(buffer, put):
     assert entry.status is EntryStatus.ACKED
     assert entry.materialised
     assert entry.lease_until_ms is None
-    assert 0 < buffer.client.pttl(buffer.keys(SHARD).entry(run_id)) <= 30_000
-    assert buffer.client.zcard(buffer.keys(SHARD).leases) == 0
+    assert 0 < buffer._client.pttl(buffer.keys(SHARD).entry(run_id)) <= 30_000
+    assert buffer._client.zcard(buffer.keys(SHARD).leases) == 0
     assert_consistent(buffer)
 
 
@@ -139,14 +139,14 @@ def test_ack_after_a_reclaim_raced_the_drain_takes_the_entry_out_of_retry_and_qu
     buffer.reclaim_expired(SHARD, now_ms=1_000, limit=10)  # both back in retry
     buffer.promote_due(SHARD, now_ms=1_000, limit=1)  # one goes back to the queue, one still waits
     assert buffer.depth(SHARD, ENV) == 1
-    assert buffer.client.zcard(buffer.keys(SHARD).retry) == 1
+    assert buffer._client.zcard(buffer.keys(SHARD).retry) == 1
     assert_consistent(buffer)
 
     # The original drainer committed after all: its ack must take both out of the buffer.
     assert buffer.ack(SHARD, runs, now_ms=1_500, grace_ms=30_000).count == 2
 
     assert buffer.depth(SHARD, ENV) == 0
-    assert buffer.client.zcard(buffer.keys(SHARD).retry) == 0
+    assert buffer._client.zcard(buffer.keys(SHARD).retry) == 0
     assert buffer.orgs(SHARD) == []
     assert_consistent(buffer)
 
@@ -191,9 +191,9 @@ def test_promote_due_keeps_due_order_and_respects_the_limit(buffer, put):
     buffer.requeue(SHARD, b, now_ms=0, delay_ms=30, error="e")
 
     assert buffer.promote_due(SHARD, now_ms=100, limit=2) == 2
-    assert buffer.client.lrange(buffer.keys(SHARD).queue(ENV), 0, -1) == [c, a]
+    assert buffer._client.lrange(buffer.keys(SHARD).queue(ENV), 0, -1) == [c, a]
     assert buffer.promote_due(SHARD, now_ms=100, limit=2) == 1
-    assert buffer.client.lrange(buffer.keys(SHARD).queue(ENV), 0, -1) == [b, c, a]
+    assert buffer._client.lrange(buffer.keys(SHARD).queue(ENV), 0, -1) == [b, c, a]
     assert_consistent(buffer)
 
 
@@ -241,10 +241,10 @@ def test_release_returns_leased_entries_to_the_head_in_order_with_attempts_uncha
 
     assert buffer.release(SHARD, ids(leased)) == 4
 
-    assert buffer.client.lrange(buffer.keys(SHARD).queue(ENV), 0, -1) == [a, b, c, d, put_later]
-    assert buffer.client.lrange(buffer.keys(SHARD).queue(ENV_2), 0, -1) == [other_env]
+    assert buffer._client.lrange(buffer.keys(SHARD).queue(ENV), 0, -1) == [a, b, c, d, put_later]
+    assert buffer._client.lrange(buffer.keys(SHARD).queue(ENV_2), 0, -1) == [other_env]
     assert all(buffer.get(run, org_id=ORG).attempts == 0 for run in (a, b, c, other_env))
-    assert buffer.client.zcard(buffer.keys(SHARD).leases) == 0
+    assert buffer._client.zcard(buffer.keys(SHARD).leases) == 0
     assert buffer.envs(SHARD, ORG) == [ENV, ENV_2]
     assert_consistent(buffer)
 
@@ -270,7 +270,7 @@ def test_dead_letter_parks_the_entry_for_operators_without_ttl(buffer, put, stat
 
     entry = buffer.get(run_id, org_id=ORG)
     assert (entry.status, entry.last_error) == (EntryStatus.DEAD, "environment deleted")
-    assert buffer.client.zscore(buffer.keys(SHARD).dead, run_id) == 5_000
+    assert buffer._client.zscore(buffer.keys(SHARD).dead, run_id) == 5_000
     assert buffer.orgs(SHARD) == []
     assert_consistent(buffer)
     # Dead entries are not leased again and dead-lettering twice is a no-op.

@@ -1,4 +1,4 @@
-"""The gate (DESIGN §6): truth table, bypasses, shadow mode, metrics — trip evaluation observed in Redis."""
+"""The gate (docs/architecture.md#gate): truth table, bypasses, shadow mode, metrics — trip evaluation observed in Redis."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def trip_env(buffer, cfg):
 
 
 def rate_count(buffer) -> int:
-    return int(buffer.client.hget(buffer.keys_for_org(ORG).rate(ENV), "count") or 0)
+    return int(buffer._client.hget(buffer.keys_for_org(ORG).rate(ENV), "count") or 0)
 
 
 def decisions(outcome, reason) -> float:
@@ -57,7 +57,7 @@ def unreachable_buffer() -> Buffer:
 
 
 def _expected(enabled, shadow, enrolled, tripped):
-    """(action, reason, trip evaluated?) per DESIGN §6."""
+    """(action, reason, trip evaluated?) per docs/architecture.md#gate."""
     if not enabled:
         return "pass_through", "disabled", False
     if not enrolled and not shadow:

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from buffer.keys import ShardKeys, b64u, shard_for
-from buffer.scripts import LUA_DIR, Scripts, source
+from buffer.scripts import LUA_DIR, PRELUDE, Scripts, registered_source, source
 
 LUA_NAMES = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
 
@@ -29,7 +29,7 @@ def test_lua_file_opens_with_a_contract_header(name):
 
 def test_a_registered_script_is_loaded_by_sha_on_first_call(buffer):
     buffer.get("run_x", org_id=1)
-    assert buffer.client.script_exists(buffer.scripts.get.sha) == [True]
+    assert buffer._client.script_exists(buffer._scripts.get.sha) == [True]
 
 
 def test_shard_for_is_crc32_of_the_decimal_org_id():
@@ -70,3 +70,19 @@ def test_claim_keys_encode_task_and_key_so_separators_cannot_collide():
 def test_unknown_claim_kind_is_refused_with_its_name():
     with pytest.raises(ValueError, match="claim kind"):
         ShardKeys("p", 0).claim("other", 1, "t", "k")  # type: ignore[arg-type]
+
+
+def test_every_script_is_registered_behind_the_presence_prelude(buffer):
+    prelude = PRELUDE.read_text(encoding="utf-8")
+    for name in Scripts.names():
+        assert registered_source(name) == prelude + source(name)
+        assert getattr(buffer._scripts, name).script == registered_source(name)
+
+
+def test_the_org_env_set_invariant_is_written_only_in_the_prelude():
+    """Scripts join or leave the org/env sets through ``presence_join``/``presence_leave``, never by hand."""
+    for name in LUA_NAMES:
+        body = source(name)
+        assert "SREM" not in body and "SADD" not in body, f"{name}.lua edits the org/env sets itself"
+    prelude = PRELUDE.read_text(encoding="utf-8")
+    assert "local function presence_join" in prelude and "local function presence_leave" in prelude

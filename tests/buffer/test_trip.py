@@ -70,7 +70,7 @@ def test_keys_get_cleanup_ttls(buffer):
         trip(buffer, 1_000 + i)
     k = buffer.keys_for_org(ORG)
 
-    assert buffer.client.hgetall(k.rate(ENV)) == {"window": "1000", "count": "4"}
-    assert buffer.client.get(k.tripped(ENV)) == "1503"
-    assert 0 < buffer.client.pttl(k.rate(ENV))
-    assert 0 < buffer.client.pttl(k.tripped(ENV))
+    assert buffer._client.hgetall(k.rate(ENV)) == {"window": "1000", "count": "4"}
+    assert buffer._client.get(k.tripped(ENV)) == "1503"
+    assert 0 < buffer._client.pttl(k.rate(ENV))
+    assert 0 < buffer._client.pttl(k.tripped(ENV))

@@ -1,4 +1,4 @@
-"""Drain fairness (DESIGN §8): who gets served in a round, with real Redis and Postgres, and the pure split.
+"""Drain fairness (docs/architecture.md#drain): who gets served in a round, with real Redis and Postgres, and the pure split.
 
 Rounds are driven one at a time (``drain.run_round``) so each assertion is about one round; the org and
 env cursors are the durable ones in Redis. Budgets are small so the numbers are easy to read.
@@ -16,6 +16,7 @@ from django.conf import settings as django_settings
 from buffer.buffer import Buffer
 from drainer import drain
 from drainer.fairness import max_min_split, rotate_from
+from drainer.limits import DrainLimits
 from runs.ids import new_run_id
 from runs.models import TaskRun
 from runs.signals import run_created
@@ -44,7 +45,7 @@ def test_light_env_is_served_in_first_round_despite_heavy_backlog(buffer, park, 
     fill(park, heavy, 10_000)
     light_ids = fill(park, light, 5)
 
-    report = drain.run_round(buffer, shard=0, cfg=cfg, now_ms=NOW_MS)
+    report = drain.run_round(buffer, shard=0, limits=DrainLimits.from_settings(cfg), now_ms=NOW_MS)
 
     assert set(TaskRun.objects.filter(env=light).values_list("id", flat=True)) == set(light_ids)
     assert report.leased == report.created == 100  # the light env's unused share went to the heavy one
@@ -66,7 +67,7 @@ def test_org_with_twenty_busy_envs_gets_the_same_share_per_round_as_an_org_with_
     served: list[int] = []  # the wide org's env served in each round
     before = rows_by_env()
     for _ in range(21):
-        drain.run_round(buffer, shard=0, cfg=cfg, now_ms=NOW_MS)
+        drain.run_round(buffer, shard=0, limits=DrainLimits.from_settings(cfg), now_ms=NOW_MS)
         after = rows_by_env()
         delta = after - before
         before = after
@@ -92,7 +93,7 @@ def test_cursors_survive_a_restart(buffer, park, mollifier_settings):
 
     def served_by(round_buffer: Buffer) -> set[int]:
         before = rows_by_env()
-        drain.run_round(round_buffer, shard=0, cfg=cfg, now_ms=NOW_MS)
+        drain.run_round(round_buffer, shard=0, limits=DrainLimits.from_settings(cfg), now_ms=NOW_MS)
         return set(rows_by_env() - before)
 
     assert served_by(buffer) == {first_envs[0].id}
@@ -116,8 +117,8 @@ def test_choose_gives_each_org_one_env_and_splits_the_budget_by_demand(buffer, p
     for env, n in zip(envs, (2, 40, 40), strict=True):
         fill(park, env, n)
 
-    first = drain.choose(buffer, shard=0, cfg=cfg)
-    second = drain.choose(buffer, shard=0, cfg=cfg)
+    first = drain.choose(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
+    second = drain.choose(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
 
     # Round 1: the first two orgs; the 2-entry env takes 2 and leaves 10 to the other. Round 2 starts one
     # org later (choose only moves cursors; nothing was leased, so demands are unchanged).
@@ -134,7 +135,7 @@ def test_drain_shard_empties_every_env_whatever_the_mix(buffer, park, mollifier_
     for env, n in zip(envs, sizes, strict=True):
         fill(park, env, n)
 
-    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
 
     assert report.created == sum(sizes)
     assert rows_by_env() == Counter({env.id: n for env, n in zip(envs, sizes, strict=True) if n})
@@ -155,13 +156,15 @@ def test_shard_task_stops_once_a_round_took_everything_queued(buffer, park, cfg)
 
     run_created.connect(arrive, weak=False, dispatch_uid="fairness-late-arrival")
     try:
-        report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+        report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     finally:
         run_created.disconnect(dispatch_uid="fairness-late-arrival")
 
     assert (report.rounds, report.created, report.emptied) == (1, 5, True)
     assert len(late) == 1 and buffer.depth(0, env.id) == 1
-    assert drain.drain_shard(buffer, shard=0, cfg=cfg).created == 1  # the next tick takes it
+    assert (
+        drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg)).created == 1
+    )  # the next tick takes it
 
 
 @pytest.mark.django_db
@@ -172,7 +175,7 @@ def test_shard_task_goes_on_while_a_round_could_not_take_everything(buffer, park
     for env in (first, second, org_with_two_envs):
         fill(park, env, 3)
 
-    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
 
     assert report.created == 9 and report.emptied
     assert buffer.orgs(0) == []

@@ -1,4 +1,4 @@
-"""Every row of the drain's outcome table (DESIGN §8), against real Redis and Postgres."""
+"""Every row of the drain's outcome table (docs/architecture.md#drain), against real Redis and Postgres."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 
 from drainer import drain
+from drainer.limits import DrainLimits
 from runs import engine
 from runs.models import BatchStatus, RunStatus, TaskRun
 from runs.signals import run_cancelled
@@ -30,7 +31,7 @@ def entry(buffer, run_id, env):
 def test_buffered_snapshots_become_rows_and_are_acked(buffer, park, cfg, env):
     snaps = [SnapshotFactory(env=env) for _ in range(5)]
     park(*snaps)
-    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     assert report.created == 5
     rows = TaskRun.objects.in_bulk([s.id for s in snaps])
     assert len(rows) == 5
@@ -44,7 +45,7 @@ def test_row_already_there_is_acked_without_a_second_row(buffer, park, cfg, env)
     snap = SnapshotFactory(env=env)
     engine.materialise_many([snap])  # as if an earlier drain committed and then died before its ack
     park(snap)
-    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     assert (report.created, report.existed) == (0, 1)
     assert TaskRun.objects.filter(id=snap.id).count() == 1
     assert entry(buffer, snap.id, env).status == "ACKED"
@@ -57,7 +58,7 @@ def test_cancelled_while_buffered_becomes_a_canceled_row_without_an_event(buffer
     events = []
     run_cancelled.connect(lambda **kw: events.append(kw["run_id"]), weak=False, dispatch_uid="t-cancel")
     try:
-        report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+        report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     finally:
         run_cancelled.disconnect(dispatch_uid="t-cancel")
     row = TaskRun.objects.get(id=snap.id)
@@ -72,7 +73,7 @@ def test_cancelled_entry_whose_row_is_live_cancels_the_row(buffer, park, cfg, en
     engine.trigger(snap)  # live row from a drain whose ack was lost
     park(snap)
     buffer.cancel(snap.id, org_id=env.org_id, env_id=env.id, now_ms=1_700_000_000_000, reason="cancel wins")
-    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     assert TaskRun.objects.get(id=snap.id).status == RunStatus.CANCELED
 
 
@@ -80,7 +81,7 @@ def test_unreadable_snapshot_becomes_a_system_failure_row_keeping_its_batch(buff
     batch = BatchFactory(env=env, run_count=1)
     snap = SnapshotFactory(env=env)
     park(snap, raw=json.dumps({"v": 1, "id": snap.id, "task": "t", "batch": batch.id, "batch_index": 0}))
-    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     row = TaskRun.objects.get(id=snap.id)
     assert report.failed == 1
     assert row.status == RunStatus.SYSTEM_FAILURE
@@ -94,7 +95,7 @@ def test_unreadable_snapshot_becomes_a_system_failure_row_keeping_its_batch(buff
 def test_invalid_snapshot_becomes_a_system_failure_row(buffer, park, cfg, env):
     snap = SnapshotFactory(env=env, tags=[f"t{i}" for i in range(12)])
     park(snap)
-    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     row = TaskRun.objects.get(id=snap.id)
     assert row.status == RunStatus.SYSTEM_FAILURE
     assert "at most 10 tags" in row.error["raw"]
@@ -105,7 +106,7 @@ def test_entry_whose_env_is_gone_is_dead_lettered_with_its_reason(buffer, park, 
     park(snap)
     org_id = env.org_id
     env.delete()
-    report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     dead = buffer.get(snap.id, org_id=org_id)
     assert report.dead == 1
     assert dead.status == "DEAD"
@@ -121,7 +122,7 @@ def test_exhausted_attempts_become_a_system_failure_row(buffer, park, cfg, env, 
         assert len(buffer.lease(0, org_id=env.org_id, env_id=env.id, n=10, now_ms=now * 100_000, lease_ms=10)) == 1
         buffer.reclaim_expired(0, now_ms=now * 100_000 + 50, limit=10)
         buffer.promote_due(0, now_ms=now * 100_000 + 10_000_000, limit=10)
-    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     row = TaskRun.objects.get(id=snap.id)
     assert row.status == RunStatus.SYSTEM_FAILURE
     assert "gave up after 2 attempts" in row.error["raw"]
@@ -133,7 +134,7 @@ def test_accepted_run_whose_key_another_run_holds_is_written_without_the_key(buf
     engine.trigger(holder)
     snap = SnapshotFactory(env=env, idempotency_key="k")
     park(snap)
-    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     row = TaskRun.objects.get(id=snap.id)
     assert (row.status, row.idempotency_key) == (RunStatus.PENDING, None)
     assert TaskRun.objects.get(id=holder.id).idempotency_key == "k"
@@ -144,7 +145,7 @@ def test_accepted_run_takes_over_the_key_of_a_failed_run(buffer, park, cfg, env)
     engine.create_failed_run(holder, "boom")
     snap = SnapshotFactory(env=env, idempotency_key="k")
     park(snap)
-    drain.drain_shard(buffer, shard=0, cfg=cfg)
+    drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
     assert TaskRun.objects.get(id=snap.id).idempotency_key == "k"
     assert TaskRun.objects.get(id=holder.id).idempotency_key is None
 
@@ -155,7 +156,7 @@ def test_cancel_that_lands_while_leased_cancels_the_row_after_the_ack(buffer, pa
     park(snap)
     entries = buffer.lease(0, org_id=env.org_id, env_id=env.id, n=10, now_ms=1_000, lease_ms=60_000)
     buffer.cancel(snap.id, org_id=env.org_id, env_id=env.id, now_ms=1_500, reason="too late?")
-    report = drain.materialise(buffer, shard=0, entries=entries, cfg=cfg, now_ms=2_000)
+    report = drain.materialise(buffer, shard=0, entries=entries, limits=DrainLimits.from_settings(cfg), now_ms=2_000)
     assert report.created == 1
     row = TaskRun.objects.get(id=snap.id)
     assert (row.status, row.error["raw"]) == (RunStatus.CANCELED, "too late?")
@@ -176,7 +177,7 @@ def test_lock_timeout_requeues_with_attempts_plus_one(buffer, park, cfg, env):
         with connection.cursor() as cur:
             cur.execute("SET lock_timeout = '200ms'")
         try:
-            report = drain.drain_shard(buffer, shard=0, cfg=cfg)
+            report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
         finally:
             with connection.cursor() as cur:
                 cur.execute("RESET lock_timeout")
@@ -196,7 +197,7 @@ def test_postgres_outage_releases_the_round_with_attempts_unchanged_and_opens_th
     connection.close()
     connection.settings_dict["PORT"] = "1"  # connection refused: Postgres is "down"
     try:
-        report = drain.drain_shard(buffer, shard=0, cfg=cfg, sleep=lambda s: None)
+        report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg), sleep=lambda s: None)
     finally:
         connection.close()
         connection.settings_dict["PORT"] = saved
@@ -206,12 +207,12 @@ def test_postgres_outage_releases_the_round_with_attempts_unchanged_and_opens_th
         got = entry(buffer, s.id, env)
         assert (got.status, got.attempts) == ("QUEUED", 0)
     assert buffer.depth(0, env.id) == 3
-    assert buffer.client.hget(buffer.keys(0).drain_circuit, "until_ms") is not None
+    assert buffer._client.hget(buffer.keys(0).drain_circuit, "until_ms") is not None
     assert not TaskRun.objects.exists()
     # Postgres is back: the next run drains everything and closes the circuit.
-    report = drain.drain_shard(buffer, shard=0, cfg=cfg, sleep=lambda s: None)
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg), sleep=lambda s: None)
     assert report.created == 3
-    assert not buffer.client.exists(buffer.keys(0).drain_circuit)
+    assert not buffer._client.exists(buffer.keys(0).drain_circuit)
 
 
 def test_disabled_drainer_task_does_not_pop(buffer, park, env, mollifier_settings):
@@ -227,11 +228,8 @@ def test_disabled_drainer_task_does_not_pop(buffer, park, env, mollifier_setting
 def test_two_drain_tasks_on_one_shard_the_lock_admits_one(buffer, park, env):
     from drainer.tasks import drain_shard as task
 
-    lock = buffer.client.lock(buffer.keys(0).drain_lock, timeout=10, blocking=False)
-    assert lock.acquire()
-    try:
+    with buffer.shard_lock(0, "drain", timeout_s=10) as held:
+        assert held
         park(SnapshotFactory(env=env))
         assert task.run(0) == {"shard": 0, "locked": True}
         assert buffer.depth(0, env.id) == 1
-    finally:
-        lock.release()

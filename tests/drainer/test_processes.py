@@ -1,4 +1,4 @@
-"""The drain under real processes (DESIGN §8, §15.1): ``celery worker`` subprocesses, ``celery beat``,
+"""The drain under real processes (docs/architecture.md#drain, #guarantees): ``celery worker`` subprocesses, ``celery beat``,
 real Postgres and Redis; nothing mocked, nothing patched in product code.
 
 Workers use the solo pool: the drain runs in the very process the test starts, so SIGKILL of that pid is
@@ -24,7 +24,7 @@ import pytest
 
 from buffer.buffer import AcceptStatus, Buffer
 from buffer.keys import shard_for
-from drainer.drain import wall_clock_ms
+from mollifier_project.clock import now_ms as wall_clock_ms
 from runs.models import RunStatus, TaskRun
 from runs.snapshot import Snapshot, to_snapshot
 from tests.drainer.processes import (
@@ -75,7 +75,7 @@ def park(buffer: Buffer, snapshots: list[Snapshot]) -> list[str]:
 
 def entry_states(buffer: Buffer, snapshots: list[Snapshot]) -> dict[str, tuple[str, int]]:
     """Run id → (status, attempts) of every entry, in one pipelined round trip."""
-    pipe = buffer.client.pipeline(transaction=False)
+    pipe = buffer._client.pipeline(transaction=False)
     for s in snapshots:
         pipe.hmget(buffer.keys_for_org(s.org_id).entry(s.id), ["status", "attempts"])
     return {s.id: (status, int(attempts or 0)) for s, (status, attempts) in zip(snapshots, pipe.execute(), strict=True)}

@@ -50,11 +50,14 @@ def sweep_pass(buffer):
 
     def run(now_ms: int, *, max_orgs: int = 100, max_entries: int = 1000, shard: int = 0) -> sweep.PassReport:
         return sweep.sweep_shard(
-            buffer, shard=shard, now_ms=now_ms, older_than_ms=THRESHOLD_MS, max_orgs=max_orgs, max_entries=max_entries
+            buffer,
+            shard=shard,
+            now_ms=now_ms,
+            limits=sweep.SweepLimits(older_than_ms=THRESHOLD_MS, max_orgs=max_orgs, max_entries=max_entries),
         )
 
     return run
 
 
 def counts(buffer, shard: int = 0) -> dict[int, int]:
-    return {int(env): int(n) for env, n in buffer.client.hgetall(buffer.keys(shard).sweep_counts).items()}
+    return {int(env): int(n) for env, n in buffer._client.hgetall(buffer.keys(shard).sweep_counts).items()}

@@ -1,7 +1,7 @@
-"""The alert rules in ops/prometheus (DESIGN §12) pass ``promtool check`` and their ``promtool test rules``
+"""The alert rules in ops/prometheus (docs/architecture.md#telemetry) pass ``promtool check`` and their ``promtool test rules``
 unit tests, every alert has a test, and every metric they read is one /metrics exposes.
 
-promtool comes from Debian's ``prometheus`` package (.ci/run installs it); without it these tests fail
+promtool comes from Debian's ``prometheus`` package (``make test`` provisions it); without it these tests fail
 rather than skip, so a CI that lost the install step cannot pass silently.
 """
 
@@ -12,8 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from buffer import telemetry
 from buffer.buffer import Buffer
+from telemetry import collector
 from tests.sweep.test_metrics import parse
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "ops" / "prometheus"
@@ -50,7 +50,7 @@ def test_every_alert_has_a_unit_test():
 
 def test_rules_read_only_metrics_that_the_exposition_has(key_prefix, mollifier_settings):
     mollifier_settings(SHARDS=1)
-    exposed = set(parse(telemetry.exposition(Buffer.from_settings(), now_ms=0, stale_threshold_s=300,
+    exposed = set(parse(collector.exposition(Buffer.from_settings(), now_ms=0, stale_threshold_s=300,
                                              sweep_enabled=True).decode()))  # fmt: skip
     used = {name for f in RULE_FILES for name in re.findall(r"\b(mollifier_\w+)", f.read_text())}
     assert used and used <= exposed, used - exposed

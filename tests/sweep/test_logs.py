@@ -1,4 +1,4 @@
-"""Structured logs (DESIGN §12): JSON lines that carry the env and org ids the metrics must not — for stale
+"""Structured logs (docs/architecture.md#telemetry): JSON lines that carry the env and org ids the metrics must not — for stale
 entries, drain outcomes and gate decisions, from web and Celery processes alike."""
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from buffer import gate, telemetry
+from buffer import gate
 from buffer.buffer import Buffer, Entry, EntryStatus
+from drainer import telemetry as drain_telemetry
 from drainer.drain import Report
 from mollifier_project.logs import JsonFormatter
 from tests.sweep.conftest import THRESHOLD_MS
@@ -89,8 +90,8 @@ def test_drain_round_logs_one_line_per_env_with_its_ids(key_prefix, mollifier_se
               accepted_ms=10_000 - 1_000 * i)
         for i, env in enumerate((91, 91, 92))
     ]  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="buffer.telemetry"):
-        telemetry.record_round(Buffer.from_settings(), shard=0, report=Report(leased=3, created=3), entries=entries,
+    with caplog.at_level(logging.INFO, logger="drainer.telemetry"):
+        drain_telemetry.record_round(Buffer.from_settings(), shard=0, report=Report(leased=3, created=3), entries=entries,
                                acked=[e.run_id for e in entries], now_ms=10_000)  # fmt: skip
 
     docs = sorted((render(r) for r in caplog.records), key=lambda d: d["env_id"])

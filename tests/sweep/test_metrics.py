@@ -1,4 +1,4 @@
-"""/metrics (DESIGN §12): the exposition parses, labels are bounded, gauges are Redis' numbers, counters add
+"""/metrics (docs/architecture.md#telemetry): the exposition parses, labels are bounded, gauges are Redis' numbers, counters add
 up across processes, and the optional bearer token guards it."""
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from pydantic import SecretStr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from buffer import gate, telemetry
+from buffer import gate
 from buffer.buffer import Buffer, Entry, EntryStatus
 from drainer import drain
+from drainer import telemetry as drain_telemetry
+from drainer.limits import DrainLimits
 from runs.models import TaskRun
 from runs.snapshot import to_snapshot
+from telemetry import collector
 from tests.factories import EnvironmentFactory, SnapshotFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +52,7 @@ def value(samples: dict[str, dict[tuple, float]], name: str, **labels: str) -> f
 
 
 def scrape(buffer: Buffer, *, now_ms: int = NOW, multiproc_dir: str = "", sweep_enabled: bool = True) -> dict:
-    text = telemetry.exposition(
+    text = collector.exposition(
         buffer, now_ms=now_ms, stale_threshold_s=300, sweep_enabled=sweep_enabled, multiproc_dir=multiproc_dir
     ).decode()
     return parse(text)
@@ -139,7 +142,7 @@ def buffer_with_activity(key_prefix, mollifier_settings, settings):
     snap = SnapshotFactory(env=env)
     buffer.accept(run_id=snap.id, env_id=env.id, org_id=env.org_id, snapshot=to_snapshot(snap),
                   now_ms=NOW, idempotency=None, max_per_env=10)  # fmt: skip
-    drain.drain_shard(buffer, shard=0, cfg=settings.MOLLIFIER)
+    drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(settings.MOLLIFIER))
     return env.org_id, env.id
 
 
@@ -158,11 +161,11 @@ def test_gauges_match_what_is_in_redis(two_shards):
     b.lease(1, org_id=z, env_id=20, n=2, now_ms=NOW - 10_000, lease_ms=60_000)  # two live leases
     b.requeue(1, "run_z20_1", now_ms=NOW - 5_000, delay_ms=60_000, error="deadlock")  # one retrying
     b.dead_letter(1, "run_z20_2", now_ms=NOW - 4_000, reason="env deleted")  # one dead
-    b.client.hset(b.keys(0).sweep_counts, mapping={"10": 3})
-    b.client.hset(b.keys(1).sweep_counts, mapping={"20": 1, "21": 2})
-    b.client.set(b.keys(0).drained(NOW - 30_000), 35)  # in the window …
-    b.client.set(b.keys(1).drained(NOW), 5)  # … the current bucket too
-    b.client.set(b.keys(1).drained(NOW - 80_000), 1000)  # … but not this one
+    b._client.hset(b.keys(0).sweep_counts, mapping={"10": 3})
+    b._client.hset(b.keys(1).sweep_counts, mapping={"20": 1, "21": 2})
+    b._client.set(b.keys(0).drained(NOW - 30_000), 35)  # in the window …
+    b._client.set(b.keys(1).drained(NOW), 5)  # … the current bucket too
+    b._client.set(b.keys(1).drained(NOW - 80_000), 1000)  # … but not this one
 
     samples = scrape(b)
 
@@ -180,7 +183,7 @@ def test_gauges_match_what_is_in_redis(two_shards):
 
 
 def test_stale_gauge_reads_zero_while_the_sweep_is_off(two_shards):
-    two_shards.client.hset(two_shards.keys(0).sweep_counts, mapping={"10": 3})
+    two_shards._client.hset(two_shards.keys(0).sweep_counts, mapping={"10": 3})
 
     assert value(scrape(two_shards, sweep_enabled=False), "mollifier_stale_entries") == 0
 
@@ -222,25 +225,26 @@ def test_a_drain_counts_outcomes_dwell_and_its_rate(key_prefix, mollifier_settin
 
     before = (sample("mollifier_drained_total", outcome="created"), sample("mollifier_dwell_seconds_count"),
               sample("mollifier_dwell_seconds_bucket", le="5.0"), sample("mollifier_dwell_seconds_bucket", le="2.5"))  # fmt: skip
-    drain.drain_shard(buffer, shard=0, cfg=settings.MOLLIFIER, clock=lambda: NOW)
+    drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(settings.MOLLIFIER), clock=lambda: NOW)
     after = (sample("mollifier_drained_total", outcome="created"), sample("mollifier_dwell_seconds_count"),
              sample("mollifier_dwell_seconds_bucket", le="5.0"), sample("mollifier_dwell_seconds_bucket", le="2.5"))  # fmt: skip
 
     assert TaskRun.objects.filter(env=env).count() == 3
     assert [x - y for x, y in zip(after, before, strict=True)] == [3, 3, 3, 0]  # dwell 4 s each
-    assert buffer.client.get(buffer.keys(0).drained(NOW)) == "3"
+    assert buffer._client.get(buffer.keys(0).drained(NOW)) == "3"
     assert value(scrape(buffer), "mollifier_drain_rate_per_second") == pytest.approx(3 / 60)
 
 
 RECORD_IN_A_PROCESS = """
 import django; django.setup()
-from buffer import gate, telemetry
+from buffer import gate
 from buffer.buffer import Buffer, Entry, EntryStatus
+from drainer import telemetry as drain_telemetry
 from drainer.drain import Report
 n, now = {n}, {now}
 entries = [Entry(run_id=f"run_{{i}}", env_id=1, org_id=1, status=EntryStatus.LEASED, snapshot="{{}}", attempts=0,
                  accepted_ms=now - 2_000) for i in range(n)]
-telemetry.record_round(Buffer.from_settings(), shard=0, report=Report(leased=n, created=n), entries=entries,
+drain_telemetry.record_round(Buffer.from_settings(), shard=0, report=Report(leased=n, created=n), entries=entries,
                        acked=[e.run_id for e in entries], now_ms=now)
 gate.count_fail_open()
 """
@@ -285,7 +289,7 @@ def test_record_round_ignores_a_redis_failure(caplog):
     entry = Entry(run_id="run_1", env_id=1, org_id=1, status=EntryStatus.LEASED, snapshot="{}", attempts=0,
                   accepted_ms=NOW)  # fmt: skip
 
-    telemetry.record_round(down, shard=0, report=drain.Report(leased=1, created=1), entries=[entry],
+    drain_telemetry.record_round(down, shard=0, report=drain.Report(leased=1, created=1), entries=[entry],
                            acked=["run_1"], now_ms=NOW)  # fmt: skip
 
     assert "could not record the drain rate" in caplog.text

@@ -1,4 +1,4 @@
-"""StuckEntry rows (DESIGN §11, §13): one per stale, expired-lease or dead entry, resolved once it drains."""
+"""StuckEntry rows (docs/architecture.md#stale-sweep, #operator-admin): one per stale, expired-lease or dead entry, resolved once it drains."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from buffer.buffer import AcceptStatus
 from drainer import drain
+from drainer.limits import DrainLimits
 from runs.models import TaskRun
 from runs.snapshot import to_snapshot
 from sweep.models import StuckEntry, StuckKind
@@ -96,7 +97,9 @@ def test_rows_resolve_after_their_entries_drain(buffer, sweep_pass, mollifier_se
         stale_snap.id: StuckKind.EXPIRED_LEASE, leased_snap.id: StuckKind.EXPIRED_LEASE, other_snap.id: StuckKind.STALE,
     }  # fmt: skip
 
-    report = drain.drain_shard(buffer, shard=0, cfg=settings.MOLLIFIER, clock=lambda: first)  # reclaims, drains
+    report = drain.drain_shard(
+        buffer, shard=0, limits=DrainLimits.from_settings(settings.MOLLIFIER), clock=lambda: first
+    )  # reclaims, drains
     assert report.created == 3 and TaskRun.objects.filter(env=env).count() == 3
 
     resolving = sweep_pass(first + 1_000)

@@ -1,4 +1,4 @@
-"""The stale sweep's cycle (DESIGN §11): cursor, frozen org list, counts, visited set, wrap, failures, flag."""
+"""The stale sweep's cycle (docs/architecture.md#stale-sweep): cursor, frozen org list, counts, visited set, wrap, failures, flag."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 import redis
 from django.conf import settings
 
-from buffer import telemetry
 from buffer.buffer import Buffer
 from buffer.keys import ShardKeys
 from sweep import sweep
@@ -28,12 +27,12 @@ NOW = OLD + THRESHOLD_MS + 1
 
 
 def stale_gauge(buffer, now_ms: int = NOW) -> int:
-    return sum(s.stale for s in telemetry.read_shard_stats(buffer, now_ms=now_ms))
+    return sum(s.stale for s in buffer.shard_stats(now_ms=now_ms))
 
 
 def state(buffer) -> dict[str, bytes | None]:
     """The raw bytes of every sweep key (DUMP), to prove a pass changed nothing."""
-    return {key: buffer.client.dump(key) for key in buffer.keys(0).sweep_state}
+    return {key: buffer._client.dump(key) for key in buffer.keys(0).sweep_state}
 
 
 def test_sweep_keys_carry_the_shard_hash_tag():
@@ -52,7 +51,7 @@ def test_cursor_advances_by_the_per_pass_cap_and_wraps(buffer, park, sweep_pass)
     assert [p.orgs for p in passes] == [[1, 2], [3, 4], [5], [1, 2]]
     assert [p.wrapped for p in passes] == [False, False, True, False]
     assert [p.new_cycle for p in passes] == [True, False, False, True]
-    assert buffer.client.get(buffer.keys(0).sweep_cursor) == "2"
+    assert buffer._client.get(buffer.keys(0).sweep_cursor) == "2"
 
 
 def test_stale_gauge_accumulates_across_passes(buffer, park, sweep_pass):
@@ -130,8 +129,8 @@ def test_cycle_state_survives_a_new_process(buffer, park, sweep_pass, key_prefix
     code = (
         "import django; django.setup()\n"
         "from buffer.buffer import Buffer\nfrom sweep import sweep\n"
-        f"r = sweep.sweep_shard(Buffer.from_settings(), shard=0, now_ms={NOW}, older_than_ms={THRESHOLD_MS}, "
-        "max_orgs=2, max_entries=1000)\n"
+        f"r = sweep.sweep_shard(Buffer.from_settings(), shard=0, now_ms={NOW}, "
+        f"limits=sweep.SweepLimits(older_than_ms={THRESHOLD_MS}, max_orgs=2, max_entries=1000))\n"
         "print(r.orgs)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOLLIFIER_")}
@@ -186,8 +185,8 @@ def test_failed_read_raises_and_changes_nothing(buffer, park, sweep_pass):
     before = state(buffer)
     assert all(value is not None for value in before.values())
     queue = buffer.keys(0).queue(21)
-    buffer.client.delete(queue)
-    buffer.client.set(queue, "not a list")  # the next org's queue cannot be read
+    buffer._client.delete(queue)
+    buffer._client.set(queue, "not a list")  # the next org's queue cannot be read
 
     rows_before = list(StuckEntry.objects.values_list("run_id", "last_seen_at"))
 
@@ -216,10 +215,10 @@ def test_disabled_fan_out_clears_every_shard_and_sends_nothing(buffer, key_prefi
     mollifier_settings(SHARDS=3, STALE_SWEEP_ENABLED=False)
     wide = type(buffer).from_settings()
     for shard in range(3):
-        wide.client.hset(wide.keys(shard).sweep_counts, "7", 1)
+        wide._client.hset(wide.keys(shard).sweep_counts, "7", 1)
 
     assert sweep_tasks.fan_out() == []
-    assert [wide.client.exists(wide.keys(shard).sweep_counts) for shard in range(3)] == [0, 0, 0]
+    assert [wide._client.exists(wide.keys(shard).sweep_counts) for shard in range(3)] == [0, 0, 0]
 
 
 @pytest.mark.django_db(transaction=True)  # the task closes old connections, as it must in a worker
@@ -237,18 +236,17 @@ def test_fan_out_sweeps_every_shard_once(key_prefix, mollifier_settings, celery_
 
 @pytest.mark.django_db(transaction=True)  # the task closes old connections, as it must in a worker
 def test_a_held_lock_means_another_pass_is_running(buffer):
-    lock = buffer.client.lock(buffer.keys(0).sweep_lock, timeout=10, blocking=False)
-    assert lock.acquire()
-    try:
+    with buffer.shard_lock(0, "sweep", timeout_s=10) as held:
+        assert held
         assert sweep_tasks.sweep_shard(0) == {"shard": 0, "locked": True}
-    finally:
-        lock.release()
     assert "locked" not in sweep_tasks.sweep_shard(0)
 
 
 def test_bad_caps_are_refused_with_their_names(buffer):
     with pytest.raises(ValueError, match="max_orgs"):
-        sweep.sweep_shard(buffer, shard=0, now_ms=NOW, older_than_ms=1, max_orgs=0, max_entries=1)
+        sweep.sweep_shard(
+            buffer, shard=0, now_ms=NOW, limits=sweep.SweepLimits(older_than_ms=1, max_orgs=0, max_entries=1)
+        )
 
 
 @pytest.mark.parametrize(("flag", "scheduled"), [("1", True), ("0", False)])

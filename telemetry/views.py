@@ -1,18 +1,18 @@
-"""``GET /metrics``: the Prometheus exposition (DESIGN §12). Thin: checks the optional bearer token and
-hands over to ``buffer.telemetry``."""
+"""``GET /metrics``: the Prometheus exposition (docs/operations.md#metrics-and-alerts). Thin: checks the
+optional bearer token and hands over to ``telemetry.collector``."""
 
 from __future__ import annotations
 
 import hmac
-import time
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
-from buffer import telemetry
 from buffer.buffer import Buffer
+from mollifier_project.clock import now_ms
+from telemetry import collector
 
 
 @require_GET
@@ -23,9 +23,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         response = HttpResponse("metrics need the bearer token (MOLLIFIER_METRICS_TOKEN)\n", status=401)
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    body = telemetry.exposition(
+    body = collector.exposition(
         Buffer.from_settings(),
-        now_ms=time.time_ns() // 1_000_000,
+        now_ms=now_ms(),
         stale_threshold_s=cfg.STALE_THRESHOLD_S,
         sweep_enabled=cfg.STALE_SWEEP_ENABLED,
         multiproc_dir=settings.PROMETHEUS_MULTIPROC_DIR,

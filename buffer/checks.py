@@ -1,0 +1,28 @@
+"""System checks of the buffer's Redis (the settings' own checks are in ``mollifier_project.checks``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.core.checks import CheckMessage, Warning, register
+
+
+@register("mollifier", "redis")
+def check_redis_eviction_policy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """A buffer must never lose a run silently: Redis must refuse writes rather than evict (docs/operations.md#redis)."""
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.RedisError as exc:
+        return [Warning(f"Could not read Redis maxmemory-policy at REDIS_URL: {exc}", id="mollifier.W004")]
+    if policy != "noeviction":
+        return [
+            Warning(
+                f"Redis maxmemory-policy is {policy!r}; the buffer needs 'noeviction'.",
+                hint="With an evicting policy Redis may silently drop buffered runs under memory pressure.",
+                id="mollifier.W003",
+            )
+        ]
+    return []

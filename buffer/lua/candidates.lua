@@ -1,0 +1,63 @@
+--[[
+candidates — what one drain round may take: the next orgs after the durable org cursor, one env each
+after that org's env cursor, with the env's queue depth (docs/architecture.md#fair-rounds).
+
+KEYS[1]  orgs            orgs of the shard with queued entries
+KEYS[2]  cursor:orgs     the org cursor (an org id; absent before the first round)
+KEYS[3]  cursor:envs     org → env cursor (an env id)
+ARGV[1]  shard key base "<prefix>:{m<k>}:" (envs of an org are base .. "org:" .. org .. ":envs",
+         queues base .. "q:" .. env)
+ARGV[2]  max_orgs: at most this many orgs per round (≥ 1)
+
+Returns {covers_all, org, env, depth, org, env, depth, …}: covers_all is 1 when every org of the shard
+was chosen and none has more than one queued env (then the picks are everything queued right now), else
+0; then one triple per chosen org that has a queued env, in round order.
+Orgs and envs are ordered numerically; the round starts at the first org greater than the cursor
+(wrapping), so an org joining or leaving never shifts the others. Each chosen org's env is the first
+greater than its env cursor (wrapping).
+Guarantees: reads and cursor moves are one atomic step: the org cursor becomes the first chosen org
+(so the next round starts one org later) and each chosen org's env cursor its chosen env. Nothing else
+is written; entries are not touched (``lease`` takes them). Cost O(orgs of the shard + envs of the
+chosen orgs), all in one round trip.
+]]
+local orgs_key, cursor_orgs, cursor_envs = KEYS[1], KEYS[2], KEYS[3]
+local base, max_orgs = ARGV[1], tonumber(ARGV[2])
+
+local function sorted_numbers(members)
+  local out = {}
+  for i, v in ipairs(members) do out[i] = tonumber(v) end
+  table.sort(out)
+  return out
+end
+
+-- Index of the first item greater than ``after`` (wrapping to 1); 1 when there is no cursor.
+local function start_after(items, after)
+  if not after then return 1 end
+  for i, v in ipairs(items) do
+    if v > after then return i end
+  end
+  return 1
+end
+
+local orgs = sorted_numbers(redis.call('SMEMBERS', orgs_key))
+if #orgs == 0 then return {1} end
+
+local first = start_after(orgs, tonumber(redis.call('GET', cursor_orgs)))
+local n = math.min(max_orgs, #orgs)
+local covers_all = (n == #orgs) and 1 or 0
+local out = {0}
+for i = 0, n - 1 do
+  local org = orgs[(first - 1 + i) % #orgs + 1]
+  local envs = sorted_numbers(redis.call('SMEMBERS', base .. 'org:' .. org .. ':envs'))
+  if #envs > 1 then covers_all = 0 end
+  if #envs > 0 then
+    local env = envs[start_after(envs, tonumber(redis.call('HGET', cursor_envs, org)))]
+    redis.call('HSET', cursor_envs, org, env)
+    out[#out + 1] = org
+    out[#out + 1] = env
+    out[#out + 1] = redis.call('LLEN', base .. 'q:' .. env)
+  end
+end
+redis.call('SET', cursor_orgs, orgs[first])
+out[1] = covers_all
+return out

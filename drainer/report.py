@@ -1,0 +1,39 @@
+"""What a drain round, or a whole shard task, did — the value the drain returns and its telemetry records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The per-entry outcome counts of a round, in the order telemetry and logs show them.
+OUTCOMES = ("created", "existed", "cancelled", "failed", "dead", "requeued", "released")
+
+
+@dataclass
+class Report:
+    """What a round (or a whole shard run) did; counts are entries."""
+
+    leased: int = 0
+    created: int = 0
+    existed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    dead: int = 0
+    requeued: int = 0
+    released: int = 0
+    reclaimed: int = 0
+    rounds: int = 0
+    outage: bool = False
+    circuit_open: bool = False
+    # The round took everything queued when it started (every org and env chosen, every share = demand):
+    # the shard task stops there; what arrives meanwhile waits for the next tick, not for a loop of
+    # one-entry rounds that would keep the worker from the other shards.
+    emptied: bool = False
+
+    def add(self, other: Report) -> None:
+        for name in (*OUTCOMES, "leased", "reclaimed", "rounds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.outage = self.outage or other.outage
+
+    def outcome_counts(self) -> dict[str, int]:
+        """The non-zero outcome counts, by outcome name."""
+        return {name: getattr(self, name) for name in OUTCOMES if getattr(self, name)}

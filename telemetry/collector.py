@@ -1,0 +1,133 @@
+"""``/metrics``: the Prometheus exposition of every process's counters and the buffer's gauges.
+
+Why this is its own app, above all the others: one scrape shows the numbers of every floor — the gate's
+and the buffer's counters (``buffer.metrics``), the drain's (``drainer.metrics``), and gauges read from
+Redis at scrape time (``Buffer.shard_stats``). Only a package that may import all of them can assemble
+that, and none of the floors should know about the others' metrics to do it
+(docs/architecture.md#telemetry).
+
+Two kinds of numbers, kept apart on purpose:
+
+* **Counters and histograms** are incremented where things happen — the gate, accept, the drain. Under
+  gunicorn and Celery they live in many processes, so they run in prometheus-client's multiprocess mode:
+  each process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the scrape sums them.
+* **Gauges** are read from Redis at scrape time (``BufferCollector``): depth, oldest age, leased, dead,
+  stale total, drain rate and ETA. Redis is the truth shared by every process, so any web worker answers
+  the same; a per-process gauge would be wrong the moment a second worker exists.
+
+No label carries an env or org id (the series count would grow with the tenants); per-tenant detail goes
+to the JSON logs and the admin.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Imported for their side effect: each registers its series, so every one shows from the first scrape.
+import buffer.metrics  # noqa: F401
+import drainer.metrics  # noqa: F401
+from buffer.buffer import Buffer, BufferUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def drain_eta_s(backlog: int, drained_per_s: float) -> float:
+    """Seconds to drain ``backlog`` at the recent rate: 0 when empty, +Inf when nothing drains (alertable)."""
+    if backlog <= 0:
+        return 0.0
+    return backlog / drained_per_s if drained_per_s > 0 else math.inf
+
+
+class BufferCollector:
+    """Gauges computed from Redis when scraped. Without Redis only ``mollifier_redis_up 0`` is reported."""
+
+    def __init__(self, buffer: Buffer, *, now_ms: int, stale_threshold_s: int, sweep_enabled: bool) -> None:
+        self.buffer = buffer
+        self.now_ms = now_ms
+        self.stale_threshold_s = stale_threshold_s
+        self.sweep_enabled = sweep_enabled
+
+    def collect(self) -> Iterator[Metric]:
+        threshold = GaugeMetricFamily(
+            "mollifier_stale_threshold_seconds", "Age above which a queued entry is stale (STALE_THRESHOLD_S)."
+        )
+        threshold.add_metric([], self.stale_threshold_s)
+        yield threshold
+        try:
+            stats = self.buffer.shard_stats(now_ms=self.now_ms)
+        except BufferUnavailable:
+            log.warning("metrics: Redis unreachable, buffer gauges left out", exc_info=True)
+            yield _gauge("mollifier_redis_up", "1 if the buffer's Redis answered this scrape.", 0)
+            return
+        yield _gauge("mollifier_redis_up", "1 if the buffer's Redis answered this scrape.", 1)
+        depth = sum(s.depth for s in stats)
+        leased = sum(s.leased for s in stats)
+        rate = sum(s.drained_per_s for s in stats)
+        oldest = min((s.oldest_accepted_ms for s in stats if s.oldest_accepted_ms is not None), default=None)
+        yield _gauge("mollifier_buffer_depth", "Entries waiting to be drained (queued or retrying).", depth)
+        yield _gauge("mollifier_buffer_leased", "Entries in flight (leased by a drainer), incl. expired.", leased)
+        yield _gauge(
+            "mollifier_buffer_expired_leases",
+            "Leases past their deadline, not yet reclaimed (a drainer died; none reclaims).",
+            sum(s.expired_leases for s in stats),
+        )
+        yield _gauge(
+            "mollifier_buffer_dead", "Dead-lettered entries waiting for an operator.", sum(s.dead for s in stats)
+        )
+        yield _gauge(
+            "mollifier_buffer_oldest_age_seconds",
+            "Age of the oldest queued entry (0 when nothing is queued).",
+            0.0 if oldest is None else max(0, self.now_ms - oldest) / 1000,
+        )
+        yield _gauge(
+            "mollifier_stale_entries",
+            "Queued entries older than the stale threshold, as last counted by the sweep (0 while it is off).",
+            sum(s.stale for s in stats) if self.sweep_enabled else 0,
+        )
+        yield _gauge("mollifier_drain_rate_per_second", "Entries leaving the buffer per second (last minute).", rate)
+        yield _gauge(
+            "mollifier_drain_eta_seconds",
+            "Backlog (depth + leased) divided by the recent drain rate; +Inf when a backlog does not drain.",
+            drain_eta_s(depth + leased, rate),
+        )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
+
+
+class _Delegate:
+    """Expose an existing registry's metrics through another registry (single-process mode)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()
+
+
+def exposition(
+    buffer: Buffer, *, now_ms: int, stale_threshold_s: int, sweep_enabled: bool, multiproc_dir: str = ""
+) -> bytes:
+    """The Prometheus text for one scrape.
+
+    With ``multiproc_dir`` the counters and histograms are the sums over every process's files there;
+    without it (tests, ``runserver``) they are this process's own. The gauges come from Redis either way.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    if multiproc_dir:
+        MultiProcessCollector(registry, path=multiproc_dir)
+    else:
+        registry.register(_Delegate(REGISTRY))
+    registry.register(
+        BufferCollector(buffer, now_ms=now_ms, stale_threshold_s=stale_threshold_s, sweep_enabled=sweep_enabled)
+    )
+    return generate_latest(registry)
