@@ -1,4 +1,4 @@
-"""Operator admin for tenants and runs (DESIGN §13): read-mostly, acting only through service functions.
+"""Operator admin for tenants and runs (docs/architecture.md#operator-admin): read-mostly, acting only through service functions.
 
 Rows the system writes (TaskRun — only ``runs.engine`` writes them —, BatchTaskRun, RunAlert) are
 view-only here. API keys are issued by ``manage.py mollifier_tenant`` and only revoked here; no page shows
@@ -12,6 +12,7 @@ what they display up front (``list_select_related``).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote
@@ -37,7 +38,8 @@ class CappedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return self.object_list.order_by()[: self.cap + 1].count()
+        # Only ever given querysets (the admin's changelist); the stubs type object_list as any sequence.
+        return cast(QuerySet[Any], self.object_list).order_by()[: self.cap + 1].count()
 
     @property
     def capped(self) -> bool:
@@ -70,7 +72,7 @@ class EnvironmentListFilter(admin.RelatedFieldListFilter):
         return [(env.pk, str(env)) for env in Environment.objects.select_related("org")]
 
 
-def _changelist_link(model: type, label: str, **params: object) -> str:
+def _changelist_link(model: type[models.Model], label: str, **params: str | int) -> str:
     url = reverse(f"admin:runs_{model._meta.model_name}_changelist") + "?" + urlencode(params)
     return format_html('<a href="{}">{}</a>', url, label)
 
@@ -93,7 +95,7 @@ class OrganizationAdmin(admin.ModelAdmin):
 
     @admin.display(description="environments", ordering="env_count")
     def env_count(self, obj: Organization) -> int:
-        return obj.env_count
+        return obj.env_count  # type: ignore[attr-defined]  # the annotation get_queryset adds
 
 
 class ApiKeyInline(admin.TabularInline):

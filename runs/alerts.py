@@ -1,4 +1,4 @@
-"""Alerts for failed runs (DESIGN §3 ``RunAlert``): one row per channel, delivered at most once per channel.
+"""Alerts for failed runs (docs/architecture.md#domain-model ``RunAlert``): one row per channel, delivered at most once per channel.
 
 Every failed run gets a ``log`` alert (a structured log line an operator's log pipeline can route); an
 env with ``alert_webhook_url`` also gets a JSON POST. A webhook that fails raises ``WebhookError`` so the

@@ -1,24 +1,22 @@
-"""HTTP API in the trigger.dev v4 wire format (DESIGN §10, API.md). Views only parse, call a service
-and map its result or error to HTTP; every error is ``{"error": "…"}``."""
+"""HTTP API in the trigger.dev v4 wire format (docs/api.md). Views only parse, call a service and map its
+result or error to HTTP; every error is ``{"error": "…"}``."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ValidationError
 
-from buffer.buffer import Buffer
+from buffer.buffer import Buffer, BufferUnavailable
+from mollifier_project.clock import from_ms, now_ms
 from runs import batches, engine, mutations, queries, trigger
 from runs.auth import EnvContext, authenticate
 from runs.schemas import CreateBatchBody, ResetIdempotencyBody, TagsBody, TriggerBody, describe
@@ -63,7 +61,7 @@ def endpoint(*methods: str) -> Callable:
                 return error(exc.status, exc.message, exc.headers)
             except queries.QueryError as exc:
                 return error(400, str(exc))
-            except (redis.RedisError, OperationalError, InterfaceError) as exc:
+            except (BufferUnavailable, OperationalError, InterfaceError) as exc:
                 # A backing service is down: a clear, retryable JSON error, never an HTML 500.
                 log.warning("%s unavailable during %s %s: %s", _service(exc), request.method, request.path, exc)
                 engine.discard_connection()
@@ -75,16 +73,7 @@ def endpoint(*methods: str) -> Callable:
 
 
 def _service(exc: BaseException) -> str:
-    return "The buffer (Redis)" if isinstance(exc, redis.RedisError) else "The database"
-
-
-def now_ms() -> int:
-    """The request's clock, read once at the edge and passed down."""
-    return time.time_ns() // 1_000_000
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return "The buffer (Redis)" if isinstance(exc, BufferUnavailable) else "The database"
 
 
 def _buffer() -> Buffer:
@@ -138,7 +127,7 @@ def trigger_task(request: HttpRequest, env: EnvContext, task: str) -> JsonRespon
 @endpoint("POST")
 def create_batch(request: HttpRequest, env: EnvContext) -> JsonResponse:
     body = _json_body(request, CreateBatchBody, limit=1024 * 1024)
-    created = batches.create(env, body, now=_dt(now_ms()))
+    created = batches.create(env, body, now=from_ms(now_ms()))
     doc = {"id": created.batch.id, "runCount": created.batch.run_count, "isCached": created.is_cached}
     if created.batch.idempotency_key:
         doc["idempotencyKey"] = created.batch.idempotency_key
@@ -147,7 +136,7 @@ def create_batch(request: HttpRequest, env: EnvContext) -> JsonResponse:
 
 def _stream(request: HttpRequest, limit: int) -> bytes:
     """The whole body, also when it arrives chunked without Content-Length (gunicorn sets
-    ``wsgi.input_terminated``; Django's ``request.body`` would read nothing, see API.md §5b)."""
+    ``wsgi.input_terminated``; Django's ``request.body`` would read nothing, see docs/api.md#stream-batch-items)."""
     if request.META.get("CONTENT_LENGTH"):
         length = request.META["CONTENT_LENGTH"]
         if length.isdigit() and int(length) > limit:
@@ -194,7 +183,7 @@ def retrieve_batch(request: HttpRequest, env: EnvContext, batch_id: str) -> Json
 
 @endpoint("GET")
 def retrieve_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResponse:
-    found = queries.retrieve(env, run_id, buffer=_buffer(), now=_dt(now_ms()))
+    found = queries.retrieve(env, run_id, buffer=_buffer(), now=from_ms(now_ms()))
     if found.doc is None:
         return error(404, "Run not found", {"x-should-retry": "true" if found.maybe_in_flight else "false"})
     return JsonResponse(found.doc)
@@ -203,7 +192,7 @@ def retrieve_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResp
 @endpoint("GET")
 def list_runs(request: HttpRequest, env: EnvContext) -> JsonResponse:
     params = {key: request.GET.get(key, "") for key in request.GET}
-    return JsonResponse(queries.list_runs(env, params, now=_dt(now_ms())))
+    return JsonResponse(queries.list_runs(env, params, now=from_ms(now_ms())))
 
 
 def _mutation_response(run_id: str, result: mutations.Mutation, ok: dict[str, Any]) -> JsonResponse:

@@ -1,4 +1,4 @@
-"""Batches in the v4 two-phase protocol (API.md §5): create the batch row, then stream its items.
+"""Batches in the v4 two-phase protocol (docs/api.md#create-a-batch): create the batch row, then stream its items.
 
 Items are de-duplicated by index through ``BatchItem`` (unique per batch and index), so the SDK resending
 its whole stream never makes a second run; each new item goes through the normal trigger path (and so
@@ -12,16 +12,19 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
 from pydantic import ValidationError
 
 from buffer.buffer import Buffer
+from mollifier_project.clock import from_ms, to_ms
+from mollifier_project.config import MollifierSettings
 from runs import engine, ids, trigger
 from runs.auth import EnvContext
 from runs.ids import new_batch_id
+from runs.locate import Where, locate_many
 from runs.models import BatchItem, BatchStatus, BatchTaskRun, RunStatus, TaskRun
 from runs.presenters import iso
 from runs.schemas import BatchItem as BatchItemBody
@@ -53,7 +56,7 @@ def create(env: EnvContext, body: CreateBatchBody, *, now: datetime) -> Created:
         if existing:
             return Created(existing, True)
     batch = BatchTaskRun(
-        id=new_batch_id(int(now.timestamp() * 1000)),
+        id=new_batch_id(to_ms(now)),
         env_id=env.env_id,
         run_count=body.runCount,
         idempotency_key=body.idempotencyKey,
@@ -88,7 +91,7 @@ def parse_items(lines: Iterable[bytes], run_count: int) -> list[BatchItemBody]:
 
 
 def _item_key(item: BatchItemBody, batch: BatchTaskRun) -> str | None:
-    """The item's own key, else one derived from the batch key and the index (API.md §5b)."""
+    """The item's own key, else one derived from the batch key and the index (docs/api.md#stream-batch-items)."""
     if item.options.idempotencyKey:
         return item.options.idempotencyKey
     if batch.idempotency_key:
@@ -116,19 +119,16 @@ def _orphaned(env: EnvContext, batch: BatchTaskRun, indices: list[int], buffer: 
     if not indices:
         return {}
     reserved = dict(BatchItem.objects.filter(batch_id=batch.id, index__in=indices).values_list("index", "run_id"))
-    rows = set(TaskRun.objects.filter(id__in=reserved.values()).values_list("id", flat=True))
-    orphans = {}
-    for index, run_id in reserved.items():
-        if run_id in rows:
-            continue
-        entry = buffer.get(run_id, org_id=env.org_id)
-        if entry is None and ids.timestamp_ms(run_id) is not None:
-            orphans[index] = run_id
-    return orphans
+    found = locate_many(env, list(reserved.values()), buffer=buffer, snapshot=False, row_fields=())
+    return {
+        index: run_id
+        for index, run_id in reserved.items()
+        if found[run_id].where is Where.NOWHERE and ids.timestamp_ms(run_id) is not None
+    }
 
 
 def ingest(
-    env: EnvContext, batch_id: str, lines: Iterable[bytes], *, buffer: Buffer, cfg: Any, now_ms: int
+    env: EnvContext, batch_id: str, lines: Iterable[bytes], *, buffer: Buffer, cfg: MollifierSettings, now_ms: int
 ) -> Ingested:
     """Trigger every new index of the stream; count the rest as de-duplicated; seal when complete.
 
@@ -178,7 +178,7 @@ def ingest(
 
 def _refresh(batch: BatchTaskRun, *, now_ms: int) -> bool:
     """Recount the received indices; seal and start processing once all ``run_count`` have arrived."""
-    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    now = from_ms(now_ms)
     received = BatchItem.objects.filter(batch_id=batch.id).count()
     sealed = received >= batch.run_count
     BatchTaskRun.objects.filter(id=batch.id, sealed=False).update(

@@ -1,4 +1,4 @@
-"""Durations and delays in the trigger.dev wire format (API.md §4).
+"""Durations and delays in the trigger.dev wire format (docs/api.md#trigger-a-task).
 
 ``"5m"``, ``"1h30m"``, ``"2w"`` are durations; a delay may also be an ISO date (a JS ``Date`` arrives
 as its ISO string). A TTL may be a duration string or a non-negative number of seconds.

@@ -1,4 +1,4 @@
-"""The run engine (DESIGN §4): the only writer of TaskRun rows.
+"""The run engine (docs/architecture.md#run-engine): the only writer of TaskRun rows.
 
 Every function builds rows with ``_row`` — one code path whether a run is written at trigger time, in
 bulk by the drain, or as a CANCELED / SYSTEM_FAILURE row — and every insert is
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Field, Q
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -44,7 +44,7 @@ from runs.snapshot import Snapshot, normalise_tags
 log = logging.getLogger(__name__)
 
 FAILURE_PREFIX = "Mollifier drainer terminal failure:"
-# A key whose run ended like this may be reused: the next trigger makes a new run (API.md §4).
+# A key whose run ended like this may be reused: the next trigger makes a new run (docs/api.md#trigger-a-task).
 REUSABLE_KEY_STATUSES = frozenset(
     {
         RunStatus.COMPLETED_WITH_ERRORS,
@@ -71,7 +71,7 @@ _ITEMS = BatchItem._meta.db_table
 # Snapshot text attributes → the column length they must fit (None: unbounded). Checked before a bulk
 # insert: one value Postgres rejects would otherwise abort the COPY, and with it the whole batch.
 _MAX_LENGTH: dict[str, int | None] = {
-    attr: TaskRun._meta.get_field(attr).max_length
+    attr: cast("Field[Any, Any]", TaskRun._meta.get_field(attr)).max_length  # concrete columns, never relations
     for attr in (
         "id", "task_identifier", "payload", "payload_type", "idempotency_key", "idempotency_key_user", "queue",
         "concurrency_key", "ttl", "machine", "parent_run_id", "root_run_id", "trace_id", "span_id",
@@ -559,7 +559,7 @@ def release_idempotency_key(
     """Clear ``key`` from the row holding it, so a new run may take it. Returns the ids cleared.
 
     With ``statuses`` the key is released only if it has expired or its run ended in one of them (a
-    failed run's key is reusable, API.md §4); without, unconditionally (the reset endpoint).
+    failed run's key is reusable, docs/api.md#trigger-a-task); without, unconditionally (the reset endpoint).
     """
     rows = TaskRun.objects.filter(env_id=env_id, task_identifier=task_identifier, idempotency_key=key)
     if statuses is not None:
@@ -603,3 +603,42 @@ def discard_connection() -> None:
         connection.close()
     except Exception:  # the connection is already broken; closing it is best effort
         log.debug("closing a broken connection failed", exc_info=True)
+
+
+# ------------------------------------------------------------------------------- idempotency key clash
+
+
+class ClashPolicy(StrEnum):
+    """What to do when the key another row holds may not be reused."""
+
+    ANSWER_HOLDER = "answer_holder"  # the direct trigger: the live holder is the answer (``isCached``)
+    WITHOUT_KEY = "without_key"  # the drain: this run was already answered, so it is written without the key
+
+
+def resolve_key_clash(
+    snapshot: Snapshot, clash: Result, *, now: datetime, policy: ClashPolicy, buffered: bool
+) -> Result:
+    """The write of ``snapshot`` hit ``IDEMPOTENCY_CLASH`` (``clash``): another row holds its key — the key
+    was reset, Redis lost the claim, or Redis was down. The one policy for it, wherever the write happened:
+
+    1. take the key over if it may be reused (expired, or its run ended in ``REUSABLE_KEY_STATUSES``) and
+       write again — the result of that write is returned (another clash means a new holder got there
+       first; the caller treats it as in step 2);
+    2. else, by ``policy``: ``ANSWER_HOLDER`` returns ``clash`` unchanged (the caller answers the holder);
+       ``WITHOUT_KEY`` writes the run without the key, which stays with the run that holds it.
+    """
+    released = release_idempotency_key(
+        snapshot.env_id, snapshot.task_identifier, snapshot.idempotency_key or "", now=now,
+        statuses=REUSABLE_KEY_STATUSES,
+    )  # fmt: skip
+    if not released:
+        if policy is ClashPolicy.ANSWER_HOLDER:
+            return clash
+        log.warning(
+            "run %s lost its idempotency key to run %s; written without it", snapshot.id, clash.existing_run_id,
+            extra={"run_id": snapshot.id, "env_id": snapshot.env_id, "org_id": snapshot.org_id},
+        )  # fmt: skip
+        snapshot = snapshot.replace(idempotency_key=None, idempotency_key_user=None, idempotency_key_expires_at=None)
+    if buffered:
+        return materialise_many([snapshot], now=now)[0]
+    return trigger(snapshot, now=now)

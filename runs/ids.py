@@ -1,4 +1,4 @@
-"""Friendly ids, minted at trigger time before any row exists (DESIGN §1).
+"""Friendly ids, minted at trigger time before any row exists (docs/architecture.md#vocabulary).
 
 ``run_`` + 25 lowercase base-32 characters: 10 characters of millisecond timestamp (so ids sort by
 creation time and btree inserts stay at the right edge) and 15 characters (75 bits) of randomness.
@@ -7,7 +7,8 @@ creation time and btree inserts stay at the right edge) and 15 characters (75 bi
 from __future__ import annotations
 
 import secrets
-import time
+
+from mollifier_project import clock
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base-32, lowercase: no i, l, o, u.
 _TIME_CHARS = 10
@@ -25,7 +26,7 @@ def _encode(value: int, width: int) -> str:
 def new_id(prefix: str, now_ms: int | None = None) -> str:
     """A new time-ordered id, e.g. ``new_id("run")`` → ``run_01jq…``."""
     if now_ms is None:
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = clock.now_ms()
     return f"{prefix}_{_encode(now_ms, _TIME_CHARS)}{_encode(secrets.randbits(5 * _RANDOM_CHARS), _RANDOM_CHARS)}"
 
 

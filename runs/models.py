@@ -1,4 +1,4 @@
-"""Domain model (DESIGN §3): tenants, API keys, task runs, batches and alerts.
+"""Domain model (docs/architecture.md#domain-model): tenants, API keys, task runs, batches and alerts.
 
 Only ``runs.engine`` writes ``TaskRun`` rows; everything here is schema plus small read helpers.
 """

@@ -1,4 +1,5 @@
-"""Cancel, tag and idempotency-key reset for runs wherever they are (DESIGN §9).
+"""Cancel, tag and idempotency-key reset for runs wherever they are
+(docs/architecture.md#reads-and-mutations-of-buffered-runs).
 
 A run is either a Postgres row (changed through the engine), a buffered entry (changed through a
 buffer script: hash fields, never a rewrite of the snapshot), or leased — being materialised right now.
@@ -11,16 +12,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-import redis
-
-from buffer.buffer import Buffer
+from buffer.buffer import Buffer, BufferUnavailable
+from mollifier_project.clock import from_ms
 from runs import engine
 from runs.auth import EnvContext
-from runs.models import MAX_TAGS, TaskRun
+from runs.locate import Where, locate
+from runs.models import MAX_TAGS
 
 CANCEL_REASON = "Canceled by user"
 POLL_INTERVAL_S = 0.05
@@ -39,14 +39,14 @@ class Mutation:
     count: int = 0  # tags: how many were added, or the count it would have reached (TOO_MANY)
 
 
-def _row_exists(env: EnvContext, run_id: str) -> bool:
-    return TaskRun.objects.filter(id=run_id, env_id=env.env_id).exists()
+def _where(env: EnvContext, run_id: str, buffer: Buffer) -> Where:
+    return locate(env, run_id, buffer=buffer, snapshot=False, row_fields=()).where
 
 
-def _wait_for_row(env: EnvContext, run_id: str, wait_ms: int, sleep: Callable[[float], None]) -> bool:
+def _wait_for_row(env: EnvContext, run_id: str, buffer: Buffer, wait_ms: int, sleep: Callable[[float], None]) -> bool:
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        if _row_exists(env, run_id):
+        if _where(env, run_id, buffer) is Where.ROW:
             return True
         if time.monotonic() >= deadline:
             return False
@@ -64,9 +64,13 @@ def _on_row_or_buffer(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Mutation:
     """Apply a change to the row if there is one, else to the buffered entry; a leased entry waits for
-    its row. ``on_buffer`` returns the buffer script's result (``.status``, ``.count``)."""
-    if _row_exists(env, run_id):
+    its row. ``on_buffer`` returns the buffer script's result (``.status``, ``.count``): the script, not the
+    ``locate`` before it, is the authority on the entry, since the drain may take it in between."""
+    where = _where(env, run_id, buffer)
+    if where is Where.ROW:
         return on_row()
+    if where is Where.NOWHERE:
+        return Mutation(Status.NOT_FOUND)
     result = on_buffer()
     status = str(result.status)
     if status == "QUEUED" or status == "DEAD":
@@ -74,7 +78,7 @@ def _on_row_or_buffer(
     if status == "TOO_MANY":
         return Mutation(Status.TOO_MANY, result.count)
     if status in ("LEASED", "ACKED"):
-        if _wait_for_row(env, run_id, wait_ms if status == "LEASED" else max(wait_ms, 200), sleep):
+        if _wait_for_row(env, run_id, buffer, wait_ms if status == "LEASED" else max(wait_ms, 200), sleep):
             return on_row()
         return Mutation(Status.BUSY)
     return Mutation(Status.NOT_FOUND)
@@ -82,7 +86,7 @@ def _on_row_or_buffer(
 
 def cancel(env: EnvContext, run_id: str, *, buffer: Buffer, now_ms: int, wait_ms: int) -> Mutation:
     """Cancel wins: a buffered run is flagged (the drain writes a CANCELED row); a row is cancelled."""
-    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    now = from_ms(now_ms)
 
     def on_row() -> Mutation:
         outcome = engine.cancel_run(run_id, CANCEL_REASON, now)
@@ -97,7 +101,7 @@ def cancel(env: EnvContext, run_id: str, *, buffer: Buffer, now_ms: int, wait_ms
 
 def add_tags(env: EnvContext, run_id: str, tags: list[str], *, buffer: Buffer, now_ms: int, wait_ms: int) -> Mutation:
     """Append tags, de-duplicated, at most ``MAX_TAGS`` per run."""
-    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    now = from_ms(now_ms)
 
     def on_row() -> Mutation:
         outcome, count = engine.add_tags(run_id, env.env_id, tags, now=now)
@@ -112,10 +116,10 @@ def add_tags(env: EnvContext, run_id: str, tags: list[str], *, buffer: Buffer, n
 
 def reset_idempotency_key(env: EnvContext, task: str, key: str, *, buffer: Buffer, now_ms: int) -> bool:
     """Forget an idempotency key so the next trigger with it makes a new run. True if anything held it."""
-    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    now = from_ms(now_ms)
     cleared = engine.release_idempotency_key(env.env_id, task, key, now=now)
     try:
         released = buffer.reset_claim("idem", org_id=env.org_id, env_id=env.env_id, task=task, key=key)
-    except redis.RedisError:
+    except BufferUnavailable:
         released = False
     return bool(cleared) or released

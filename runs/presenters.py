@@ -1,4 +1,4 @@
-"""Runs as the SDK's schemas want them (API.md §6–§7): V2 status vocabulary, boolean flags, optional
+"""Runs as the SDK's schemas want them (docs/api.md#run-documents): V2 status vocabulary, boolean flags, optional
 fields omitted — never ``null`` (the SDK rejects ``"ttl": null``)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from runs.models import RunStatus, TaskRun
 from runs.snapshot import Snapshot
 
-API_STATUS = {
+API_STATUS: dict[str, str] = {  # keyed by TaskRun.status, a str column
     RunStatus.PENDING: "QUEUED",
     RunStatus.DELAYED: "DELAYED",
     RunStatus.EXECUTING: "EXECUTING",
@@ -22,7 +22,7 @@ API_STATUS = {
     RunStatus.EXPIRED: "EXPIRED",
     RunStatus.TIMED_OUT: "TIMED_OUT",
 }
-# Every status the SDK accepts (API.md §7), and API status → internal statuses for ``filter[status]``.
+# Every status the SDK accepts (docs/api.md#status-vocabulary), and API status → internal statuses for ``filter[status]``.
 API_STATUSES = frozenset(
     {"PENDING_VERSION", "QUEUED", "DEQUEUED", "EXECUTING", "WAITING", "COMPLETED", "CANCELED", "FAILED",
      "CRASHED", "SYSTEM_FAILURE", "DELAYED", "EXPIRED", "TIMED_OUT"}
@@ -35,7 +35,7 @@ _COMPLETED = {"COMPLETED", "CANCELED", "FAILED", "CRASHED", "SYSTEM_FAILURE"}
 
 
 def flags(api_status: str) -> dict[str, bool]:
-    """trigger.dev's boolean helpers. EXPIRED and TIMED_OUT are not "completed" there either (API.md §7)."""
+    """trigger.dev's boolean helpers. EXPIRED and TIMED_OUT are not "completed" there either (docs/api.md#status-vocabulary)."""
     completed = api_status in _COMPLETED
     return {
         "isQueued": api_status in {"QUEUED", "DELAYED", "PENDING_VERSION"},
@@ -150,7 +150,7 @@ def buffered_run(
     now: datetime,
     dead_reason: str | None = None,
 ) -> dict[str, Any]:
-    """A run still in the buffer (DESIGN §9): QUEUED, DELAYED while its delay is ahead, CANCELED once
+    """A run still in the buffer (docs/architecture.md#reads-and-mutations-of-buffered-runs): QUEUED, DELAYED while its delay is ahead, CANCELED once
     cancelled — and SYSTEM_FAILURE when dead-lettered (it will never become a row on its own; pollers
     must see it finished, not queued forever)."""
     if dead_reason is not None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Q
 
-from buffer.buffer import Buffer
+from buffer.buffer import Buffer, EntryStatus
+from mollifier_project.clock import from_ms
 from runs import presenters
 from runs.auth import EnvContext
+from runs.locate import Where, locate
 from runs.models import TaskRun
 from runs.snapshot import SnapshotError, from_snapshot
 
@@ -36,21 +38,18 @@ class Retrieved:
     maybe_in_flight: bool = False  # the buffer says materialised but the row is not visible yet
 
 
-def _ms_to_dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
-
-
 def retrieve(env: EnvContext, run_id: str, *, buffer: Buffer, now: datetime) -> Retrieved:
     """The run as ``RetrieveRunResponse``, or ``Retrieved(None)``."""
-    row = TaskRun.objects.filter(id=run_id, env_id=env.env_id).first()
-    if row is not None:
-        return Retrieved(presenters.run_row(row))
-    entry = buffer.get(run_id, org_id=env.org_id)
-    if entry is None or entry.env_id != env.env_id:
+    found = locate(env, run_id, buffer=buffer)
+    if found.where is Where.ROW:
+        assert found.row is not None
+        return Retrieved(presenters.run_row(found.row))
+    if found.where is Where.NOWHERE:
         return Retrieved(None)
-    if entry.status == "ACKED":
-        row = TaskRun.objects.filter(id=run_id, env_id=env.env_id).first()
-        return Retrieved(presenters.run_row(row)) if row else Retrieved(None, maybe_in_flight=True)
+    if found.where is Where.IN_FLIGHT:
+        return Retrieved(None, maybe_in_flight=True)
+    entry = found.entry
+    assert entry is not None
     try:
         snapshot = from_snapshot(entry.snapshot)
     except SnapshotError:
@@ -59,10 +58,10 @@ def retrieve(env: EnvContext, run_id: str, *, buffer: Buffer, now: datetime) -> 
         presenters.buffered_run(
             snapshot,
             extra_tags=entry.extra_tags,
-            cancelled_at=_ms_to_dt(entry.cancelled_at_ms),
+            cancelled_at=None if entry.cancelled_at_ms is None else from_ms(entry.cancelled_at_ms),
             cancel_reason=entry.cancel_reason,
             now=now,
-            dead_reason=(entry.last_error or "dead-lettered") if entry.status == "DEAD" else None,
+            dead_reason=(entry.last_error or "dead-lettered") if entry.status is EntryStatus.DEAD else None,
         )
     )
 
@@ -93,7 +92,7 @@ def _epoch_ms(params: dict[str, str], name: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+        return from_ms(int(value))
     except (ValueError, OverflowError, OSError):
         raise QueryError(f"{name}: expected epoch milliseconds, got {value!r}") from None
 

@@ -1,4 +1,4 @@
-"""Request bodies of the trigger.dev v4 wire format (API.md §4–§5), validated with pydantic.
+"""Request bodies of the trigger.dev v4 wire format (docs/api.md#trigger-a-task), validated with pydantic.
 
 Unknown keys are ignored (the SDK grows fields); known keys are typed, so a wrong type fails with an
 error that names the field (``options.maxAttempts: Input should be a valid integer``). Semantic checks

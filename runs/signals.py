@@ -1,4 +1,4 @@
-"""Run lifecycle events (DESIGN §4). Sent by ``runs.engine`` only, after the row is written.
+"""Run lifecycle events (docs/architecture.md#run-engine). Sent by ``runs.engine`` only, after the row is written.
 
 Every signal is sent with ``sender=TaskRun`` and keyword ``run_id``; ``run_created`` also carries
 ``snapshot`` and ``buffered``; ``run_cancelled`` carries ``reason``; ``run_failed`` carries ``error``.

@@ -22,8 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from types import UnionType
 from typing import Any
+
+from mollifier_project.clock import EPOCH, to_ms
 
 VERSION = 1
 
@@ -90,13 +93,8 @@ def normalise_tags(value: object) -> list[str]:
     return list(seen)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
-
-
 def _ms(value: datetime | None) -> int | None:
-    # Integer arithmetic: ``int(value.timestamp() * 1000)`` is a millisecond short for some times (from 2039 on).
-    return None if value is None else (value.astimezone(UTC) - _EPOCH) // _ONE_MS
+    return None if value is None else to_ms(value)
 
 
 def _dt(value: object, key: str) -> datetime | None:
@@ -105,7 +103,7 @@ def _dt(value: object, key: str) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise SnapshotError(f"{key} must be epoch milliseconds, got {value!r}")
     try:
-        return _EPOCH + timedelta(milliseconds=value)  # exact; ``fromtimestamp(value / 1000)`` drifts by µs
+        return EPOCH + timedelta(milliseconds=value)  # exact, and a float of ms is allowed
     except (OverflowError, ValueError) as exc:
         raise SnapshotError(f"{key} is out of range: {value!r}") from exc
 
@@ -175,7 +173,7 @@ def from_snapshot(text: str | bytes) -> Snapshot:
     if version != VERSION or isinstance(version, bool):
         raise SnapshotError(f"unsupported snapshot version {version!r} (this build reads {VERSION})")
 
-    def required(key: str, kind: type | tuple[type, ...]) -> Any:
+    def required(key: str, kind: type | UnionType | tuple[type, ...]) -> Any:
         value = doc.get(key)
         if value is None or isinstance(value, bool) or not isinstance(value, kind):
             raise SnapshotError(f"snapshot field {key!r} is missing or not {getattr(kind, '__name__', kind)}")

@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from runs.models import ApiKey, Environment, Organization
 
 _BASE62 = string.digits + string.ascii_letters
-_KEY_KIND = {
+_KEY_KIND: dict[str, str] = {  # keyed by the column's value (a str)
     Environment.Type.DEVELOPMENT: "dev",
     Environment.Type.STAGING: "stg",
     Environment.Type.PRODUCTION: "prod",

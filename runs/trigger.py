@@ -1,4 +1,5 @@
-"""The trigger service (DESIGN §5): validate, de-duplicate, decide, write or buffer — in that order.
+"""The trigger service (docs/architecture.md#trigger-path): validate, de-duplicate, decide, write or buffer —
+in that order.
 
 1. The caller (the view) has authenticated the key into an ``EnvContext`` and parsed the body.
 2. ``prepare`` validates what needs settings or the clock and builds the snapshot; a validation error
@@ -25,18 +26,27 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from django.db import InterfaceError, OperationalError
 
 from buffer import gate
-from buffer.buffer import AcceptStatus, Buffer, ClaimRequest, IdemRef
+from buffer.buffer import (
+    AcceptStatus,
+    Buffer,
+    BufferUnavailable,
+    ClaimKind,
+    ClaimRequest,
+    EntryStatus,
+    IdemRef,
+)
+from mollifier_project.clock import from_ms, to_ms
+from mollifier_project.config import MollifierSettings
 from runs import engine, ids
 from runs.auth import EnvContext
 from runs.durations import DurationError, idempotency_ttl, parse_delay, parse_ttl
-from runs.models import MAX_TAGS, TaskRun
+from runs.locate import Where, locate
+from runs.models import MAX_TAGS
 from runs.schemas import TriggerOptions
 from runs.snapshot import Snapshot, normalise_tags, to_snapshot
 
@@ -109,9 +119,9 @@ class _Claims:
     env: EnvContext
     task: str
     run_id: str
-    held: list[tuple[str, str]] = field(default_factory=list)
+    held: list[tuple[ClaimKind, str]] = field(default_factory=list)
 
-    def hold(self, kind: str, key: str) -> None:
+    def hold(self, kind: ClaimKind, key: str) -> None:
         if (kind, key) not in self.held:
             self.held.append((kind, key))
 
@@ -121,7 +131,7 @@ class _Claims:
                 self.buffer.release_claim(
                     kind, org_id=self.env.org_id, env_id=self.env.env_id, task=self.task, key=key, run_id=self.run_id
                 )
-            except redis.RedisError:
+            except BufferUnavailable:
                 log.warning("could not release %s claim for run %s", kind, self.run_id)
         self.held.clear()
 
@@ -157,7 +167,7 @@ def prepare(
     """
     if not task or len(task) > 128:
         raise InvalidTrigger("taskIdentifier: must be 1–128 characters")
-    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC)
+    now = from_ms(now_ms)
     packet, payload_type = encode_payload(payload, options.payloadType)
     if packet is not None and len(packet.encode()) > max_payload_bytes:
         raise PayloadTooLarge(f"payload: {len(packet.encode())} bytes exceeds the limit of {max_payload_bytes} bytes")
@@ -224,7 +234,7 @@ def _api_names(reason: str) -> str:
 
 
 def is_bypass(options: TriggerOptions) -> bool:
-    """Triggers the gate never buffers (DESIGN §6): a parent waits on the child, debounce, one-time tokens."""
+    """Triggers the gate never buffers (docs/architecture.md#gate): a parent waits on the child, debounce, one-time tokens."""
     return (
         bool(options.resumeParentOnCompletion and options.parentRunId)
         or bool(options.debounce)
@@ -240,7 +250,7 @@ def trigger(
     snapshot: Snapshot,
     *,
     buffer: Buffer,
-    cfg: Any,
+    cfg: MollifierSettings,
     now_ms: int,
     bypass: bool = False,
     request_key: str | None = None,
@@ -253,12 +263,12 @@ def trigger(
         if request_key and snapshot.idempotency_key:
             try:
                 first = _claim_together(buffer, env, snapshot, request_key, claims, now_ms=now_ms)
-            except redis.RedisError:
+            except BufferUnavailable:
                 redis_up = False
         if request_key and redis_up:
             try:
                 replay = _claim_request(buffer, env, snapshot, request_key, claims, first)
-            except redis.RedisError:
+            except BufferUnavailable:
                 redis_up = False
                 replay = None
             if replay is not None:
@@ -266,7 +276,7 @@ def trigger(
         if snapshot.idempotency_key and redis_up:
             try:
                 cached = _claim_idempotency(buffer, env, snapshot, claims, first, now_ms=now_ms)
-            except redis.RedisError:
+            except BufferUnavailable:
                 redis_up = False
                 cached = None
             if cached is not None:
@@ -275,7 +285,7 @@ def trigger(
         if decision == gate.Action.MOLLIFY:
             try:
                 result = _accept(buffer, env, snapshot, cfg, now_ms=now_ms)
-            except redis.RedisError:  # Redis went away after the gate answered: fail open
+            except BufferUnavailable:  # Redis went away after the gate answered: fail open
                 gate.count_fail_open()
                 result = _write(buffer, env, snapshot, cfg, now_ms=now_ms, redis_up=False)
         else:
@@ -302,7 +312,8 @@ def _claim_together(
         env_id=env.env_id,
     )
     first = {"req": replies[0], "idem": replies[1]}
-    for kind, key in (("req", request_key), ("idem", s.idempotency_key)):
+    made: tuple[tuple[ClaimKind, str], ...] = (("req", request_key), ("idem", s.idempotency_key))
+    for kind, key in made:
         if first[kind] is None:
             claims.hold(kind, key)
     return first
@@ -364,11 +375,11 @@ def _claim_idempotency(
 def _idem_ttl_ms(s: Snapshot, now_ms: int) -> int:
     """What is left of the idempotency key's lifetime (the claim's PX)."""
     assert s.idempotency_key_expires_at is not None
-    return max(1, int(s.idempotency_key_expires_at.timestamp() * 1000) - now_ms)
+    return max(1, to_ms(s.idempotency_key_expires_at) - now_ms)
 
 
 def _ms(s: Snapshot) -> int:
-    return int(s.created_at.timestamp() * 1000)
+    return to_ms(s.created_at)
 
 
 def _settled_state(buffer: Buffer, env: EnvContext, holder: str, *, now_ms: int) -> str:
@@ -392,21 +403,19 @@ def _settled_state(buffer: Buffer, env: EnvContext, holder: str, *, now_ms: int)
 
 def _holder_state(buffer: Buffer, env: EnvContext, run_id: str) -> str:
     """``live`` (return it), ``reusable`` (its run failed: a new run may take the key) or ``missing``."""
-    status = TaskRun.objects.filter(id=run_id, env_id=env.env_id).values_list("status", flat=True).first()
-    if status is not None:
-        return "reusable" if status in REUSABLE_KEY_STATUSES else "live"
-    entry = buffer.get(run_id, org_id=env.org_id)
-    if entry is None or entry.env_id != env.env_id:
-        return "missing"
-    if entry.status in ("QUEUED", "LEASED"):
-        return "live"
-    if entry.status == "DEAD":
-        return "reusable"
-    # ACKED: the row committed between our two reads, or was written elsewhere; look once more.
-    return "live" if TaskRun.objects.filter(id=run_id, env_id=env.env_id).exists() else "missing"
+    found = locate(env, run_id, buffer=buffer, snapshot=False, row_fields=("status",))
+    if found.where is Where.ROW:
+        assert found.row is not None
+        return "reusable" if found.row.status in REUSABLE_KEY_STATUSES else "live"
+    if found.where is Where.BUFFERED:
+        assert found.entry is not None
+        return "reusable" if found.entry.status is EntryStatus.DEAD else "live"
+    return "missing"  # nowhere, or acked with its row not visible yet
 
 
-def _decide(buffer: Buffer, env: EnvContext, cfg: Any, *, now_ms: int, bypass: bool, redis_up: bool) -> gate.Action:
+def _decide(
+    buffer: Buffer, env: EnvContext, cfg: MollifierSettings, *, now_ms: int, bypass: bool, redis_up: bool
+) -> gate.Action:
     if not redis_up:
         gate.count_fail_open()
         return gate.Action.PASS_THROUGH
@@ -414,18 +423,17 @@ def _decide(buffer: Buffer, env: EnvContext, cfg: Any, *, now_ms: int, bypass: b
         decision = gate.evaluate(
             buffer, org_id=env.org_id, env_id=env.env_id, enrolled=env.enrolled, bypass=bypass, now_ms=now_ms, cfg=cfg
         )
-    except redis.RedisError:
+    except BufferUnavailable:
         log.warning("gate unavailable, failing open", extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
         return gate.Action.PASS_THROUGH
     return decision.action
 
 
-def _accept(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: Any, *, now_ms: int) -> Triggered:
+def _accept(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: MollifierSettings, *, now_ms: int) -> Triggered:
     idem = None
     if s.idempotency_key and s.idempotency_key_expires_at:
-        ttl_ms = max(1, int(s.idempotency_key_expires_at.timestamp() * 1000) - now_ms)
-        idem = IdemRef(env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key, ttl_ms=ttl_ms)
+        idem = IdemRef(env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key, ttl_ms=_idem_ttl_ms(s, now_ms))
     result = buffer.accept(
         run_id=s.id, env_id=env.env_id, org_id=env.org_id, snapshot=to_snapshot(s), now_ms=now_ms,
         idempotency=idem, max_per_env=cfg.MAX_BUFFERED_PER_ENV,
@@ -442,19 +450,17 @@ def _accept(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: Any, *, now_ms: i
     return Triggered(s.id, False, "buffered")
 
 
-def _write(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: Any, *, now_ms: int, redis_up: bool) -> Triggered:
+def _write(
+    buffer: Buffer, env: EnvContext, s: Snapshot, cfg: MollifierSettings, *, now_ms: int, redis_up: bool
+) -> Triggered:
     """Pass through to Postgres; an outage diverts enrolled orgs into the buffer instead."""
     try:
         result = engine.trigger(s, now=s.created_at)
         if result.outcome == engine.Outcome.IDEMPOTENCY_CLASH:
             # Redis had no claim (lost, or Redis down) but Postgres holds the key: reuse it if allowed.
-            released = engine.release_idempotency_key(
-                env.env_id, s.task_identifier, s.idempotency_key or "", now=s.created_at,
-                statuses=REUSABLE_KEY_STATUSES,
-            )  # fmt: skip
-            if not released:
-                return Triggered(result.existing_run_id or s.id, True, "cached")
-            result = engine.trigger(s, now=s.created_at)
+            result = engine.resolve_key_clash(
+                s, result, now=s.created_at, policy=engine.ClashPolicy.ANSWER_HOLDER, buffered=False
+            )
             if result.outcome == engine.Outcome.IDEMPOTENCY_CLASH:
                 return Triggered(result.existing_run_id or s.id, True, "cached")
         return Triggered(s.id, False, "direct")

@@ -1,4 +1,4 @@
-"""Routes of the trigger.dev v4 wire format (API.md §3)."""
+"""Routes of the trigger.dev v4 wire format (docs/api.md#endpoints)."""
 
 from django.urls import path
 

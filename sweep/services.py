@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
+from mollifier_project.clock import from_ms
 from sweep.models import StuckEntry, StuckKind
 
 
@@ -26,10 +27,6 @@ class Stuck:
 
     def age_ms(self, now_ms: int) -> int:
         return max(0, now_ms - self.accepted_ms)
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def record(found: Sequence[Stuck], *, shard: int, now: datetime) -> list[Stuck]:
@@ -50,7 +47,7 @@ def record(found: Sequence[Stuck], *, shard: int, now: datetime) -> list[Stuck]:
             env_id=s.env_id,
             shard=shard,
             kind=s.kind,
-            accepted_at=_dt(s.accepted_ms),
+            accepted_at=from_ms(s.accepted_ms),
             first_seen_at=now,
             last_seen_at=now,
             attempts=s.attempts,

@@ -1,4 +1,4 @@
-"""The operator admin (DESIGN §13) through the Django test client, against real Postgres."""
+"""The operator admin (docs/architecture.md#operator-admin) through the Django test client, against real Postgres."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input gets a clear JSON error naming the field, with the status API.md gives — and writes nothing."""
+"""Bad input gets a clear JSON error naming the field, with the status docs/api.md gives — and writes nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The run engine (DESIGN §4) against real Postgres: rows, outcomes, events, batches and races."""
+"""The run engine (docs/architecture.md#run-engine) against real Postgres: rows, outcomes, events, batches and races."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``manage.py mollifier_tenant`` and strict enrolment (DESIGN §3), against real Postgres."""
+"""``manage.py mollifier_tenant`` and strict enrolment (docs/architecture.md#domain-model), against real Postgres."""
 
 from __future__ import annotations
 

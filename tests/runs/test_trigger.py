@@ -1,4 +1,4 @@
-"""The trigger path's order and guarantees (DESIGN §5), through the HTTP API and real Redis/Postgres."""
+"""The trigger path's order and guarantees (docs/architecture.md#trigger-path), through the HTTP API and real Redis/Postgres."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def post(client, secret, body, **headers):
 
 def rate_count(buffer, env) -> int:
     """How many triggers the gate has counted for ``env`` (0 when it never evaluated one)."""
-    return int(buffer.client.hget(buffer.keys_for_org(env.org_id).rate(env.id), "count") or 0)
+    return int(buffer._client.hget(buffer.keys_for_org(env.org_id).rate(env.id), "count") or 0)
 
 
 def test_buffered_trigger_answers_with_an_id_and_parks_the_snapshot(client, tenant, buffer, mollifier_settings):
@@ -192,7 +192,7 @@ def test_a_key_claimed_by_a_trigger_still_in_flight_is_not_taken_over(client, te
     response = post(client, secret, {"options": {"idempotencyKey": "k-busy"}})
     assert response.status_code == 409
     assert response.headers["x-should-retry"] == "true"
-    assert not list(buffer.client.scan_iter(match=f"{buffer.prefix}:*:e:*"))
+    assert not list(buffer._client.scan_iter(match=f"{buffer.prefix}:*:e:*"))
 
 
 def test_a_claim_left_by_a_trigger_that_died_long_ago_is_taken_over(client, tenant, buffer, mollifier_settings):
@@ -219,7 +219,7 @@ def test_buffered_trigger_refuses_what_the_row_could_not_hold(
     response = post(client, secret, {"payload": "{}", "options": options})
     assert response.status_code in (400, 422)
     assert field in response.json()["error"]
-    assert not list(buffer.client.scan_iter(match=f"{buffer.prefix}:*:e:*"))
+    assert not list(buffer._client.scan_iter(match=f"{buffer.prefix}:*:e:*"))
 
 
 def test_nul_in_payload_is_refused_before_buffering(client, tenant, buffer, mollifier_settings):

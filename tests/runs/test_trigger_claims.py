@@ -1,5 +1,5 @@
 """A trigger carrying both a request key and an idempotency key claims them in one round trip; the
-results must be exactly those of claiming them one after the other (DESIGN §5 steps 3–4)."""
+results must be exactly those of claiming them one after the other (docs/architecture.md#trigger-path, steps 3–4)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def post(client, secret, idempotency_key, request_key):
 
 
 def claim_holder(buffer, t, kind, key):
-    return buffer.client.get(buffer.keys_for_org(t.org.id).claim(kind, t.env.id, "hello", key))
+    return buffer._client.get(buffer.keys_for_org(t.org.id).claim(kind, t.env.id, "hello", key))
 
 
 def test_retry_with_both_keys_returns_the_same_run_and_buffers_it_once(client, tenant, buffer):
