@@ -21,6 +21,7 @@ from statistics import median
 from django.db.models import Count
 
 from buffer.buffer import Buffer
+from mollifier_project.clock import now_ms
 from runs.models import RunStatus, TaskRun
 
 Say = Callable[[str], None]
@@ -104,19 +105,8 @@ def fire(port: int, tenants: list[Tenant], *, connections: int = 12) -> tuple[th
 
 
 def buffered_depth(buffer: Buffer) -> int:
-    """Entries waiting (queued or retrying) or in flight, over every shard."""
-    pipe = buffer.client.pipeline(transaction=False)
-    for shard in range(buffer.shards):
-        keys = buffer.keys(shard)
-        pipe.zcard(keys.leases)
-        pipe.zcard(keys.retry)
-    counts = pipe.execute()
-    queued = 0
-    for shard in range(buffer.shards):
-        for org in buffer.orgs(shard):
-            for env in buffer.envs(shard, org):
-                queued += buffer.depth(shard, env)
-    return queued + sum(counts)
+    """Entries waiting (queued or retrying) or in flight (leased), over every shard."""
+    return sum(s.depth + s.leased for s in buffer.shard_stats(now_ms=now_ms()))
 
 
 def rows_of(tenants: list[Tenant]) -> int:

@@ -33,6 +33,8 @@ INSTALLED_APPS = [
     "buffer",
     "drainer",
     "sweep",
+    "telemetry",
+    "demo",
 ]
 
 MIDDLEWARE = [
@@ -78,7 +80,7 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 MOLLIFIER = load_settings()
 
-# The API checks body sizes itself (413 naming the limit, API.md §4); Django's 2.5 MB cap would answer 400.
+# The API checks body sizes itself (413 naming the limit, docs/api.md#trigger-a-task); Django's 2.5 MB cap would answer 400.
 DATA_UPLOAD_MAX_MEMORY_SIZE = None
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -98,7 +100,7 @@ STATIC_URL = "static/"
 WHITENOISE_USE_FINDERS = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Celery: Redis as broker. Queues per DESIGN §2: drain, sweep, default.
+# Celery: Redis as broker. Queues per docs/architecture.md#processes-and-data-flow: drain, sweep, default.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
@@ -107,11 +109,11 @@ CELERY_TASK_ROUTES = {
     "drainer.*": {"queue": "drain"},
     "sweep.*": {"queue": "sweep"},
 }
-# One task at a time per process, so expired drain ticks are dropped rather than hoarded (DESIGN §8).
+# One task at a time per process, so expired drain ticks are dropped rather than hoarded (docs/architecture.md#drain).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
-# Beat entries exist only when their feature flag is on (DESIGN §8, §11): off means not scheduled at all.
+# Beat entries exist only when their feature flag is on (docs/architecture.md#drain, #stale-sweep): off means not scheduled at all.
 CELERY_BEAT_SCHEDULE = {}
 if MOLLIFIER.DRAINER_ENABLED:
     CELERY_BEAT_SCHEDULE["drain-fan-out"] = {
@@ -132,7 +134,7 @@ PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 if PROMETHEUS_MULTIPROC_DIR:
     Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
-# JSON lines by default: env, org and run ids travel as fields (DESIGN §12); LOG_FORMAT=plain for reading by eye.
+# JSON lines by default: env, org and run ids travel as fields (docs/architecture.md#telemetry); LOG_FORMAT=plain for reading by eye.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

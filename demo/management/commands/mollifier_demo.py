@@ -1,4 +1,4 @@
-"""``manage.py mollifier_demo [--hold]`` (``make demo``): the work is in ``runs.demo``."""
+"""``manage.py mollifier_demo [--hold]`` (``make demo``): the work is in ``demo.demo``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from runs.demo import DemoConfig, DemoError, run_demo
+from demo.demo import DemoConfig, DemoError, run_demo
 
 
 def _positive(text: str) -> int:
