@@ -1,4 +1,4 @@
--- wrk script for bench/trigger.py: POSTs a trigger body like the one @trigger.dev/sdk v4 sends (API.md §4)
+-- wrk script for bench/trigger.py: POSTs a trigger body like the one @trigger.dev/sdk v4 sends (docs/api.md#trigger-a-task)
 -- with the SDK's headers, and prints one machine-readable result line.
 --
 -- Arguments (after `--`): <secret> <nonce> <with_idempotency_key: 1|0>

@@ -1,4 +1,4 @@
-"""The one typed settings object for Mollifier (DESIGN §14).
+"""The one typed settings object for Mollifier (docs/architecture.md#settings).
 
 Every setting NAME is read once from the environment variable ``MOLLIFIER_<NAME>``. Values are parsed
 strictly: a bad value fails start-up with the variable's name in the message, because a drainer that
@@ -21,7 +21,7 @@ _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 class MollifierSettings(BaseModel):
-    """Immutable, validated settings. Attribute names are the DESIGN §14 names."""
+    """Immutable, validated settings. Attribute names are the docs/architecture.md#settings names."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

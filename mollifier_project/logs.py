@@ -1,6 +1,6 @@
 """One JSON object per log line, carrying the ``extra={...}`` fields (env_id, org_id, run_id, shard…).
 
-Metrics must not carry tenant ids (DESIGN §12), so the logs do: a line is searchable by any of its fields.
+Metrics must not carry tenant ids (docs/architecture.md#telemetry), so the logs do: a line is searchable by any of its fields.
 A small formatter rather than a dependency: all it needs is ``json.dumps`` of the record's own fields plus
 the standard ones, and owning it keeps the field names stable (``time``, ``level``, ``logger``,
 ``message``, then the extras, then ``exc_info``).

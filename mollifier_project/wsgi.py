@@ -1,4 +1,4 @@
-"""WSGI entry point: ``gunicorn mollifier_project.wsgi`` (sync workers; see DESIGN §2)."""
+"""WSGI entry point: ``gunicorn mollifier_project.wsgi`` (sync workers; see docs/architecture.md#processes-and-data-flow)."""
 
 import os
 

@@ -1,7 +1,7 @@
 """A real gunicorn serving the project, for tests that must go over HTTP (the SDK, chunked bodies).
 
 Django's ``runserver``/``live_server`` cannot be used: under them a chunked request body arrives empty
-(API.md §5b). The server uses the test database (tests using it need ``transaction=True`` so their rows
+(docs/api.md#stream-batch-items). The server uses the test database (tests using it need ``transaction=True`` so their rows
 are committed and visible to it) and the given ``MOLLIFIER_*`` overrides.
 """
 

@@ -1,4 +1,4 @@
-"""End to end (DESIGN §2, §15.1): a trigger storm over HTTP with the gate tripped, drained by a real Celery
+"""End to end (docs/architecture.md#processes-and-data-flow, #guarantees): a trigger storm over HTTP with the gate tripped, drained by a real Celery
 worker and beat, becomes exactly one row per answered run — within the time the drain benchmark predicts.
 
 Everything is a real process: gunicorn (2 sync workers) serving the API, ``celery -A mollifier_project

@@ -1,4 +1,4 @@
-"""The official @trigger.dev/sdk 4.8.3 against gunicorn serving Mollifier (API.md is the contract).
+"""The official @trigger.dev/sdk 4.8.3 against gunicorn serving Mollifier (docs/api.md is the contract).
 
 One server per module: the gate is on with a zero trip threshold, so every trigger of the enrolled org
 is buffered, while the non-enrolled org passes straight through to Postgres.
