@@ -1,10 +1,19 @@
 # The two commands are `make demo` and `make test` (README.md). Each creates .venv when the pinned
 # requirements change, makes sure Postgres and Redis answer (scripts/services.py), migrates, then runs.
 # Every target that talks to the services sources .data/services.env, which `services` writes, so all
-# of them use the same servers.
+# of them use the same servers. Command-line tools a target needs (promtool, npm, wrk) come from
+# scripts/provision.sh, which installs only what is missing (apt as root; otherwise it names the command).
 
-PYTHON ?= python3.11
+# The venv's interpreter: PYTHON=... if given, else the first of these on PATH that runs and is >= 3.11
+# (a pyenv shim for a version that is not active fails to run, and is skipped).
+PYTHON_CANDIDATES := python3.13 python3.12 python3.11 python3
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for p in $(PYTHON_CANDIDATES); do \
+	  "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { echo "$$p"; break; }; \
+	done)
+endif
 VENV := .venv
+PROVISION := bash scripts/provision.sh
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 WITH_SERVICES := . ./.data/services.env &&
@@ -18,11 +27,12 @@ METRICS_DIR := .data/prometheus
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PORT FLOWER_PORT
 
-.PHONY: venv sdk services services-stop migrate test demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep
+.PHONY: venv sdk test-tools services services-stop migrate test demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep
 
 venv: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || test -n "$(PYTHON)" || { echo "no Python >= 3.11 on PATH (tried $(PYTHON_CANDIDATES)); set PYTHON=..." >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
@@ -31,7 +41,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 SDK_STAMP := tests/sdk/node_modules/.package-lock.json
 sdk: $(SDK_STAMP)
 
-$(SDK_STAMP): tests/sdk/package-lock.json
+$(SDK_STAMP): tests/sdk/package-lock.json | test-tools
 	cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error
 
 services: venv
@@ -43,7 +53,11 @@ services-stop: venv
 migrate: services
 	$(WITH_SERVICES) $(PY) manage.py migrate --no-input
 
-test: migrate sdk
+# promtool for the alert-rule tests (tests/sweep/test_alert_rules.py), npm for the SDK tests.
+test-tools:
+	$(PROVISION) promtool npm
+
+test: test-tools migrate sdk
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: migrate
@@ -62,14 +76,18 @@ endif
 tenant: migrate
 	$(WITH_SERVICES) $(PY) manage.py mollifier_tenant --org "$(ORG)" --env "$(ENV)" --enrol
 
+# Contracts and mypy settings: pyproject.toml ([tool.importlinter], [tool.mypy]).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: migrate
 	$(WITH_SERVICES) $(PY) bench/materialise.py --rows $(ROWS)
 
 bench-trigger: migrate
+	$(PROVISION) wrk
 	$(WITH_SERVICES) $(PY) -m bench.trigger
 
 bench-drain: migrate

@@ -1,8 +1,8 @@
 """Is the drain fair under load? Light tenants' latency behind a heavy backlog, and Jain's index over equal orgs.
 
     python -m bench.fairness [--heavy 100000] [--light-envs 9] [--light-rate 50] [--seconds 10]
-                             [--orgs 10] [--backlog 60000] [--window 20] [--concurrency 2] [--set NAME=VALUE ...]
-                             [--only latency|jain]
+                             [--orgs 10] [--window 20] [--calibration-backlog 30000] [--safety 3] [--backlog N]
+                             [--concurrency 2] [--set NAME=VALUE ...] [--only latency|jain]
 
 Both parts run a real ``celery worker`` (prefork, ``--concurrency``) and ``celery beat`` with
 ``MOLLIFIER_DRAINER_ENABLED=true`` against ``<DATABASE_URL database>_bench`` (``bench._django``), a key
@@ -16,20 +16,30 @@ shard's drain lock, so the drain starts on a full buffer the moment the locks ar
     in Redis, so the resolution is ≈20 ms). ``materialised_at`` − accept time is shown as a cross-check
     (it is the round's start, so it reads a little low). The heavy backlog left when the light triggers
     stop shows they competed with it all along.
-(2) Fairness. ``--orgs`` orgs (one env each) with ``--backlog`` queued entries each; the rows written
-    per org are counted over ``--window`` seconds once draining has begun, and Jain's index is
-    (Σx)² / (n·Σx²) — 1.0 when every org got the same. Every org must still have a backlog at the end of
-    the window (else the demand was not equal and the run says so). Within a shard the rounds split
-    evenly; across shards the share moves in whole shard tasks (up to ``DRAIN_TIME_BUDGET_MS`` each), so
-    the window must span several fan-out rotations (10 busy shards ÷ 2 processes × 2 s ≈ 10 s): 20 s by
-    default. The backlog entries are minimal snapshots (only their count matters here).
+(2) Fairness. ``--orgs`` orgs (one env each) with equal backlogs; the rows written per org are counted
+    over ``--window`` seconds once draining has begun, and Jain's index is (Σx)² / (n·Σx²) — 1.0 when
+    every org got the same. It only means something under equal demand: every org must have a backlog
+    from the first to the last moment of the window, and how big that must be depends on how fast this
+    machine drains. So the run measures that first (``calibrate``): one org per worker process, on
+    distinct shards, with ``--calibration-backlog`` entries each, drained by a worker of its own; the
+    rate R is the rows written from the first row until a queue runs dry (at most ``CALIBRATE_S``).
+    Each org then gets ``--safety`` × its fair share of the window, ⌈safety × R / orgs × window⌉
+    entries (but no more than 1.5 × one process's share R / processes × window, the most one shard
+    can drain) — ``--backlog N`` sets the figure instead — parked before that drain starts. An org
+    whose queue is empty at the end of the window ran out inside it: the Jain figure is then reported
+    as INVALID and the run exits with status 1. Within a shard the rounds split evenly; across shards
+    the share moves in whole shard tasks (up to ``DRAIN_TIME_BUDGET_MS`` each), so the window must span
+    several fan-out rotations (10 busy shards ÷ 2 processes × 2 s ≈ 10 s): 20 s by default. The
+    backlog entries are minimal snapshots (only their count matters here).
 
-The last line is machine-readable: ``light_p50_ms=<x> light_p99_ms=<y> jain=<z>``.
+The last line is machine-readable: ``light_p50_ms=<x> light_p99_ms=<y> jain=<z>`` (``jain=invalid``
+when an org ran out of backlog inside the window).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import threading
@@ -46,6 +56,8 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 from bench._django import add_worker_arguments, parse_settings, setup_django
 
 POLL_S = 0.02
+CALIBRATE_S = 5.0  # longest calibration of the drain rate (it stops sooner when a queue runs dry)
+FIRST_ROW_TIMEOUT_S = 60.0  # from releasing the shard locks to the first row
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -55,15 +67,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--light-rate", type=float, default=50.0, help="triggers per second per light env")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long the light envs trigger")
     parser.add_argument("--orgs", type=int, default=10, help="orgs with equal demand for Jain's index")
-    parser.add_argument("--backlog", type=int, default=60_000, help="entries queued per org for Jain's index")
     parser.add_argument("--window", type=float, default=20.0, help="seconds over which rows per org are counted")
+    parser.add_argument(
+        "--calibration-backlog", type=int, default=30_000,
+        help="entries parked per calibration org (one per worker process) to measure the drain rate",
+    )  # fmt: skip
+    parser.add_argument(
+        "--safety", type=float, default=3.0,
+        help="backlog per org at the window's start, in multiples of its fair share of the measured rate",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backlog", type=int, default=None,
+        help="backlog per org at the window's start (default: sized from the measured drain rate)",
+    )  # fmt: skip
     add_worker_arguments(parser)
     parser.add_argument("--only", choices=("latency", "jain"), default=None, help="run one part only")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
-    for name in ("heavy", "light_envs", "orgs", "backlog", "concurrency"):
+    for name in ("heavy", "light_envs", "orgs", "calibration_backlog", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.backlog is not None and args.backlog < 1:
+        parser.error("--backlog must be at least 1")
+    if args.safety < 1:
+        parser.error("--safety must be at least 1")
     for name in ("light_rate", "seconds", "window"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -235,8 +262,62 @@ def measure_latency(ctx: Context) -> dict[str, Any]:
     }
 
 
+def calibrate(ctx: Context, envs: Sequence[Any]) -> dict[str, Any]:
+    """The drain rate (rows/s) with every worker process busy, measured on this machine, in this run.
+
+    One org per worker process, on distinct shards (a shard is drained by one process at a time), gets
+    ``--calibration-backlog`` entries, parked while the shard locks are held; a worker of its own then
+    drains them, and the rate is the rows written from the first row until an org's queue runs dry (or
+    ``CALIBRATE_S``), so every process had work all along. The window's orgs can keep no more processes
+    busy than that, so it is their total rate too.
+    """
+    from bench import _drainer as support
+    from runs.models import TaskRun
+
+    args = ctx.args
+    prefix = support.unique_prefix("fair-cal")
+    buffer = ctx.buffer(prefix)
+    picked: dict[int, Any] = {}  # shard → env
+    for env in envs:
+        picked.setdefault(buffer.shard_for(env.org_id), env)
+    envs = list(picked.values())[: args.concurrency]
+    org_ids = [env.org_id for env in envs]
+    support.truncate_runs()
+    celery = None
+    try:
+        hold = support.ShardHold(buffer)
+        for env in envs:
+            support.fill(
+                buffer, support.small_snapshots(env, args.calibration_backlog, now_ms=wall_ms()), now_ms=wall_ms()
+            )
+        celery = ctx.start_drain(prefix)
+        hold.release()
+        rows = TaskRun.objects.filter(org_id__in=org_ids)
+        deadline = time.monotonic() + FIRST_ROW_TIMEOUT_S
+        while not rows.exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"jain: calibration wrote no row {FIRST_ROW_TIMEOUT_S:g} s after the drain started")
+            time.sleep(0.01)
+        start, before = time.monotonic(), rows.count()
+        while time.monotonic() - start < CALIBRATE_S and all(
+            buffer.depth(buffer.shard_for(env.org_id), env.id) for env in envs
+        ):
+            time.sleep(POLL_S)
+        seconds, written = time.monotonic() - start, rows.count() - before
+        ctx.check_logs(celery, "jain calibration")
+    finally:
+        if celery is not None:
+            celery.stop()
+        support.delete_prefix(ctx.client, prefix)
+        support.truncate_runs()
+    if written <= 0:
+        raise SystemExit(f"jain: calibration wrote no row in {seconds:.2f} s")
+    return {"rate": written / seconds, "seconds": seconds, "processes": len(envs)}
+
+
 def measure_jain(ctx: Context) -> dict[str, Any]:
-    """Part (2): rows per org over a window while every org has the same, ample backlog."""
+    """Part (2): rows per org over a window while every org has the same, ample backlog — sized from the
+    drain rate ``calibrate`` measured just before."""
     from django.db.models import Count
 
     from bench import _drainer as support
@@ -245,6 +326,13 @@ def measure_jain(ctx: Context) -> dict[str, Any]:
     args = ctx.args
     envs = support.ensure_tenants("bench-fair-jain", orgs=args.orgs, envs=args.orgs)
     org_ids = [env.org_id for env in envs]
+    cal = calibrate(ctx, envs)
+    rate = cal["rate"]
+    if args.backlog is not None:
+        backlog = args.backlog
+    else:  # an org's fair share of the window, `safety` times over; no org outruns one worker process
+        per_org = min(args.safety * rate / args.orgs, 1.5 * rate / cal["processes"])
+        backlog = math.ceil(per_org * args.window)
     prefix = support.unique_prefix("fair-jain")
     buffer = ctx.buffer(prefix)
     support.truncate_runs()
@@ -257,11 +345,16 @@ def measure_jain(ctx: Context) -> dict[str, Any]:
 
     try:
         hold = support.ShardHold(buffer)
+        fill_start = time.monotonic()
         for env in envs:
-            support.fill(buffer, support.small_snapshots(env, args.backlog, now_ms=wall_ms()), now_ms=wall_ms())
+            support.fill(buffer, support.small_snapshots(env, backlog, now_ms=wall_ms()), now_ms=wall_ms())
+        fill_seconds = time.monotonic() - fill_start
         celery = ctx.start_drain(prefix)
         hold.release()
+        deadline = time.monotonic() + FIRST_ROW_TIMEOUT_S
         while not TaskRun.objects.exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"jain: no row written {FIRST_ROW_TIMEOUT_S:g} s after the drain started")
             time.sleep(0.01)
         before = counts()
         time.sleep(args.window)
@@ -276,11 +369,19 @@ def measure_jain(ctx: Context) -> dict[str, Any]:
     drained = {org: after[org] - before[org] for org in org_ids}
     dry = [org for org in org_ids if left[org] == 0]
     if dry:
-        ctx.failures.append(f"jain: orgs {dry} ran out of backlog inside the window; demand was not equal")
+        ctx.failures.append(
+            f"jain: orgs {dry} ran out of backlog inside the window, so demand was not equal and the Jain "
+            f"index is INVALID (backlog {backlog:,} per org from {rate:,.0f} rows/s; raise --safety or --backlog)"
+        )
     return {
         "per_org": [(org, buffer.shard_for(org), drained[org], left[org]) for org in org_ids],
         "jain": jain(list(drained.values())),
+        "valid": not dry,
         "rate": sum(drained.values()) / args.window,
+        "calibration": cal,
+        "backlog": backlog,
+        "sized": args.backlog is None,
+        "fill_seconds": fill_seconds,
     }
 
 
@@ -315,20 +416,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'  p50 / p99 ms by materialised_at':<46} {lat['picked_p50']:>5.0f} / {lat['picked_p99']:>4.0f}")
         print(f"{'  heavy backlog left when they stopped':<46} {lat['heavy_left']:>12,} of {args.heavy:,}")
     if fair:
-        print(f"{'equal orgs: rows per org':<46} {f'{args.window:g} s window':>12}")
+        cal = fair["calibration"]
+        how = f"{args.safety:g} × the fair share × {args.window:g} s" if fair["sized"] else "--backlog"
+        print(f"{'equal orgs: calibration, rows/s':<46} {cal['rate']:>12,.0f} "
+              f"({cal['processes']} busy shard(s), {cal['seconds']:.2f} s)")  # fmt: skip
+        print(f"{'  backlog per org':<46} {fair['backlog']:>12,} ({how}; parked in {fair['fill_seconds']:.1f} s)")
+        print(f"{'  rows per org':<46} {f'{args.window:g} s window':>12}")
         for org, shard, n, left in fair["per_org"]:
             print(f"  org {org:<7} shard {shard:<3} {n:>10,} rows {n / args.window:>8,.0f}/s {left:>8,} left")
         print(f"{'  all orgs, rows/s':<46} {fair['rate']:>12,.0f}")
-        print(f"{'  Jain index':<46} {fair['jain']:>12.4f}")
+        jain_text = f"{fair['jain']:.4f}" if fair["valid"] else f"{fair['jain']:.4f} INVALID (an org ran dry)"
+        print(f"{'  Jain index':<46} {jain_text:>12}")
     for failure in ctx.failures:
         print(f"!! {failure}")
     parts = []
     if lat:
         parts += [f"light_p50_ms={lat['p50']:.0f}", f"light_p99_ms={lat['p99']:.0f}"]
     if fair:
-        parts.append(f"jain={fair['jain']:.4f}")
-    print(" ".join(parts))
-    return 1 if ctx.failures else 0
+        parts.append(f"jain={fair['jain']:.4f}" if fair["valid"] else "jain=invalid")
+    print(" ".join(parts), flush=True)
+    if ctx.failures:
+        print(f"bench/fairness.py: FAILED, {len(ctx.failures)} check(s) above (!!)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

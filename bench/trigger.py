@@ -91,8 +91,8 @@ def require_wrk() -> str:
     path = shutil.which("wrk")
     if path is None:
         raise SystemExit(
-            "bench/trigger.py needs the wrk load generator: `apt-get install -y wrk` (Debian/Ubuntu) "
-            "or `brew install wrk` (macOS)"
+            "bench/trigger.py needs the wrk load generator: `make bench-trigger` provisions it "
+            "(scripts/provision.sh wrk), or `brew install wrk` on macOS"
         )
     return path
 
@@ -274,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runs.tenants import ensure_tenant, issue_api_key, revoke_keys
 
     buffer = Buffer.from_settings()
-    redis_client = buffer.client
+    redis_client = buffer._client
 
     def flush() -> None:
         """Empty this invocation's buffer keys and the run table (a dedicated bench database)."""

@@ -1,4 +1,4 @@
-"""``StuckEntry``: one row per buffered run the stale sweep found stuck (DESIGN §11, §13).
+"""``StuckEntry``: one row per buffered run the stale sweep found stuck (docs/architecture.md#stale-sweep, #operator-admin).
 
 Written only by ``sweep.services`` (upserted each time the sweep sees the entry, resolved once it has
 drained); the operator admin lists the unresolved ones.
