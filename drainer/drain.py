@@ -46,11 +46,11 @@ from typing import Any
 
 from buffer.buffer import Buffer, Entry
 from drainer import fairness, metrics, telemetry
-from drainer.errors import Failure, classify
 from drainer.limits import DrainLimits
 from drainer.report import Report
 from mollifier_project.clock import from_ms, now_ms
 from runs import engine
+from runs.db_errors import Failure, classify
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot, normalise_tags
 
 log = logging.getLogger(__name__)

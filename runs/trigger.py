@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError
 
 from buffer import gate
 from buffer.buffer import (
@@ -44,6 +44,7 @@ from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
 from runs import engine, ids
 from runs.auth import EnvContext
+from runs.db_errors import Failure, classify
 from runs.durations import DurationError, idempotency_ttl, parse_delay, parse_ttl
 from runs.locate import Where, locate
 from runs.models import MAX_TAGS
@@ -466,10 +467,15 @@ def _write(
         return Triggered(s.id, False, "direct")
     except engine.InvalidRun as exc:
         raise Unprocessable(str(exc)) from None
-    except (OperationalError, InterfaceError) as exc:
+    except DatabaseError as exc:
+        # Any database failure is a retryable JSON 503, never Django's HTML 500. One that means Postgres
+        # cannot take writes for a while (unreachable, read-only, disk full…: ``db_errors.OUTAGE``) diverts
+        # an enrolled org's trigger into the buffer instead: an outage must not turn into failed triggers.
         engine.discard_connection()
-        if not (env.enrolled and redis_up):
-            raise Unavailable("The database is unavailable; retry shortly.") from exc
+        if classify(exc) is not Failure.OUTAGE or not (env.enrolled and redis_up):
+            raise Unavailable(
+                "The database is unavailable; retry shortly.", headers={"x-should-retry": "true"}
+            ) from exc
         log.warning("postgres unavailable, buffering", extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_postgres_diversion()
         return _accept(buffer, env, s, cfg, now_ms=now_ms)

@@ -1,8 +1,12 @@
-"""Which database failures the drain retries, and how (the outcome table in docs/architecture.md#drain-outcomes).
+"""What a database failure means for the caller: one classification for the drain and the trigger path
+(the outcome table in docs/architecture.md#drain-outcomes).
 
-- ``OUTAGE``: Postgres is unreachable (connection refused/reset, server shutting down, pool timeout).
-  The whole round goes back to the queue head with attempts unchanged and the shard backs off: an
-  outage must never burn attempts or turn into SYSTEM_FAILURE rows.
+- ``OUTAGE``: Postgres cannot take writes for a while — unreachable (connection refused/reset, server
+  shutting down, pool timeout, too many connections), read-only (a failover onto a demoted primary or a
+  standby, 25006), out of resources (class 53: disk full, out of memory) or failing I/O (class 58). The
+  drain releases the whole round with attempts unchanged and backs off; the trigger path diverts into
+  the buffer (enrolled orgs) or answers 503. Nothing about the entries is wrong, so an outage must never
+  burn attempts, write SYSTEM_FAILURE rows or dead-letter anything.
 - ``RETRY``: a transient conflict (deadlock, serialization failure, lock or statement timeout). The
   entries are requeued with backoff and attempts + 1.
 - ``FATAL``: anything else (bad data, integrity error, a bug). Retrying cannot help; the entry becomes
@@ -25,8 +29,9 @@ class Failure(StrEnum):
 
 
 # SQLSTATE classes/codes: 08 connection exception; 57P01-03 admin/crash shutdown, cannot connect now;
-# 53300 too many connections.
-_OUTAGE_CODES = ("08", "57P01", "57P02", "57P03", "53300")
+# 25006 read-only transaction; 53 insufficient resources (53100 disk full, 53200 out of memory, 53300 too
+# many connections, 53400 configuration limit); 58 system / I/O error (58000, 58030).
+_OUTAGE_CODES = ("08", "57P01", "57P02", "57P03", "25006", "53", "58")
 # 40001 serialization_failure, 40P01 deadlock_detected, 55P03 lock_not_available, 57014 query_canceled.
 _RETRY_CODES = ("40001", "40P01", "55P03", "57014")
 
