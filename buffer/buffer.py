@@ -516,6 +516,19 @@ class Buffer:
             == 1
         )
 
+    def redrive(
+        self, shard: int, *, now_ms: int, limit: int, env_id: int | None = None, run_ids: Sequence[str] = ()
+    ) -> tuple[int, int]:
+        """Dead letters back to their queue heads with attempts reset (``lua/redrive.lua``): the given
+        ``run_ids``, else up to ``limit`` of the shard's longest-dead (of ``env_id`` only, if given).
+        Returns ``(redriven, skipped)``; skipped ids were not DEAD any more."""
+        _require("limit", limit, 1)
+        k = self.keys(shard)
+        redriven, skipped = self._scripts.redrive(
+            keys=[k.dead, k.orgs], args=[k.base, now_ms, limit, "" if env_id is None else env_id, *run_ids]
+        )
+        return int(redriven), int(skipped)
+
     def round_candidates(self, shard: int, *, max_orgs: int) -> RoundCandidates:
         """The next round's envs — up to ``max_orgs`` orgs after the org cursor, one env each after its env
         cursor, with their depths — in one script call that also advances the cursors (``lua/candidates.lua``)."""

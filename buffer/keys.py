@@ -11,12 +11,12 @@ Glossary (``B`` = ``<KEY_PREFIX>:{m<k>}:``):
 key                                            type    holds / written by
 =============================================  ======  ==============================================================
 ``B orgs``                                     SET     orgs of the shard with a non-empty queue. accept, lease, ack,
-                                                       promote_due, release, dead_letter (kept equal to queue
+                                                       promote_due, release, dead_letter, redrive (kept equal to queue
                                                        presence by every script)
 ``B org:<org>:envs``                           SET     envs of that org with a non-empty queue. same scripts
 ``B q:<env>``                                  LIST    run ids waiting, FIFO (RPUSH tail, LPOP head; promote_due and
                                                        release push back to the head). accept, lease, ack,
-                                                       promote_due, release, dead_letter
+                                                       promote_due, release, dead_letter, redrive
 ``B e:<run>``                                  HASH    the entry (fields below). accept creates it; lease, ack,
                                                        requeue, promote_due, reclaim_expired, release, dead_letter,
                                                        cancel, append_tags update it. No TTL except once ACKED.
@@ -24,7 +24,8 @@ key                                            type    holds / written by
                                                        reclaim_expired, release, dead_letter
 ``B retry``                                    ZSET    run id → not-before ms (requeued, waiting out a backoff).
                                                        requeue, reclaim_expired, promote_due, ack, dead_letter
-``B dead``                                     ZSET    run id → dead-letter time ms, kept for operators. dead_letter
+``B dead``                                     ZSET    run id → dead-letter time ms, kept for operators. dead_letter,
+                                                       redrive, ack
 ``B idem:<env>:<b64u(task)>:<b64u(key)>``      STRING  run id holding a task-level idempotency key (PX = key TTL).
                                                        accept, claim, release_claim
 ``B req:<env>:<b64u(task)>:<b64u(key)>``       STRING  run id for a request-level idempotency key (client retries).

@@ -58,6 +58,7 @@ class Scripts:
     shard_stats: Script
     candidates: Script
     open_circuit: Script
+    redrive: Script
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
