@@ -106,6 +106,7 @@ class AcceptResult:
 class AckResult:
     count: int  # entries that became ACKED
     cancelled: list[tuple[str, int, str | None]] = field(default_factory=list)  # (run id, cancelled_at ms, reason)
+    tagged: list[tuple[str, list[str]]] = field(default_factory=list)  # (run id, every tag appended while buffered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,15 +469,18 @@ class Buffer:
         ]
 
     def ack(self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int) -> AckResult:
-        """Rows committed: entries become ACKED with a ``grace_ms`` TTL. Returns how many changed and
-        which of them carry a cancel flag (their rows must be cancelled: the flag came too late)."""
+        """Rows committed: entries become ACKED with a ``grace_ms`` TTL. Returns how many changed, which of
+        them carry a cancel flag (their rows must be cancelled: the flag came too late) and which carry
+        appended tags (the rows must have them: they may have come too late too)."""
         _require("grace_ms", grace_ms, 0)
         if not run_ids:
             return AckResult(0)
         k = self.keys(shard)
         reply = self._scripts.ack(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, grace_ms, *run_ids])
-        flagged = [(reply[i], int(reply[i + 1]), reply[i + 2] or None) for i in range(1, len(reply), 3)]
-        return AckResult(int(reply[0]), flagged)
+        groups = [reply[i : i + 4] for i in range(1, len(reply), 4)]
+        cancelled = [(run, int(at), reason or None) for run, at, reason, _ in groups if at]
+        tagged = [(run, _extra_tags(tags)) for run, _, _, tags in groups if tags]
+        return AckResult(int(reply[0]), cancelled, tagged)
 
     def requeue(self, shard: int, run_id: str, *, now_ms: int, delay_ms: int, error: str) -> int | None:
         """A retryable failure: attempts + 1, wait in ``retry`` until ``now_ms + delay_ms``.

@@ -254,9 +254,28 @@ def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], limits:
         if state.acks:
             acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=limits.ack_grace_ms)
             _cancel_late(acked.cancelled)
+            _tag_late(acked.tagged, {e.run_id: e for e in entries}, now_ms=now_ms)
     # Telemetry only (counters, dwell, drain rate, per-env log lines); never changes the round's result.
     telemetry.record_round(buffer, shard=shard, report=state.report, entries=entries, acked=state.acks, now_ms=now_ms)
     return state.report
+
+
+def _tag_late(tagged: list[tuple[str, list[str]]], leased: dict[str, Entry], *, now_ms: int) -> None:
+    """Tags appended after this round leased its entries — while leased, or after the lease expired and a
+    reclaim made the entry QUEUED again (its client was told 200) — are missing from the rows just written:
+    add them now. Tags the round already had are in the rows."""
+    for run_id, tags in tagged:
+        entry = leased.get(run_id)
+        late = [tag for tag in tags if entry is None or tag not in entry.extra_tags]
+        if not late or entry is None:
+            continue
+        try:
+            outcome, _ = engine.add_tags(run_id, entry.env_id, late, now=from_ms(now_ms))
+        except Exception:  # logged; the entry is acked and the rest of the round stands
+            log.exception("could not apply the late tags of run %s", run_id, extra=_ids(entry))
+            continue
+        if outcome is not engine.TagsOutcome.ADDED:
+            log.warning("late tags of run %s not applied: %s", run_id, outcome.value, extra=_ids(entry))
 
 
 def _cancel_late(flagged: list[tuple[str, int, str | None]]) -> None:

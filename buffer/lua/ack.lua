@@ -10,11 +10,13 @@ ARGV[2]  now_ms (stored as acked_ms)
 ARGV[3]  grace_ms: how long the acked hash stays readable (0 deletes it at once)
 ARGV[4…] run ids
 
-Returns {n, run, cancelled_at, cancel_reason, run, …}: n = how many entries became ACKED (already-acked
-or missing ids are not counted), then each of those entries that carries a cancel flag. A cancel that
-landed while the entry was leased came too late for the row just written, which is live: the caller
-cancels those rows (cancel wins, docs/architecture.md#guarantees). Reading the flag in the same script as the ack means
-no cancel can slip between the two: a later cancel sees ACKED and goes to Postgres itself.
+Returns {n, run, cancelled_at, cancel_reason, extra_tags, run, …}: n = how many entries became ACKED
+(already-acked or missing ids are not counted), then each of those entries that carries a cancel flag or
+appended tags ("" where absent). A cancel or tags that landed while the entry was leased — or after its
+lease expired and it was reclaimed, while a slow drainer was still writing it — came too late for the row
+just written: the caller cancels those rows (cancel wins, docs/architecture.md#guarantees) and adds the
+tags the row lacks. Reading both in the same script as the ack means no mutation can slip between the
+two: a later one sees ACKED and goes to Postgres itself.
 Guarantees: each entry leaves leases (and, if a reclaim raced the drain, retry or its queue, keeping the
 org/env sets equal to queue presence); its hash stays with status ACKED, materialised 1 and a TTL of
 grace_ms, so a read that raced the drain still finds it and a re-accept of the same run id is refused
@@ -47,11 +49,12 @@ for i = 4, #ARGV do
     redis.call('ZREM', dead, run)
     redis.call('HSET', entry, 'status', 'ACKED', 'materialised', 1, 'acked_ms', now)
     redis.call('HDEL', entry, 'lease_until_ms')
-    local flag = redis.call('HMGET', entry, 'cancelled_at', 'cancel_reason')
-    if flag[1] then
+    local flag = redis.call('HMGET', entry, 'cancelled_at', 'cancel_reason', 'extra_tags')
+    if flag[1] or flag[3] then
       table.insert(cancelled, run)
-      table.insert(cancelled, flag[1])
+      table.insert(cancelled, flag[1] or '')
       table.insert(cancelled, flag[2] or '')
+      table.insert(cancelled, flag[3] or '')
     end
     if grace > 0 then
       redis.call('PEXPIRE', entry, grace)

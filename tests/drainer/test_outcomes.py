@@ -233,3 +233,24 @@ def test_two_drain_tasks_on_one_shard_the_lock_admits_one(buffer, park, env):
         park(SnapshotFactory(env=env))
         assert task.run(0) == {"shard": 0, "locked": True}
         assert buffer.depth(0, env.id) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tags_added_after_a_stale_lease_was_reclaimed_reach_the_row_a_slow_drainer_writes(buffer, park, cfg, env):
+    """A slow drainer's lease expires; the entry is reclaimed (QUEUED again) and gets a tag (the client is told
+    200); then the slow drainer commits the snapshot it leased, without the tag, and acks. The tag must
+    reach the row anyway."""
+    snap = SnapshotFactory(env=env, tags=["first"])
+    park(snap, now_ms=1_000)
+    limits = DrainLimits.from_settings(cfg)
+    (stale,) = buffer.lease(0, org_id=env.org_id, env_id=env.id, n=1, now_ms=1_000, lease_ms=limits.lease_ms)
+    later = 1_000 + limits.lease_ms + 1
+    assert buffer.reclaim_expired(0, now_ms=later, limit=10) == [(snap.id, 1)]
+    assert buffer.promote_due(0, now_ms=later, limit=10) == 1
+    assert buffer.append_tags(snap.id, org_id=env.org_id, env_id=env.id, tags=["late"], max_tags=10).status == "QUEUED"
+
+    report = drain.materialise(buffer, shard=0, entries=[stale], limits=limits, now_ms=later + 5)
+
+    assert report.created == 1
+    assert TaskRun.objects.get(id=snap.id).tags == ["first", "late"]
+    assert entry(buffer, snap.id, env).status == "ACKED"
