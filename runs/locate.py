@@ -2,13 +2,17 @@
 
 A run id answered to a client is, at any moment, in one of these places (docs/architecture.md#where-a-run-is):
 
-* ``ROW``: its ``TaskRun`` row exists in the caller's env (Postgres is asked first: it is the truth once
-  written, and most runs are rows);
+* ``ROW``: its ``TaskRun`` row exists in the caller's env (the truth once written);
 * ``BUFFERED``: its buffer entry exists in the caller's env and is QUEUED, LEASED or DEAD (``entry.status``
   says which: a LEASED entry is being materialised right now);
-* ``IN_FLIGHT``: the entry is ACKED — its row committed — but the row is not visible to us yet (looked up
-  once more after the entry was read): the caller may retry;
+* ``IN_FLIGHT``: the entry is ACKED — its row committed — but the row is not visible to us: the caller may
+  retry;
 * ``NOWHERE``: neither (never created, created in another env, or long gone).
+
+The buffer is read first, then Postgres: a row is written before its entry is acked, so a row committed
+between the two reads is still found, and when Postgres is down (``db_errors.OUTAGE``) a run whose entry is
+live (QUEUED, LEASED, DEAD) is answered from the entry alone — a client retrying a keyed trigger during an
+outage gets its buffered run back instead of a 503 (and then a duplicate). Other runs re-raise the error.
 
 Tenancy: a row or entry of another env is ``NOWHERE``, never an error — the API answers 404.
 """
@@ -19,8 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from django.db import DatabaseError
+
 from buffer.buffer import Buffer, Entry, EntryStatus
+from runs import engine
 from runs.auth import EnvContext
+from runs.db_errors import Failure, classify
 from runs.models import TaskRun
 
 
@@ -65,25 +73,30 @@ def locate_many(
     snapshot: bool = True,
     row_fields: Sequence[str] | None = None,
 ) -> dict[str, Located]:
-    """``locate`` for several runs of one env: one query for the rows, one Redis round trip for the rest,
-    and one more query for the entries found ACKED."""
-    rows = _rows(env, run_ids, row_fields)
-    found: dict[str, Located] = {run_id: Located(Where.ROW, row=row) for run_id, row in rows.items()}
-    rest = [run_id for run_id in dict.fromkeys(run_ids) if run_id not in found]
-    entries = buffer.get_many(rest, org_id=env.org_id, snapshot=snapshot) if rest else []
-    acked: list[tuple[str, Entry]] = []
-    for run_id, entry in zip(rest, entries, strict=True):
-        if entry is None or entry.env_id != env.env_id:
+    """``locate`` for several runs of one env: one Redis round trip for the entries, then one query for the
+    rows."""
+    ids = list(dict.fromkeys(run_ids))
+    entries = dict(zip(ids, buffer.get_many(ids, org_id=env.org_id, snapshot=snapshot), strict=True)) if ids else {}
+    mine = {run_id: e for run_id, e in entries.items() if e is not None and e.env_id == env.env_id}
+    try:
+        rows = _rows(env, ids, row_fields)
+    except DatabaseError as exc:
+        live = all(run_id in mine and mine[run_id].status is not EntryStatus.ACKED for run_id in ids)
+        if classify(exc) is not Failure.OUTAGE or not live:
+            raise
+        engine.discard_connection()
+        return {run_id: Located(Where.BUFFERED, entry=mine[run_id]) for run_id in ids}
+    found: dict[str, Located] = {}
+    for run_id in ids:
+        row, entry = rows.get(run_id), mine.get(run_id)
+        if row is not None:
+            found[run_id] = Located(Where.ROW, row=row)
+        elif entry is None:
             found[run_id] = NOWHERE
         elif entry.status is EntryStatus.ACKED:
-            acked.append((run_id, entry))
+            found[run_id] = Located(Where.IN_FLIGHT, entry=entry)
         else:
             found[run_id] = Located(Where.BUFFERED, entry=entry)
-    if acked:  # the row committed between our two reads, or is about to be visible: look once more
-        late = _rows(env, [run_id for run_id, _ in acked], row_fields)
-        for run_id, entry in acked:
-            row = late.get(run_id)
-            found[run_id] = Located(Where.ROW, row=row) if row else Located(Where.IN_FLIGHT, entry=entry)
     return found
 
 

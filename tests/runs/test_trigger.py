@@ -240,3 +240,33 @@ def test_dead_lettered_run_reads_as_system_failure_not_queued_forever(client, te
     run = client.get(f"/api/v3/runs/{run_id}", HTTP_AUTHORIZATION=f"Bearer {secret}").json()
     assert (run["status"], run["isCompleted"], run["isFailed"]) == ("SYSTEM_FAILURE", True, True)
     assert run["error"]["message"] == "env gone"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_postgres_down_a_retried_keyed_trigger_gets_its_buffered_run_back(client, key_prefix, mollifier_settings):
+    """The holder of the key sits in the buffer and Postgres is down: a same-key trigger answers it as cached,
+    and a retry of the same request answers the same run — not a 503 after which the client triggers again."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)  # every trigger of the enrolled org is buffered
+    tenant = ensure_tenant("keyed-outage", "dev", enrol=True)
+    secret = issue_api_key(tenant.env)[1]
+    auth.clear_cache()
+    body = {"payload": "{}", "options": {"idempotencyKey": "order-42"}}
+    first = post(client, secret, body, HTTP_X_TRIGGER_REQUEST_IDEMPOTENCY_KEY="req-1")
+    assert first.status_code == 200 and first.json()["isCached"] is False
+    run_id = first.json()["id"]
+
+    saved = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # nothing listens there: Postgres is "down"
+    try:
+        same_key = post(client, secret, body, HTTP_X_TRIGGER_REQUEST_IDEMPOTENCY_KEY="req-2")
+        retried = post(client, secret, body, HTTP_X_TRIGGER_REQUEST_IDEMPOTENCY_KEY="req-1")
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = saved
+
+    assert same_key.status_code == 200, same_key.content
+    assert same_key.json() == {"id": run_id, "isCached": True}
+    assert retried.status_code == 200, retried.content
+    assert retried.json()["id"] == run_id
+    assert Buffer.from_settings().depth(Buffer.from_settings().shard_for(tenant.org.id), tenant.env.id) == 1
