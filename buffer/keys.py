@@ -32,14 +32,15 @@ key                                            type    holds / written by
                                                        claim, release_claim
 ``B rate:<env>``                               HASH    gate fixed window: ``window`` (start ms), ``count``. trip
 ``B tripped:<env>``                            STRING  ms until which the env is tripped. trip
-``B cursor:orgs``                              STRING  drain fairness cursor over the shard's orgs. drainer
-``B cursor:envs``                              HASH    org → drain fairness cursor over its envs. drainer
+``B cursor:orgs``                              STRING  drain fairness cursor over the shard's orgs. candidates
+``B cursor:envs``                              HASH    org → drain fairness cursor over its envs. candidates
 ``B drain:lock``                               STRING  owner token of the shard task draining the shard (NX PX).
-                                                       drainer (redis-py Lock)
-``B drain:circuit``                            HASH    Postgres-outage circuit: ``until_ms``, ``failures``. drainer
+                                                       ``Buffer.shard_lock`` (redis-py Lock)
+``B drain:circuit``                            HASH    Postgres-outage circuit: ``until_ms``, ``failures``. open_circuit,
+                                                       ``Buffer.close_circuit``
 ``B drained:<bucket ms>``                      STRING  entries that left the buffer (acked or dead-lettered) in the
                                                10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
-                                               time for the drain rate and ETA. ``buffer.telemetry``
+                                               time for the drain rate and ETA. ``buffer.stats``
 ``B sweep:orgs``                               LIST    the stale sweep's frozen org list: a sorted copy of ``orgs``
                                                taken when a cycle starts, deleted when it wraps. sweep
 ``B sweep:cursor``                             STRING  index in ``sweep:orgs`` of the next org to visit. sweep
@@ -47,7 +48,7 @@ key                                            type    holds / written by
                                                not visited in a cycle are removed when it wraps). sweep
 ``B sweep:visited``                            SET     envs visited in the current cycle. sweep
 ``B sweep:lock``                               STRING  owner token of the shard's sweep task (NX PX). sweep
-                                               (redis-py Lock)
+                                               ``Buffer.shard_lock`` (redis-py Lock)
 =============================================  ======  ==============================================================
 
 Entry hash fields (``e:<run>``): ``snapshot`` (the JSON document, never rewritten), ``env``, ``org``,

@@ -23,35 +23,36 @@ chosen orgs), all in one round trip.
 local orgs_key, cursor_orgs, cursor_envs = KEYS[1], KEYS[2], KEYS[3]
 local base, max_orgs = ARGV[1], tonumber(ARGV[2])
 
-local function sorted_numbers(members)
-  local out = {}
-  for i, v in ipairs(members) do out[i] = tonumber(v) end
-  table.sort(out)
-  return out
+-- Ids sorted by their numeric value, kept as the member strings: key names and replies use the exact
+-- text (Lua prints a number of 10^14 or more as "1.2e+14", which names another key).
+local function sorted_ids(members)
+  table.sort(members, function(a, b) return tonumber(a) < tonumber(b) end)
+  return members
 end
 
--- Index of the first item greater than ``after`` (wrapping to 1); 1 when there is no cursor.
-local function start_after(items, after)
+-- Index of the first id greater than ``after`` (wrapping to 1); 1 when there is no cursor.
+local function start_after(ids, after)
   if not after then return 1 end
-  for i, v in ipairs(items) do
-    if v > after then return i end
+  local cursor = tonumber(after)
+  for i, v in ipairs(ids) do
+    if tonumber(v) > cursor then return i end
   end
   return 1
 end
 
-local orgs = sorted_numbers(redis.call('SMEMBERS', orgs_key))
+local orgs = sorted_ids(redis.call('SMEMBERS', orgs_key))
 if #orgs == 0 then return {1} end
 
-local first = start_after(orgs, tonumber(redis.call('GET', cursor_orgs)))
+local first = start_after(orgs, redis.call('GET', cursor_orgs))
 local n = math.min(max_orgs, #orgs)
 local covers_all = (n == #orgs) and 1 or 0
 local out = {0}
 for i = 0, n - 1 do
   local org = orgs[(first - 1 + i) % #orgs + 1]
-  local envs = sorted_numbers(redis.call('SMEMBERS', base .. 'org:' .. org .. ':envs'))
+  local envs = sorted_ids(redis.call('SMEMBERS', base .. 'org:' .. org .. ':envs'))
   if #envs > 1 then covers_all = 0 end
   if #envs > 0 then
-    local env = envs[start_after(envs, tonumber(redis.call('HGET', cursor_envs, org)))]
+    local env = envs[start_after(envs, redis.call('HGET', cursor_envs, org))]
     redis.call('HSET', cursor_envs, org, env)
     out[#out + 1] = org
     out[#out + 1] = env

@@ -103,3 +103,15 @@ def test_a_lock_that_expired_under_its_holder_is_logged_not_raised(buffer, caplo
         time.sleep(0.15)
 
     assert "sweep lock of shard 0 expired before release" in caplog.text
+
+
+def test_ids_too_long_for_lua_numbers_keep_their_exact_keys(buffer, put):
+    """Lua prints 123456789012345 as 1.2345678901235e+14: key names must use the member text, not a number."""
+    big = [org for org in range(123_456_789_012_345, 123_456_789_012_445) if buffer.shard_for(org) == 0][:2]
+    for org in big:
+        put(org, org + 1, count=2)
+
+    found = buffer.round_candidates(0, max_orgs=5)
+
+    assert found.picks == [Candidate(org, org + 1, 2) for org in big]
+    assert buffer.round_candidates(0, max_orgs=1).picks == [Candidate(big[1], big[1] + 1, 2)]
