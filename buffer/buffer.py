@@ -137,6 +137,14 @@ class RoundCandidates:
 
 
 @dataclass(frozen=True, slots=True)
+class LeasedRound:
+    """What ``Buffer.lease_round`` took, and which envs' queue heads wait to be leased on their own."""
+
+    entries: list[Entry]
+    solo_waiting: list[tuple[int, int]]  # (org, env)
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     run_id: str
     env_id: int
@@ -443,17 +451,37 @@ class Buffer:
     def lease_many(
         self, shard: int, picks: Sequence[tuple[int, int, int]], *, now_ms: int, lease_ms: int
     ) -> list[Entry]:
-        """``lease`` for several ``(org, env, n)`` of one shard — a drain round — in one pipelined round
-        trip (each lease is still its own atomic script call). Entries in pick order, FIFO within an env."""
+        """``lease`` for several ``(org, env, n)`` of one shard in one pipelined round trip (each lease is
+        still its own atomic script call). Entries in pick order, FIFO within an env; no byte budget and no
+        stop at solo entries (the drain uses ``lease_round``)."""
+        return self._lease(shard, picks, now_ms=now_ms, lease_ms=lease_ms, max_bytes=0, mode="all").entries
+
+    def lease_round(
+        self, shard: int, picks: Sequence[tuple[int, int, int]], *, now_ms: int, lease_ms: int, max_bytes: int
+    ) -> LeasedRound:
+        """A drain round's leases: up to ``n`` entries of each ``(org, env, n)``, each env's snapshots at
+        most ``max_bytes`` (0: no limit; always at least one entry), stopping before an entry marked solo.
+        One pipelined round trip. Returns the entries, and the picks whose queue head waits to be leased
+        alone (``lease_solo``)."""
+        return self._lease(shard, picks, now_ms=now_ms, lease_ms=lease_ms, max_bytes=max_bytes, mode="round")
+
+    def _lease(
+        self, shard: int, picks: Sequence[tuple[int, int, int]], *, now_ms: int, lease_ms: int, max_bytes: int,
+        mode: str,
+    ) -> LeasedRound:  # fmt: skip
         _require("lease_ms", lease_ms, 1)
+        _require("max_bytes", max_bytes, 0)
         if not picks:
-            return []
+            return LeasedRound([], [])
         calls: list[tuple[list[str], list[str | int]]] = []
         for org_id, env_id, n in picks:
             _require("n", n, 1)
             k = self._checked_keys(shard, org_id)
             calls.append(
-                ([k.queue(env_id), k.org_envs(org_id), k.orgs, k.leases], [k.base, env_id, org_id, n, now_ms, lease_ms])
+                (
+                    [k.queue(env_id), k.org_envs(org_id), k.orgs, k.leases],
+                    [k.base, env_id, org_id, n, now_ms, lease_ms, max_bytes, mode],
+                )
             )
         if len(calls) == 1:
             replies = [self._scripts.lease(keys=calls[0][0], args=calls[0][1])]
@@ -462,11 +490,23 @@ class Buffer:
             for keys, args in calls:
                 self._scripts.lease(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
-        return [
+        entries = [
             parse_leased(run_id, values)
             for flat in replies
-            for run_id, values in zip(flat[::2], flat[1::2], strict=True)
+            for run_id, values in zip(flat[1::2], flat[2::2], strict=True)
         ]
+        solo = [(org_id, env_id) for (org_id, env_id, _), flat in zip(picks, replies, strict=True) if flat[0] == 1]
+        return LeasedRound(entries, solo)
+
+    def lease_solo(self, shard: int, *, org_id: int, env_id: int, now_ms: int, lease_ms: int) -> Entry | None:
+        """Lease the env's queue head alone, solo-marked or not (``None``: the queue is empty)."""
+        _require("lease_ms", lease_ms, 1)
+        k = self._checked_keys(shard, org_id)
+        flat = self._scripts.lease(
+            keys=[k.queue(env_id), k.org_envs(org_id), k.orgs, k.leases],
+            args=[k.base, env_id, org_id, 1, now_ms, lease_ms, 0, "solo"],
+        )
+        return parse_leased(flat[1], flat[2]) if len(flat) > 1 else None
 
     def ack(self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int) -> AckResult:
         """Rows committed: entries become ACKED with a ``grace_ms`` TTL. Returns how many changed, which of

@@ -140,12 +140,27 @@ def _plan(buffer: Buffer, *, shard: int, limits: DrainLimits) -> tuple[list[tupl
 
 
 def run_round(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> Report:
-    """Lease this round's entries and materialise them."""
+    """Lease this round's entries and materialise them.
+
+    Steps: 1. plan the picks; 2. lease them, each env's snapshots within its share of
+    ``round_max_bytes`` (at least one entry each), so a round of huge payloads cannot exhaust the
+    worker's memory; 3. materialise and ack; 4. then lease and materialise, one at a time, each queue
+    head marked solo (its last lease expired: it may be what killed the worker), so it cannot take a
+    round of other tenants' entries down with it again.
+    """
     picks, covers_all = _plan(buffer, shard=shard, limits=limits)
-    entries = buffer.lease_many(shard, picks, now_ms=now_ms, lease_ms=limits.lease_ms)
-    report = materialise(buffer, shard=shard, entries=entries, limits=limits, now_ms=now_ms)
+    per_env_bytes = max(1, limits.round_max_bytes // len(picks)) if picks else 0
+    leased = buffer.lease_round(shard, picks, now_ms=now_ms, lease_ms=limits.lease_ms, max_bytes=per_env_bytes)
+    report = materialise(buffer, shard=shard, entries=leased.entries, limits=limits, now_ms=now_ms)
+    for org_id, env_id in leased.solo_waiting:
+        if report.outage:
+            break
+        alone = buffer.lease_solo(shard, org_id=org_id, env_id=env_id, now_ms=now_ms, lease_ms=limits.lease_ms)
+        if alone is not None:
+            report.add(materialise(buffer, shard=shard, entries=[alone], limits=limits, now_ms=now_ms))
     report.rounds = 1
-    report.emptied = covers_all and not report.outage
+    took_all = len(leased.entries) == sum(n for _, _, n in picks) and not leased.solo_waiting
+    report.emptied = covers_all and took_all and not report.outage
     return report
 
 

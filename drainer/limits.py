@@ -13,6 +13,7 @@ class DrainLimits:
 
     time_budget_ms: int  # DRAIN_TIME_BUDGET_MS: a shard task stops starting rounds after this long
     round_budget: int  # ROUND_BUDGET: entries leased per round, shared max-min among the chosen envs
+    round_max_bytes: int  # ROUND_MAX_BYTES: snapshot bytes per round, split evenly among the chosen envs
     max_orgs_per_round: int  # MAX_ORGS_PER_ROUND
     lease_ms: int  # LEASE_MS: how long a leased entry may stay in flight before it is reclaimed
     max_attempts: int  # MAX_ATTEMPTS: then a SYSTEM_FAILURE row
@@ -23,6 +24,7 @@ class DrainLimits:
         return cls(
             time_budget_ms=cfg.DRAIN_TIME_BUDGET_MS,
             round_budget=cfg.ROUND_BUDGET,
+            round_max_bytes=cfg.ROUND_MAX_BYTES,
             max_orgs_per_round=cfg.MAX_ORGS_PER_ROUND,
             lease_ms=cfg.LEASE_MS,
             max_attempts=cfg.MAX_ATTEMPTS,

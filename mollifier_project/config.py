@@ -39,6 +39,8 @@ class MollifierSettings(BaseModel):
     DRAIN_INTERVAL_S: float = Field(1.0, gt=0)
     DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
     ROUND_BUDGET: int = Field(1000, ge=1)
+    # Snapshot bytes one round may lease (split over its envs; each env takes at least one entry).
+    ROUND_MAX_BYTES: int = Field(64 * 1024 * 1024, ge=1)
     MAX_ORGS_PER_ROUND: int = Field(500, ge=1)
     LEASE_MS: int = Field(30_000, ge=1)
     MAX_ATTEMPTS: int = Field(3, ge=1)

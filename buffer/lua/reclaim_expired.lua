@@ -10,8 +10,10 @@ ARGV[3]  limit: at most this many entries per call
 
 Returns a flat list {run id, attempts after increment, …}, earliest deadline first.
 Guarantees: unexpired leases are untouched; each reclaimed entry moves atomically from leases to retry
-(not-before = now_ms, status QUEUED, last_error "lease expired"), so promote_due puts it back at its queue
-head. If the original drainer did commit, the second insert is a no-op.
+(not-before = now_ms, status QUEUED, last_error "lease expired", solo 1), so promote_due puts it back at its
+queue head. If the original drainer did commit, the second insert is a no-op. ``solo`` marks an entry whose
+worker may have died of it (out of memory on a huge snapshot, a crash): a normal lease stops before it and
+the drain leases it alone, so it cannot take a round of other tenants' entries down with it again.
 ]]
 local leases, retry = KEYS[1], KEYS[2]
 local base, now = ARGV[1], ARGV[2]
@@ -23,7 +25,7 @@ for _, run in ipairs(expired) do
   local entry = base .. 'e:' .. run
   if redis.call('EXISTS', entry) == 1 then
     local attempts = redis.call('HINCRBY', entry, 'attempts', 1)
-    redis.call('HSET', entry, 'status', 'QUEUED', 'last_error', 'lease expired')
+    redis.call('HSET', entry, 'status', 'QUEUED', 'last_error', 'lease expired', 'solo', 1)
     redis.call('HDEL', entry, 'lease_until_ms')
     redis.call('ZADD', retry, now, run)
     out[#out + 1] = run
