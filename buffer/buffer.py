@@ -50,6 +50,17 @@ BufferUnavailable = redis.RedisError
 catch it without importing redis."""
 
 
+class NotReplicated(Exception):
+    """``accept`` wrote the entry, but no replica confirmed it within the wait (``ACCEPT_DURABILITY=replica``).
+
+    The entry stays in the primary and is drained as usual if the primary survives; the caller answers 503
+    so that the client retries (the same request key then finds this run, so no second one is made)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no replica confirmed the accept of run {run_id} in time")
+        self.run_id = run_id
+
+
 class EntryStatus(StrEnum):
     QUEUED = "QUEUED"  # in its env queue, or waiting out a retry backoff
     LEASED = "LEASED"  # popped by a drainer, lease deadline in ``leases``
@@ -253,8 +264,22 @@ class Buffer:
     The client must use ``decode_responses=True``: every reply is parsed as ``str``.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str, shards: int, scripts: Scripts | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        shards: int,
+        scripts: Scripts | None = None,
+        accept_replicas: int = 0,
+        accept_wait_ms: int = 0,
+    ) -> None:
+        """``accept_replicas`` > 0: every accept waits (``WAIT``, at most ``accept_wait_ms``) for that many
+        replicas to have it before it counts as accepted (``ACCEPT_DURABILITY=replica``)."""
         _require("shards", shards, 1)
+        _require("accept_replicas", accept_replicas, 0)
+        self._accept_replicas = accept_replicas
+        self._accept_wait_ms = accept_wait_ms
         self._client = client
         self._scripts = scripts or Scripts.register(client)
         self.prefix = prefix
@@ -265,7 +290,10 @@ class Buffer:
         """A buffer on the process-wide client for ``settings.REDIS_URL``, with the current MOLLIFIER settings."""
         cfg = settings.MOLLIFIER
         client, scripts = client_for(settings.REDIS_URL)
-        return cls(client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts)
+        return cls(
+            client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts,
+            accept_replicas=1 if cfg.ACCEPT_DURABILITY == "replica" else 0, accept_wait_ms=cfg.ACCEPT_WAIT_MS,
+        )  # fmt: skip
 
     # -- keys ---------------------------------------------------------------------------------------------
 
@@ -299,7 +327,11 @@ class Buffer:
         idempotency: IdemRef | None,
         max_per_env: int,
     ) -> AcceptResult:
-        """Park a snapshot; see ``lua/accept.lua``. Counted in ``mollifier_accepted_total{result}``."""
+        """Park a snapshot; see ``lua/accept.lua``. Counted in ``mollifier_accepted_total{result}``.
+
+        With ``accept_replicas`` the script and a ``WAIT`` share one connection (a pipeline: WAIT counts the
+        replicas that have this connection's writes); an accept no replica confirmed raises ``NotReplicated``.
+        """
         _require("max_per_env", max_per_env, 0)
         if not isinstance(snapshot, str) or not snapshot:
             raise ValueError("snapshot must be a non-empty JSON string")
@@ -312,9 +344,18 @@ class Buffer:
             _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
             keys.append(k.idem(env_id, idempotency.task, idempotency.key))
             args.append(idempotency.ttl_ms)
-        status, value = self._scripts.accept(keys=keys, args=args)
+        if self._accept_replicas:
+            pipe = self._client.pipeline(transaction=False)
+            self._scripts.accept(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self._accept_replicas, self._accept_wait_ms)
+            (status, value), replicas = pipe.execute()
+        else:
+            status, value = self._scripts.accept(keys=keys, args=args)
+            replicas = None
         result = _accept_result(AcceptStatus(status), value)
         metrics.ACCEPTED.labels(result=result.status.value.lower()).inc()
+        if result.status is AcceptStatus.ACCEPTED and replicas is not None and replicas < self._accept_replicas:
+            raise NotReplicated(run_id)
         return result
 
     def get(self, run_id: str, *, org_id: int, snapshot: bool = True) -> Entry | None:

@@ -10,6 +10,7 @@ Combinations that are individually valid but wrong together are Django system ch
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 from django.core.exceptions import ImproperlyConfigured
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -50,6 +51,9 @@ class MollifierSettings(BaseModel):
     SWEEP_MAX_ENTRIES_PER_ENV: int = Field(1000, ge=1)
     ACK_GRACE_S: int = Field(30, ge=0)
     MUTATE_WAIT_MS: int = Field(2000, ge=0)
+    # none: an accept is answered once the primary has it; replica: once a replica has it too (WAIT), or 503.
+    ACCEPT_DURABILITY: Literal["none", "replica"] = "none"
+    ACCEPT_WAIT_MS: int = Field(500, ge=1)
     MAX_PAYLOAD_BYTES: int = Field(3 * 1024 * 1024, ge=1)
     MAX_BUFFERED_PER_ENV: int = Field(1_000_000, ge=1)
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).

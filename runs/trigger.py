@@ -39,6 +39,7 @@ from buffer.buffer import (
     ClaimRequest,
     EntryStatus,
     IdemRef,
+    NotReplicated,
 )
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
@@ -294,6 +295,14 @@ def trigger(
         if result.run_id == snapshot.id:
             claims.held.clear()  # our run exists: the claims now point at it for good
         return result
+    except NotReplicated:
+        # The entry is in the primary, unconfirmed by a replica: 503, and the claims keep pointing at this
+        # run, so the client's retry of the same request gets this run back rather than making another.
+        claims.held.clear()
+        raise Unavailable(
+            "The buffer could not confirm this run on a replica in time; retry shortly.",
+            headers={"x-should-retry": "true"},
+        ) from None
     finally:
         claims.release()
 

@@ -38,6 +38,8 @@ DESIGN_DEFAULTS = {
     "SWEEP_MAX_ENTRIES_PER_ENV": 1000,
     "ACK_GRACE_S": 30,
     "MUTATE_WAIT_MS": 2000,
+    "ACCEPT_DURABILITY": "none",
+    "ACCEPT_WAIT_MS": 500,
     "MAX_PAYLOAD_BYTES": 3 * 1024 * 1024,
     "MAX_BUFFERED_PER_ENV": 1_000_000,
     "METRICS_TOKEN": SecretStr(""),  # not in §14: the optional /metrics bearer token (§12), off by default
