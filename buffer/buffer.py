@@ -623,6 +623,12 @@ class Buffer:
         picks = [Candidate(int(flat[i]), int(flat[i + 1]), int(flat[i + 2])) for i in range(1, len(flat), 3)]
         return RoundCandidates(picks, covers_all=flat[0] == 1)
 
+    def server_time_ms(self) -> int:
+        """Redis's clock (``TIME``) in epoch ms: the one clock every drainer shares, so a worker whose own
+        clock runs ahead cannot reclaim another's live leases."""
+        seconds, micros = self._client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
     def circuit_until_ms(self, shard: int) -> int:
         """Until when the shard's Postgres-outage circuit is open (0: closed)."""
         return int(self._client.hget(self.keys(shard).drain_circuit, "until_ms") or 0)

@@ -218,7 +218,7 @@ def _minimal_snapshot(entry: Entry) -> Snapshot:
                 task = doc["task"]
             if isinstance(doc.get("batch"), str) and isinstance(doc.get("batch_index"), int):
                 batch_id, batch_index = doc["batch"], doc["batch_index"]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     return Snapshot(
         id=entry.run_id, env_id=entry.env_id, org_id=entry.org_id, task_identifier=task,
@@ -244,6 +244,9 @@ def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], limits:
             snapshot = _parse(entry)
         except SnapshotError as exc:
             failed.append((entry, None, f"unreadable snapshot: {exc}"))
+            continue
+        except Exception as exc:  # e.g. RecursionError on deep nesting: still unreadable, never a crash loop
+            failed.append((entry, None, f"unreadable snapshot: {type(exc).__name__}: {exc}"))
             continue
         if entry.cancelled_at_ms is not None:
             cancelled.append((entry, snapshot))
@@ -397,11 +400,12 @@ def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engi
 
 
 def _cancelled_row(state: _Round, entry: Entry, snapshot: Snapshot) -> None:
-    """Cancel wins: a CANCELED row (no event: it was reported at cancel time), or cancel the live row."""
+    """Cancel wins: a CANCELED row — with its ``run_cancelled`` event, the only one this run gets (the
+    buffer's cancel had no row to report) — or cancel the live row."""
     at = from_ms(entry.cancelled_at_ms or state.now_ms)
     reason = entry.cancel_reason or "Canceled by user"
     try:
-        engine.create_cancelled_run(snapshot, at, reason, emit_event=False, now=from_ms(state.now_ms))
+        engine.create_cancelled_run(snapshot, at, reason, now=from_ms(state.now_ms))
     except engine.CancelConflict:
         engine.cancel_run(snapshot.id, reason, at)
     state.report.cancelled += 1

@@ -15,10 +15,12 @@ from buffer.buffer import Buffer
 from drainer import drain
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
+from runs import engine
 
 log = logging.getLogger(__name__)
 
 LOCK_MARGIN_MS = 5_000
+LOCK_WAIT_MS = 5_000  # a row lock the drain waits for longer than this fails the statement (retried)
 
 
 @shared_task(name="drainer.fan_out", ignore_result=True)
@@ -50,7 +52,8 @@ def drain_shard(shard: int) -> dict | None:
             return {"shard": shard, "locked": True}
         close_old_connections()
         try:
-            report = drain.drain_shard(buffer, shard=shard, limits=limits)
+            with engine.bounded_statements(statement_ms=limits.lease_ms // 2, lock_ms=LOCK_WAIT_MS):
+                report = drain.drain_shard(buffer, shard=shard, limits=limits, clock=buffer.server_time_ms)
         finally:
             close_old_connections()
     if report.leased:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -594,6 +595,24 @@ def add_tags(run_id: str, env_id: int, tags: Sequence[str], *, now: datetime) ->
         if added:
             TaskRun.objects.filter(id=run_id).update(tags=merged, updated_at=now)
     return TagsOutcome.ADDED, added
+
+
+@contextmanager
+def bounded_statements(*, statement_ms: int, lock_ms: int) -> Iterator[None]:
+    """Cap every statement and lock wait of this connection for the block: a stalled Postgres then fails a
+    round (57014 / 55P03: retryable) instead of holding it past its lease. Reset afterwards, so the
+    connection is left as it was found."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+                    [f"{statement_ms}ms", f"{lock_ms}ms"])  # fmt: skip
+    try:
+        yield
+    finally:
+        try:
+            with connection.cursor() as cur:
+                cur.execute("RESET statement_timeout; RESET lock_timeout")
+        except Exception:  # the connection broke during the block; it is discarded and reconnects clean
+            discard_connection()
 
 
 def discard_connection() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import types
 
 import psycopg
 import pytest
@@ -51,7 +53,8 @@ def test_row_already_there_is_acked_without_a_second_row(buffer, park, cfg, env)
     assert entry(buffer, snap.id, env).status == "ACKED"
 
 
-def test_cancelled_while_buffered_becomes_a_canceled_row_without_an_event(buffer, park, cfg, env):
+def test_cancelled_while_buffered_becomes_a_canceled_row_with_one_run_cancelled_event(buffer, park, cfg, env):
+    """The buffer's cancel sends no event (there is no row yet); the drain sends it once, with the row."""
     snap = SnapshotFactory(env=env)
     park(snap)
     buffer.cancel(snap.id, org_id=env.org_id, env_id=env.id, now_ms=1_700_000_000_000, reason="user said no")
@@ -65,7 +68,7 @@ def test_cancelled_while_buffered_becomes_a_canceled_row_without_an_event(buffer
     assert report.cancelled == 1
     assert (row.status, row.error["raw"]) == (RunStatus.CANCELED, "user said no")
     assert int(row.completed_at.timestamp() * 1000) == 1_700_000_000_000
-    assert events == []
+    assert events == [snap.id]
 
 
 def test_cancelled_entry_whose_row_is_live_cancels_the_row(buffer, park, cfg, env):
@@ -254,3 +257,67 @@ def test_tags_added_after_a_stale_lease_was_reclaimed_reach_the_row_a_slow_drain
     assert report.created == 1
     assert TaskRun.objects.get(id=snap.id).tags == ["first", "late"]
     assert entry(buffer, snap.id, env).status == "ACKED"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_snapshot_that_breaks_the_parser_itself_becomes_a_failure_row_not_a_crash_loop(buffer, park, cfg, env):
+    """Deep nesting makes json raise RecursionError, not ValueError: the round must still resolve the entry."""
+    snap = SnapshotFactory(env=env)
+    park(snap, raw="[" * 200_000 + "]" * 200_000)
+
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
+
+    assert report.failed == 1
+    row = TaskRun.objects.get(id=snap.id)
+    assert row.status == RunStatus.SYSTEM_FAILURE and "unreadable snapshot" in row.error["raw"]
+    assert entry(buffer, snap.id, env).status == "ACKED"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_whose_clock_runs_ahead_does_not_reclaim_anothers_live_lease(buffer, park, cfg, env, monkeypatch):
+    """Lease decisions use Redis's clock: a worker an hour ahead must not take a lease that is 1 s old."""
+    from drainer.tasks import drain_shard as task
+    from mollifier_project import clock
+
+    snap = SnapshotFactory(env=env)
+    park(snap)
+    live = buffer.lease(0, org_id=env.org_id, env_id=env.id, n=1, now_ms=buffer.server_time_ms(), lease_ms=30_000)
+    assert [e.run_id for e in live] == [snap.id]
+    real_ns = time.time_ns
+    monkeypatch.setattr(clock, "time", types.SimpleNamespace(time_ns=lambda: real_ns() + 3_600 * 10**9))
+    assert clock.now_ms() - buffer.server_time_ms() > 3_500_000  # this worker's wall clock is an hour ahead
+
+    result = task.run(0)
+
+    assert "reclaimed" not in (result or {})
+    got = entry(buffer, snap.id, env)
+    assert (got.status, got.attempts) == ("LEASED", 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_drain_task_bounds_its_statements_and_leaves_the_connection_as_it_found_it(buffer, park, env):
+    from drainer.tasks import drain_shard as task
+
+    seen = []
+
+    def spy(sender, run_id, **kwargs):
+        with connection.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            statement = cur.fetchone()[0]
+            cur.execute("SHOW lock_timeout")
+            seen.append((statement, cur.fetchone()[0]))
+
+    from runs.signals import run_created
+
+    run_created.connect(spy, dispatch_uid="t-timeouts")
+    try:
+        park(SnapshotFactory(env=env))
+        task.run(0)
+    finally:
+        run_created.disconnect(dispatch_uid="t-timeouts")
+    with connection.cursor() as cur:
+        cur.execute("SHOW statement_timeout")
+        after = cur.fetchone()[0]
+
+    assert seen == [("15s", "5s")]  # LEASE_MS / 2, and LOCK_WAIT_MS
+    assert after == "0"
