@@ -133,9 +133,11 @@ def ingest(
     """Trigger every new index of the stream; count the rest as de-duplicated; seal when complete.
 
     Steps: 1. validate the whole stream; 2. prepare each new item's snapshot (validation errors abort
-    before anything is written); 3. reserve the indices (``BatchItem``); 4. trigger each reserved item —
-    if one is refused (backpressure, outage) the unreserved remainder is released so the SDK's resend
-    retries exactly those; 5. count and seal.
+    before anything is written); 3. reserve the indices (``BatchItem``), and take over reserved indices
+    whose run exists nowhere (``_orphaned``); 4. trigger each of them under its reserved run id — if one is
+    refused (backpressure, outage) the error propagates and the reservations stay: the remainder are orphans
+    that the SDK's resend triggers again under the same ids (two concurrent re-triggers of one id make one
+    run), so no index ever gets a second run id; 5. count and seal.
     """
     batch = BatchTaskRun.objects.filter(id=batch_id, env_id=env.env_id).first()
     if batch is None:
@@ -169,9 +171,9 @@ def ingest(
                 BatchItem.objects.filter(batch_id=batch.id, index=item.index).update(run_id=result.run_id)
             done += 1
     finally:
-        if done < len(todo):
-            unstarted = [item.index for item, _ in todo[done:] if item.index in reserved]
-            BatchItem.objects.filter(batch_id=batch.id, index__in=unstarted).delete()
+        # A refused stream keeps its reservations: a concurrent resend may already have triggered them under
+        # their reserved ids, and deleting them would let a later resend reserve them again under new ids
+        # (a second run per index). An untriggered reservation is an orphan the next resend triggers again.
         sealed = _refresh(batch, now_ms=now_ms)
     return Ingested(batch.id, done, duplicates_in_stream + len(snapshots) - len(todo), sealed)
 
