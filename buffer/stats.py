@@ -1,7 +1,7 @@
 """Shard statistics read from Redis: what the scrape-time gauges and the demo's progress line show.
 
 Two sources per shard, in one pipelined round trip for every shard: ``lua/shard_stats.lua`` (depth, leased,
-retrying, dead, oldest queue head, stale count) and the drain-rate buckets. The buckets are written by
+retrying, dead, oldest waiting entry, stale count) and the drain-rate buckets. The buckets are written by
 ``Buffer.count_drained`` as entries leave the buffer: one counter per 10 s and shard, kept for just over
 the rate window, so the rate needs no per-process state and any web worker answers the same.
 """
@@ -30,7 +30,7 @@ class ShardStats:
     leased: int  # in flight, including expired leases
     expired_leases: int
     dead: int
-    oldest_accepted_ms: int | None  # oldest queue head
+    oldest_accepted_ms: int | None  # oldest queue head or retrying entry (the first 100 due are read)
     stale: int  # sum of the sweep's counts hash
     drained_per_s: float  # entries that left the buffer per second, over the rate window
 

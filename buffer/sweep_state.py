@@ -53,11 +53,14 @@ class EnvScan:
 
 @dataclass(frozen=True, slots=True)
 class StuckScan:
-    envs: list[EnvScan]  # every env of the visited orgs, org by org
+    envs: list[EnvScan]  # every env of the visited orgs, org by org (their queues)
     expired_total: int  # every expired lease of the shard …
     dead_total: int  # … and dead letter, counted
     expired: list[Found] = field(default_factory=list)  # … and at most ``max_entries`` of each listed
     dead: list[Found] = field(default_factory=list)
+    # The shard's stale entries waiting out a retry (in no queue, whatever their org), found among the
+    # first ``max_entries`` members of ``retry``. The sweep decides which pass of a cycle counts which.
+    retrying: list[Found] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +109,21 @@ def scan(
     older_than_ms: int,
     max_entries: int,
 ) -> StuckScan:
-    """One round trip: ``find_stale`` for each org, then ``find_expired_and_dead`` for the shard."""
+    """One round trip: ``find_stale`` over the shard's retry ZSET, then for each org's queues, then
+    ``find_expired_and_dead`` for the shard.
+
+    Retry goes first: an entry promoted to its queue meanwhile is then seen twice (the sweep keeps one),
+    rather than not at all."""
+    args: list[str | int] = [k.base, now_ms, older_than_ms, max_entries]
     pipe = client.pipeline(transaction=False)
+    scripts.find_stale(keys=[k.retry], args=[*args, "retry"], client=pipe)
     for org in orgs:
-        scripts.find_stale(keys=[k.org_envs(org)], args=[k.base, now_ms, older_than_ms, max_entries], client=pipe)
+        scripts.find_stale(keys=[k.org_envs(org)], args=[*args, "queues"], client=pipe)
     scripts.find_expired_and_dead(keys=[k.leases, k.dead], args=[k.base, now_ms, max_entries], client=pipe)
     replies = pipe.execute()
+    retrying = _listed(replies[0])
     envs: list[EnvScan] = []
-    for org, reply in zip(orgs, replies[:-1], strict=True):
+    for org, reply in zip(orgs, replies[1:-1], strict=True):
         for i in range(0, len(reply), 3):
             env, count, found = int(reply[i]), int(reply[i + 1]), reply[i + 2]
             entries = [
@@ -122,7 +132,7 @@ def scan(
             ]
             envs.append(EnvScan(env, org, count, entries))
     expired_total, dead_total, expired, dead = replies[-1]
-    return StuckScan(envs, int(expired_total), int(dead_total), _listed(expired), _listed(dead))
+    return StuckScan(envs, int(expired_total), int(dead_total), _listed(expired), _listed(dead), retrying)
 
 
 def _listed(flat: Sequence[str]) -> list[Found]:

@@ -10,6 +10,10 @@ of every env each tick would cost O(buffer); instead each shard is swept in *cyc
   of each, counts queued entries older than ``older_than_ms`` among the first ``max_entries`` of its queue
   (``lua/find_stale.lua``). The count goes into ``sweep:counts`` (a zero deletes the field) and the env
   into ``sweep:visited``;
+* entries waiting out a retry are in no queue (and their env may be in no env set, their org in no org
+  set), so each pass also reads the stale ones among the first ``max_entries`` members of the shard's
+  ``retry`` ZSET. Each adds to its env's count in the pass that visits its org, or else at the wrap if the
+  env was not visited earlier in the cycle (``_counts_retrying``): one pass writes an env per cycle;
 * when a pass reaches the end of the list the cycle *wraps*: envs in the counts that were not visited in
   this cycle (fully drained, or their org left the shard) are removed — otherwise a drained env would hold
   the gauge up forever — and the cycle state is deleted, so the next pass freezes a fresh list.
@@ -17,8 +21,9 @@ of every env each tick would cost O(buffer); instead each shard is swept in *cyc
 The gauge ``mollifier_stale_entries`` is the sum of every shard's counts (``telemetry.collector``).
 
 Each pass also lists the shard's expired leases (nobody reclaims them: the drainer is off or dying) and
-dead letters (``lua/find_expired_and_dead.lua``), upserts a ``StuckEntry`` row per stale, expired or dead
-entry, and resolves open rows whose entry has left the buffer.
+dead letters (``lua/find_expired_and_dead.lua``), upserts a ``StuckEntry`` row per stale (queued or
+retrying: kind STALE, whichever pass finds it), expired or dead entry, and resolves open rows whose entry
+has left the buffer.
 
 Redis is reached only through ``Buffer`` (``buffer.sweep_state``): this module decides which orgs a pass
 visits and which envs a wrap evicts, over the typed values it reads.
@@ -100,7 +105,8 @@ def sweep_shard(buffer: Buffer, *, shard: int, now_ms: int, limits: SweepLimits)
     """One pass over ``shard``. Call with the shard's sweep lock held (``sweep.tasks``).
 
     Steps: 1. read the cycle state (cursor, frozen list — or freeze a new one, in memory for now);
-    2. count the stale entries of the next ``max_orgs`` orgs and list expired leases and dead letters;
+    2. count the stale entries of the next ``max_orgs`` orgs (and the retrying ones this pass counts) and
+    list expired leases and dead letters;
     3. read which open ``StuckEntry`` rows have drained; 4. write the rows; 5. commit the cycle state
     (counts, visited, cursor; at the wrap evict unvisited envs and delete the cycle) in one transaction;
     6. log the per-tenant detail.
@@ -120,6 +126,14 @@ def sweep_shard(buffer: Buffer, *, shard: int, now_ms: int, limits: SweepLimits)
         report.counts[env.env_id] = env.stale
         env_org[env.env_id] = env.org_id
         report.stale.extend(_stuck(found, StuckKind.STALE) for found in env.entries)
+    in_queues, visiting = {s.run_id for s in report.stale}, set(report.orgs)
+    for found in scan.retrying:
+        if found.run_id in in_queues:  # promoted to its queue between the two reads: seen there already
+            continue
+        report.stale.append(_stuck(found, StuckKind.STALE))
+        if _counts_retrying(found, cycle.visited_before, visiting=visiting, wrapped=report.wrapped):
+            report.counts[found.env_id] = report.counts.get(found.env_id, 0) + 1
+            env_org[found.env_id] = found.org_id
     report.expired_total, report.dead_total = scan.expired_total, scan.dead_total
     report.expired = [_stuck(found, StuckKind.EXPIRED_LEASE) for found in scan.expired]
     report.dead = [_stuck(found, StuckKind.DEAD) for found in scan.dead]
@@ -152,6 +166,15 @@ def sweep_shard(buffer: Buffer, *, shard: int, now_ms: int, limits: SweepLimits)
     # 6. Per-tenant detail goes to the logs, never to metric labels.
     _log(report, env_org, new, now_ms)
     return report
+
+
+def _counts_retrying(found: Found, visited_before: set[int], *, visiting: set[int], wrapped: bool) -> bool:
+    """Whether this pass counts a stale entry waiting in ``retry`` for its env: the pass that visits the
+    entry's org (the env's count is then its queue's plus its retrying entries), or else the wrap, for an env
+    not visited earlier in the cycle — its org has no queued env, or joined after the cycle froze its list,
+    or the entry turned stale after its org's pass. So each env is written by one pass per cycle: never a
+    retry-only count over a count that included its queue, and an env that drains leaves at the wrap."""
+    return found.org_id in visiting or (wrapped and found.env_id not in visited_before)
 
 
 def _stuck(found: Found, kind: StuckKind) -> Stuck:

@@ -82,7 +82,7 @@ class BufferCollector:
         )
         yield _gauge(
             "mollifier_buffer_oldest_age_seconds",
-            "Age of the oldest queued entry (0 when nothing is queued).",
+            "Age of the oldest entry waiting to be leased, queued or retrying (0 when none waits).",
             0.0 if oldest is None else max(0, self.now_ms - oldest) / 1000,
         )
         yield _gauge(

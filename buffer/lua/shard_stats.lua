@@ -12,10 +12,15 @@ ARGV[2]  now_ms (a lease is expired when its deadline <= now_ms)
 Returns {queued, retrying, leased, expired leases, dead, oldest accepted_ms or -1, stale}:
   queued = entries in the env queues, retrying = entries waiting out a backoff, leased includes the
   expired ones, oldest = the smallest accepted_ms among the queue heads (FIFO: a head is its queue's
-  oldest entry), stale = the sum of sweep:counts.
-Guarantees: read-only; one consistent view of the shard. Cost O(orgs + envs of the shard), all O(1)
-reads (SCARD/LLEN/LINDEX/HGET), so a scrape never walks a queue.
+  oldest entry) and the first RETRY_SCAN (100) members of retry, the lowest not-before first (an entry
+  waiting out a retry is in no queue, and retry is not ordered by accepted_ms), stale = the sum of
+  sweep:counts.
+Guarantees: read-only; one consistent view of the shard. Cost O(orgs + envs of the shard) O(1) reads
+(SCARD/LLEN/LINDEX/HGET) plus at most RETRY_SCAN reads of retry entries, so a scrape never walks a queue
+or the whole retry ZSET. When retry holds more than RETRY_SCAN members, oldest may miss an older one
+further in (the age is then a lower bound).
 ]]
+local RETRY_SCAN = 100
 local orgs, leases, retry, dead, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local base, now = ARGV[1], ARGV[2]
 
@@ -30,6 +35,11 @@ for _, org in ipairs(redis.call('SMEMBERS', orgs)) do
       if accepted and (oldest < 0 or accepted < oldest) then oldest = accepted end
     end
   end
+end
+
+for _, run in ipairs(redis.call('ZRANGE', retry, 0, RETRY_SCAN - 1)) do
+  local accepted = tonumber(redis.call('HGET', base .. 'e:' .. run, 'accepted_ms'))
+  if accepted and (oldest < 0 or accepted < oldest) then oldest = accepted end
 end
 
 local stale = 0
