@@ -38,6 +38,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every /api/ answer is JSON with an x-request-id, whatever fails below (docs/api.md#bad-input).
+    "runs.middleware.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's static files from gunicorn itself (no separate web server in this deployment).
     "whitenoise.middleware.WhiteNoiseMiddleware",

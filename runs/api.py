@@ -1,5 +1,6 @@
 """HTTP API in the trigger.dev v4 wire format (docs/api.md). Views only parse, call a service and map its
-result or error to HTTP; every error is ``{"error": "…"}``."""
+result or error to HTTP; every error is ``{"error": "…"}``. What no view catches, ``runs.middleware``
+answers as JSON too (docs/api.md#bad-input)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ValidationError
@@ -19,7 +20,17 @@ from buffer.buffer import Buffer, BufferUnavailable
 from mollifier_project.clock import from_ms, now_ms
 from runs import batches, engine, mutations, queries, trigger
 from runs.auth import EnvContext, authenticate
-from runs.schemas import CreateBatchBody, ResetIdempotencyBody, TagsBody, TriggerBody, describe
+from runs.middleware import request_id
+from runs.schemas import (
+    CreateBatchBody,
+    ResetIdempotencyBody,
+    TagsBody,
+    TriggerBody,
+    describe,
+    is_unstorable,
+    nested_too_deep,
+    path_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +53,8 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 
 
 def endpoint(*methods: str) -> Callable:
-    """Method check, bearer auth → ``EnvContext``, and error mapping for an API view."""
+    """Method check, bearer auth → ``EnvContext``, path parameters no row could match (400), and error
+    mapping for an API view."""
 
     def decorate(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
         @csrf_exempt
@@ -54,6 +66,8 @@ def endpoint(*methods: str) -> Callable:
                 env = authenticate(request.META.get("HTTP_AUTHORIZATION"))
                 if env is None:
                     return error(401, "Invalid or Missing API key")
+                if problem := path_problem(kwargs):
+                    return error(400, problem)
                 return view(request, env, *args, **kwargs)
             except HttpError as exc:
                 return error(exc.status, exc.message, exc.headers)
@@ -63,9 +77,17 @@ def endpoint(*methods: str) -> Callable:
                 return error(400, str(exc))
             except (BufferUnavailable, OperationalError, InterfaceError) as exc:
                 # A backing service is down: a clear, retryable JSON error, never an HTML 500.
-                log.warning("%s unavailable during %s %s: %s", _service(exc), request.method, request.path, exc)
+                log.warning("%s unavailable during %s %s: %s", _service(exc), request.method, request.path, exc,
+                            extra={"request_id": request_id(request)})  # fmt: skip
                 engine.discard_connection()
                 return error(503, f"{_service(exc)} is unavailable; retry shortly.", {"x-should-retry": "true"})
+            except DatabaseError:
+                # Any other refusal (DataError, IntegrityError…): bad input should have been a 4xx before
+                # this, so it is logged as a bug; the connection itself is fine and is kept.
+                log.exception("database error during %s %s", request.method, request.path,
+                              extra={"request_id": request_id(request)})  # fmt: skip
+                return error(503, "The database could not complete the request; retry shortly.",
+                             {"x-should-retry": "true"})  # fmt: skip
 
         return wrapper
 
@@ -91,12 +113,14 @@ def _json_body(request: HttpRequest, model: type[M], *, limit: int) -> M:
         data = json.loads(raw)
     except ValueError:
         raise HttpError(400, "Invalid JSON") from None
+    except RecursionError:  # far deeper than MAX_JSON_DEPTH, which the schema checks for shallower bodies
+        raise HttpError(400, nested_too_deep("Request body")) from None
     if not isinstance(data, dict):
         raise HttpError(400, "Request body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise HttpError(400, describe(exc)) from None
+        raise HttpError(422 if is_unstorable(exc) else 400, describe(exc)) from None
 
 
 def _body_limit() -> int:
@@ -162,6 +186,8 @@ def batch_items(request: HttpRequest, env: EnvContext, batch_id: str) -> JsonRes
         )
     except batches.BatchNotFound:
         return error(404, "Batch not found")
+    except RecursionError:  # a line too deep for json.loads; shallower ones fail the schema as "line N: …"
+        return error(400, nested_too_deep("Request body"))
     return JsonResponse(
         {
             "id": result.batch_id,

@@ -4,6 +4,7 @@ fields omitted — never ``null`` (the SDK rejects ``"ttl": null``)."""
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,16 +55,36 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _refuse_constant(literal: str) -> Any:
+    raise ValueError(f"{literal} is not JSON")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{literal} is not a finite number")
+    return value
+
+
+def _strict_json(text: str) -> Any:
+    """Standards JSON only: the answer must parse in the SDK's ``JSON.parse``, which refuses NaN and Infinity."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
+
+
 def decode_payload(payload: str | None, payload_type: str) -> tuple[bool, Any]:
-    """(present, value): super+json → its ``json`` member, JSON → parsed, text → as is."""
+    """(present, value): super+json → its ``json`` member, JSON → parsed, text → as is.
+
+    A stored payload that is not what its type says (not JSON, NaN or Infinity in it, nested too deep to
+    parse, super+json that is not an object) is shown as its raw text: a read never fails on a payload.
+    """
     if payload is None:
         return False, None
     try:
         if payload_type == "application/super+json":
-            return True, json.loads(payload).get("json")
+            return True, _strict_json(payload).get("json")
         if payload_type == "application/json":
-            return True, json.loads(payload)
-    except (ValueError, AttributeError):
+            return True, _strict_json(payload)
+    except (ValueError, AttributeError, RecursionError):
         return True, payload
     if payload_type.startswith("text/"):
         return True, payload

@@ -2,6 +2,10 @@
 
 Tenancy: every read is scoped to the caller's env; a run of another env is "not found" (404, never
 403), whether it is a row or a buffered entry.
+
+A list query that no row could ever match, or that Postgres or the date arithmetic would choke on (a NUL
+anywhere, a period or date out of range, a forged cursor), is a ``QueryError`` naming the parameter
+(docs/api.md#bad-input).
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import base64
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db.models import Q
@@ -18,14 +22,14 @@ from buffer.buffer import Buffer, EntryStatus
 from mollifier_project.clock import from_ms
 from runs import presenters
 from runs.auth import EnvContext
+from runs.durations import DurationError, parse_duration
 from runs.locate import Where, locate
 from runs.models import TaskRun
 from runs.snapshot import SnapshotError, from_snapshot
 
 DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
-_PERIOD = re.compile(r"^(\d+)([smhdw])$")
-_PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PERIOD = re.compile(r"^\d+[smhdw]$")
 
 
 class QueryError(ValueError):
@@ -78,8 +82,11 @@ def _parse_cursor(value: str, name: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
         created, run_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), run_id
-    except (ValueError, UnicodeDecodeError):
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is None or "\x00" in run_id:
+            raise ValueError("not a cursor this server issued")
+        return at.astimezone(UTC), run_id  # a date that does not exist in UTC overflows here
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise QueryError(f"{name}: invalid cursor") from None
 
 
@@ -94,7 +101,7 @@ def _epoch_ms(params: dict[str, str], name: str) -> datetime | None:
     try:
         return from_ms(int(value))
     except (ValueError, OverflowError, OSError):
-        raise QueryError(f"{name}: expected epoch milliseconds, got {value!r}") from None
+        raise QueryError(f"{name}: expected epoch milliseconds, got {value[:40]!r}") from None
 
 
 def list_runs(env: EnvContext, params: dict[str, str], *, now: datetime) -> dict[str, Any]:
@@ -102,6 +109,11 @@ def list_runs(env: EnvContext, params: dict[str, str], *, now: datetime) -> dict
 
     Only materialised runs are listed; a run still in the buffer appears once its row is written.
     """
+    for key, value in params.items():
+        if "\x00" in key:
+            raise QueryError(f"query parameter {key!r}: must not contain a NUL character")
+        if "\x00" in value:
+            raise QueryError(f"{key}: must not contain a NUL character")
     try:
         size = int(params.get("page[size]") or DEFAULT_PAGE_SIZE)
     except ValueError:
@@ -135,10 +147,13 @@ def list_runs(env: EnvContext, params: dict[str, str], *, now: datetime) -> dict
     if until := _epoch_ms(params, "filter[createdAt][to]"):
         runs = runs.filter(created_at__lte=until)
     if period := params.get("filter[createdAt][period]"):
-        match = _PERIOD.match(period)
-        if not match:
-            raise QueryError(f"filter[createdAt][period]: expected e.g. 1d or 12h, got {period!r}")
-        runs = runs.filter(created_at__gte=now - timedelta(seconds=int(match[1]) * _PERIOD_SECONDS[match[2]]))
+        if not _PERIOD.match(period):
+            raise QueryError(f"filter[createdAt][period]: expected e.g. 1d or 12h, got {period[:40]!r}")
+        try:
+            span = parse_duration(period)
+        except DurationError as exc:
+            raise QueryError(f"filter[createdAt][period]: {exc}") from None
+        runs = runs.filter(created_at__gte=now - span)
 
     after, before = params.get("page[after]"), params.get("page[before]")
     if after:
