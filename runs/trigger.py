@@ -94,6 +94,12 @@ class Unavailable(TriggerError):
     status = 503
 
 
+class MaybeWritten(Unavailable):
+    """The direct write failed in a way that may have come after its commit (the reply was lost): the row may
+    exist. The claims keep pointing at this run, so the client's retry finds the row if it was written
+    (and is told to retry — 409 — while it cannot tell), instead of making a second run."""
+
+
 class InFlight(TriggerError):
     """Another trigger holds the key and has not created its run yet: the client retries (409)."""
 
@@ -295,6 +301,9 @@ def trigger(
         if result.run_id == snapshot.id:
             claims.held.clear()  # our run exists: the claims now point at it for good
         return result
+    except MaybeWritten:
+        claims.held.clear()  # see MaybeWritten: the retry must find this run, not make another
+        raise
     except NotReplicated:
         # The entry is in the primary, unconfirmed by a replica: 503, and the claims keep pointing at this
         # run, so the client's retry of the same request gets this run back rather than making another.
@@ -481,10 +490,11 @@ def _write(
         # cannot take writes for a while (unreachable, read-only, disk full…: ``db_errors.OUTAGE``) diverts
         # an enrolled org's trigger into the buffer instead: an outage must not turn into failed triggers.
         engine.discard_connection()
-        if classify(exc) is not Failure.OUTAGE or not (env.enrolled and redis_up):
-            raise Unavailable(
-                "The database is unavailable; retry shortly.", headers={"x-should-retry": "true"}
-            ) from exc
+        retry = {"x-should-retry": "true"}
+        if classify(exc) is not Failure.OUTAGE:
+            raise Unavailable("The database is unavailable; retry shortly.", headers=retry) from exc
+        if not (env.enrolled and redis_up):
+            raise MaybeWritten("The database is unavailable; retry shortly.", headers=retry) from exc
         log.warning("postgres unavailable, buffering", extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_postgres_diversion()
         return _accept(buffer, env, s, cfg, now_ms=now_ms)

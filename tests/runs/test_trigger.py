@@ -270,3 +270,34 @@ def test_postgres_down_a_retried_keyed_trigger_gets_its_buffered_run_back(client
     assert retried.status_code == 200, retried.content
     assert retried.json()["id"] == run_id
     assert Buffer.from_settings().depth(Buffer.from_settings().shard_for(tenant.org.id), tenant.env.id) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_direct_commit_whose_reply_is_lost_is_not_made_twice_by_the_retry(client, key_prefix, monkeypatch):
+    """The row commits, then the connection breaks before the answer: 503. The SDK retries with the same
+    request key; it must get the committed run back, not a second run."""
+    from django.db import OperationalError
+
+    from runs import engine
+
+    real = engine.trigger
+    calls = []
+
+    def commit_then_lose_the_reply(snapshot, **kwargs):
+        result = real(snapshot, **kwargs)
+        calls.append(snapshot.id)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return result
+
+    monkeypatch.setattr(engine, "trigger", commit_then_lose_the_reply)
+    tenant = ensure_tenant("lost-reply-org", "dev", enrol=False)  # not enrolled: no diversion, a 503
+    secret = issue_api_key(tenant.env)[1]
+    auth.clear_cache()
+    first = post(client, secret, {"payload": "{}"}, HTTP_X_TRIGGER_REQUEST_IDEMPOTENCY_KEY="lost-reply")
+    retried = post(client, secret, {"payload": "{}"}, HTTP_X_TRIGGER_REQUEST_IDEMPOTENCY_KEY="lost-reply")
+
+    assert first.status_code == 503 and first.headers["x-should-retry"] == "true"
+    assert retried.status_code == 200, retried.content
+    assert retried.json()["id"] == calls[0]
+    assert TaskRun.objects.filter(env=tenant.env).count() == 1
