@@ -22,7 +22,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Field, Q
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -601,10 +601,14 @@ def add_tags(run_id: str, env_id: int, tags: Sequence[str], *, now: datetime) ->
 def bounded_statements(*, statement_ms: int, lock_ms: int) -> Iterator[None]:
     """Cap every statement and lock wait of this connection for the block: a stalled Postgres then fails a
     round (57014 / 55P03: retryable) instead of holding it past its lease. Reset afterwards, so the
-    connection is left as it was found."""
-    with connection.cursor() as cur:
-        cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
-                    [f"{statement_ms}ms", f"{lock_ms}ms"])  # fmt: skip
+    connection is left as it was found. Postgres unreachable at the start is not this function's to
+    report: the block runs unbounded and the drain meets the outage itself (release, circuit)."""
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+                        [f"{statement_ms}ms", f"{lock_ms}ms"])  # fmt: skip
+    except DatabaseError:
+        discard_connection()
     try:
         yield
     finally:
