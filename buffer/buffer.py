@@ -37,8 +37,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import LockError
 from redis.retry import Retry
 
-from buffer import metrics, stats, sweep_state
+from buffer import metrics, operators, stats, sweep_state
 from buffer.keys import ClaimKind, ShardKeys, shard_for
+from buffer.operators import EnvCensus, ShardTop
 from buffer.scripts import Scripts
 from buffer.stats import ShardStats
 from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
@@ -73,6 +74,7 @@ class AcceptStatus(StrEnum):
     DUPLICATE = "DUPLICATE"  # the run id already has an entry (any state, incl. ACKED grace)
     IDEMPOTENT = "IDEMPOTENT"  # the idempotency key is bound to ``existing_run_id``
     FULL = "FULL"  # the env queue holds ``depth`` >= max_per_env entries; nothing written
+    CLOSED = "CLOSED"  # an operator closed the env's intake; nothing written
 
 
 class MutationStatus(StrEnum):
@@ -145,6 +147,18 @@ class RoundCandidates:
     picks: list[Candidate]
     # Every org of the shard was chosen and none has a second queued env: ``picks`` is everything queued.
     covers_all: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Switches:
+    """An operator's switches of one shard."""
+
+    paused_orgs: set[int]
+    paused_envs: set[int]
+    closed_envs: set[int]
+
+    def paused(self, org_id: int, env_id: int) -> bool:
+        return org_id in self.paused_orgs or env_id in self.paused_envs
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +350,7 @@ class Buffer:
         if not isinstance(snapshot, str) or not snapshot:
             raise ValueError("snapshot must be a non-empty JSON string")
         k = self.keys_for_org(org_id)
-        keys = [k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs]
+        keys = [k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs]
         args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env]
         if idempotency is not None:
             if idempotency.env_id != env_id:
@@ -477,7 +491,8 @@ class Buffer:
         _require("hold_ms", hold_ms, 0)
         k = self.keys_for_org(org_id)
         tripped, count = self._scripts.trip(
-            keys=[k.rate(env_id), k.tripped(env_id)], args=[now_ms, window_ms, threshold, hold_ms]
+            keys=[k.rate(env_id), k.tripped(env_id), k.closed_envs],
+            args=[now_ms, window_ms, threshold, hold_ms, env_id],
         )
         return tripped == 1, int(count)
 
@@ -614,14 +629,71 @@ class Buffer:
         )
         return int(redriven), int(skipped)
 
+    def take(self, shard: int, run_ids: Sequence[str], *, now_ms: int, lease_ms: int) -> list[Entry]:
+        """Lease these entries wherever they wait (queue, retry, dead, an expired lease) for an operator's
+        repair (``lua/take.lua``); one leased by a live drainer, acked or missing is not returned."""
+        _require("lease_ms", lease_ms, 1)
+        if not run_ids:
+            return []
+        k = self.keys(shard)
+        flat = self._scripts.take(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, lease_ms, *run_ids])
+        return [parse_leased(run_id, values) for run_id, values in zip(flat[::2], flat[1::2], strict=True)]
+
+    def requeue_now(self, shard: int, run_ids: Sequence[str], *, now_ms: int) -> tuple[int, int]:
+        """Retrying entries, dead letters and expired leases to their queue heads now (``lua/requeue_now.lua``).
+        Returns ``(requeued, skipped)``."""
+        if not run_ids:
+            return 0, 0
+        k = self.keys(shard)
+        requeued, skipped = self._scripts.requeue_now(
+            keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, *run_ids]
+        )
+        return int(requeued), int(skipped)
+
     def round_candidates(self, shard: int, *, max_orgs: int) -> RoundCandidates:
         """The next round's envs — up to ``max_orgs`` orgs after the org cursor, one env each after its env
         cursor, with their depths — in one script call that also advances the cursors (``lua/candidates.lua``)."""
         _require("max_orgs", max_orgs, 1)
         k = self.keys(shard)
-        flat = self._scripts.candidates(keys=[k.orgs, k.cursor_orgs, k.cursor_envs], args=[k.base, max_orgs])
+        flat = self._scripts.candidates(
+            keys=[k.orgs, k.cursor_orgs, k.cursor_envs, k.paused_orgs, k.paused_envs], args=[k.base, max_orgs]
+        )
         picks = [Candidate(int(flat[i]), int(flat[i + 1]), int(flat[i + 2])) for i in range(1, len(flat), 3)]
         return RoundCandidates(picks, covers_all=flat[0] == 1)
+
+    # -- operators' switches --------------------------------------------------------------------------------
+
+    def pause(self, *, org_id: int, env_id: int | None = None) -> bool:
+        """Stop draining an org (``env_id=None``) or one of its envs; entries keep being accepted and counted,
+        and a paused env's entries do not count as stale. ``True`` if it was not paused already."""
+        k = self.keys_for_org(org_id)
+        if env_id is None:
+            return self._client.sadd(k.paused_orgs, org_id) == 1
+        return self._client.sadd(k.paused_envs, env_id) == 1
+
+    def resume(self, *, org_id: int, env_id: int | None = None) -> bool:
+        """Undo ``pause``. ``True`` if it was paused."""
+        k = self.keys_for_org(org_id)
+        if env_id is None:
+            return self._client.srem(k.paused_orgs, org_id) == 1
+        return self._client.srem(k.paused_envs, env_id) == 1
+
+    def close_intake(self, *, org_id: int, env_id: int) -> bool:
+        """Refuse the env's triggers (429) until ``open_intake``. ``True`` if it was open."""
+        return self._client.sadd(self.keys_for_org(org_id).closed_envs, env_id) == 1
+
+    def open_intake(self, *, org_id: int, env_id: int) -> bool:
+        return self._client.srem(self.keys_for_org(org_id).closed_envs, env_id) == 1
+
+    def switches(self, shard: int) -> Switches:
+        """The shard's paused orgs and envs and closed envs, in one round trip."""
+        k = self.keys(shard)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.smembers(k.paused_orgs)
+        pipe.smembers(k.paused_envs)
+        pipe.smembers(k.closed_envs)
+        orgs, envs, closed = pipe.execute()
+        return Switches({int(o) for o in orgs}, {int(e) for e in envs}, {int(e) for e in closed})
 
     def server_time_ms(self) -> int:
         """Redis's clock (``TIME``) in epoch ms: the one clock every drainer shares, so a worker whose own
@@ -680,6 +752,60 @@ class Buffer:
     def shard_stats(self, *, now_ms: int) -> list[ShardStats]:
         """Every shard's depth, leased, retrying, dead, oldest age, stale count and drain rate (``buffer.stats``)."""
         return stats.read(self._client, self._scripts, [self.keys(s) for s in range(self.shards)], now_ms=now_ms)
+
+    # -- operator screens: the dashboard, its drill-downs, buffered-run pages, env deletion (buffer.operators)
+
+    def circuits_until_ms(self) -> list[int]:
+        """``circuit_until_ms`` of every shard, in shard order, in one round trip."""
+        return operators.circuits_until_ms(self._client, [self.keys(s) for s in range(self.shards)])
+
+    def shard_stats_of(self, shard: int, *, now_ms: int) -> ShardStats:
+        """``shard_stats`` of one shard only (a drill-down page), one round trip."""
+        return stats.read(self._client, self._scripts, [self.keys(shard)], now_ms=now_ms)[0]
+
+    def switch_counts(self) -> list[tuple[int, int, int]]:
+        """Per shard, in order: how many orgs and envs are paused and envs have their intake closed (the
+        sizes of ``switches``), in one round trip."""
+        return operators.switch_counts(self._client, [self.keys(s) for s in range(self.shards)])
+
+    def top_envs(self, shard: int, *, limit: int) -> ShardTop:
+        """The shard's ``limit`` deepest orgs and envs by queue length, and its totals (``lua/top_envs.lua``):
+        one script call, O(orgs + envs of this shard), a reply of at most ``limit`` rows each."""
+        _require("limit", limit, 1)
+        return operators.top_envs(self._scripts, self.keys(shard), limit=limit)
+
+    def queue_head(self, *, org_id: int, env_id: int, limit: int) -> list[Entry]:
+        """The first ``limit`` entries waiting in the env's queue (the next to be leased, oldest first),
+        without their snapshots; two round trips."""
+        _require("limit", limit, 1)
+        ids = operators.queue_head(self._client, self.keys_for_org(org_id), env_id, limit=limit)
+        return [entry for entry in self.get_many(ids, org_id=org_id, snapshot=False) if entry is not None]
+
+    def find_entry(self, run_id: str) -> Entry | None:
+        """The entry of ``run_id`` in whichever shard holds it, any state, or ``None``: for an operator who
+        has only the run id (the org, hence the shard, is unknown). One read per shard, one round trip."""
+        shard_keys = [self.keys(s) for s in range(self.shards)]
+        for flat in operators.find_entry_replies(self._client, self._scripts, shard_keys, run_id):
+            entry = parse_entry(run_id, flat)
+            if entry is not None:
+                return entry
+        return None
+
+    def env_census(self, *, org_id: int, env_ids: Sequence[int]) -> list[EnvCensus]:
+        """Per env of one org: its queue length (exact) and its retrying, leased and dead entries among the
+        first ``operators.CENSUS_SCAN`` members of the shard's sets (``EnvCensus.complete`` says whether that
+        was all of them). One script call (``lua/env_census.lua``)."""
+        k = self.keys_for_org(org_id)
+        return operators.env_census(self._scripts, k, list(env_ids), scan=operators.CENSUS_SCAN)
+
+    def dead_letter_env(self, *, org_id: int, env_id: int, now_ms: int, reason: str) -> int:
+        """Dead-letter every queued, retrying and leased entry of the env (its rows are being deleted), with
+        ``reason`` as their last error; they stay for operators. Returns how many became DEAD
+        (``lua/dead_letter_env.lua``, called in batches of ``operators.DEAD_LETTER_BATCH``)."""
+        return operators.dead_letter_env(
+            self._scripts, self.keys_for_org(org_id), org_id=org_id, env_id=env_id, now_ms=now_ms, reason=reason,
+            batch=operators.DEAD_LETTER_BATCH,
+        )  # fmt: skip
 
     def sweep_cycle(self, shard: int, *, max_orgs: int) -> SweepCycle:
         """Where the shard's sweep cycle stands and which orgs the next pass visits."""

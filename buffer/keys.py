@@ -47,6 +47,12 @@ key                                            type    holds / written by
 ``B sweep:counts``                             HASH    env → stale entries at its last visit (no zero fields; envs
                                                not visited in a cycle are removed when it wraps). sweep
 ``B sweep:visited``                            SET     envs visited in the current cycle. sweep
+``B paused:orgs`` / ``B paused:envs``          SET     orgs / envs an operator paused: accepted and counted, not leased,
+                                                       not counted stale. ``Buffer.pause``/``resume``; read by
+                                                       candidates, shard_stats
+``B closed:envs``                              SET     envs whose intake an operator closed: accept answers CLOSED
+                                                       (429), the gate diverts them. ``Buffer.close_intake``/
+                                                       ``open_intake``; read by accept, trip
 ``B sweep:lock``                               STRING  owner token of the shard's sweep task (NX PX). sweep
                                                ``Buffer.shard_lock`` (redis-py Lock)
 =============================================  ======  ==============================================================
@@ -176,6 +182,18 @@ class ShardKeys:
     @property
     def sweep_lock(self) -> str:
         return self.base + "sweep:lock"
+
+    @property
+    def paused_orgs(self) -> str:
+        return self.base + "paused:orgs"
+
+    @property
+    def paused_envs(self) -> str:
+        return self.base + "paused:envs"
+
+    @property
+    def closed_envs(self) -> str:
+        return self.base + "closed:envs"
 
     @property
     def sweep_state(self) -> tuple[str, ...]:

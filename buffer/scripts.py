@@ -59,6 +59,11 @@ class Scripts:
     candidates: Script
     open_circuit: Script
     redrive: Script
+    take: Script
+    requeue_now: Script
+    top_envs: Script  # operator screens (buffer.operators)
+    env_census: Script
+    dead_letter_env: Script
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -62,7 +62,9 @@ def read(client: redis.Redis, scripts: Scripts, shard_keys: list[ShardKeys], *, 
     pipe = client.pipeline(transaction=False)
     for k in shard_keys:
         scripts.shard_stats(
-            keys=[k.orgs, k.leases, k.retry, k.dead, k.sweep_counts], args=[k.base, now_ms], client=pipe
+            keys=[k.orgs, k.leases, k.retry, k.dead, k.sweep_counts, k.paused_orgs, k.paused_envs],
+            args=[k.base, now_ms],
+            client=pipe,
         )
         pipe.mget([k.drained(bucket) for bucket in buckets])
     replies = pipe.execute()

@@ -226,7 +226,15 @@ def _minimal_snapshot(entry: Entry) -> Snapshot:
     )  # fmt: skip
 
 
-def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], limits: DrainLimits, now_ms: int) -> Report:
+def materialise(
+    buffer: Buffer,
+    *,
+    shard: int,
+    entries: Sequence[Entry],
+    limits: DrainLimits,
+    now_ms: int,
+    fail_with: str | None = None,
+) -> Report:
     """Write a row for every leased entry and ack it after the commit (docs/architecture.md#drain-outcomes).
 
     Steps: 1. sort entries into normal / cancelled / failed (unreadable snapshot, attempts exhausted);
@@ -248,7 +256,9 @@ def materialise(buffer: Buffer, *, shard: int, entries: Sequence[Entry], limits:
         except Exception as exc:  # e.g. RecursionError on deep nesting: still unreadable, never a crash loop
             failed.append((entry, None, f"unreadable snapshot: {type(exc).__name__}: {exc}"))
             continue
-        if entry.cancelled_at_ms is not None:
+        if fail_with is not None:  # an operator's "fail": a SYSTEM_FAILURE row whatever the entry holds
+            failed.append((entry, snapshot, fail_with))
+        elif entry.cancelled_at_ms is not None:
             cancelled.append((entry, snapshot))
         elif entry.attempts >= limits.max_attempts:
             failed.append(

@@ -464,6 +464,12 @@ def _accept(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: MollifierSettings
             f"({cfg.MAX_BUFFERED_PER_ENV}). Retry after the reset time.",
             headers={"x-ratelimit-reset": str(reset_ms)},
         )
+    if result.status == AcceptStatus.CLOSED:
+        reset_ms = now_ms + max(1000, int(cfg.DRAIN_INTERVAL_S * 1000))
+        raise Backpressure(
+            "An operator has closed this environment's intake for now; retry later.",
+            headers={"x-ratelimit-reset": str(reset_ms)},
+        )
     if result.status == AcceptStatus.IDEMPOTENT and result.existing_run_id:
         return Triggered(result.existing_run_id, True, "cached")
     return Triggered(s.id, False, "buffered")

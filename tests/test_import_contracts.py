@@ -55,7 +55,7 @@ def test_a_lower_layer_importing_a_higher_one_breaks_the_layers(tree: Path):
 
     assert done.returncode != 0
     assert (
-        "Layers: demo | telemetry above drainer | sweep above runs above buffer above mollifier_project BROKEN"
+        "Layers: demo | telemetry above sweep above drainer above runs above buffer above mollifier_project BROKEN"
         in done.stdout
     )
     assert "buffer.upward -> runs.engine" in done.stdout

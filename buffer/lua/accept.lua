@@ -5,25 +5,31 @@ KEYS[1]  e:<run>            entry hash
 KEYS[2]  q:<env>            the env's queue
 KEYS[3]  org:<org>:envs     envs of the org with queued entries
 KEYS[4]  orgs               orgs of the shard with queued entries
-KEYS[5]  idem:<env>:…       optional: the task-level idempotency key to bind to this run
+KEYS[5]  closed:envs        optional: envs whose intake an operator closed
+KEYS[6]  idem:<env>:…       optional: the task-level idempotency key to bind to this run
 ARGV[1]  run id
 ARGV[2]  env id
 ARGV[3]  org id
 ARGV[4]  snapshot JSON (stored byte-for-byte, never re-encoded)
 ARGV[5]  now_ms
 ARGV[6]  max entries per env queue (exact cap)
-ARGV[7]  idempotency key TTL in ms (only with KEYS[5])
+ARGV[7]  idempotency key TTL in ms (only with KEYS[6])
 
 Returns {status, value}:
   {"ACCEPTED", depth after the push}
   {"DUPLICATE", status of the existing entry}  the run id already has an entry in any state (incl. ACKED grace)
-  {"IDEMPOTENT", holder run id}                KEYS[5] is bound to another run
+  {"IDEMPOTENT", holder run id}                KEYS[6] is bound to another run
+  {"CLOSED", 0}                                an operator closed the env's intake (KEYS[5])
   {"FULL", depth}                              the queue already holds ARGV[6] entries
 Guarantees: checks and writes are one atomic step, so the cap is exact and two accepts of one run id or
 of one idempotency key cannot both succeed. On any refusal nothing is written. The entry has no TTL.
 ]]
-local entry, queue, org_envs, orgs, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local entry, queue, org_envs, orgs, closed, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local run, env, org = ARGV[1], ARGV[2], ARGV[3]
+
+if closed and redis.call('SISMEMBER', closed, env) == 1 then
+  return {'CLOSED', 0}
+end
 
 if redis.call('EXISTS', entry) == 1 then
   return {'DUPLICATE', redis.call('HGET', entry, 'status') or ''}

@@ -6,6 +6,9 @@ KEYS[2]  leases          leased run id → lease deadline ms
 KEYS[3]  retry           requeued run id → not-before ms
 KEYS[4]  dead            run id → dead-letter time ms
 KEYS[5]  sweep:counts    env → stale entries (written by the stale sweep)
+KEYS[6]  paused:orgs     orgs an operator paused (optional) …
+KEYS[7]  paused:envs     … and envs: their queues count in queued, but not in oldest (no age alert pages
+                         for what an operator paused on purpose)
 ARGV[1]  shard key base "<prefix>:{m<k>}:" (queues are base .. "q:" .. env, envs base .. "org:" .. org .. ":envs")
 ARGV[2]  now_ms (a lease is expired when its deadline <= now_ms)
 
@@ -22,7 +25,12 @@ further in (the age is then a lower bound).
 ]]
 local RETRY_SCAN = 100
 local orgs, leases, retry, dead, counts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local paused_orgs, paused_envs = KEYS[6], KEYS[7]
 local base, now = ARGV[1], ARGV[2]
+
+local function paused(set, id)
+  return set ~= nil and redis.call('SISMEMBER', set, id) == 1
+end
 
 local queued, oldest = 0, -1
 for _, org in ipairs(redis.call('SMEMBERS', orgs)) do
@@ -30,7 +38,7 @@ for _, org in ipairs(redis.call('SMEMBERS', orgs)) do
     local queue = base .. 'q:' .. env
     queued = queued + redis.call('LLEN', queue)
     local head = redis.call('LINDEX', queue, 0)
-    if head then
+    if head and not paused(paused_orgs, org) and not paused(paused_envs, env) then
       local accepted = tonumber(redis.call('HGET', base .. 'e:' .. head, 'accepted_ms'))
       if accepted and (oldest < 0 or accepted < oldest) then oldest = accepted end
     end

@@ -20,7 +20,7 @@ _SHAPE = re.compile(
     r"^(?P<prefix>.+?):\{m(?P<shard>\d+)\}:(?:"
     r"(?P<orgs>orgs)|org:(?P<org>\d+):envs|q:(?P<queue>\d+)|e:(?P<entry>[^:]+)|(?P<zset>leases|retry|dead)"
     r"|(?P<claim>idem|req):(?P<claim_env>\d+):[A-Za-z0-9_-]*:[A-Za-z0-9_-]*"
-    r"|(?P<gate>rate|tripped):(?P<gate_env>\d+)|cursor:(?:orgs|envs))$"
+    r"|(?P<gate>rate|tripped):(?P<gate_env>\d+)|cursor:(?:orgs|envs)|drained:\d+|drain:circuit)$"
 )
 
 

@@ -99,3 +99,106 @@ def test_the_limit_caps_how_many_are_redriven(buffer):
 
     assert repair.redrive(buffer, now_ms=NOW, limit=2).changed == 2
     assert repair.redrive(buffer, now_ms=NOW).changed == 3
+
+
+# ---------------------------------------------------------------------------- requeue, materialise, fail, cancel
+
+
+def accepted(buffer: Buffer, env, n: int = 1, *, now_ms: int = NOW) -> list[str]:
+    ids = []
+    for _ in range(n):
+        s = SnapshotFactory(env=env)
+        assert buffer.accept(run_id=s.id, env_id=env.id, org_id=env.org_id, snapshot=to_snapshot(s), now_ms=now_ms,
+                             idempotency=None, max_per_env=100).status is AcceptStatus.ACCEPTED  # fmt: skip
+        ids.append(s.id)
+    return ids
+
+
+class T:
+    """A repair target as the admin hands it over (a StuckEntry row has the same three fields)."""
+
+    def __init__(self, env, run_id: str) -> None:
+        self.run_id, self.org_id, self.env_id = run_id, env.org_id, env.id
+
+
+@pytest.fixture
+def states(buffer):
+    """One env with an entry in every state: queued, retrying, dead, expired lease, live lease, drained."""
+    env = EnvironmentFactory()
+    shard = buffer.shard_for(env.org_id)
+    retrying, dead, expired, live, drained = accepted(buffer, env, 5)
+    for run_id in (retrying, dead, expired, live, drained):  # FIFO: each lease takes the next of these
+        buffer.lease(
+            shard, org_id=env.org_id, env_id=env.id, n=1, now_ms=NOW, lease_ms=10 if run_id == expired else 60_000
+        )
+    buffer.requeue(shard, retrying, now_ms=NOW, delay_ms=3_600_000, error="deadlock")
+    buffer.dead_letter(shard, dead, now_ms=NOW, reason="env deleted")
+    buffer.ack(shard, [drained], now_ms=NOW, grace_ms=30_000)
+    (queued,) = accepted(buffer, env)
+    return env, {"queued": queued, "retrying": retrying, "dead": dead, "expired": expired, "live": live,
+                 "drained": drained}  # fmt: skip
+
+
+def limits() -> DrainLimits:
+    return DrainLimits.from_settings(settings.MOLLIFIER)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requeue_now_moves_retrying_dead_and_expired_entries_and_leaves_the_rest(buffer, states):
+    env, ids = states
+    later = NOW + 1_000
+
+    done = repair.requeue_now(buffer, [T(env, r) for r in ids.values()], now_ms=later)
+
+    assert (done.changed, done.already_handled) == (3, 3)  # queued, live and drained were not for it
+    assert {k: status(buffer, env, ids[k])[0] for k in ("retrying", "dead", "expired")} == dict.fromkeys(
+        ("retrying", "dead", "expired"), "QUEUED"
+    )
+    assert status(buffer, env, ids["dead"])[1] == 0 and status(buffer, env, ids["expired"])[1] == 1
+    assert status(buffer, env, ids["live"])[0] == "LEASED"
+    assert buffer.depth(buffer.shard_for(env.org_id), env.id) == 4
+    assert_consistent(buffer)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_materialise_now_writes_every_entry_no_drainer_holds(buffer, states):
+    env, ids = states
+
+    done = repair.materialise_now(buffer, [T(env, r) for r in ids.values()], now_ms=NOW + 1_000, limits=limits())
+
+    assert (done.changed, done.already_handled) == (4, 2)  # the live lease and the drained one: someone has them
+    written = set(TaskRun.objects.filter(env=env).values_list("id", flat=True))
+    assert written == {ids[k] for k in ("queued", "retrying", "dead", "expired")}
+    assert status(buffer, env, ids["live"])[0] == "LEASED"
+    assert_consistent(buffer)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fail_writes_system_failure_rows_that_say_an_operator_did_it(buffer, states):
+    env, ids = states
+
+    done = repair.fail(buffer, [T(env, ids["dead"]), T(env, ids["drained"])], now_ms=NOW + 1_000, limits=limits())
+
+    assert (done.changed, done.already_handled) == (1, 1)
+    row = TaskRun.objects.get(id=ids["dead"])
+    assert row.status == "SYSTEM_FAILURE" and "failed by an operator" in row.error["raw"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_writes_canceled_rows_and_flags_what_a_live_drainer_holds(buffer, states):
+    env, ids = states
+    shard = buffer.shard_for(env.org_id)
+
+    done = repair.cancel(buffer, [T(env, ids[k]) for k in ("queued", "dead", "live", "drained")], now_ms=NOW + 1_000,
+                         limits=limits())  # fmt: skip
+
+    assert (done.changed, done.already_handled) == (3, 1)
+    assert {r.id: r.status for r in TaskRun.objects.filter(env=env)} == {
+        ids["queued"]: "CANCELED",
+        ids["dead"]: "CANCELED",
+    }
+    live = buffer.get(ids["live"], org_id=env.org_id)
+    assert live is not None and live.status == "LEASED" and live.cancelled
+    # The drainer holding it writes its row and acks: the flag makes it CANCELED (cancel wins).
+    drain.materialise(buffer, shard=shard, entries=[live], limits=limits(), now_ms=NOW + 2_000)
+    assert TaskRun.objects.get(id=ids["live"]).status == "CANCELED"

@@ -1,32 +1,154 @@
-"""``manage.py mollifier_buffer <subcommand>``: operators' repairs of the buffer from the command line.
+"""``manage.py mollifier_buffer <subcommand>``: see and repair the Redis buffer from the command line.
 
-Thin: parses, calls a service function in ``sweep.repair``, prints what changed. More subcommands (stats,
-stuck, requeue, fail, pause, resume) come with the operator screens.
+Thin: parses, calls the same service functions as the admin (``sweep.repair``, ``Buffer``'s reads), prints
+a table, and exits non-zero (``CommandError``) on a bad argument or a failure (docs/runbook.md).
+
+  stats                                   per shard: depth, leased, retrying, dead, oldest, rate, ETA, circuit
+  stuck [--kind K] [--env ID]             open StuckEntry rows (what the sweep found), oldest first
+  redrive [--env ID] [--limit N]          dead letters back to their queues, attempts reset
+  requeue [--env ID] [--run ID …]         retrying, dead and expired entries to their queue heads now
+  fail [--env ID] [--run ID …]            SYSTEM_FAILURE rows for stuck entries (through the drain's path)
+  pause --env ID | --org ID               stop draining (entries keep being accepted)
+  resume --env ID | --org ID
+  close --env ID / open --env ID          refuse (429) / accept an env's triggers again
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from buffer.buffer import Buffer
+from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
+from runs.models import Environment
 from sweep import repair
+from sweep.models import StuckEntry, StuckKind
+
+STUCK_LIMIT = 200
 
 
 class Command(BaseCommand):
-    help = "Inspect and repair the Redis buffer."
+    help = "See and repair the Redis buffer (docs/runbook.md)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", required=True)
-        redrive = sub.add_parser("redrive", help="Put dead-lettered entries back in their queues, attempts reset.")
+        sub.add_parser("stats", help="per-shard figures, read live from Redis")
+        stuck = sub.add_parser("stuck", help="open StuckEntry rows, oldest first")
+        stuck.add_argument("--kind", choices=[k.value for k in StuckKind])
+        stuck.add_argument("--env", type=int, dest="env_id")
+        redrive = sub.add_parser("redrive", help="dead letters back to their queues, attempts reset")
         redrive.add_argument("--env", type=int, dest="env_id", help="only this environment's dead letters")
         redrive.add_argument("--limit", type=int, help="at most this many entries")
+        for name, text in (("requeue", "retrying, dead and expired entries to their queue heads now"),
+                           ("fail", "SYSTEM_FAILURE rows for stuck entries")):  # fmt: skip
+            action = sub.add_parser(name, help=text)
+            action.add_argument("--env", type=int, dest="env_id", help="the open stuck entries of this env")
+            action.add_argument("--run", dest="run_ids", nargs="+", default=[], help="these stuck entries")
+        for name in ("pause", "resume"):
+            switch = sub.add_parser(name, help=f"{name} draining for an env or an org")
+            which = switch.add_mutually_exclusive_group(required=True)
+            which.add_argument("--env", type=int, dest="env_id")
+            which.add_argument("--org", type=int, dest="org_id")
+        for name in ("close", "open"):
+            sub.add_parser(name, help=f"{name} an env's intake").add_argument(
+                "--env", type=int, dest="env_id", required=True
+            )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["subcommand"] == "redrive":
-            done = repair.redrive(
-                Buffer.from_settings(), now_ms=now_ms(), env_id=options["env_id"], limit=options["limit"]
-            )
-            self.stdout.write(f"redriven {done.changed}; already handled {done.already_handled}")
+        buffer = Buffer.from_settings()
+        command = options["subcommand"]
+        if command == "stats":
+            self._stats(buffer)
+        elif command == "stuck":
+            self._stuck(options["kind"], options["env_id"])
+        elif command == "redrive":
+            done = repair.redrive(buffer, now_ms=now_ms(), env_id=options["env_id"], limit=options["limit"])
+            self._done("redriven", done)
+        elif command in ("requeue", "fail"):
+            targets = _targets(options["env_id"], options["run_ids"])
+            if command == "requeue":
+                self._done("requeued", repair.requeue_now(buffer, targets, now_ms=now_ms()))
+            else:
+                limits = DrainLimits.from_settings(settings.MOLLIFIER)
+                self._done("failed", repair.fail(buffer, targets, now_ms=now_ms(), limits=limits))
+        elif command in ("pause", "resume"):
+            org_id, env_id = _org_and_env(options["org_id"], options["env_id"])
+            changed = (buffer.pause if command == "pause" else buffer.resume)(org_id=org_id, env_id=env_id)
+            what = f"env {env_id}" if env_id is not None else f"org {org_id}"
+            self.stdout.write(f"{what} {command}d" if changed else f"{what} was already {command}d")
+        else:  # close / open
+            org_id, env_id = _org_and_env(None, options["env_id"])
+            assert env_id is not None
+            switch = buffer.close_intake if command == "close" else buffer.open_intake
+            changed = switch(org_id=org_id, env_id=env_id)
+            state = "closed" if command == "close" else "open"
+            self.stdout.write(f"env {env_id} intake {state}" if changed else f"env {env_id} intake was already {state}")
+
+    def _done(self, verb: str, done: repair.Repaired) -> None:
+        self.stdout.write(f"{verb} {done.changed}; already handled {done.already_handled}")
+
+    def _stats(self, buffer: Buffer) -> None:
+        now = now_ms()
+        rows = []
+        for s, until in zip(buffer.shard_stats(now_ms=now), _circuits(buffer), strict=True):
+            eta = s.depth / s.drained_per_s if s.drained_per_s else (math.inf if s.depth else 0.0)
+            oldest = "-" if s.oldest_accepted_ms is None else f"{(now - s.oldest_accepted_ms) / 1000:.0f}s"
+            circuit = f"open {(until - now) / 1000:.1f}s" if until > now else "closed"
+            rows.append([s.shard, s.queued, s.leased, s.retrying, s.dead, s.stale, oldest,
+                         f"{s.drained_per_s:.1f}/s", "inf" if eta == math.inf else f"{eta:.0f}s", circuit])  # fmt: skip
+        self._table(
+            ["shard", "queued", "leased", "retrying", "dead", "stale", "oldest", "rate", "eta", "circuit"], rows
+        )
+
+    def _stuck(self, kind: str | None, env_id: int | None) -> None:
+        rows = StuckEntry.objects.filter(resolved_at__isnull=True).order_by("accepted_at")
+        if kind:
+            rows = rows.filter(kind=kind)
+        if env_id is not None:
+            rows = rows.filter(env_id=env_id)
+        self._table(
+            ["run", "kind", "org", "env", "accepted", "attempts", "last error"],
+            [[r.run_id, r.kind, r.org_id, r.env_id, r.accepted_at.isoformat(timespec="seconds"), r.attempts,
+              r.last_error[:60]] for r in rows[:STUCK_LIMIT]],
+        )  # fmt: skip
+
+    def _table(self, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+        for row in cells:
+            self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if not rows:
+            self.stdout.write("(none)")
+
+
+def _circuits(buffer: Buffer) -> list[int]:
+    return [buffer.circuit_until_ms(shard) for shard in range(buffer.shards)]
+
+
+def _org_and_env(org_id: int | None, env_id: int | None) -> tuple[int, int | None]:
+    if env_id is None:
+        assert org_id is not None
+        return org_id, None
+    org = Environment.objects.filter(id=env_id).values_list("org_id", flat=True).first()
+    if org is None:
+        raise CommandError(f"--env {env_id}: no such environment")
+    return org, env_id
+
+
+def _targets(env_id: int | None, run_ids: Sequence[str]) -> list[StuckEntry]:
+    if env_id is None and not run_ids:
+        raise CommandError("say which entries: --env ID or --run ID …")
+    rows = StuckEntry.objects.filter(resolved_at__isnull=True)
+    if env_id is not None:
+        rows = rows.filter(env_id=env_id)
+    if run_ids:
+        rows = rows.filter(run_id__in=run_ids)
+        missing = set(run_ids) - set(rows.values_list("run_id", flat=True))
+        if missing:
+            raise CommandError(f"--run: no open stuck entry for {', '.join(sorted(missing))}")
+    return list(rows)
