@@ -38,6 +38,9 @@ class StuckEntry(models.Model):
     class Meta:
         verbose_name = "stuck entry"
         verbose_name_plural = "stuck entries"
+        # Operators' repairs of the buffer (requeue, redrive, materialise, fail, cancel): the StuckEntry
+        # admin's actions. Viewing needs only view_stuckentry.
+        permissions = [("repair_buffer", "Can repair buffered entries (requeue, redrive, materialise, fail, cancel)")]
         ordering = ["accepted_at"]
         indexes = [
             models.Index(fields=["env_id", "accepted_at"], name="stuck_env_accepted"),

@@ -1,0 +1,173 @@
+"""Nothing lost from the admin (docs/architecture.md#operator-admin): deleting an org or env that still has
+runs in the buffer.
+
+Those runs can never become rows once their env is gone. ``BufferedEntriesDeletionMixin`` (on the
+Organization and Environment admins) therefore
+
+* warns on the confirmation page — the single delete page and the "delete selected" action alike — with
+  the number of buffered entries that would be stranded (``Buffer.env_census``): each env's queue length
+  (exact) plus its retrying and leased entries (counted among the first ``CENSUS_SCAN`` members of the
+  shard's retry and leases sets: "at least" when those are larger); dead letters already waiting are
+  mentioned separately;
+* once the deletion has committed, dead-letters every queued, retrying and leased entry of the deleted envs
+  (``Buffer.dead_letter_env``) with the reason "environment <org/env> deleted by <user>": they stay in the
+  buffer for operators, appear on the dashboard as dead, and the sweep records them as stuck entries.
+
+If Redis cannot be reached then, the entries stay queued and the drain dead-letters them itself when it
+finds their env missing; the operator is told so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import messages
+from django.db import models, transaction
+from django.http import HttpRequest
+
+from buffer.buffer import Buffer, BufferUnavailable
+from mollifier_project.clock import now_ms
+from runs.models import Environment, Organization
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the mixin is typed as the ModelAdmin it is mixed into
+    from django.contrib.admin import ModelAdmin as _Base
+else:
+    _Base = object
+
+SUMMARY_LABEL = "buffered runs (Redis), dead-lettered on delete"
+
+
+@dataclass(frozen=True, slots=True)
+class DoomedEnv:
+    """An env about to be deleted, and what names it in the dead letters' reason."""
+
+    org_id: int
+    env_id: int
+    label: str  # "acme/prod"
+
+
+@dataclass(frozen=True, slots=True)
+class Stranded:
+    """What the deletion would strand in the buffer."""
+
+    live: int  # queued + retrying + leased: dead-lettered when the deletion commits
+    queued: int
+    retrying: int
+    leased: int
+    dead: int  # already dead letters of these envs (they stay as they are)
+    complete: bool  # False: retrying/leased/dead counted among the first members only (at least this many)
+
+    def warning(self) -> str:
+        at_least = "" if self.complete else "at least "
+        parts = f"{self.queued} queued, {self.retrying} retrying, {self.leased} leased"
+        text = (
+            f"Warning: {at_least}{self.live} buffered run{'s' if self.live != 1 else ''} ({parts}) will be "
+            "dead-lettered, not written: they stay in the buffer for operators."
+        )
+        if self.dead:
+            text += f" {self.dead} dead letter{'s' if self.dead != 1 else ''} already wait."
+        return text
+
+
+def count_stranded(buffer: Buffer, envs: Sequence[DoomedEnv]) -> Stranded:
+    """One ``env_census`` script call per org (its envs share a shard)."""
+    by_org: dict[int, list[int]] = defaultdict(list)
+    for env in envs:
+        by_org[env.org_id].append(env.env_id)
+    counts = [c for org_id, env_ids in by_org.items() for c in buffer.env_census(org_id=org_id, env_ids=env_ids)]
+    return Stranded(
+        live=sum(c.live for c in counts),
+        queued=sum(c.queued for c in counts),
+        retrying=sum(c.retrying for c in counts),
+        leased=sum(c.leased for c in counts),
+        dead=sum(c.dead for c in counts),
+        complete=all(c.complete for c in counts),
+    )
+
+
+def dead_letter(buffer: Buffer, envs: Sequence[DoomedEnv], *, user: str, now_ms: int) -> int:
+    """Dead-letter the live entries of deleted envs; returns how many."""
+    return sum(
+        buffer.dead_letter_env(
+            org_id=env.org_id, env_id=env.env_id, now_ms=now_ms, reason=f"environment {env.label} deleted by {user}"
+        )
+        for env in envs
+    )
+
+
+def envs_of(objs: Iterable[models.Model]) -> list[DoomedEnv]:
+    """The envs that deleting ``objs`` (organizations or environments) deletes."""
+    objs = list(objs)
+    env_ids = [o.pk for o in objs if isinstance(o, Environment)]
+    org_ids = [o.pk for o in objs if isinstance(o, Organization)]
+    found = Environment.objects.filter(models.Q(pk__in=env_ids) | models.Q(org_id__in=org_ids)).select_related("org")
+    return [DoomedEnv(e.org_id, e.pk, f"{e.org.slug}/{e.slug}") for e in found.order_by("pk")]
+
+
+class BufferedEntriesDeletionMixin(_Base):
+    """Warns about and dead-letters the buffered runs of deleted envs (module docstring)."""
+
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        envs = envs_of(objs)
+        if not envs:
+            return deleted, model_count, perms_needed, protected
+        try:
+            stranded = count_stranded(Buffer.from_settings(), envs)
+        except BufferUnavailable as exc:
+            deleted = [f"Warning: the buffer's Redis is unreachable ({exc}), so its runs were not counted.", *deleted]
+            return deleted, model_count, perms_needed, protected
+        if stranded.live or stranded.dead:
+            deleted = [stranded.warning(), *deleted]
+            model_count = {**model_count, SUMMARY_LABEL: stranded.live}
+        return deleted, model_count, perms_needed, protected
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        envs = envs_of([obj])
+        super().delete_model(request, obj)
+        self._dead_letter_on_commit(request, envs)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        envs = envs_of(queryset)
+        super().delete_queryset(request, queryset)
+        self._dead_letter_on_commit(request, envs)
+
+    def _dead_letter_on_commit(self, request: HttpRequest, envs: Sequence[DoomedEnv]) -> None:
+        if not envs:
+            return
+        user = request.user.get_username() or "an operator"
+
+        def bury() -> None:
+            try:
+                n = dead_letter(Buffer.from_settings(), envs, user=user, now_ms=now_ms())
+            except BufferUnavailable as exc:
+                log.error(
+                    "could not dead-letter the buffered runs of deleted envs %s: %s", [e.env_id for e in envs], exc
+                )
+                self.message_user(
+                    request,
+                    f"The buffer's Redis is unreachable ({exc}): buffered runs of the deleted environments stay "
+                    "queued until the drain dead-letters them (their environment is missing).",
+                    messages.ERROR,
+                )
+                return
+            if n:
+                log.warning(
+                    "dead-lettered %s buffered runs of deleted envs", n, extra={"env_ids": [e.env_id for e in envs]}
+                )
+                self.message_user(
+                    request,
+                    f"Dead-lettered {n} buffered run{'s' if n != 1 else ''} of the deleted environments; "
+                    "they wait in the buffer as dead letters.",
+                    messages.WARNING,
+                )
+
+        transaction.on_commit(bury)

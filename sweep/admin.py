@@ -1,0 +1,344 @@
+"""The StuckEntry admin (docs/architecture.md#operator-admin): what the stale sweep found, and the operators'
+repairs of it.
+
+Rows come from the system (``sweep.services``), so nobody adds, changes or deletes them here. The detail
+page shows the entry as the buffer holds it now, snapshot included (``Buffer.get``). The actions — requeue
+now, re-drive dead letters, materialise now, fail as SYSTEM_FAILURE, cancel — call the service functions of
+``sweep.repair`` and report what changed and what someone else had already handled. They need the
+``sweep.repair_buffer`` permission: staff without it see no actions, and a POST of one answers 403.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from buffer.buffer import Buffer, BufferUnavailable, Entry
+from drainer.limits import DrainLimits
+from mollifier_project.clock import now_ms
+from runs.admin import CappedCountPaginator
+from runs.models import Environment, Organization
+from sweep import repair
+from sweep.dashboard import duration
+from sweep.models import StuckEntry
+
+REPAIR_PERMISSION = "sweep.repair_buffer"
+TENANT_CHOICES = 100  # org and env filters offer at most this many ids (the most recent rows')
+
+
+def _entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"
+
+
+def report(verb: str, done: repair.Repaired) -> str:
+    """ "Requeued 12 entries; 3 were already handled." """
+    message = f"{verb} {_entries(done.changed)}"
+    if done.already_handled:
+        message += f"; {done.already_handled} {'was' if done.already_handled == 1 else 'were'} already handled"
+    return message + "."
+
+
+# ------------------------------------------------------------------------------------------------- filters
+
+
+class _TenantFilter(admin.SimpleListFilter):
+    """Filter by a plain id column (rows outlive their tenants): choices are the ids of the newest rows,
+    labelled from Postgres where the tenant still exists."""
+
+    field: str
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        ids = (
+            StuckEntry.objects.order_by("-last_seen_at")
+            .values_list(self.field, flat=True)
+            .distinct()[: TENANT_CHOICES * 10]
+        )
+        unique = list(dict.fromkeys(ids))[:TENANT_CHOICES]
+        labels = self.labels(unique)
+        return [(str(i), labels.get(i, f"{i} (no row)")) for i in sorted(unique)]
+
+    def labels(self, ids: Sequence[int]) -> dict[int, str]:
+        raise NotImplementedError
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> QuerySet[StuckEntry]:
+        value = self.value()
+        if value and value.isdigit():
+            return queryset.filter(**{self.field: int(value)})
+        return queryset
+
+
+class OrgFilter(_TenantFilter):
+    title = "org"
+    parameter_name = "org_id"
+    field = "org_id"
+
+    def labels(self, ids: Sequence[int]) -> dict[int, str]:
+        return {o.pk: f"{o.slug} ({o.pk})" for o in Organization.objects.filter(pk__in=ids).only("slug")}
+
+
+class EnvFilter(_TenantFilter):
+    title = "environment"
+    parameter_name = "env_id"
+    field = "env_id"
+
+    def labels(self, ids: Sequence[int]) -> dict[int, str]:
+        return {e.pk: f"{e} ({e.pk})" for e in Environment.objects.filter(pk__in=ids).select_related("org")}
+
+
+AGE_BUCKETS: dict[str, tuple[str, timedelta | None, timedelta | None]] = {
+    "lt5m": ("under 5 minutes", None, timedelta(minutes=5)),
+    "5m-1h": ("5 minutes to 1 hour", timedelta(minutes=5), timedelta(hours=1)),
+    "1h-1d": ("1 hour to 1 day", timedelta(hours=1), timedelta(days=1)),
+    "gt1d": ("over 1 day", timedelta(days=1), None),
+}
+
+
+class AgeFilter(admin.SimpleListFilter):
+    """How long ago the entry was accepted into the buffer."""
+
+    title = "age"
+    parameter_name = "age"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(key, label) for key, (label, _, _) in AGE_BUCKETS.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> QuerySet[StuckEntry]:
+        bucket = AGE_BUCKETS.get(self.value() or "")
+        if bucket is None:
+            return queryset
+        _, at_least, under = bucket
+        now = timezone.now()
+        if at_least is not None:
+            queryset = queryset.filter(accepted_at__lte=now - at_least)
+        if under is not None:
+            queryset = queryset.filter(accepted_at__gt=now - under)
+        return queryset
+
+
+class StateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("open", "open (still in the buffer)"), ("resolved", "resolved (drained)")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> QuerySet[StuckEntry]:
+        if self.value() == "open":
+            return queryset.filter(resolved_at__isnull=True)
+        if self.value() == "resolved":
+            return queryset.filter(resolved_at__isnull=False)
+        return queryset
+
+
+# --------------------------------------------------------------------------------------------------- admin
+
+Repair = Callable[[Buffer, Sequence[StuckEntry], int], repair.Repaired]
+
+
+@admin.register(StuckEntry)
+class StuckEntryAdmin(admin.ModelAdmin):
+    list_display = ("run_id", "kind", "age", "attempts", "short_error", "org", "env", "shard", "last_seen_at", "open")
+    list_filter = ("kind", OrgFilter, EnvFilter, AgeFilter, StateFilter)
+    search_fields = ("=run_id",)
+    search_help_text = "An exact run id."
+    ordering = ("accepted_at", "run_id")
+    paginator = CappedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    change_list_template = "admin/sweep/stuckentry/change_list.html"
+    fields = (
+        "run_id", "kind", "org", "env", "shard", "accepted_at", "age", "first_seen_at", "last_seen_at", "attempts",
+        "last_error", "resolved_at", "buffer_state", "links", "snapshot",
+    )  # fmt: skip
+    readonly_fields = fields
+    actions = ("requeue_now", "redrive_dead_letters", "materialise_now", "fail_entries", "cancel_runs")
+
+    # -- permissions: the rows are the system's; repairs need sweep.repair_buffer -------------------------
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_repair_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(REPAIR_PERMISSION)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """A POSTed repair without the permission is refused outright (the stock admin would only say "no
+        action selected"); the rows on the page get their tenants' names in two queries."""
+        if request.method == "POST" and request.POST.get("action") in self.actions:
+            if not self.has_repair_permission(request):
+                raise PermissionDenied
+        response = super().changelist_view(request, extra_context)
+        if isinstance(response, TemplateResponse) and response.context_data and "cl" in response.context_data:
+            _label_tenants(list(response.context_data["cl"].result_list))
+        return response
+
+    # -- list columns ------------------------------------------------------------------------------------
+
+    @admin.display(description="age", ordering="accepted_at")
+    def age(self, obj: StuckEntry) -> str:
+        """Since acceptance: until now while open, until the sweep saw it drained once resolved."""
+        delta = obj.age_at(obj.resolved_at or timezone.now())
+        return duration(delta.total_seconds() * 1000)
+
+    @admin.display(description="last error")
+    def short_error(self, obj: StuckEntry) -> str:
+        return obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "…"
+
+    @admin.display(description="org", ordering="org_id")
+    def org(self, obj: StuckEntry) -> str:
+        return getattr(obj, "_org_label", None) or str(obj.org_id)
+
+    @admin.display(description="environment", ordering="env_id")
+    def env(self, obj: StuckEntry) -> str:
+        return getattr(obj, "_env_label", None) or str(obj.env_id)
+
+    @admin.display(description="open", boolean=True)
+    def open(self, obj: StuckEntry) -> bool:
+        return obj.resolved_at is None
+
+    # -- detail page: the entry as the buffer holds it now ---------------------------------------------------
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> StuckEntry | None:
+        # One instance per request, so the Redis read below happens once for every field that shows it.
+        cache = request.__dict__.setdefault("_stuck_objects", {})
+        if object_id not in cache:
+            cache[object_id] = super().get_object(request, object_id, from_field)
+            if cache[object_id] is not None:
+                _label_tenants([cache[object_id]])
+        return cache[object_id]
+
+    @admin.display(description="in the buffer now")
+    def buffer_state(self, obj: StuckEntry) -> str:
+        entry = _entry(obj)
+        if isinstance(entry, str):
+            return entry
+        parts = [f"{entry.status}, attempts {entry.attempts}"]
+        if entry.lease_until_ms is not None:
+            parts.append(f"leased until {entry.lease_until_ms} ms")
+        if entry.cancelled:
+            parts.append(f"cancelled ({entry.cancel_reason or 'no reason'})")
+        if entry.extra_tags:
+            parts.append(f"extra tags {', '.join(entry.extra_tags)}")
+        if entry.last_error:
+            parts.append(f"last error: {entry.last_error}")
+        return "; ".join(parts)
+
+    @admin.display(description="snapshot")
+    def snapshot(self, obj: StuckEntry) -> str:
+        entry = _entry(obj)
+        if isinstance(entry, str):
+            return "—"
+        try:
+            pretty = json.dumps(json.loads(entry.snapshot), indent=2, sort_keys=True, ensure_ascii=False)
+        except ValueError:
+            pretty = entry.snapshot  # unreadable: show it as stored
+        return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>', pretty)
+
+    @admin.display(description="see also")
+    def links(self, obj: StuckEntry) -> str:
+        env_page = reverse("buffer_admin:env", args=[obj.org_id, obj.env_id])
+        try:
+            run_page = reverse("admin:runs_taskrun_buffered", args=[obj.run_id])
+        except NoReverseMatch:
+            run_page = ""
+        return format_html(
+            '<a href="{}">the environment in the buffer dashboard</a>{}',
+            env_page,
+            format_html(' · <a href="{}">the buffered run</a>', run_page) if run_page else "",
+        )
+
+    # -- actions --------------------------------------------------------------------------------------------
+
+    def _repair(self, request: HttpRequest, queryset: QuerySet[StuckEntry], verb: str, fn: Repair) -> None:
+        rows = list(queryset.order_by("accepted_at", "run_id"))
+        try:
+            done = fn(Buffer.from_settings(), rows, now_ms())
+        except BufferUnavailable as exc:
+            self.message_user(request, f"The buffer's Redis is unreachable: {exc}", messages.ERROR)
+            return
+        self.message_user(request, report(verb, done), messages.SUCCESS if done.changed else messages.WARNING)
+
+    @admin.action(
+        description="Requeue now (retrying, dead and expired entries to their queue heads)", permissions=("repair",)
+    )
+    def requeue_now(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
+        self._repair(request, queryset, "Requeued", lambda b, rows, now: repair.requeue_now(b, rows, now_ms=now))
+
+    @admin.action(
+        description="Re-drive every dead letter of the selected entries' environments", permissions=("repair",)
+    )
+    def redrive_dead_letters(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
+        def redrive(buffer: Buffer, rows: Sequence[StuckEntry], now: int) -> repair.Repaired:
+            changed = handled = 0
+            for env_id in sorted({row.env_id for row in rows}):
+                done = repair.redrive(buffer, now_ms=now, env_id=env_id)
+                changed, handled = changed + done.changed, handled + done.already_handled
+            return repair.Repaired(changed, handled)
+
+        self._repair(request, queryset, "Re-drove", redrive)
+
+    @admin.action(description="Materialise now (write their rows)", permissions=("repair",))
+    def materialise_now(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
+        self._repair(
+            request, queryset, "Materialised",
+            lambda b, rows, now: repair.materialise_now(b, rows, now_ms=now, limits=_limits()),
+        )  # fmt: skip
+
+    @admin.action(description="Fail as SYSTEM_FAILURE", permissions=("repair",))
+    def fail_entries(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
+        self._repair(
+            request, queryset, "Failed", lambda b, rows, now: repair.fail(b, rows, now_ms=now, limits=_limits())
+        )
+
+    @admin.action(description="Cancel the runs", permissions=("repair",))
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
+        self._repair(
+            request, queryset, "Cancelled", lambda b, rows, now: repair.cancel(b, rows, now_ms=now, limits=_limits())
+        )
+
+
+def _limits() -> DrainLimits:
+    return DrainLimits.from_settings(settings.MOLLIFIER)
+
+
+def _entry(obj: StuckEntry) -> Entry | str:
+    """The buffer's entry for the row, read once per instance; a sentence when there is none to show."""
+    if not hasattr(obj, "_buffer_entry"):
+        try:
+            entry: Entry | str | None = Buffer.from_settings().get(obj.run_id, org_id=obj.org_id)
+        except BufferUnavailable as exc:
+            entry = f"unknown: the buffer's Redis is unreachable ({exc})"
+        if entry is None:
+            entry = "gone: the entry has left the buffer (drained, or acked and past its grace period)"
+        obj._buffer_entry = entry  # type: ignore[attr-defined]
+    return obj._buffer_entry  # type: ignore[attr-defined]
+
+
+def _label_tenants(rows: Sequence[StuckEntry]) -> None:
+    """Attach org and env names to the rows (two queries for a page); ids whose tenant is gone stay ids."""
+    orgs = {o.pk: o.slug for o in Organization.objects.filter(pk__in={r.org_id for r in rows}).only("slug")}
+    envs = {
+        e.pk: f"{e.org.slug}/{e.slug}"
+        for e in Environment.objects.filter(pk__in={r.env_id for r in rows}).select_related("org")
+    }
+    for row in rows:
+        row._org_label = f"{orgs[row.org_id]} ({row.org_id})" if row.org_id in orgs else f"{row.org_id} (deleted)"  # type: ignore[attr-defined]
+        row._env_label = f"{envs[row.env_id]} ({row.env_id})" if row.env_id in envs else f"{row.env_id} (deleted)"  # type: ignore[attr-defined]

@@ -1,0 +1,19 @@
+"""The buffer dashboard's routes, mounted at ``/admin/buffer/`` ahead of the admin site (``mollifier_project.urls``).
+Every view goes through ``admin.site.admin_view``: staff only, anyone else is redirected to the admin login."""
+
+from django.contrib import admin
+from django.urls import path
+
+from sweep import admin_views
+
+app_name = "buffer_admin"
+
+urlpatterns = [
+    path("", admin.site.admin_view(admin_views.buffer_dashboard), name="dashboard"),
+    path("shard/<int:shard>/", admin.site.admin_view(admin_views.shard_detail), name="shard"),
+    path(
+        "org/<int:org_id>/env/<int:env_id>/",
+        admin.site.admin_view(admin_views.env_detail),
+        name="env",
+    ),
+]

@@ -1,0 +1,141 @@
+"""The buffer dashboard under ``/admin/buffer/`` (docs/architecture.md#operator-admin): staff-only admin pages
+that read Redis live. Thin: each view reads through ``Buffer`` (a bounded number of round trips, whatever the
+number of tenants), looks up the names of the tenants it shows, and lets ``sweep.dashboard`` judge.
+
+* ``/admin/buffer/``: the flags, the health verdict and one row per shard (shards with nothing to show are
+  folded away unless ``?all=1``).
+* ``/admin/buffer/shard/<k>/``: the shard's deepest orgs and envs (``TOP_N`` each, ``Buffer.top_envs``).
+* ``/admin/buffer/org/<org>/env/<env>/``: the env's counts, its open stuck entries and the head of its queue.
+
+URLs are wired by ``sweep.admin_urls`` (included ahead of the admin site), each view wrapped in
+``admin.site.admin_view``: an anonymous or non-staff visitor is sent to the admin login.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin
+from django.http import Http404, HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+
+from buffer.buffer import Buffer, BufferUnavailable, Entry
+from mollifier_project.clock import now_ms
+from runs.models import Environment, Organization
+from sweep import dashboard
+from sweep.models import StuckEntry
+
+TOP_N = 50  # orgs and envs listed on a shard page
+HEAD_N = 50  # queue entries listed on an env page
+STUCK_N = 200  # stuck entries listed on an env page
+
+
+def _render(request: HttpRequest, template: str, title: str, status: int = 200, **context: Any) -> HttpResponse:
+    ctx = {**admin.site.each_context(request), "title": title, **context}
+    return TemplateResponse(request, f"admin/buffer/{template}", ctx, status=status)
+
+
+def _unavailable(request: HttpRequest, template: str, title: str, exc: Exception) -> HttpResponse:
+    return _render(request, template, title, status=503, error=f"The buffer's Redis is unreachable: {exc}")
+
+
+def flags() -> dashboard.Flags:
+    cfg = settings.MOLLIFIER
+    return dashboard.Flags(
+        enabled=cfg.ENABLED,
+        drainer_enabled=cfg.DRAINER_ENABLED,
+        stale_sweep_enabled=cfg.STALE_SWEEP_ENABLED,
+        shadow_mode=cfg.SHADOW_MODE,
+    )
+
+
+def buffer_dashboard(request: HttpRequest) -> HttpResponse:
+    buffer = Buffer.from_settings()
+    now = now_ms()
+    title = "Buffer"
+    try:
+        stats = buffer.shard_stats(now_ms=now)
+        circuits = buffer.circuits_until_ms()
+        switches = buffer.switch_counts()
+    except BufferUnavailable as exc:
+        return _unavailable(request, "dashboard.html", title, exc)
+    rows = dashboard.rows(stats, circuits, now_ms=now, paused=[dashboard.Paused(*c) for c in switches])
+    current = flags()
+    verdict = dashboard.verdict(current, rows, stale_threshold_ms=settings.MOLLIFIER.STALE_THRESHOLD_S * 1000)
+    totals = dashboard.totals(rows)
+    show_all = request.GET.get("all") == "1"
+    shown = rows if show_all else [r for r in rows if not r.idle]
+    return _render(
+        request, "dashboard.html", title,
+        flags=current, verdict=verdict, totals=totals, rows=shown, idle=len(rows) - len(shown), show_all=show_all,
+        shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s),
+    )  # fmt: skip
+
+
+def shard_detail(request: HttpRequest, shard: int) -> HttpResponse:
+    buffer = Buffer.from_settings()
+    if not 0 <= shard < buffer.shards:
+        raise Http404(f"no shard {shard}: there are {buffer.shards}")
+    now = now_ms()
+    title = f"Buffer shard {shard}"
+    try:
+        stats = buffer.shard_stats_of(shard, now_ms=now)
+        circuit = buffer.circuit_until_ms(shard)
+        top = buffer.top_envs(shard, limit=TOP_N)
+        switches = buffer.switches(shard)
+    except BufferUnavailable as exc:
+        return _unavailable(request, "shard.html", title, exc)
+    row = dashboard.ShardRow(
+        stats,
+        circuit,
+        now,
+        dashboard.Paused(len(switches.paused_orgs), len(switches.paused_envs), len(switches.closed_envs)),
+    )
+    orgs = {o.pk: o for o in Organization.objects.filter(pk__in=[o.org_id for o in top.orgs]).only("slug")}
+    envs = {e.pk: e for e in Environment.objects.filter(pk__in=[e.env_id for e in top.envs]).select_related("org")}
+    org_rows = [
+        {"org_id": o.org_id, "org": orgs.get(o.org_id), "depth": o.depth, "envs": o.envs,
+         "paused": o.org_id in switches.paused_orgs}
+        for o in top.orgs
+    ]  # fmt: skip
+    env_rows = [
+        {
+            "org_id": e.org_id, "env_id": e.env_id, "env": envs.get(e.env_id), "depth": e.depth,
+            "oldest": "—" if e.head_accepted_ms is None else dashboard.duration(max(0, now - e.head_accepted_ms)),
+            "paused": switches.paused(e.org_id, e.env_id), "closed": e.env_id in switches.closed_envs,
+        }
+        for e in top.envs
+    ]  # fmt: skip
+    return _render(
+        request, "shard.html", title,
+        shard=shard, row=row, top=top, org_rows=org_rows, env_rows=env_rows, top_n=TOP_N,
+    )  # fmt: skip
+
+
+def env_detail(request: HttpRequest, org_id: int, env_id: int) -> HttpResponse:
+    buffer = Buffer.from_settings()
+    shard = buffer.shard_for(org_id)
+    now = now_ms()
+    env = Environment.objects.select_related("org").filter(pk=env_id, org_id=org_id).first()
+    title = f"Buffer: environment {env or env_id}"
+    try:
+        head: list[Entry] = buffer.queue_head(org_id=org_id, env_id=env_id, limit=HEAD_N)
+        (census,) = buffer.env_census(org_id=org_id, env_ids=[env_id])
+        switches = buffer.switches(shard)
+    except BufferUnavailable as exc:
+        return _unavailable(request, "env.html", title, exc)
+    stuck = list(
+        StuckEntry.objects.filter(env_id=env_id, resolved_at__isnull=True).order_by("accepted_at", "run_id")[
+            : STUCK_N + 1
+        ]
+    )
+    head_rows = [
+        {"entry": e, "age": dashboard.duration(max(0, now - e.accepted_ms)), "cancelled": e.cancelled} for e in head
+    ]
+    return _render(
+        request, "env.html", title,
+        shard=shard, org_id=org_id, env_id=env_id, env=env, census=census, head=head_rows, head_n=HEAD_N,
+        stuck=stuck[:STUCK_N], stuck_more=len(stuck) > STUCK_N, stuck_n=STUCK_N,
+        paused=switches.paused(org_id, env_id), closed=env_id in switches.closed_envs,
+    )  # fmt: skip

@@ -1,0 +1,317 @@
+"""The buffer dashboard's figures and health verdict (docs/architecture.md#operator-admin): pure functions over
+the typed numbers ``Buffer`` reads, so every verdict is a unit test away. The views in ``sweep.admin_views``
+read Redis once and hand the values here.
+
+The verdict is the first of these that holds, with a reason an operator can act on:
+
+1. **Postgres outage**: some shard's circuit is open (the drain stopped writing because Postgres is down).
+2. **paused**: the drainer is switched off (``DRAINER_ENABLED``), so nothing leaves the buffer.
+3. **stuck**: a shard has entries older than ``STUCK_AFTER_MS`` (or expired leases) and nothing left it
+   during the drain-rate window (the last minute) — the drainer is down, wedged or not scheduled.
+4. **backlogged**: entries drain, but slower than they should: the oldest is older than the stale
+   threshold, or at the current rate the backlog takes longer than ``BACKLOG_ETA_S`` to clear.
+5. **paused** (by an operator): some orgs or envs are paused and everything else flows.
+6. **flowing**: otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from buffer.buffer import ShardStats
+
+STUCK_AFTER_MS = 60_000  # an entry this old on a shard that drained nothing in the rate window: stuck
+BACKLOG_ETA_S = 60.0  # a backlog that needs longer than this at the current rate is a backlog
+
+
+class Health(StrEnum):
+    FLOWING = "flowing"
+    BACKLOGGED = "backlogged"
+    STUCK = "stuck"
+    OUTAGE = "Postgres outage"
+    PAUSED = "paused"
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    """The feature flags of ``settings.MOLLIFIER`` the dashboard shows."""
+
+    enabled: bool
+    drainer_enabled: bool
+    stale_sweep_enabled: bool
+    shadow_mode: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """How many orgs and envs of a shard an operator paused, and envs whose intake is closed."""
+
+    orgs: int = 0
+    envs: int = 0
+    closed_envs: int = 0
+
+    def __add__(self, other: Paused) -> Paused:
+        return Paused(self.orgs + other.orgs, self.envs + other.envs, self.closed_envs + other.closed_envs)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.orgs or self.envs)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRow:
+    """One shard as the dashboard shows it."""
+
+    stats: ShardStats
+    circuit_until_ms: int
+    now_ms: int
+    paused: Paused = field(default_factory=Paused)
+
+    @property
+    def shard(self) -> int:
+        return self.stats.shard
+
+    @property
+    def depth(self) -> int:
+        return self.stats.depth
+
+    @property
+    def waiting(self) -> int:
+        """Everything still to be written: queued, retrying and leased."""
+        return self.stats.depth + self.stats.leased
+
+    @property
+    def oldest_age_ms(self) -> int | None:
+        oldest = self.stats.oldest_accepted_ms
+        return None if oldest is None else max(0, self.now_ms - oldest)
+
+    @property
+    def rate(self) -> float:
+        """Entries that left the buffer per second over the last minute."""
+        return self.stats.drained_per_s
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds until the backlog is gone at the current rate; 0 when empty, ``None`` when it never drains."""
+        if self.waiting == 0:
+            return 0.0
+        return self.waiting / self.rate if self.rate > 0 else None
+
+    @property
+    def circuit_open(self) -> bool:
+        return self.circuit_until_ms > self.now_ms
+
+    @property
+    def circuit_left_ms(self) -> int:
+        return max(0, self.circuit_until_ms - self.now_ms)
+
+    @property
+    def stuck(self) -> bool:
+        """Old entries or expired leases, and nothing drained in the last minute."""
+        if self.rate > 0:
+            return False
+        age = self.oldest_age_ms
+        return (self.depth > 0 and age is not None and age >= STUCK_AFTER_MS) or self.stats.expired_leases > 0
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to show: no entries of any kind, circuit closed, nothing paused."""
+        return not (self.waiting or self.stats.dead or self.circuit_open or self.paused.any or self.paused.closed_envs)
+
+    # Display strings for the template.
+
+    @property
+    def oldest_text(self) -> str:
+        return "—" if self.oldest_age_ms is None else duration(self.oldest_age_ms)
+
+    @property
+    def eta_text(self) -> str:
+        return eta(self.eta_s)
+
+    @property
+    def circuit_text(self) -> str:
+        return f"open ({duration(self.circuit_left_ms)} left)" if self.circuit_open else "closed"
+
+    def backlogged(self, stale_threshold_ms: int) -> bool:
+        if self.waiting == 0:
+            return False
+        age = self.oldest_age_ms
+        if age is not None and age >= stale_threshold_ms:
+            return True
+        eta = self.eta_s
+        if eta is None:
+            # Nothing drains. On a shard with paused orgs or envs that is what the operator asked for: their
+            # entries wait (and do not age the shard); anything else old enough would be stuck.
+            return not self.paused.any
+        return eta > BACKLOG_ETA_S
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    health: Health
+    reason: str  # one line, starting with the health: "stuck: shard 3 has 120 entries, …"
+    notes: list[str] = field(default_factory=list)  # other things worth a look (dead letters, flags off)
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    queued: int
+    retrying: int
+    leased: int
+    expired_leases: int
+    dead: int
+    stale: int
+    rate: float
+    oldest_age_ms: int | None
+
+    @property
+    def depth(self) -> int:
+        return self.queued + self.retrying
+
+    @property
+    def waiting(self) -> int:
+        return self.depth + self.leased
+
+    @property
+    def eta_s(self) -> float | None:
+        """As ``ShardRow.eta_s``, for the whole buffer."""
+        if self.waiting == 0:
+            return 0.0
+        return self.waiting / self.rate if self.rate > 0 else None
+
+
+def rows(
+    stats: Sequence[ShardStats],
+    circuits_until_ms: Sequence[int],
+    *,
+    now_ms: int,
+    paused: Sequence[Paused] | None = None,
+) -> list[ShardRow]:
+    """Zip what ``Buffer.shard_stats``, ``Buffer.circuits_until_ms`` and the switch counts read, per shard."""
+    paused = paused if paused is not None else [Paused()] * len(stats)
+    return [ShardRow(s, until, now_ms, p) for s, until, p in zip(stats, circuits_until_ms, paused, strict=True)]
+
+
+def totals(shards: Sequence[ShardRow]) -> Totals:
+    ages = [r.oldest_age_ms for r in shards if r.oldest_age_ms is not None]
+    return Totals(
+        queued=sum(r.stats.queued for r in shards),
+        retrying=sum(r.stats.retrying for r in shards),
+        leased=sum(r.stats.leased for r in shards),
+        expired_leases=sum(r.stats.expired_leases for r in shards),
+        dead=sum(r.stats.dead for r in shards),
+        stale=sum(r.stats.stale for r in shards),
+        rate=sum(r.rate for r in shards),
+        oldest_age_ms=max(ages) if ages else None,
+    )
+
+
+def verdict(flags: Flags, shards: Sequence[ShardRow], *, stale_threshold_ms: int) -> Verdict:
+    """The health of the whole buffer and why (module docstring for the order)."""
+    total = totals(shards)
+    notes = _notes(flags, shards, total)
+
+    outage = [r for r in shards if r.circuit_open]
+    if outage:
+        reason = f"circuit open on {_count(len(outage), 'shard')} ({_ids(outage)})"
+        longest = max(r.circuit_left_ms for r in outage)
+        reason += f", retrying Postgres within {duration(longest)}; {_count(total.waiting, 'entry', 'entries')} wait"
+        return Verdict(Health.OUTAGE, f"{Health.OUTAGE}: {reason}", notes)
+
+    if not flags.drainer_enabled:
+        reason = "the drainer is switched off (DRAINER_ENABLED is false)"
+        if total.waiting:
+            reason += f"; {_count(total.waiting, 'entry', 'entries')} wait, oldest {_age(total.oldest_age_ms)}"
+        else:
+            reason += "; the buffer is empty"
+        return Verdict(Health.PAUSED, f"{Health.PAUSED}: {reason}", notes)
+
+    stuck = sorted((r for r in shards if r.stuck), key=lambda r: (-(r.oldest_age_ms or 0), -r.waiting, r.shard))
+    if stuck:
+        worst = stuck[0]
+        what = [f"{_count(worst.waiting, 'entry', 'entries')}"]
+        if worst.oldest_age_ms is not None:
+            what.append(f"oldest {duration(worst.oldest_age_ms)}")
+        if worst.stats.expired_leases:
+            what.append(f"{_count(worst.stats.expired_leases, 'expired lease')} not reclaimed")
+        reason = f"shard {worst.shard} has {', '.join(what)}, nothing drained in the last minute"
+        if len(stuck) > 1:
+            reason += f" (and {_count(len(stuck) - 1, 'more shard')}: {_ids(stuck[1:])})"
+        return Verdict(Health.STUCK, f"{Health.STUCK}: {reason}", notes)
+
+    backlogged = [r for r in shards if r.backlogged(stale_threshold_ms)]
+    if backlogged:
+        waiting = sum(r.waiting for r in backlogged)
+        ages = [r.oldest_age_ms for r in backlogged if r.oldest_age_ms is not None]
+        rate = sum(r.rate for r in backlogged)
+        reason = f"{_count(waiting, 'entry', 'entries')} wait on {_count(len(backlogged), 'shard')}"
+        if ages:
+            reason += f", oldest {duration(max(ages))}"
+        reason += f", draining {rate:.1f}/s"
+        if rate > 0:
+            reason += f" (ETA {duration(int(waiting / rate * 1000))})"
+        return Verdict(Health.BACKLOGGED, f"{Health.BACKLOGGED}: {reason}", notes)
+
+    paused = sum((r.paused for r in shards), Paused())
+    if paused.any:
+        parts = [_count(n, noun) for n, noun in ((paused.orgs, "org"), (paused.envs, "env")) if n]
+        reason = f"{' and '.join(parts)} paused by an operator (their entries wait); everything else flows"
+        return Verdict(Health.PAUSED, f"{Health.PAUSED}: {reason}", notes)
+
+    if total.waiting:
+        reason = f"{_count(total.waiting, 'entry', 'entries')} wait, draining {total.rate:.1f}/s"
+    else:
+        reason = "the buffer is empty"
+    return Verdict(Health.FLOWING, f"{Health.FLOWING}: {reason}", notes)
+
+
+def _notes(flags: Flags, shards: Sequence[ShardRow], total: Totals) -> list[str]:
+    notes = []
+    if total.dead:
+        notes.append(f"{_count(total.dead, 'dead letter')} wait for an operator (stuck entries, or redrive)")
+    if not flags.enabled:
+        notes.append("the gate is off (ENABLED is false): no new trigger is buffered")
+    if not flags.stale_sweep_enabled:
+        notes.append("the stale sweep is off (STALE_SWEEP_ENABLED is false): no stuck entries are recorded")
+    closed = sum(r.paused.closed_envs for r in shards)
+    if closed:
+        notes.append(f"{_count(closed, 'env')} with intake closed by an operator")
+    return notes
+
+
+def duration(ms: int | float) -> str:
+    """A short human duration: "450 ms", "42 s", "11 min", "2 h 5 min", "3 d 4 h"."""
+    if ms < 1000:
+        return f"{int(ms)} ms"
+    s = int(ms // 1000)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min" + (f" {s % 60} s" if s < 600 and s % 60 else "")
+    if s < 86_400:
+        return f"{s // 3600} h" + (f" {s % 3600 // 60} min" if s % 3600 // 60 else "")
+    return f"{s // 86_400} d" + (f" {s % 86_400 // 3600} h" if s % 86_400 // 3600 else "")
+
+
+def eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "never (nothing drains)"
+    if seconds == 0:
+        return "—"
+    return duration(math.ceil(seconds * 1000))
+
+
+def _age(ms: int | None) -> str:
+    return "unknown" if ms is None else duration(ms)
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n:,} {singular if n == 1 else plural or singular + 's'}"
+
+
+def _ids(shards: Sequence[ShardRow], at_most: int = 10) -> str:
+    ids = [str(r.shard) for r in shards[:at_most]]
+    return ", ".join(ids) + (", …" if len(shards) > at_most else "")
