@@ -12,12 +12,27 @@ Order of the checks, each cheaper than the next and each stopping evaluation:
 
 Every evaluation increments ``mollifier_decisions_total{outcome, reason}``. Redis errors propagate: the
 trigger service fails open and counts that itself.
+
+Logs: a storm writes a line when its env trips and one when it recovers, not one per window while it lasts.
+``trip.lua`` answers only ``(tripped, count)``, and reading whether the marker was already set would cost
+another Redis call per trigger, so the transitions are found in process memory (``_Storms``):
+
+* **tripped** — the trigger that pushed a window over the threshold (``count == TRIP_THRESHOLD + 1``:
+  one trigger per window, whichever process serves it), unless this process already saw the env tripped
+  within the last ``HOLD_MS + TRIP_WINDOW_MS`` (then the storm merely goes on into another window);
+* **recovered** — written by the process that wrote the trip line, at its first untripped decision for the
+  env, with how long the storm lasted as it saw it.
+
+So a storm is normally one trip line and one recovery line for the whole deployment. A process whose first
+sight of a running storm is a window's first trigger over the threshold writes a second trip line, and a
+recovery the logging process never sees (no more triggers reach it) is not written. The memory is one small
+entry per env this process currently sees tripped, capped at ``_Storms.MAX_ENVS``.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -68,15 +83,64 @@ def evaluate(
     """Decide for one trigger (steps in the module docstring)."""
     decision = _decide(buffer, org_id=org_id, env_id=env_id, enrolled=enrolled, bypass=bypass, now_ms=now_ms, cfg=cfg)
     metrics.DECISIONS.labels(outcome=decision.action.value, reason=decision.reason.value).inc()
-    if decision.count is not None and decision.count == cfg.TRIP_THRESHOLD + 1:
-        # The trigger that pushed this window over the threshold: one line per window, with the tenant ids
-        # the metric labels must not carry (docs/architecture.md#telemetry).
-        logger.info(
-            "env %s tripped: %s triggers in the window", env_id, decision.count,
-            extra={"env_id": env_id, "org_id": org_id, "count": decision.count, "outcome": decision.action.value,
-                   "reason": decision.reason.value},
-        )  # fmt: skip
+    if decision.count is not None:  # the trip was evaluated: log a transition (module docstring)
+        _STORMS.observe(buffer.prefix, org_id=org_id, env_id=env_id, decision=decision, now_ms=now_ms, cfg=cfg)
     return decision
+
+
+@dataclass(slots=True)
+class _Storm:
+    since_ms: int  # this process's first tripped decision for the env
+    seen_ms: int  # its latest one
+    logged: bool  # this process wrote the trip line, so it writes the recovery line
+
+
+@dataclass
+class _Storms:
+    """The envs this process currently sees tripped, keyed by (key prefix, env): the trip and recovery lines."""
+
+    MAX_ENVS = 10_000  # beyond this many tripped envs, forget the ones not seen tripped lately
+    envs: dict[tuple[str, int], _Storm] = field(default_factory=dict)
+
+    def observe(
+        self, prefix: str, *, org_id: int, env_id: int, decision: Decision, now_ms: int, cfg: MollifierSettings
+    ) -> None:
+        key = (prefix, env_id)
+        storm = self.envs.get(key)
+        if decision.reason not in (Reason.TRIPPED, Reason.SHADOW):  # not tripped (below threshold)
+            if storm is not None:
+                del self.envs[key]
+                if storm.logged:
+                    lasted_s = round(max(0, now_ms - storm.since_ms) / 1000, 3)
+                    logger.info(
+                        "env %s recovered: no longer tripped after %s s", env_id, lasted_s,
+                        extra={"env_id": env_id, "org_id": org_id, "count": decision.count, "tripped_for_s": lasted_s},
+                    )  # fmt: skip
+            return
+        if storm is not None and now_ms - storm.seen_ms <= cfg.HOLD_MS + cfg.TRIP_WINDOW_MS:
+            storm.seen_ms = max(storm.seen_ms, now_ms)  # the storm goes on
+            return
+        first = decision.count == cfg.TRIP_THRESHOLD + 1
+        if len(self.envs) >= self.MAX_ENVS:
+            self._forget_quiet(now_ms - cfg.HOLD_MS - cfg.TRIP_WINDOW_MS)
+        self.envs[key] = _Storm(since_ms=now_ms, seen_ms=now_ms, logged=first)
+        if first:
+            # With the tenant ids the metric labels must not carry (docs/architecture.md#telemetry).
+            logger.info(
+                "env %s tripped: %s triggers in the window", env_id, decision.count,
+                extra={"env_id": env_id, "org_id": org_id, "count": decision.count, "outcome": decision.action.value,
+                       "reason": decision.reason.value},
+            )  # fmt: skip
+
+    def _forget_quiet(self, before_ms: int) -> None:
+        """Drop the envs not seen tripped since ``before_ms``; if that is not enough, start over (a recovery
+        line may go unwritten, never a wrong one)."""
+        self.envs = {key: storm for key, storm in self.envs.items() if storm.seen_ms >= before_ms}
+        if len(self.envs) >= self.MAX_ENVS:
+            self.envs.clear()
+
+
+_STORMS = _Storms()
 
 
 def count_fail_open() -> None:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from kombu import Exchange, Queue
 
 from mollifier_project.config import load_settings
 
@@ -96,6 +97,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The admin shows times as "2025-01-05 15:04:05 UTC": seconds and the time zone (mollifier_project/formats/en).
+# A DATETIME_FORMAT setting alone would not do: the locale's format ("Jan. 5, 2025, 3:04 p.m.") wins over it.
+FORMAT_MODULE_PATH = ["mollifier_project.formats"]
 
 STATIC_URL = "static/"
 # No STATIC_ROOT: WhiteNoise finds static files in the apps at request time, so nothing needs collecting.
@@ -107,10 +111,23 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Declared, not only routed to: Flower's broker page lists task_queues (with the default queue) whenever no
+# live worker has reported its active queues yet, so all three show, not just "default". Each queue gets its
+# own direct exchange and routing key, as Celery creates a missing queue: a Queue without them would be bound
+# to the default exchange and key, and every task would then land in all three queues. A worker started
+# without -Q consumes all three; the Procfile gives the sweep a worker of its own (docs/operations.md#processes).
+CELERY_TASK_QUEUES = tuple(
+    Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ("drain", "sweep", "default")
+)
 CELERY_TASK_ROUTES = {
     "drainer.*": {"queue": "drain"},
     "sweep.*": {"queue": "sweep"},
 }
+# The drain's fan-out runs every DRAIN_INTERVAL_S and sends a shard task per busy shard: as monitoring events
+# they would be nearly everything in Flower's task list. Task.send_events=False (set through annotations)
+# keeps a worker from sending task events for them; the drain is watched through /metrics and its logs.
+# Sweep ticks (every SWEEP_INTERVAL_S) and run alerts still show. Flower's --max_tasks (Procfile) bounds the rest.
+CELERY_TASK_ANNOTATIONS = {name: {"send_events": False} for name in ("drainer.fan_out", "drainer.drain_shard")}
 # One task at a time per process, so expired drain ticks are dropped rather than hoarded (docs/architecture.md#drain).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

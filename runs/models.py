@@ -137,6 +137,7 @@ class BatchTaskRun(models.Model):
 
     class Meta:
         verbose_name = "batch"
+        verbose_name_plural = "batches"  # not Django's default "batchs"
         constraints = [
             models.UniqueConstraint(
                 fields=["env", "idempotency_key"],

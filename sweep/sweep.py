@@ -134,6 +134,11 @@ def sweep_shard(buffer: Buffer, *, shard: int, now_ms: int, limits: SweepLimits)
         if _counts_retrying(found, cycle.visited_before, visiting=visiting, wrapped=report.wrapped):
             report.counts[found.env_id] = report.counts.get(found.env_id, 0) + 1
             env_org[found.env_id] = found.org_id
+    # An env an operator paused is not stale on purpose: its count stays 0, so the alert does not page.
+    switches = buffer.switches(shard)
+    for env_id, org_id in env_org.items():
+        if switches.paused(org_id, env_id):
+            report.counts[env_id] = 0
     report.expired_total, report.dead_total = scan.expired_total, scan.dead_total
     report.expired = [_stuck(found, StuckKind.EXPIRED_LEASE) for found in scan.expired]
     report.dead = [_stuck(found, StuckKind.DEAD) for found in scan.dead]
@@ -190,20 +195,33 @@ def _drained(buffer: Buffer, shard: int, run_ids: Sequence[str]) -> list[str]:
     return [run_id for run_id, status in zip(run_ids, statuses, strict=True) if status in (None, EntryStatus.ACKED)]
 
 
+SAMPLE_RUN_IDS = 5  # run ids a log line names, oldest first, of an env's newly stuck entries
+
+
 def _log(report: PassReport, env_org: dict[int, int], new: Iterable[Stuck], now_ms: int) -> None:
-    for env, count in report.counts.items():
-        if count:
-            log.warning(
-                "%s stale entries in env %s", count, env,
-                extra={"shard": report.shard, "org_id": env_org[env], "env_id": env, "stale": count},
-            )  # fmt: skip
+    """One line per env per pass, not one per entry: an env of 10,000 stuck runs writes one line. It carries
+    the env's stale count (when this pass counted it) and its newly stuck entries: how many, per kind, the
+    oldest's age, and the first ``SAMPLE_RUN_IDS`` run ids. Every run is in the StuckEntry rows."""
+    stuck_by_env: dict[int, list[Stuck]] = {}
     for s in new:
-        log.warning(
-            "stuck entry %s (%s)", s.run_id, s.kind.value,
-            extra={"shard": report.shard, "org_id": s.org_id, "env_id": s.env_id, "run_id": s.run_id,
-                   "kind": s.kind.value, "age_s": s.age_ms(now_ms) // 1000, "attempts": s.attempts,
-                   "last_error": s.last_error},
-        )  # fmt: skip
+        stuck_by_env.setdefault(s.env_id, []).append(s)
+    stale_envs = [env for env, count in report.counts.items() if count]
+    for env in sorted({*stale_envs, *stuck_by_env}):
+        stuck = sorted(stuck_by_env.get(env, []), key=lambda s: (s.accepted_ms, s.run_id))
+        kinds: dict[str, int] = {}
+        for s in stuck:
+            kinds[s.kind.value] = kinds.get(s.kind.value, 0) + 1
+        extra: dict[str, Any] = {
+            "shard": report.shard, "org_id": env_org[env] if env in env_org else stuck[0].org_id, "env_id": env,
+            "new_stuck": len(stuck), "kinds": kinds, "sample_run_ids": [s.run_id for s in stuck[:SAMPLE_RUN_IDS]],
+        }  # fmt: skip
+        if report.counts.get(env):
+            extra["stale"] = report.counts[env]
+        if stuck:
+            extra["max_age_s"] = stuck[0].age_ms(now_ms) // 1000
+            extra["max_attempts"] = max(s.attempts for s in stuck)
+            extra["last_error"] = next((s.last_error for s in stuck if s.last_error), "")[:500]
+        log.warning("env %s: %s stale entries, %s newly stuck", env, extra.get("stale", 0), len(stuck), extra=extra)
     if report.resolved:
         log.info(
             "%s stuck entries drained", report.resolved, extra={"shard": report.shard, "resolved": report.resolved}

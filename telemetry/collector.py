@@ -12,11 +12,13 @@ Two kinds of numbers, kept apart on purpose:
   gunicorn and Celery they live in many processes, so they run in prometheus-client's multiprocess mode:
   each process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the scrape sums them.
 * **Gauges** are read from Redis at scrape time (``BufferCollector``): depth, oldest age, leased, dead,
-  stale total, drain rate and ETA. Redis is the truth shared by every process, so any web worker answers
-  the same; a per-process gauge would be wrong the moment a second worker exists.
+  stale total, drain rate and ETA (overall, the worst shard's, and rate and ETA per shard). Redis is the
+  truth shared by every process, so any web worker answers the same; a per-process gauge would be wrong
+  the moment a second worker exists.
 
 No label carries an env or org id (the series count would grow with the tenants); per-tenant detail goes
-to the JSON logs and the admin.
+to the JSON logs and the admin. The only gauge label is ``shard``, on the per-shard series: its values are
+0 … SHARDS − 1, fixed by configuration.
 """
 
 from __future__ import annotations
@@ -96,11 +98,38 @@ class BufferCollector:
             "Backlog (depth + leased) divided by the recent drain rate; +Inf when a backlog does not drain.",
             drain_eta_s(depth + leased, rate),
         )
+        # Per shard: one lock holder drains a shard at a time, so one hot shard can lag however many workers
+        # run while the overall ETA looks fine. The worst shard's ETA is one unlabelled series (what the alert
+        # reads; a `shard` label on it would change whenever another shard became the worst); the per-shard
+        # series say which shard it is. Their label is the shard number: a set bounded by SHARDS, never a tenant.
+        etas = {s.shard: drain_eta_s(s.depth + s.leased, s.drained_per_s) for s in stats}
+        yield _gauge(
+            "mollifier_drain_eta_seconds_max",
+            "The worst shard's drain ETA: its backlog divided by its own recent drain rate (+Inf: it does not drain).",
+            max(etas.values(), default=0.0),
+        )
+        yield _per_shard(
+            "mollifier_shard_drain_rate_per_second",
+            "Entries leaving this shard per second (last minute).",
+            {s.shard: s.drained_per_s for s in stats},
+        )
+        yield _per_shard(
+            "mollifier_shard_drain_eta_seconds",
+            "This shard's backlog (depth + leased) divided by its recent drain rate; +Inf when it does not drain.",
+            etas,
+        )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation)
     family.add_metric([], value)
+    return family
+
+
+def _per_shard(name: str, documentation: str, values: dict[int, float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation, labels=["shard"])
+    for shard, value in sorted(values.items()):
+        family.add_metric([str(shard)], value)
     return family
 
 

@@ -1,0 +1,85 @@
+"""The Grafana dashboard (ops/grafana/mollifier.json) loads, shows what operators watch, and every PromQL
+expression in it parses and names only metrics that /metrics exports (read from a scrape of real Redis)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "ops" / "grafana" / "mollifier.json"
+# Grafana's own interval variables, replaced as Grafana would before the query reaches Prometheus.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def load() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(dashboard: dict) -> list[dict]:
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def expressions(dashboard: dict) -> list[str]:
+    return [target["expr"] for panel in panels(dashboard) for target in panel["targets"]]
+
+
+def test_dashboard_is_grafana_json_with_a_query_per_panel():
+    dashboard = load()
+
+    assert dashboard["uid"] == "mollifier" and dashboard["title"]
+    assert [v["type"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels(dashboard):
+        assert panel["title"] and panel["gridPos"]["w"] > 0, panel
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"]), panel["title"]
+
+
+def test_dashboard_reads_only_metrics_that_metrics_exports(exported):
+    used = {name for expr in expressions(load()) for name in re.findall(r"\b(mollifier_\w+)", expr)}
+
+    assert used and used <= exported, used - exported
+
+
+def test_every_expression_names_a_mollifier_metric():
+    assert all(re.search(r"\bmollifier_\w+", expr) for expr in expressions(load()))
+
+
+def test_dashboard_shows_what_operators_watch():
+    exprs = expressions(load())
+    used = {name for expr in exprs for name in re.findall(r"\b(mollifier_\w+)", expr)}
+
+    assert {
+        "mollifier_buffer_depth", "mollifier_buffer_oldest_age_seconds", "mollifier_drain_rate_per_second",
+        "mollifier_shard_drain_rate_per_second", "mollifier_drain_eta_seconds", "mollifier_drain_eta_seconds_max",
+        "mollifier_shard_drain_eta_seconds", "mollifier_buffer_dead", "mollifier_stale_entries",
+        "mollifier_decisions_total", "mollifier_dwell_seconds_bucket",
+    } <= used  # fmt: skip
+    dwell = [e for e in exprs if "mollifier_dwell_seconds_bucket" in e]
+    assert {re.search(r"histogram_quantile\((0\.\d+)", e).group(1) for e in dwell} == {"0.5", "0.95", "0.99"}
+
+
+def test_every_expression_is_valid_promql(tmp_path):
+    """promtool parses each expression as a recording rule (the same parser Prometheus uses)."""
+    rules = []
+    for i, expr in enumerate(expressions(load())):
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        rules.append({"record": f"dashboard:expr_{i}", "expr": expr})
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (Debian ships promtool in it)"
+
+    done = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
