@@ -1,7 +1,7 @@
 """The demo behind ``make demo``: start the processes, fire a trigger storm over HTTP, watch the buffer
 absorb it and the drain turn it into rows, and check that every run exists exactly once.
 
-One function per phase; the storm itself lives in ``demo.storm``. The four processes (web, worker, beat, flower) run under honcho from
+One function per phase; the storm itself lives in ``demo.storm``. The five processes (web, worker, sweep, beat, flower) run under honcho from
 the Procfile; their output goes to ``.data/demo-processes.log`` so the terminal shows only the demo.
 """
 
