@@ -12,13 +12,13 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ValidationError
 
 from buffer.buffer import Buffer, BufferUnavailable
 from mollifier_project.clock import from_ms, now_ms
-from runs import batches, engine, mutations, queries, trigger
+from runs import batches, engine, mutations, openapi, queries, trigger
 from runs.auth import EnvContext, authenticate
 from runs.middleware import request_id
 from runs.schemas import (
@@ -255,3 +255,14 @@ def reset_idempotency_key(request: HttpRequest, env: EnvContext, key: str) -> Js
     if not mutations.reset_idempotency_key(env, body.taskIdentifier, key, buffer=_buffer(), now_ms=now_ms()):
         return error(404, f"No run found with idempotency key {key!r} for task {body.taskIdentifier!r}")
     return JsonResponse({"id": key})
+
+
+# ------------------------------------------------------------------------------------------- openapi
+
+
+@csrf_exempt
+def openapi_document(request: HttpRequest) -> HttpResponse:
+    """The OpenAPI 3.1 document of these routes (docs/api.md#openapi-document): no key needed, built once per process."""
+    if request.method not in ("GET", "HEAD"):
+        return error(405, f"Method {request.method} not allowed")
+    return HttpResponse(openapi.document_bytes(), content_type="application/json")

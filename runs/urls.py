@@ -14,4 +14,5 @@ urlpatterns = [
     path("api/v2/runs/<str:run_id>/cancel", api.cancel_run, name="cancel-run"),
     path("api/v1/runs/<str:run_id>/tags", api.add_tags, name="add-tags"),
     path("api/v1/idempotencyKeys/<path:key>/reset", api.reset_idempotency_key, name="reset-idempotency-key"),
+    path("api/openapi.json", api.openapi_document, name="openapi"),
 ]
