@@ -1,7 +1,7 @@
 # The two commands are `make demo` and `make test` (README.md). Each creates .venv when the pinned
 # requirements change, makes sure Postgres and Redis answer (scripts/services.py), migrates, then runs.
 # Every target that talks to the services sources .data/services.env, which `services` writes, so all
-# of them use the same servers. Command-line tools a target needs (promtool, npm, wrk) come from
+# of them use the same servers. Command-line tools a target needs (promtool, npm, wrk, chromium) come from
 # scripts/provision.sh, which installs only what is missing (apt as root; otherwise it names the command).
 
 # The venv's interpreter: PYTHON=... if given, else the first of these on PATH that runs and is >= 3.11
@@ -53,9 +53,10 @@ services-stop: venv
 migrate: services
 	$(WITH_SERVICES) $(PY) manage.py migrate --no-input
 
-# promtool for the alert-rule tests (tests/sweep/test_alert_rules.py), npm for the SDK tests.
+# promtool for the alert-rule tests (tests/sweep/test_alert_rules.py), npm for the SDK tests, chromium for
+# the real-browser test (tests/browser/; Playwright drives Debian's /usr/bin/chromium, never `playwright install`).
 test-tools:
-	$(PROVISION) promtool npm
+	$(PROVISION) promtool npm chromium
 
 test: test-tools migrate sdk
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)

@@ -201,6 +201,7 @@ def report(cfg: DemoConfig, admin: Admin, say: Say) -> None:
         say(f"        user {admin.username!r}, password {admin.password!r} (shown once)")
     else:
         say(f"        user {admin.username!r} exists; password unchanged (`manage.py changepassword admin`)")
+    say(f"buffer dashboard: {cfg.admin_url}buffer/")
     say(f"flower: {cfg.flower_url}")
     say(f"metrics: http://127.0.0.1:{cfg.port}/metrics")
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the command-line tools a make target needs are on PATH, installing the missing ones from
-# Debian's packages. Usage: bash scripts/provision.sh TOOL... (TOOL: promtool, npm, wrk).
+# Debian's packages. Usage: bash scripts/provision.sh TOOL... (TOOL: promtool, npm, wrk, chromium).
 #
 # Each tool is looked up with `command -v` first, so apt only runs when something is missing. As root
 # (CI, a fresh container) the missing packages are installed with apt-get; otherwise nothing is
@@ -11,6 +11,7 @@ declare -A PACKAGE=(
   [promtool]=prometheus  # tests/sweep/test_alert_rules.py: promtool check/test rules (ops/prometheus)
   [npm]="nodejs npm"     # tests/sdk: `npm ci` installs the official @trigger.dev/sdk
   [wrk]=wrk              # bench/trigger.py: the HTTP load generator
+  [chromium]=chromium    # tests/browser: the headless browser Playwright drives (/usr/bin/chromium)
 )
 
 (($#)) || { echo "usage: $0 TOOL... (one of: ${!PACKAGE[*]})" >&2; exit 2; }
