@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,11 @@ from tests.live import database_url_of_test_db
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.drainer.worker_app"
+
+
+def settings_env(values: Mapping[str, object]) -> dict[str, str]:
+    """MOLLIFIER settings as the ``MOLLIFIER_*`` environment variables a subprocess reads them from."""
+    return {f"MOLLIFIER_{k}": str(v).lower() if isinstance(v, bool) else str(v) for k, v in values.items()}
 
 
 def broker_url() -> str:
@@ -60,6 +65,7 @@ class Process:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
         self.log = log
+        self.started = time.monotonic()
         self._log_file = log.open("wb")
         self.popen = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
@@ -170,6 +176,12 @@ class Cluster:
         broker.close()
         self.redis.close()
 
+    def retire(self, process: Process) -> None:
+        """Stop one process now (warm shutdown, else SIGKILL) and forget it, so ``stop`` never signals its pid
+        again (a pid the system may have reused by then)."""
+        process.stop()
+        self.processes.remove(process)
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} (pid {p.pid}) ---\n{p.tail()}" for p in self.processes)
 
@@ -234,6 +246,17 @@ def inserts_waiting_on_a_lock() -> list[int]:
             ["INSERT INTO runs_taskrun%"],
         )
         return [pid for (pid,) in cur.fetchall()]
+
+
+def other_sessions() -> int:
+    """Client sessions of the test database besides the test's own (a worker holds one only while it runs a
+    task: Celery's Django fixup closes connections after each task)."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND backend_type = 'client backend'"
+        )
+        return cur.fetchone()[0]
 
 
 def backend_alive(pid: int) -> bool:
@@ -306,3 +329,74 @@ class Producer(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.ids
+
+
+class CrashLoop(threading.Thread):
+    """A drain worker that is SIGKILLed every ``period`` s and started again at once, as a crash-looping
+    node is: every life is a fresh ``cluster.start_worker(f"{name}-{n}")`` (solo pool, so the kill lands in
+    the drain itself, wherever it is). The period runs from the moment the worker is ready (its log says
+    so), so that every life drains for ``period`` s however long the boot took (about 1–3 s here, which
+    would leave a fixed-clock loop with lives that never reach the drain). ``before_kill()``, if given,
+    runs just before each kill (to record what was in flight). ``stop`` ends the loop and returns the worker
+    alive at that moment, which is left running (``Cluster.stop`` stops it)."""
+
+    def __init__(
+        self, cluster: Cluster, *, name: str = "crash", period: float = 2.0, boot_timeout: float = 60.0,
+        before_kill: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(daemon=True)
+        self.cluster = cluster
+        self.name_prefix = name
+        self.period = period
+        self.boot_timeout = boot_timeout
+        self.before_kill = before_kill
+        self.killed: list[Process] = []
+        self.boot_s: list[float] = []  # per life: start → "ready." in its log
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+        self.worker = cluster.start_worker(f"{name}-0")
+
+    def _wait_ready(self) -> None:
+        deadline = self.worker.started + self.boot_timeout
+        while b" ready." not in self.worker.log.read_bytes():
+            if self.worker.popen.poll() is not None:
+                raise AssertionError(
+                    f"{self.worker.name} exited with {self.worker.popen.returncode}:\n{self.worker.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.worker.name} not ready after {self.boot_timeout} s:\n{self.worker.tail()}")
+            if self._halt.wait(0.05):
+                return
+        self.boot_s.append(time.monotonic() - self.worker.started)
+
+    def run(self) -> None:
+        try:
+            while True:
+                self._wait_ready()
+                if self._halt.wait(self.period):
+                    return
+                if self.before_kill is not None:
+                    self.before_kill()
+                status = self.worker.kill()
+                if status != -signal.SIGKILL:
+                    raise AssertionError(
+                        f"{self.worker.name} exited with {status} before its kill:\n{self.worker.tail()}"
+                    )
+                # Dead and reaped: out of ``Cluster.stop``, whose killpg must never meet a reused pid.
+                self.worker._log_file.close()
+                self.cluster.processes.remove(self.worker)
+                self.killed.append(self.worker)
+                self.worker = self.cluster.start_worker(f"{self.name_prefix}-{len(self.killed)}")
+        except BaseException as exc:  # reported by ``stop`` in the test's thread
+            self.error = exc
+
+    @property
+    def kills(self) -> int:
+        return len(self.killed)
+
+    def stop(self) -> Process:
+        self._halt.set()
+        self.join(30)
+        if self.error is not None:
+            raise self.error
+        return self.worker
