@@ -107,12 +107,12 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize(("round_max_bytes", "survives"), [(8 * MIB, True), (1024 * MIB, False)], ids=["8MiB", "none"])
-def test_a_worker_under_a_memory_limit_drains_huge_snapshots_within_the_byte_budget(
-    buffer, park, key_prefix, round_max_bytes, survives
-):
+def test_a_worker_under_a_memory_limit_drains_huge_snapshots_within_the_byte_budget(buffer, park, key_prefix):
     """A real process with 96 MiB of address space to spare drains 40 × 2 MiB snapshots (80 MiB) with an 8 MiB
-    round budget; without one, the whole 80 MiB comes back in one reply and the process runs out of memory."""
+    round budget. (Without a budget the whole 80 MiB comes back in one reply and the same process runs out of
+    memory — seen here with MemoryError, but where it fails and what it wrote first vary, so that side is not
+    asserted; the old lease script failed this test.)"""
+    round_max_bytes, survives = 8 * MIB, True
     env = EnvironmentFactory()
     park(*[big(env, 2) for _ in range(40)])
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("MOLLIFIER_")}
