@@ -38,7 +38,7 @@ from tests.chaos.storm import (
     in_flight,
     rows_of_envs,
 )
-from tests.drainer.processes import wait_until
+from tests.drainer.processes import broker_url, wait_until
 from tests.redis_servers import RedisServer
 
 SHARDS = 2
@@ -94,15 +94,17 @@ class Accepter(threading.Thread):
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_redis_sigkilled_mid_storm_with_aof_always_every_answered_accept_becomes_one_row(
-    start_cluster, settings, tmp_path
+    start_cluster, settings, tmp_path, monkeypatch
 ):
     started = time.monotonic()
+    shared_broker = broker_url()  # the broker stays on the shared Redis, whatever REDIS_URL becomes below
+    monkeypatch.setenv("DRAIN_TEST_BROKER_URL", shared_broker)
     server = RedisServer(tmp_path / "buffer-redis", "--appendonly", "yes", "--appendfsync", "always").start()
     settings.REDIS_URL = server.url  # the buffer's Redis, here and (through the cluster's env) in the subprocesses
     accepters: list[Accepter] = []
     try:
         cluster, buffer = start_cluster(SHARDS=SHARDS, DRAIN_INTERVAL_S=0.5, ROUND_BUDGET=200)
-        assert cluster.env["REDIS_URL"] == server.url and "/15" in cluster.broker_url
+        assert cluster.env["REDIS_URL"] == server.url and cluster.broker_url == shared_broker
         envs = envs_over_shards(SHARDS)
         storm = Storm(buffer, envs)
         worker, beat = cluster.start_worker("w1"), cluster.start_beat()
