@@ -178,7 +178,13 @@ def test_two_workers_on_different_shards_never_touch_the_same_entry(start_cluste
             hold.release()
     cluster.drain_until(lambda: settled(buffer, snaps), shards=[0, 1], timeout=30)
 
-    reports = [r for r in cluster.drain_reports() if not r["retval"].get("locked")]
+    def unlocked() -> list[dict]:
+        return [r for r in cluster.drain_reports() if not (r["retval"] or {}).get("locked")]
+
+    # A task's report is written after its work (task_postrun): the entries can be settled a moment before
+    # the last report lands, so wait for both shards' reports rather than read them at once.
+    wait_until(lambda: {r["shard"] for r in unlocked()} >= {0, 1}, timeout=10, what="both shards' drain reports")
+    reports = unlocked()
     first: dict[int, dict] = {}
     for r in sorted(reports, key=lambda r: r["started"]):
         first.setdefault(r["shard"], r)
