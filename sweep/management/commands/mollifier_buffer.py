@@ -15,7 +15,6 @@ a table, and exits non-zero (``CommandError``) on a bad argument or a failure (d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ from buffer.buffer import Buffer
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
 from runs.models import Environment
-from sweep import repair
+from sweep import dashboard, repair
 from sweep.models import StuckEntry, StuckKind
 
 STUCK_LIMIT = 200
@@ -94,13 +93,12 @@ class Command(BaseCommand):
 
     def _stats(self, buffer: Buffer) -> None:
         now = now_ms()
-        rows = []
-        for s, until in zip(buffer.shard_stats(now_ms=now), _circuits(buffer), strict=True):
-            eta = s.depth / s.drained_per_s if s.drained_per_s else (math.inf if s.depth else 0.0)
-            oldest = "-" if s.oldest_accepted_ms is None else f"{(now - s.oldest_accepted_ms) / 1000:.0f}s"
-            circuit = f"open {(until - now) / 1000:.1f}s" if until > now else "closed"
-            rows.append([s.shard, s.queued, s.leased, s.retrying, s.dead, s.stale, oldest,
-                         f"{s.drained_per_s:.1f}/s", "inf" if eta == math.inf else f"{eta:.0f}s", circuit])  # fmt: skip
+        shards = dashboard.rows(buffer.shard_stats(now_ms=now), buffer.circuits_until_ms(), now_ms=now)
+        rows = [
+            [r.shard, r.stats.queued, r.stats.leased, r.stats.retrying, r.stats.dead, r.stats.stale, r.oldest_text,
+             f"{r.rate:.1f}/s", r.eta_text, r.circuit_text]
+            for r in shards
+        ]  # fmt: skip
         self._table(
             ["shard", "queued", "leased", "retrying", "dead", "stale", "oldest", "rate", "eta", "circuit"], rows
         )
@@ -124,10 +122,6 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if not rows:
             self.stdout.write("(none)")
-
-
-def _circuits(buffer: Buffer) -> list[int]:
-    return [buffer.circuit_until_ms(shard) for shard in range(buffer.shards)]
 
 
 def _org_and_env(org_id: int | None, env_id: int | None) -> tuple[int, int | None]:
