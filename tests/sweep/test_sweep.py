@@ -123,6 +123,7 @@ def test_env_drained_mid_cycle_keeps_its_count_until_the_wrap(buffer, park, swee
     assert counts(buffer) == {11: 1, 21: 1}
 
 
+@pytest.mark.django_db(transaction=True)  # the subprocess commits StuckEntry rows: flushed afterwards
 def test_cycle_state_survives_a_new_process(buffer, park, sweep_pass, key_prefix):
     for org in range(1, 6):
         park(org, 100 + org, now_ms=OLD)
