@@ -864,6 +864,46 @@ class Buffer:
         counts = pipe.execute()
         return [any(counts[i * 3 : i * 3 + 3]) for i in range(len(shard_list))]
 
+    # -- bulk actions (runs.bulk) ---------------------------------------------------------------------------
+
+    def cancel_many(
+        self, run_ids: Sequence[str], *, org_id: int, env_id: int, now_ms: int, reason: str
+    ) -> BulkCancelResult:
+        """Flag a chunk of one env's buffered runs cancelled in one script call (``lua/cancel_many.lua``):
+        at most ``MAX_CANCEL_CHUNK`` ids. Ids with no live entry of the env come back in ``to_postgres``."""
+        ids = list(dict.fromkeys(run_ids))
+        if len(ids) > MAX_CANCEL_CHUNK:
+            raise ValueError(f"at most {MAX_CANCEL_CHUNK} run ids per call, got {len(ids)}")
+        if not ids:
+            return BulkCancelResult(0, 0, [])
+        k = self.keys_for_org(org_id)
+        reply = self._scripts.cancel_many(keys=[k.entry(run_id) for run_id in ids], args=[env_id, now_ms, reason])
+        flagged, already, *elsewhere = (int(v) for v in reply)
+        return BulkCancelResult(flagged, already, [ids[i - 1] for i in elsewhere])
+
+    # -- TEMPORARY fallback until the per-env index (helper "books") is merged: unbounded, tests only -------
+
+    def _env_entries_fallback(self, org_id: int, env_id: int) -> list[tuple[tuple[int, str], Entry]]:
+        k = self.keys_for_org(org_id)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.lrange(k.queue(env_id), 0, -1)
+        for name in (k.leases, k.retry, k.dead):
+            pipe.zrange(name, 0, -1)
+        ids = list(dict.fromkeys(run_id for reply in pipe.execute() for run_id in reply))
+        found = []
+        for entry in self.get_many(ids, org_id=org_id) if ids else []:
+            if entry is not None and entry.env_id == env_id:
+                found.append(((int(json.loads(entry.snapshot)["created_ms"]), entry.run_id), entry))
+        return sorted(found, key=lambda pair: pair[0])
+
+    def env_page(self, *, org_id: int, env_id: int, before: tuple[int, str] | None, limit: int) -> list[Entry]:
+        found = [e for pos, e in reversed(self._env_entries_fallback(org_id, env_id)) if before is None or pos < before]
+        return found[:limit]
+
+    def env_page_after(self, *, org_id: int, env_id: int, after: tuple[int, str] | None, limit: int) -> list[Entry]:
+        found = [e for pos, e in self._env_entries_fallback(org_id, env_id) if after is None or pos > after]
+        return found[:limit]
+
 
 def _accept_result(status: AcceptStatus, value: str | int) -> AcceptResult:
     if status is AcceptStatus.IDEMPOTENT:
@@ -871,3 +911,16 @@ def _accept_result(status: AcceptStatus, value: str | int) -> AcceptResult:
     if status in (AcceptStatus.ACCEPTED, AcceptStatus.FULL):
         return AcceptResult(status, depth=int(value))
     return AcceptResult(status)
+
+
+MAX_CANCEL_CHUNK = 1000
+"""The most run ids one ``cancel_many`` call takes: a script holds Redis for the whole chunk."""
+
+
+@dataclass(frozen=True, slots=True)
+class BulkCancelResult:
+    """What ``Buffer.cancel_many`` did to a chunk (see ``lua/cancel_many.lua``)."""
+
+    flagged: int  # newly flagged cancelled
+    already: int  # were cancelled before
+    to_postgres: list[str]  # acked, or no entry of this env: cancel them as rows (if they are)

@@ -64,6 +64,7 @@ class Scripts:
     top_envs: Script  # operator screens (buffer.operators)
     env_census: Script
     dead_letter_env: Script
+    cancel_many: Script  # bulk actions (runs.bulk)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

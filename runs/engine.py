@@ -665,3 +665,22 @@ def resolve_key_clash(
     if buffered:
         return materialise_many([snapshot], now=now)[0]
     return trigger(snapshot, now=now)
+
+
+def cancel_runs(env_id: int, run_ids: Sequence[str], reason: str, at: datetime) -> list[str]:
+    """``cancel_run`` for many runs of one env in one UPDATE (a bulk action's chunk,
+    docs/architecture.md#bulk-actions). Returns the ids that became CANCELED; missing, foreign and terminal
+    runs are left as they are."""
+    if not run_ids:
+        return []
+    error: Any = Jsonb({"type": "STRING_ERROR", "raw": reason})
+    with connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {_TABLE} SET status = %s, completed_at = %s, error = %s, updated_at = %s"
+            " WHERE env_id = %s AND id = ANY(%s) AND NOT (status = ANY(%s)) RETURNING id",
+            [str(RunStatus.CANCELED), at, error, at, env_id, list(run_ids), [str(s) for s in TERMINAL_STATUSES]],
+        )
+        cancelled = [row[0] for row in cur.fetchall()]
+    for run_id in cancelled:
+        run_cancelled.send(sender=TaskRun, run_id=run_id, reason=reason)
+    return cancelled

@@ -256,3 +256,48 @@ class BatchItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.batch_id}[{self.index}] → {self.run_id}"
+
+
+class BulkActionType(models.TextChoices):
+    CANCEL = "CANCEL"
+    REPLAY = "REPLAY"
+
+
+class BulkActionStatus(models.TextChoices):
+    PENDING = "PENDING"  # queued or running
+    COMPLETED = "COMPLETED"
+    ABORTED = "ABORTED"
+
+
+class BulkAction(models.Model):
+    """A cancel or replay over many runs of one env, rows and buffered entries alike
+    (docs/architecture.md#bulk-actions). ``runs.bulk`` executes it in chunks from a Celery task; the row
+    carries its selection, its progress counts and where the walk stands, so a restarted task resumes.
+    """
+
+    id = models.CharField(primary_key=True, max_length=40)
+    env = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="bulk_actions", db_index=False)
+    name = models.CharField(max_length=255, blank=True)
+    type = models.CharField(max_length=8, choices=BulkActionType.choices)
+    status = models.CharField(max_length=12, choices=BulkActionStatus.choices, default=BulkActionStatus.PENDING)
+    # The selection: list query parameters (``filter[...]``) as a dict, or the given run ids.
+    filter = models.JSONField(null=True, blank=True)
+    run_ids = models.JSONField(null=True, blank=True)
+    # Where the walk stands: the list cursor (filter) or the index of the next run id (run ids).
+    cursor = models.TextField(blank=True)
+    position = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    success = models.PositiveIntegerField(default=0)
+    failure = models.PositiveIntegerField(default=0)
+    chunks = models.PositiveIntegerField(default=0)
+    abort_requested = models.BooleanField(default=False)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "bulk action"
+        indexes = [models.Index(fields=["env", "-created_at", "-id"], name="bulkaction_env_created")]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"

@@ -162,6 +162,17 @@ def run_row(run: TaskRun, *, detail: bool = True) -> dict[str, Any]:
     return _detail(doc, batch_id=run.batch_id, payload=decode_payload(run.payload, run.payload_type), error=run.error)
 
 
+def buffered_status(s: Snapshot, *, cancelled: bool, dead: bool, now: datetime) -> str:
+    """The API status of a buffered run; the one rule for retrieve and the list's ``filter[status]``."""
+    if dead:
+        return "SYSTEM_FAILURE"
+    if cancelled:
+        return "CANCELED"
+    if s.delay_until is not None and s.delay_until > now:
+        return "DELAYED"
+    return "QUEUED"
+
+
 def buffered_run(
     s: Snapshot,
     *,
@@ -174,14 +185,7 @@ def buffered_run(
     """A run still in the buffer (docs/architecture.md#reads-and-mutations-of-buffered-runs): QUEUED, DELAYED while its delay is ahead, CANCELED once
     cancelled — and SYSTEM_FAILURE when dead-lettered (it will never become a row on its own; pollers
     must see it finished, not queued forever)."""
-    if dead_reason is not None:
-        status = "SYSTEM_FAILURE"
-    elif cancelled_at is not None:
-        status = "CANCELED"
-    elif s.delay_until is not None and s.delay_until > now:
-        status = "DELAYED"
-    else:
-        status = "QUEUED"
+    status = buffered_status(s, cancelled=cancelled_at is not None, dead=dead_reason is not None, now=now)
     tags = list(dict.fromkeys([*s.tags, *extra_tags]))
     doc = _common(
         run_id=s.id, api_status=status, task=s.task_identifier, created_at=s.created_at,

@@ -44,7 +44,13 @@ MAX_BATCH_SIZE = 1000
 MAX_JSON_DEPTH = 100  # levels of arrays and objects in a body or an NDJSON line, the body itself being level 1
 UNSTORABLE = "unstorable"  # the pydantic error type of a value no row could hold (answered 422)
 # Path parameters (runs/urls.py) → the name an error gives them.
-PATH_FIELDS = {"task": "taskIdentifier", "run_id": "runId", "batch_id": "batchId", "key": "idempotencyKey"}
+PATH_FIELDS = {
+    "task": "taskIdentifier",
+    "run_id": "runId",
+    "batch_id": "batchId",
+    "key": "idempotencyKey",
+    "action_id": "bulkActionId",
+}
 
 # Postgres text cannot hold NUL; UTF-8 cannot encode a lone surrogate. JSON lets both in ("\u0000", "\ud800").
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

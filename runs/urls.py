@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from runs import api
+from runs import api, api_bulk
 
 urlpatterns = [
     path("api/v1/tasks/<path:task>/trigger", api.trigger_task, name="trigger-task"),
@@ -15,4 +15,9 @@ urlpatterns = [
     path("api/v1/runs/<str:run_id>/tags", api.add_tags, name="add-tags"),
     path("api/v1/idempotencyKeys/<path:key>/reset", api.reset_idempotency_key, name="reset-idempotency-key"),
     path("api/openapi.json", api.openapi_document, name="openapi"),
+]
+urlpatterns += [  # bulk actions (runs.api_bulk)
+    path("api/v1/bulk-actions", api_bulk.bulk_actions, name="bulk-actions"),
+    path("api/v1/bulk-actions/<str:action_id>", api_bulk.retrieve_bulk_action, name="retrieve-bulk-action"),
+    path("api/v1/bulk-actions/<str:action_id>/abort", api_bulk.abort_bulk_action, name="abort-bulk-action"),
 ]
