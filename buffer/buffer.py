@@ -22,6 +22,7 @@ Entry life cycle (every transition keeps "env in ``org:<org>:envs`` iff its queu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -184,6 +185,9 @@ class Entry:
     extra_tags: list[str] = field(default_factory=list)
     last_error: str | None = None
     materialised: bool = False
+    # The run's created_at in epoch ms, as its Postgres row has it: set by ``Buffer.env_page`` (the index's
+    # sort key); elsewhere None (the snapshot's ``created_ms`` says the same).
+    created_ms: int | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -384,11 +388,11 @@ class Buffer:
         """``get`` for several runs of one org, in one round trip (a pipeline when there are several)."""
         k = self.keys_for_org(org_id)
         if snapshot and len(run_ids) == 1:
-            return [parse_entry(run_ids[0], self._scripts.get(keys=[k.entry(run_ids[0])]))]
+            return [parse_entry(run_ids[0], self._scripts.get(keys=[k.entry(run_ids[0]), k.snapshot(run_ids[0])]))]
         pipe = self._client.pipeline(transaction=False)
         for run_id in run_ids:
             if snapshot:
-                self._scripts.get(keys=[k.entry(run_id)], client=pipe)
+                self._scripts.get(keys=[k.entry(run_id), k.snapshot(run_id)], client=pipe)
             else:
                 pipe.hmget(k.entry(run_id), LEASE_FIELDS[1:])
         replies = pipe.execute() if run_ids else []
@@ -414,8 +418,9 @@ class Buffer:
         _require("max_tags", max_tags, 0)
         if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
             raise ValueError("tags must be a list of strings")
+        k = self.keys_for_org(org_id)
         status, total, added = self._scripts.append_tags(
-            keys=[self.keys_for_org(org_id).entry(run_id)], args=[env_id, max_tags, *tags]
+            keys=[k.entry(run_id), k.snapshot(run_id)], args=[env_id, max_tags, *tags]
         )
         status = MutationStatus(status)
         count = int(total) if status is MutationStatus.TOO_MANY else int(added)
@@ -780,6 +785,31 @@ class Buffer:
         _require("limit", limit, 1)
         ids = operators.queue_head(self._client, self.keys_for_org(org_id), env_id, limit=limit)
         return [entry for entry in self.get_many(ids, org_id=org_id, snapshot=False) if entry is not None]
+
+    def env_page(self, *, org_id: int, env_id: int, before: tuple[int, str] | None, limit: int) -> list[Entry]:
+        """The env's entries still in the buffer (QUEUED, LEASED or DEAD: not yet acked), newest first by
+        ``(created_ms, run_id)`` descending, strictly before the cursor ``before`` (``None``: from the
+        newest), at most ``limit``, snapshots included; each ``Entry.created_ms`` is set.
+
+        The order and ``created_ms`` are those of the runs' Postgres rows (``created_at``, then ``id`` in byte
+        order), so a list can merge both and page with one cursor. One script call on the env index
+        (``lua/env_page.lua``): O(log N + limit) whatever the env holds, and a cursor stays valid while
+        entries drain between pages (an acked entry has left the index: its row is in Postgres).
+        """
+        _require("limit", limit, 1)
+        cursor = ""
+        if before is not None:
+            created_ms, run_id = before
+            _require("before[0]", created_ms, 0)
+            if created_ms >= 10**15 or not isinstance(run_id, str):
+                raise ValueError(f"before must be (created_ms < 10**15, run id str), got {before!r}")
+            cursor = f"{created_ms:015d}{run_id}"
+        k = self.keys_for_org(org_id)
+        flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1])
+        return [
+            dataclasses.replace(parse_leased(flat[i], flat[i + 2]), created_ms=int(flat[i + 1]))
+            for i in range(0, len(flat), 3)
+        ]
 
     def find_entry(self, run_id: str) -> Entry | None:
         """The entry of ``run_id`` in whichever shard holds it, any state, or ``None``: for an operator who

@@ -5,8 +5,9 @@ or different server), loads the script and retries — so no SCRIPT LOAD round t
 failure after a Redis restart. Each field of ``Scripts`` is one file; ``tests/buffer/test_scripts_and_keys.py``
 fails if a ``.lua`` file has no field here or lacks its contract header.
 
-Every script is registered with the prelude ``lua/lib/presence.lua`` in front of it: the invariant several
-scripts keep (an env is in its org's set iff its queue is non-empty) is written once, there.
+Every script is registered with the prelude ``lua/lib/*.lua`` (every file there, in name order) in front of
+it: what several scripts must keep — queue presence in the org/env sets, the shard counters, the env index,
+where the snapshot lives — is written once, there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import redis
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-PRELUDE = LUA_DIR / "lib" / "presence.lua"
+LIB_DIR = LUA_DIR / "lib"
 
 
 @cache
@@ -30,9 +31,15 @@ def source(name: str) -> str:
 
 
 @cache
+def prelude() -> str:
+    """Every shared Lua file of ``buffer/lua/lib/``, in name order (each defines local functions only)."""
+    return "".join(path.read_text(encoding="utf-8") for path in sorted(LIB_DIR.glob("*.lua")))
+
+
+@cache
 def registered_source(name: str) -> str:
     """What is sent to Redis for ``name``: the prelude, then the script's own file."""
-    return PRELUDE.read_text(encoding="utf-8") + source(name)
+    return prelude() + source(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,7 @@ class Scripts:
     top_envs: Script  # operator screens (buffer.operators)
     env_census: Script
     dead_letter_env: Script
+    env_page: Script  # run lists over buffered entries (Buffer.env_page)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

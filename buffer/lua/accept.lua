@@ -21,11 +21,14 @@ Returns {status, value}:
   {"IDEMPOTENT", holder run id}                KEYS[6] is bound to another run
   {"CLOSED", 0}                                an operator closed the env's intake (KEYS[5])
   {"FULL", depth}                              the queue already holds ARGV[6] entries
+The shard base (for the snapshot key s:<run>, the shard counters and the env index ix:<env>) is KEYS[4]
+without its trailing "orgs".
 Guarantees: checks and writes are one atomic step, so the cap is exact and two accepts of one run id or
 of one idempotency key cannot both succeed. On any refusal nothing is written. The entry has no TTL.
 ]]
 local entry, queue, org_envs, orgs, closed, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local run, env, org = ARGV[1], ARGV[2], ARGV[3]
+local base = string.sub(orgs, 1, -5)
 
 if closed and redis.call('SISMEMBER', closed, env) == 1 then
   return {'CLOSED', 0}
@@ -49,8 +52,10 @@ if idem then
   redis.call('SET', idem, run, 'PX', ARGV[7])
 end
 redis.call('HSET', entry,
-  'snapshot', ARGV[4], 'env', env, 'org', org, 'status', 'QUEUED',
-  'attempts', 0, 'accepted_ms', ARGV[5], 'materialised', 0)
+  'env', env, 'org', org, 'status', 'QUEUED', 'attempts', 0, 'accepted_ms', ARGV[5], 'materialised', 0)
+redis.call('SET', snapshot_key(base, run), ARGV[4])
 redis.call('RPUSH', queue, run)
 presence_join(orgs, org_envs, org, env)
+queue_moved(base, org, env, 1)
+index_add(base, env, run, ARGV[4], ARGV[5])
 return {'ACCEPTED', depth + 1}

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from buffer.keys import ShardKeys, b64u, shard_for
-from buffer.scripts import LUA_DIR, PRELUDE, Scripts, registered_source, source
+from buffer.scripts import LIB_DIR, LUA_DIR, Scripts, prelude, registered_source, source
 
 LUA_NAMES = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
 
@@ -54,6 +54,10 @@ def test_every_shard_key_carries_the_shard_hash_tag():
         k.tripped(7),
         k.cursor_orgs,
         k.cursor_envs,
+        k.snapshot("run_abc"),
+        k.queued,
+        k.heads,
+        k.index(7),
     ]
     assert all(name.startswith("mollifier:{m5}:") for name in names)
     assert len(set(names)) == len(names)
@@ -72,10 +76,12 @@ def test_unknown_claim_kind_is_refused_with_its_name():
         ShardKeys("p", 0).claim("other", 1, "t", "k")  # type: ignore[arg-type]
 
 
-def test_every_script_is_registered_behind_the_presence_prelude(buffer):
-    prelude = PRELUDE.read_text(encoding="utf-8")
+def test_every_script_is_registered_behind_the_lib_prelude(buffer):
+    shared = prelude()
+    for path in sorted(LIB_DIR.glob("*.lua")):
+        assert path.read_text(encoding="utf-8") in shared
     for name in Scripts.names():
-        assert registered_source(name) == prelude + source(name)
+        assert registered_source(name) == shared + source(name)
         assert getattr(buffer._scripts, name).script == registered_source(name)
 
 
@@ -84,5 +90,13 @@ def test_the_org_env_set_invariant_is_written_only_in_the_prelude():
     for name in LUA_NAMES:
         body = source(name)
         assert "SREM" not in body and "SADD" not in body, f"{name}.lua edits the org/env sets itself"
-    prelude = PRELUDE.read_text(encoding="utf-8")
-    assert "local function presence_join" in prelude and "local function presence_leave" in prelude
+    shared = prelude()
+    assert "local function presence_join" in shared and "local function presence_leave" in shared
+
+
+def test_the_shard_counters_and_the_env_index_are_written_only_in_the_prelude():
+    """Scripts keep the counters, heads and env index through the lib functions, never by hand."""
+    for name in LUA_NAMES:
+        body = source(name)
+        for marker in ("'queued'", "'heads'", "'ix:'"):
+            assert marker not in body, f"{name}.lua writes {marker} itself"
