@@ -351,13 +351,13 @@ class Buffer:
             raise ValueError("snapshot must be a non-empty JSON string")
         k = self.keys_for_org(org_id)
         keys = [k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs]
-        args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env]
+        args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env, "", k.base]
         if idempotency is not None:
             if idempotency.env_id != env_id:
                 raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
             _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
             keys.append(k.idem(env_id, idempotency.task, idempotency.key))
-            args.append(idempotency.ttl_ms)
+            args[6] = idempotency.ttl_ms
         if self._accept_replicas:
             pipe = self._client.pipeline(transaction=False)
             self._scripts.accept(keys=keys, args=args, client=pipe)

@@ -5,8 +5,10 @@ or different server), loads the script and retries — so no SCRIPT LOAD round t
 failure after a Redis restart. Each field of ``Scripts`` is one file; ``tests/buffer/test_scripts_and_keys.py``
 fails if a ``.lua`` file has no field here or lacks its contract header.
 
-Every script is registered with the prelude ``lua/lib/presence.lua`` in front of it: the invariant several
-scripts keep (an env is in its org's set iff its queue is non-empty) is written once, there.
+Every script is registered with the prelude in front of it: the files of ``lua/lib/`` listed in ``LIB``, in
+that order (a later file may call an earlier one's functions). ``presence.lua`` keeps the invariant several
+scripts keep (an env is in its org's set iff its queue is non-empty); ``entry_accept.lua`` writes a new
+entry (accept, trigger). Each is written once, there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import redis
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-PRELUDE = LUA_DIR / "lib" / "presence.lua"
+LIB = (LUA_DIR / "lib" / "presence.lua", LUA_DIR / "lib" / "entry_accept.lua")
+"""The shared Lua files, in registration order (Lua locals must be defined before they are called)."""
+
+
+@cache
+def prelude() -> str:
+    """The text every script is registered behind: the ``LIB`` files, concatenated in order."""
+    return "".join(path.read_text(encoding="utf-8") for path in LIB)
 
 
 @cache
@@ -32,7 +41,7 @@ def source(name: str) -> str:
 @cache
 def registered_source(name: str) -> str:
     """What is sent to Redis for ``name``: the prelude, then the script's own file."""
-    return PRELUDE.read_text(encoding="utf-8") + source(name)
+    return prelude() + source(name)
 
 
 @dataclass(frozen=True, slots=True)
