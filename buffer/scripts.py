@@ -8,7 +8,8 @@ fails if a ``.lua`` file has no field here or lacks its contract header.
 Every script is registered with the prelude in front of it: the files of ``lua/lib/`` listed in ``LIB``, in
 that order (a later file may call an earlier one's functions). ``presence.lua`` keeps the invariant several
 scripts keep (an env is in its org's set iff its queue is non-empty); ``entry_accept.lua`` writes a new
-entry (accept, trigger). Each is written once, there.
+entry (accept, trigger); ``gate_trip.lua`` counts a trigger in the gate's window (trip, trigger). Each is
+written once, there.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import redis
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-LIB = (LUA_DIR / "lib" / "presence.lua", LUA_DIR / "lib" / "entry_accept.lua")
+LIB = tuple(LUA_DIR / "lib" / f"{name}.lua" for name in ("presence", "entry_accept", "gate_trip"))
 """The shared Lua files, in registration order (Lua locals must be defined before they are called)."""
 
 
@@ -62,6 +63,7 @@ class Scripts:
     claim: Script
     release_claim: Script
     trip: Script
+    trigger: Script  # the buffered trigger in one round trip (runs.trigger)
     find_stale: Script
     find_expired_and_dead: Script
     shard_stats: Script
