@@ -116,6 +116,37 @@ class AcceptResult:
     depth: int | None = None  # ACCEPTED: queue length after the push; FULL: queue length
 
 
+class TriggerStatus(StrEnum):
+    """What ``lua/trigger.lua`` did; see its header for what each leaves written."""
+
+    REQ_HELD = "REQ_HELD"  # the request key is another run's (``holder``); nothing written
+    IDEM_HELD = "IDEM_HELD"  # the idempotency key is another run's (``holder``); the request key is ours
+    PASS = "PASS"  # the gate passes it through; both keys are ours
+    ACCEPTED = "ACCEPTED"  # parked, keys bound (``depth`` after the push)
+    DUPLICATE = "DUPLICATE"  # the run id already has an entry (a retried call whose first one ran)
+    CLOSED = "CLOSED"  # an operator closed the env's intake; no key written
+    FULL = "FULL"  # the queue holds ``depth`` >= max_per_env entries; no key written
+
+
+@dataclass(frozen=True, slots=True)
+class GateArgs:
+    """The gate's part of ``Buffer.trigger``: count this trigger, and mollify it if tripped and ``enrolled``."""
+
+    window_ms: int
+    threshold: int
+    hold_ms: int
+    enrolled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerReply:
+    status: TriggerStatus
+    holder: str | None = None  # REQ_HELD, IDEM_HELD
+    depth: int | None = None  # ACCEPTED, FULL
+    tripped: bool = False  # the gate's answer (False when not counted)
+    count: int | None = None  # the gate's window count after this trigger; None when not counted
+
+
 @dataclass(frozen=True, slots=True)
 class AckResult:
     count: int  # entries that became ACKED
@@ -355,13 +386,13 @@ class Buffer:
             raise ValueError("snapshot must be a non-empty JSON string")
         k = self.keys_for_org(org_id)
         keys = [k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs]
-        args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env]
+        args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env, "", k.base]
         if idempotency is not None:
             if idempotency.env_id != env_id:
                 raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
             _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
             keys.append(k.idem(env_id, idempotency.task, idempotency.key))
-            args.append(idempotency.ttl_ms)
+            args[6] = idempotency.ttl_ms
         if self._accept_replicas:
             pipe = self._client.pipeline(transaction=False)
             self._scripts.accept(keys=keys, args=args, client=pipe)
@@ -375,6 +406,73 @@ class Buffer:
         if result.status is AcceptStatus.ACCEPTED and replicas is not None and replicas < self._accept_replicas:
             raise NotReplicated(run_id)
         return result
+
+    def trigger(
+        self,
+        *,
+        run_id: str,
+        env_id: int,
+        org_id: int,
+        task: str,
+        now_ms: int,
+        request_key: str | None,
+        request_ttl_ms: int,
+        idempotency: IdemRef | None,
+        gate: GateArgs | None,
+        snapshot: str,
+        max_per_env: int,
+    ) -> TriggerReply:
+        """A trigger's Redis steps in one round trip (``lua/trigger.lua``): request key, idempotency claim,
+        gate (``gate`` None: not counted, pass through) and accept. ``snapshot`` is needed only when the
+        call can accept (``gate.enrolled``); pass ``""`` otherwise, so a passed-through trigger does not
+        ship its payload to Redis. Accepts are counted in ``mollifier_accepted_total{result}``.
+
+        With ``accept_replicas``, a call that can accept carries a ``WAIT`` in the same pipeline (one
+        round trip; WAIT counts this connection's writes) and an unconfirmed accept raises
+        ``NotReplicated``. A call that cannot accept never waits.
+        """
+        _require("max_per_env", max_per_env, 0)
+        _require("request_ttl_ms", request_ttl_ms, 1)
+        can_accept = gate is not None and gate.enrolled
+        if can_accept and (not isinstance(snapshot, str) or not snapshot):
+            raise ValueError("snapshot must be a non-empty JSON string when the trigger can be accepted")
+        k = self.keys_for_org(org_id)
+        keys = [
+            k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs, k.rate(env_id),
+            k.tripped(env_id),
+        ]  # fmt: skip
+        args: list[str | int] = [
+            run_id, env_id, org_id, snapshot if can_accept else "", now_ms, max_per_env, k.base, "skip", 0, 0, 0,
+            "1" if can_accept else "0", "", "",
+        ]  # fmt: skip
+        if gate is not None:
+            _require("window_ms", gate.window_ms, 1)
+            _require("threshold", gate.threshold, 0)
+            _require("hold_ms", gate.hold_ms, 0)
+            args[7:11] = ["count", gate.window_ms, gate.threshold, gate.hold_ms]
+        if request_key:
+            keys.append(k.req(env_id, task, request_key))
+            args[12] = request_ttl_ms
+        if idempotency is not None:
+            if idempotency.env_id != env_id:
+                raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
+            _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
+            keys.append(k.idem(env_id, idempotency.task, idempotency.key))
+            args[13] = idempotency.ttl_ms
+        replicas = None
+        if self._accept_replicas and can_accept:
+            pipe = self._client.pipeline(transaction=False)
+            self._scripts.trigger(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self._accept_replicas, self._accept_wait_ms)
+            (status, value, count), replicas = pipe.execute()
+        else:
+            status, value, count = self._scripts.trigger(keys=keys, args=args)
+        reply = _trigger_reply(TriggerStatus(status), value, int(count))
+        if reply.status in _ACCEPT_OUTCOMES:
+            metrics.ACCEPTED.labels(result=reply.status.value.lower()).inc()
+        if reply.status is TriggerStatus.ACCEPTED and replicas is not None and replicas < self._accept_replicas:
+            raise NotReplicated(run_id)
+        return reply
 
     def get(self, run_id: str, *, org_id: int, snapshot: bool = True) -> Entry | None:
         """The entry in any state, or ``None``. The caller checks ``env_id`` for tenancy.
@@ -893,6 +991,21 @@ class Buffer:
             pipe.zcard(k.leases)
         counts = pipe.execute()
         return [any(counts[i * 3 : i * 3 + 3]) for i in range(len(shard_list))]
+
+
+_ACCEPT_OUTCOMES = frozenset(
+    {TriggerStatus.ACCEPTED, TriggerStatus.DUPLICATE, TriggerStatus.CLOSED, TriggerStatus.FULL}
+)
+
+
+def _trigger_reply(status: TriggerStatus, value: str | int, count: int) -> TriggerReply:
+    counted = None if count < 0 else count
+    if status in (TriggerStatus.REQ_HELD, TriggerStatus.IDEM_HELD):
+        return TriggerReply(status, holder=str(value))
+    if status is TriggerStatus.PASS:
+        return TriggerReply(status, tripped=int(value) == 1, count=counted)
+    depth = int(value) if status in (TriggerStatus.ACCEPTED, TriggerStatus.FULL) else None
+    return TriggerReply(status, depth=depth, tripped=True, count=counted)
 
 
 def _accept_result(status: AcceptStatus, value: str | int) -> AcceptResult:

@@ -36,6 +36,6 @@ end
 
 local function index_remove(base, env, run, entry)
   local f = redis.call('HMGET', entry, 'accepted_ms', 'snapshot')
-  local snapshot = redis.call('GET', base .. 's:' .. run) or f[2] or ''
+  local snapshot = redis.call('GET', snapshot_key(base, run)) or f[2] or ''
   redis.call('ZREM', base .. 'ix:' .. env, index_member(snapshot_created_ms(snapshot, f[1] or '0'), run))
 end
