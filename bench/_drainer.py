@@ -86,7 +86,7 @@ def fill(buffer: Buffer, snapshots: Iterable[Snapshot], *, now_ms: int, batch: i
         k = buffer.keys_for_org(s.org_id)
         buffer._scripts.accept(
             keys=[k.entry(s.id), k.queue(s.env_id), k.org_envs(s.org_id), k.orgs],
-            args=[s.id, s.env_id, s.org_id, to_snapshot(s), now_ms, 10**9],
+            args=[s.id, s.env_id, s.org_id, to_snapshot(s), now_ms, 10**9, "", k.base],
             client=pipe,
         )
         pending += 1

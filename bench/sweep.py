@@ -10,7 +10,13 @@ the wall time and the Redis commands the client sent (counted on the connection:
 is n commands and one round trip; commands a Lua script runs inside Redis are not counted). It checks that
 the cycle found exactly the planted stale entries and that the gauge shows them.
 
-The last line is machine-readable: ``pass_s=<median pass seconds> redis_calls=<median commands per pass>``.
+It then times the scrape-time gauges (``Buffer.shard_stats``, every shard, ``--scrapes`` times, median)
+against a baseline in the same run: the same numbers computed the way they were before the shard counters
+(``RECOUNT_LUA``: walk every org and env of a shard, LLEN and head of each queue — O(envs)), and checks that
+both give the same depth and oldest age.
+
+The last line is machine-readable: ``pass_s=<median pass seconds> redis_calls=<median commands per pass>
+scrape_ms=<median> recount_ms=<median>``.
 Postgres (``StuckEntry`` rows) is ``<DATABASE_URL database>_bench``; the Redis keys are deleted at the end.
 """
 
@@ -33,6 +39,24 @@ from bench._django import setup_django
 STALE_PER_ENV = 3
 THRESHOLD_MS = 300_000
 
+# The baseline: a shard's queued total and oldest queue head found by walking every org and env, as the
+# gauges were computed before the scripts kept shard counters (KEYS[1] orgs, ARGV[1] shard base).
+RECOUNT_LUA = """
+local base, queued, oldest = ARGV[1], 0, -1
+for _, org in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  for _, env in ipairs(redis.call('SMEMBERS', base .. 'org:' .. org .. ':envs')) do
+    local queue = base .. 'q:' .. env
+    queued = queued + redis.call('LLEN', queue)
+    local head = redis.call('LINDEX', queue, 0)
+    if head then
+      local accepted = tonumber(redis.call('HGET', base .. 'e:' .. head, 'accepted_ms'))
+      if accepted and (oldest < 0 or accepted < oldest) then oldest = accepted end
+    end
+  end
+end
+return {queued, oldest}
+"""
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,6 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-entries", type=int, default=1000, help="SWEEP_MAX_ENTRIES_PER_ENV")
     parser.add_argument("--database", default=None, help="database name (default: DATABASE_URL's + _bench)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--scrapes", type=int, default=7, help="timed scrapes of each kind (median)")
     args = parser.parse_args(argv)
     for name in ("orgs", "envs", "entries", "shards", "max_orgs", "max_entries"):
         if getattr(args, name) < 1:
@@ -101,7 +126,7 @@ def fill(buffer, args: argparse.Namespace, now_ms: int) -> set[str]:
                 stale_ids.add(run_id)
             buffer._scripts.accept(
                 keys=[k.entry(run_id), k.queue(env), k.org_envs(org), k.orgs],
-                args=[run_id, env, org, f'{{"id":"{run_id}"}}', accepted_ms, 1_000_000],
+                args=[run_id, env, org, f'{{"id":"{run_id}"}}', accepted_ms, 1_000_000, "", k.base],
                 client=pipe,
             )
             pending += 1
@@ -157,9 +182,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         stale_gauge = sum(s.stale for s in buffer.shard_stats(now_ms=now_ms))
         scrape_before = counter.commands
-        t0 = time.perf_counter()
         buffer.shard_stats(now_ms=now_ms)
-        scrape_s = time.perf_counter() - t0
+        scrape_calls = counter.commands - scrape_before
+        recount = client.register_script(RECOUNT_LUA)
+        shard_keys = [buffer.keys(shard) for shard in range(args.shards)]
+
+        def recount_all() -> list:
+            pipe = client.pipeline(transaction=False)
+            for k in shard_keys:
+                recount(keys=[k.orgs], args=[k.base], client=pipe)
+            return pipe.execute()
+
+        scrape_times, recount_times = [], []
+        for _ in range(args.scrapes):  # interleaved, so drift hits both alike
+            t0 = time.perf_counter()
+            gauges = buffer.shard_stats(now_ms=now_ms)
+            scrape_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            walked = recount_all()
+            recount_times.append(time.perf_counter() - t0)
+        assert [(s.queued, s.oldest_accepted_ms or -1) for s in gauges] == [tuple(w) for w in walked], (
+            "counters drifted"
+        )
+        scrape_ms, recount_ms = statistics.median(scrape_times) * 1000, statistics.median(recount_times) * 1000
         assert found == stale_ids, f"found {len(found)} stale entries, planted {len(stale_ids)}"
         assert stale_gauge == len(stale_ids), (stale_gauge, len(stale_ids))
         assert StuckEntry.objects.count() == len(stale_ids)
@@ -170,9 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"per pass ({args.max_orgs} orgs max): median {statistics.median(times) * 1000:.1f} ms, "
               f"p95 {p95 * 1000:.1f} ms, max {max(times) * 1000:.1f} ms; "
               f"median {statistics.median(calls):.0f} Redis commands in {statistics.median(trips):.0f} round trips")  # fmt: skip
-        print(f"scrape-time gauges (shard_stats, all shards): {scrape_s * 1000:.1f} ms, "
-              f"{counter.commands - scrape_before} Redis commands")  # fmt: skip
-        print(f"pass_s={statistics.median(times):.4f} redis_calls={statistics.median(calls):.0f}")
+        envs = args.orgs * args.envs
+        print(f"scrape-time gauges over {envs} envs, {args.shards} shards (median of {args.scrapes}):")
+        print(f"  shard counters (shard_stats): {scrape_ms:8.1f} ms, {scrape_calls} Redis commands (O(shards))")
+        print(f"  walk every env (baseline):    {recount_ms:8.1f} ms (O(envs))")
+        print(f"  ratio baseline/counters: {recount_ms / scrape_ms:.1f}x")
+        print(f"pass_s={statistics.median(times):.4f} redis_calls={statistics.median(calls):.0f} "
+              f"scrape_ms={scrape_ms:.2f} recount_ms={recount_ms:.2f}")  # fmt: skip
     finally:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=10_000))
         for i in range(0, len(keys), 10_000):

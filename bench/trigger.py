@@ -1,6 +1,7 @@
 """How fast gunicorn answers a trigger over HTTP: buffered, direct to Postgres, and a no-op view as the yardstick.
 
     python -m bench.trigger [--seconds 10] [--repeat 3] [--connections 16] [--threads 1] [--no-idempotency-key]
+                            [--profile DIR]
 
 One gunicorn (2 sync workers, ``--no-control-socket``, as in the Procfile but without the access log)
 serves ``bench.settings`` — the project plus a bench-only ``bench/noop`` view — and ``wrk`` on loopback
@@ -19,6 +20,10 @@ runs the buffer keys (a key prefix unique to this invocation, deleted at the end
 emptied. After every trigger run the path is checked: the buffered env's queue (or the direct env's
 rows) holds every 200 answer, and nothing went the other way. Any non-200 answer, socket error or failed
 check is printed as ``!!`` and makes the exit status 1.
+
+``--profile DIR``: after the measurements, one more (unmeasured) buffered run with py-spy sampling every
+worker (``bench.profile``): the collapsed stacks go to ``DIR`` and the self/inclusive top functions are
+printed before the table.
 
 The last line is machine-readable: ``buffered/noop=<ratio> buffered/direct=<ratio> p99_buffered_ms=<x>``
 (ratios of requests/s). Runs against ``<DATABASE_URL database>_bench`` (``bench._django``).
@@ -49,6 +54,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import profile
 from bench._django import PROJECT_ROOT, setup_django
 
 LUA_SCRIPT = PROJECT_ROOT / "bench" / "trigger.lua"
@@ -74,6 +80,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-idempotency-key", dest="idempotency_key", action="store_false",
         help="send triggers without options.idempotencyKey (the request key is always sent, as by the SDK)",
     )  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="profile one extra buffered run with py-spy; stacks go to DIR (bench.profile)",
+    )
     parser.add_argument("--database", default=None, help="database name (default: DATABASE_URL's + _bench)")
     args = parser.parse_args(argv)
     for name in ("seconds", "repeat", "connections", "threads"):
@@ -261,6 +274,7 @@ def run_wrk(wrk: str, url: str, args: argparse.Namespace, *, secret: str, second
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     wrk = require_wrk()
+    py_spy = profile.require_py_spy() if args.profile else None
     key_prefix = f"bench-trigger-{uuid.uuid4().hex[:12]}"
     os.environ.update(SERVER_SETTINGS, MOLLIFIER_KEY_PREFIX=key_prefix)
     database_url = setup_django(database=args.database)
@@ -345,6 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + (f"  !! {problem}" if problem else ""),
                     flush=True,
                 )
+        if py_spy is not None:
+            flush()
+            label = f"buffered-{key_prefix}"
+            spies = profile.start(py_spy, workers, seconds=args.seconds, out_dir=args.profile, label=label)
+            run_wrk(wrk, server.url + scenarios[1].path, args, secret=buffered_secret, seconds=args.seconds)
+            profile.wait(spies, timeout=30)
+            print(f"\nprofile of one buffered run (py-spy, {args.profile}/{label}-*.txt):", flush=True)
+            print(profile.summarise(sorted(args.profile.glob(f"{label}-*.txt"))), flush=True)
     finally:
         if server is not None:
             server.stop()

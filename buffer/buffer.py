@@ -22,6 +22,7 @@ Entry life cycle (every transition keeps "env in ``org:<org>:envs`` iff its queu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -115,6 +116,37 @@ class AcceptResult:
     depth: int | None = None  # ACCEPTED: queue length after the push; FULL: queue length
 
 
+class TriggerStatus(StrEnum):
+    """What ``lua/trigger.lua`` did; see its header for what each leaves written."""
+
+    REQ_HELD = "REQ_HELD"  # the request key is another run's (``holder``); nothing written
+    IDEM_HELD = "IDEM_HELD"  # the idempotency key is another run's (``holder``); the request key is ours
+    PASS = "PASS"  # the gate passes it through; both keys are ours
+    ACCEPTED = "ACCEPTED"  # parked, keys bound (``depth`` after the push)
+    DUPLICATE = "DUPLICATE"  # the run id already has an entry (a retried call whose first one ran)
+    CLOSED = "CLOSED"  # an operator closed the env's intake; no key written
+    FULL = "FULL"  # the queue holds ``depth`` >= max_per_env entries; no key written
+
+
+@dataclass(frozen=True, slots=True)
+class GateArgs:
+    """The gate's part of ``Buffer.trigger``: count this trigger, and mollify it if tripped and ``enrolled``."""
+
+    window_ms: int
+    threshold: int
+    hold_ms: int
+    enrolled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerReply:
+    status: TriggerStatus
+    holder: str | None = None  # REQ_HELD, IDEM_HELD
+    depth: int | None = None  # ACCEPTED, FULL
+    tripped: bool = False  # the gate's answer (False when not counted)
+    count: int | None = None  # the gate's window count after this trigger; None when not counted
+
+
 @dataclass(frozen=True, slots=True)
 class AckResult:
     count: int  # entries that became ACKED
@@ -184,6 +216,9 @@ class Entry:
     extra_tags: list[str] = field(default_factory=list)
     last_error: str | None = None
     materialised: bool = False
+    # The run's created_at in epoch ms, as its Postgres row has it: set by ``Buffer.env_page`` (the index's
+    # sort key); elsewhere None (the snapshot's ``created_ms`` says the same).
+    created_ms: int | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -351,13 +386,13 @@ class Buffer:
             raise ValueError("snapshot must be a non-empty JSON string")
         k = self.keys_for_org(org_id)
         keys = [k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs]
-        args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env]
+        args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env, "", k.base]
         if idempotency is not None:
             if idempotency.env_id != env_id:
                 raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
             _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
             keys.append(k.idem(env_id, idempotency.task, idempotency.key))
-            args.append(idempotency.ttl_ms)
+            args[6] = idempotency.ttl_ms
         if self._accept_replicas:
             pipe = self._client.pipeline(transaction=False)
             self._scripts.accept(keys=keys, args=args, client=pipe)
@@ -372,6 +407,73 @@ class Buffer:
             raise NotReplicated(run_id)
         return result
 
+    def trigger(
+        self,
+        *,
+        run_id: str,
+        env_id: int,
+        org_id: int,
+        task: str,
+        now_ms: int,
+        request_key: str | None,
+        request_ttl_ms: int,
+        idempotency: IdemRef | None,
+        gate: GateArgs | None,
+        snapshot: str,
+        max_per_env: int,
+    ) -> TriggerReply:
+        """A trigger's Redis steps in one round trip (``lua/trigger.lua``): request key, idempotency claim,
+        gate (``gate`` None: not counted, pass through) and accept. ``snapshot`` is needed only when the
+        call can accept (``gate.enrolled``); pass ``""`` otherwise, so a passed-through trigger does not
+        ship its payload to Redis. Accepts are counted in ``mollifier_accepted_total{result}``.
+
+        With ``accept_replicas``, a call that can accept carries a ``WAIT`` in the same pipeline (one
+        round trip; WAIT counts this connection's writes) and an unconfirmed accept raises
+        ``NotReplicated``. A call that cannot accept never waits.
+        """
+        _require("max_per_env", max_per_env, 0)
+        _require("request_ttl_ms", request_ttl_ms, 1)
+        can_accept = gate is not None and gate.enrolled
+        if can_accept and (not isinstance(snapshot, str) or not snapshot):
+            raise ValueError("snapshot must be a non-empty JSON string when the trigger can be accepted")
+        k = self.keys_for_org(org_id)
+        keys = [
+            k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs, k.rate(env_id),
+            k.tripped(env_id),
+        ]  # fmt: skip
+        args: list[str | int] = [
+            run_id, env_id, org_id, snapshot if can_accept else "", now_ms, max_per_env, k.base, "skip", 0, 0, 0,
+            "1" if can_accept else "0", "", "",
+        ]  # fmt: skip
+        if gate is not None:
+            _require("window_ms", gate.window_ms, 1)
+            _require("threshold", gate.threshold, 0)
+            _require("hold_ms", gate.hold_ms, 0)
+            args[7:11] = ["count", gate.window_ms, gate.threshold, gate.hold_ms]
+        if request_key:
+            keys.append(k.req(env_id, task, request_key))
+            args[12] = request_ttl_ms
+        if idempotency is not None:
+            if idempotency.env_id != env_id:
+                raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
+            _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
+            keys.append(k.idem(env_id, idempotency.task, idempotency.key))
+            args[13] = idempotency.ttl_ms
+        replicas = None
+        if self._accept_replicas and can_accept:
+            pipe = self._client.pipeline(transaction=False)
+            self._scripts.trigger(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self._accept_replicas, self._accept_wait_ms)
+            (status, value, count), replicas = pipe.execute()
+        else:
+            status, value, count = self._scripts.trigger(keys=keys, args=args)
+        reply = _trigger_reply(TriggerStatus(status), value, int(count))
+        if reply.status in _ACCEPT_OUTCOMES:
+            metrics.ACCEPTED.labels(result=reply.status.value.lower()).inc()
+        if reply.status is TriggerStatus.ACCEPTED and replicas is not None and replicas < self._accept_replicas:
+            raise NotReplicated(run_id)
+        return reply
+
     def get(self, run_id: str, *, org_id: int, snapshot: bool = True) -> Entry | None:
         """The entry in any state, or ``None``. The caller checks ``env_id`` for tenancy.
 
@@ -384,11 +486,11 @@ class Buffer:
         """``get`` for several runs of one org, in one round trip (a pipeline when there are several)."""
         k = self.keys_for_org(org_id)
         if snapshot and len(run_ids) == 1:
-            return [parse_entry(run_ids[0], self._scripts.get(keys=[k.entry(run_ids[0])]))]
+            return [parse_entry(run_ids[0], self._scripts.get(keys=[k.entry(run_ids[0]), k.snapshot(run_ids[0])]))]
         pipe = self._client.pipeline(transaction=False)
         for run_id in run_ids:
             if snapshot:
-                self._scripts.get(keys=[k.entry(run_id)], client=pipe)
+                self._scripts.get(keys=[k.entry(run_id), k.snapshot(run_id)], client=pipe)
             else:
                 pipe.hmget(k.entry(run_id), LEASE_FIELDS[1:])
         replies = pipe.execute() if run_ids else []
@@ -414,8 +516,9 @@ class Buffer:
         _require("max_tags", max_tags, 0)
         if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
             raise ValueError("tags must be a list of strings")
+        k = self.keys_for_org(org_id)
         status, total, added = self._scripts.append_tags(
-            keys=[self.keys_for_org(org_id).entry(run_id)], args=[env_id, max_tags, *tags]
+            keys=[k.entry(run_id), k.snapshot(run_id)], args=[env_id, max_tags, *tags]
         )
         status = MutationStatus(status)
         count = int(total) if status is MutationStatus.TOO_MANY else int(added)
@@ -781,6 +884,31 @@ class Buffer:
         ids = operators.queue_head(self._client, self.keys_for_org(org_id), env_id, limit=limit)
         return [entry for entry in self.get_many(ids, org_id=org_id, snapshot=False) if entry is not None]
 
+    def env_page(self, *, org_id: int, env_id: int, before: tuple[int, str] | None, limit: int) -> list[Entry]:
+        """The env's entries still in the buffer (QUEUED, LEASED or DEAD: not yet acked), newest first by
+        ``(created_ms, run_id)`` descending, strictly before the cursor ``before`` (``None``: from the
+        newest), at most ``limit``, snapshots included; each ``Entry.created_ms`` is set.
+
+        The order and ``created_ms`` are those of the runs' Postgres rows (``created_at``, then ``id`` in byte
+        order), so a list can merge both and page with one cursor. One script call on the env index
+        (``lua/env_page.lua``): O(log N + limit) whatever the env holds, and a cursor stays valid while
+        entries drain between pages (an acked entry has left the index: its row is in Postgres).
+        """
+        _require("limit", limit, 1)
+        cursor = ""
+        if before is not None:
+            created_ms, run_id = before
+            _require("before[0]", created_ms, 0)
+            if created_ms >= 10**15 or not isinstance(run_id, str):
+                raise ValueError(f"before must be (created_ms < 10**15, run id str), got {before!r}")
+            cursor = f"{created_ms:015d}{run_id}"
+        k = self.keys_for_org(org_id)
+        flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1])
+        return [
+            dataclasses.replace(parse_leased(flat[i], flat[i + 2]), created_ms=int(flat[i + 1]))
+            for i in range(0, len(flat), 3)
+        ]
+
     def find_entry(self, run_id: str) -> Entry | None:
         """The entry of ``run_id`` in whichever shard holds it, any state, or ``None``: for an operator who
         has only the run id (the org, hence the shard, is unknown). One read per shard, one round trip."""
@@ -903,6 +1031,21 @@ class Buffer:
     def env_page_after(self, *, org_id: int, env_id: int, after: tuple[int, str] | None, limit: int) -> list[Entry]:
         found = [e for pos, e in self._env_entries_fallback(org_id, env_id) if after is None or pos > after]
         return found[:limit]
+
+
+_ACCEPT_OUTCOMES = frozenset(
+    {TriggerStatus.ACCEPTED, TriggerStatus.DUPLICATE, TriggerStatus.CLOSED, TriggerStatus.FULL}
+)
+
+
+def _trigger_reply(status: TriggerStatus, value: str | int, count: int) -> TriggerReply:
+    counted = None if count < 0 else count
+    if status in (TriggerStatus.REQ_HELD, TriggerStatus.IDEM_HELD):
+        return TriggerReply(status, holder=str(value))
+    if status is TriggerStatus.PASS:
+        return TriggerReply(status, tripped=int(value) == 1, count=counted)
+    depth = int(value) if status in (TriggerStatus.ACCEPTED, TriggerStatus.FULL) else None
+    return TriggerReply(status, depth=depth, tripped=True, count=counted)
 
 
 def _accept_result(status: AcceptStatus, value: str | int) -> AcceptResult:

@@ -7,7 +7,8 @@ Order of the checks, each cheaper than the next and each stopping evaluation:
    decides) → pass through, not counted toward the rate, because buffering it would stall its parent
    or break its semantics;
 3. org not enrolled and ``SHADOW_MODE`` off → pass through, not evaluated;
-4. otherwise one ``trip`` call counts the trigger and reads the env's tripped marker. Enrolled orgs are
+4. otherwise one ``trip`` call counts the trigger and reads the env's tripped marker (the trigger path makes
+   that count inside its one-round-trip script instead: ``precheck``, then ``from_trip`` and ``record``). Enrolled orgs are
    mollified while tripped; non-enrolled orgs (shadow mode) only log "would mollify".
 
 Every evaluation increments ``mollifier_decisions_total{outcome, reason}``. Redis errors propagate: the
@@ -81,11 +82,47 @@ def evaluate(
     cfg: MollifierSettings,
 ) -> Decision:
     """Decide for one trigger (steps in the module docstring)."""
-    decision = _decide(buffer, org_id=org_id, env_id=env_id, enrolled=enrolled, bypass=bypass, now_ms=now_ms, cfg=cfg)
-    metrics.DECISIONS.labels(outcome=decision.action.value, reason=decision.reason.value).inc()
-    if decision.count is not None:  # the trip was evaluated: log a transition (module docstring)
-        _STORMS.observe(buffer.prefix, org_id=org_id, env_id=env_id, decision=decision, now_ms=now_ms, cfg=cfg)
+    decision = precheck(enrolled=enrolled, bypass=bypass, cfg=cfg)
+    if decision is None:
+        tripped, count = buffer.trip(
+            org_id=org_id, env_id=env_id, now_ms=now_ms, window_ms=cfg.TRIP_WINDOW_MS, threshold=cfg.TRIP_THRESHOLD,
+            hold_ms=cfg.HOLD_MS,
+        )  # fmt: skip
+        decision = from_trip(tripped, count, org_id=org_id, env_id=env_id, enrolled=enrolled)
+    record(decision, prefix=buffer.prefix, org_id=org_id, env_id=env_id, now_ms=now_ms, cfg=cfg)
     return decision
+
+
+def precheck(*, enrolled: bool, bypass: bool, cfg: MollifierSettings) -> Decision | None:
+    """Steps 1–3: the decision when no trip is needed, else None (count the trigger: ``buffer.trip``, or
+    the trigger script, which counts it in the same round trip as the claims and the accept)."""
+    if not cfg.ENABLED:
+        return Decision(Action.PASS_THROUGH, Reason.DISABLED)
+    if bypass:
+        return Decision(Action.PASS_THROUGH, Reason.BYPASS)
+    if not enrolled and not cfg.SHADOW_MODE:
+        return Decision(Action.PASS_THROUGH, Reason.NOT_ENROLLED)
+    return None
+
+
+def from_trip(tripped: bool, count: int, *, org_id: int, env_id: int, enrolled: bool) -> Decision:
+    """Step 4: the decision for a counted trigger (shadow mode logs "would mollify")."""
+    if not tripped:
+        return Decision(Action.PASS_THROUGH, Reason.BELOW_THRESHOLD, count)
+    if enrolled:
+        return Decision(Action.MOLLIFY, Reason.TRIPPED, count)
+    logger.info(
+        "mollifier shadow: would mollify env=%s org=%s count=%s", env_id, org_id, count,
+        extra={"env_id": env_id, "org_id": org_id, "count": count},
+    )  # fmt: skip
+    return Decision(Action.PASS_THROUGH, Reason.SHADOW, count)
+
+
+def record(decision: Decision, *, prefix: str, org_id: int, env_id: int, now_ms: int, cfg: MollifierSettings) -> None:
+    """Count the evaluation in ``mollifier_decisions_total`` and log a storm's transitions (module docstring)."""
+    metrics.DECISIONS.labels(outcome=decision.action.value, reason=decision.reason.value).inc()
+    if decision.count is not None:  # the trip was evaluated
+        _STORMS.observe(prefix, org_id=org_id, env_id=env_id, decision=decision, now_ms=now_ms, cfg=cfg)
 
 
 @dataclass(slots=True)
@@ -151,35 +188,3 @@ def count_fail_open() -> None:
 def count_postgres_diversion() -> None:
     """Postgres was unreachable on the pass-through path, so the trigger went into the buffer instead."""
     metrics.POSTGRES_DIVERSIONS.inc()
-
-
-def _decide(
-    buffer: Buffer, *, org_id: int, env_id: int, enrolled: bool, bypass: bool, now_ms: int, cfg: MollifierSettings
-) -> Decision:
-    if not cfg.ENABLED:
-        return Decision(Action.PASS_THROUGH, Reason.DISABLED)
-    if bypass:
-        return Decision(Action.PASS_THROUGH, Reason.BYPASS)
-    if not enrolled and not cfg.SHADOW_MODE:
-        return Decision(Action.PASS_THROUGH, Reason.NOT_ENROLLED)
-
-    tripped, count = buffer.trip(
-        org_id=org_id,
-        env_id=env_id,
-        now_ms=now_ms,
-        window_ms=cfg.TRIP_WINDOW_MS,
-        threshold=cfg.TRIP_THRESHOLD,
-        hold_ms=cfg.HOLD_MS,
-    )
-    if not tripped:
-        return Decision(Action.PASS_THROUGH, Reason.BELOW_THRESHOLD, count)
-    if enrolled:
-        return Decision(Action.MOLLIFY, Reason.TRIPPED, count)
-    logger.info(
-        "mollifier shadow: would mollify env=%s org=%s count=%s",
-        env_id,
-        org_id,
-        count,
-        extra={"env_id": env_id, "org_id": org_id, "count": count},
-    )
-    return Decision(Action.PASS_THROUGH, Reason.SHADOW, count)

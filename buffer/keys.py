@@ -20,6 +20,20 @@ key                                            type    holds / written by
 ``B e:<run>``                                  HASH    the entry (fields below). accept creates it; lease, ack,
                                                        requeue, promote_due, reclaim_expired, release, dead_letter,
                                                        cancel, append_tags update it. No TTL except once ACKED.
+``B s:<run>``                                  STRING  the entry's snapshot JSON, byte-for-byte (kept out of the hash so
+                                                       the hash stays listpack-encoded). accept creates it; get,
+                                                       lease, take, append_tags read it; ack gives it the grace
+                                                       TTL (or deletes it) with the hash
+``B queued``                                   STRING  ids in the shard's env queues, together (= the sum of the
+                                                       queues' LLENs). every script that pushes to or removes from
+                                                       a queue (``lib/shard_counts.lua``); read by shard_stats
+``B heads``                                    ZSET    ``<org>:<env>`` → accepted_ms of that env's queue head, one
+                                                       member per non-empty queue. same scripts; shard_stats reads
+                                                       the lowest for the oldest-age gauge
+``B ix:<env>``                                 ZSET    run id → created_ms (its row's created_at) for every entry of
+                                                       the env not yet acked (QUEUED, LEASED, DEAD). accept adds,
+                                                       ack removes (``lib/env_index.lua``); ``Buffer.env_page``
+                                                       pages it newest first
 ``B leases``                                   ZSET    leased run id → lease deadline ms. lease, ack, requeue,
                                                        reclaim_expired, release, dead_letter
 ``B retry``                                    ZSET    run id → not-before ms (requeued, waiting out a backoff).
@@ -57,7 +71,7 @@ key                                            type    holds / written by
                                                ``Buffer.shard_lock`` (redis-py Lock)
 =============================================  ======  ==============================================================
 
-Entry hash fields (``e:<run>``): ``snapshot`` (the JSON document, never rewritten), ``env``, ``org``,
+Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewritten): ``env``, ``org``,
 ``status`` (QUEUED | LEASED | DEAD | ACKED; a requeued entry waiting in ``retry`` is QUEUED), ``attempts``,
 ``accepted_ms``, ``lease_until_ms`` (only while LEASED), ``cancelled_at`` (ms) and ``cancel_reason``,
 ``extra_tags`` (JSON array of tags appended while buffered), ``last_error``, ``materialised`` (0/1),
@@ -112,6 +126,24 @@ class ShardKeys:
 
     def entry(self, run_id: str) -> str:
         return f"{self.base}e:{run_id}"
+
+    def snapshot(self, run_id: str) -> str:
+        """The entry's snapshot (a STRING beside the hash, so that the hash stays listpack-encoded)."""
+        return f"{self.base}s:{run_id}"
+
+    @property
+    def queued(self) -> str:
+        """The shard's queued-id counter (the sum of its queues' lengths), kept by the scripts."""
+        return self.base + "queued"
+
+    @property
+    def heads(self) -> str:
+        """``<org>:<env>`` → accepted_ms of the env's queue head, for the oldest-age gauge."""
+        return self.base + "heads"
+
+    def index(self, env_id: int) -> str:
+        """The env's entries not yet acked, run id → created_ms: what a run list pages over."""
+        return f"{self.base}ix:{env_id}"
 
     @property
     def leases(self) -> str:

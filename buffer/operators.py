@@ -113,7 +113,7 @@ def find_entry_replies(client: redis.Redis, scripts: Scripts, shard_keys: Sequen
     """The entry hash of ``run_id`` as every shard has it (a flat HGETALL each), in one round trip."""
     pipe = client.pipeline(transaction=False)
     for k in shard_keys:
-        scripts.get(keys=[k.entry(run_id)], client=pipe)
+        scripts.get(keys=[k.entry(run_id), k.snapshot(run_id)], client=pipe)
     return pipe.execute()
 
 

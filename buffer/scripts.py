@@ -5,8 +5,12 @@ or different server), loads the script and retries — so no SCRIPT LOAD round t
 failure after a Redis restart. Each field of ``Scripts`` is one file; ``tests/buffer/test_scripts_and_keys.py``
 fails if a ``.lua`` file has no field here or lacks its contract header.
 
-Every script is registered with the prelude ``lua/lib/presence.lua`` in front of it: the invariant several
-scripts keep (an env is in its org's set iff its queue is non-empty) is written once, there.
+Every script is registered with the prelude in front of it: the files of ``lua/lib/`` listed in ``LIB``, in
+that order (a later file may call an earlier one's functions). ``presence.lua`` keeps the invariant several
+scripts keep (an env is in its org's set iff its queue is non-empty); ``snapshot.lua`` names the snapshot's
+own key; ``shard_counts.lua`` keeps the shard counters the gauges read; ``env_index.lua`` keeps the env index
+run lists page over; ``entry_accept.lua`` writes a new entry (accept, trigger) and calls the three before it;
+``gate_trip.lua`` counts a trigger in the gate's window (trip, trigger). Each is written once, there.
 """
 
 from __future__ import annotations
@@ -20,7 +24,24 @@ import redis
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
-PRELUDE = LUA_DIR / "lib" / "presence.lua"
+LIB = tuple(
+    LUA_DIR / "lib" / f"{name}.lua"
+    for name in (
+        "presence",
+        "snapshot",
+        "shard_counts",
+        "env_index",
+        "entry_accept",
+        "gate_trip",
+    )
+)
+"""The shared Lua files, in registration order (Lua locals must be defined before they are called)."""
+
+
+@cache
+def prelude() -> str:
+    """The text every script is registered behind: the ``LIB`` files, concatenated in order."""
+    return "".join(path.read_text(encoding="utf-8") for path in LIB)
 
 
 @cache
@@ -32,7 +53,7 @@ def source(name: str) -> str:
 @cache
 def registered_source(name: str) -> str:
     """What is sent to Redis for ``name``: the prelude, then the script's own file."""
-    return PRELUDE.read_text(encoding="utf-8") + source(name)
+    return prelude() + source(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +74,8 @@ class Scripts:
     claim: Script
     release_claim: Script
     trip: Script
+    trigger: Script  # the buffered trigger in one round trip (runs.trigger)
+    env_page: Script  # run lists over buffered entries (Buffer.env_page)
     find_stale: Script
     find_expired_and_dead: Script
     shard_stats: Script

@@ -62,7 +62,7 @@ def read(client: redis.Redis, scripts: Scripts, shard_keys: list[ShardKeys], *, 
     pipe = client.pipeline(transaction=False)
     for k in shard_keys:
         scripts.shard_stats(
-            keys=[k.orgs, k.leases, k.retry, k.dead, k.sweep_counts, k.paused_orgs, k.paused_envs],
+            keys=[k.queued, k.heads, k.leases, k.retry, k.dead, k.sweep_counts, k.paused_orgs, k.paused_envs],
             args=[k.base, now_ms],
             client=pipe,
         )

@@ -14,10 +14,15 @@ in that order.
    enrolled orgs.
 6. The answer is ``Triggered(run_id, is_cached)`` whichever path was taken.
 
+Steps 3–5 are one Redis round trip (``Buffer.trigger``, ``buffer/lua/trigger.lua``): the script claims both
+keys, counts the trigger in the gate and accepts it, atomically and in that order, or stops where an answer
+needs Python — a key held by another run, whose run may be alive, reusable or gone (a Postgres question) —
+and the rest is done step by step as before (``_settle``). A passed-through trigger leaves the script
+holding its keys and goes on to ``engine.trigger``. So a warm buffered trigger costs one Redis round trip
+and no Postgres query (docs/architecture.md#trigger-path).
+
 Claims made in 3–4 are released again if this call does not end up creating its run, so a failed
-trigger never leaves a key pointing at a run that does not exist. When a request carries both keys, the
-first claims of 3 and 4 share one Redis round trip (``Buffer.claim_many``); their results are then
-handled in the order above.
+trigger never leaves a key pointing at a run that does not exist.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ from buffer.buffer import (
     Buffer,
     BufferUnavailable,
     ClaimKind,
-    ClaimRequest,
     EntryStatus,
+    GateArgs,
     IdemRef,
     NotReplicated,
+    TriggerStatus,
 )
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
@@ -265,39 +271,9 @@ def trigger(
 ) -> Triggered:
     """Run steps 3–6 of the module docstring for a prepared snapshot."""
     claims = _Claims(buffer, env, snapshot.task_identifier, snapshot.id)
-    redis_up = True
     try:
-        first: dict[str, str | None] = {}  # first claim replies made ahead, by kind
-        if request_key and snapshot.idempotency_key:
-            try:
-                first = _claim_together(buffer, env, snapshot, request_key, claims, now_ms=now_ms)
-            except BufferUnavailable:
-                redis_up = False
-        if request_key and redis_up:
-            try:
-                replay = _claim_request(buffer, env, snapshot, request_key, claims, first)
-            except BufferUnavailable:
-                redis_up = False
-                replay = None
-            if replay is not None:
-                return Triggered(replay, False, "replayed")
-        if snapshot.idempotency_key and redis_up:
-            try:
-                cached = _claim_idempotency(buffer, env, snapshot, claims, first, now_ms=now_ms)
-            except BufferUnavailable:
-                redis_up = False
-                cached = None
-            if cached is not None:
-                return Triggered(cached, True, "cached")
-        decision = _decide(buffer, env, cfg, now_ms=now_ms, bypass=bypass, redis_up=redis_up)
-        if decision == gate.Action.MOLLIFY:
-            try:
-                result = _accept(buffer, env, snapshot, cfg, now_ms=now_ms)
-            except BufferUnavailable:  # Redis went away after the gate answered: fail open
-                gate.count_fail_open()
-                result = _write(buffer, env, snapshot, cfg, now_ms=now_ms, redis_up=False)
-        else:
-            result = _write(buffer, env, snapshot, cfg, now_ms=now_ms, redis_up=redis_up)
+        result = _trigger(env, snapshot, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass,
+                          request_key=request_key)  # fmt: skip
         if result.run_id == snapshot.id:
             claims.held.clear()  # our run exists: the claims now point at it for good
         return result
@@ -316,33 +292,112 @@ def trigger(
         claims.release()
 
 
-def _claim_together(
-    buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str, claims: _Claims, *, now_ms: int
-) -> dict[str, str | None]:
-    """The first claims of the request key and the idempotency key, in one round trip. A key this call
-    now holds is registered at once, so it is released whichever way the call ends."""
-    assert s.idempotency_key is not None
-    replies = buffer.claim_many(
-        [
-            ClaimRequest("req", s.task_identifier, request_key, s.id, REQUEST_KEY_TTL_MS),
-            ClaimRequest("idem", s.task_identifier, s.idempotency_key, s.id, _idem_ttl_ms(s, now_ms)),
-        ],
-        org_id=env.org_id,
-        env_id=env.env_id,
+def _trigger(
+    env: EnvContext, s: Snapshot, claims: _Claims, *, buffer: Buffer, cfg: MollifierSettings, now_ms: int,
+    bypass: bool, request_key: str | None,
+) -> Triggered:  # fmt: skip
+    """Steps 3–5 in one Redis round trip (``Buffer.trigger``); a held key falls back to ``_settle``.
+
+    The gate's checks that need no Redis (switch, bypass, enrolment) run first, here: a trigger they pass
+    through is not counted, and one that cannot be mollified does not ship its snapshot to Redis.
+    """
+    precheck = gate.precheck(enrolled=env.enrolled, bypass=bypass, cfg=cfg)
+    can_accept = precheck is None and env.enrolled
+    text = to_snapshot(s) if can_accept else ""
+    gate_args = (
+        None if precheck is not None else GateArgs(cfg.TRIP_WINDOW_MS, cfg.TRIP_THRESHOLD, cfg.HOLD_MS, env.enrolled)
     )
-    first = {"req": replies[0], "idem": replies[1]}
-    made: tuple[tuple[ClaimKind, str], ...] = (("req", request_key), ("idem", s.idempotency_key))
-    for kind, key in made:
-        if first[kind] is None:
-            claims.hold(kind, key)
-    return first
+    try:
+        reply = buffer.trigger(
+            run_id=s.id, env_id=env.env_id, org_id=env.org_id, task=s.task_identifier, now_ms=now_ms,
+            request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS, idempotency=_idem_ref(env, s, now_ms),
+            gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV,
+        )  # fmt: skip
+    except BufferUnavailable:  # Redis is unreachable: fail open
+        log.warning("buffer unavailable, failing open", extra={"env_id": env.env_id, "org_id": env.org_id})
+        gate.count_fail_open()
+        return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False, text=text)
+    if reply.status is TriggerStatus.REQ_HELD:
+        return _settle(env, s, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass, request_key=request_key,
+                       first={"req": reply.holder})  # fmt: skip
+    if request_key and reply.status is not TriggerStatus.CLOSED and reply.status is not TriggerStatus.FULL:
+        claims.hold("req", request_key)
+    if reply.status is TriggerStatus.IDEM_HELD:
+        return _settle(env, s, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass, request_key=None,
+                       first={"idem": reply.holder})  # fmt: skip
+    if s.idempotency_key and reply.status is TriggerStatus.PASS:
+        claims.hold("idem", s.idempotency_key)
+    decision = precheck
+    if decision is None:
+        assert reply.count is not None
+        decision = gate.from_trip(reply.tripped, reply.count, org_id=env.org_id, env_id=env.env_id,
+                                  enrolled=env.enrolled)  # fmt: skip
+    gate.record(decision, prefix=buffer.prefix, org_id=env.org_id, env_id=env.env_id, now_ms=now_ms, cfg=cfg)
+    if reply.status is TriggerStatus.PASS:
+        return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=True, text=text)
+    if reply.status is TriggerStatus.FULL or reply.status is TriggerStatus.CLOSED:
+        raise _refusal(reply.status is TriggerStatus.FULL, reply.depth, cfg, now_ms=now_ms)
+    return Triggered(s.id, False, "buffered")  # ACCEPTED, or DUPLICATE: a retried call whose first one ran
+
+
+def _settle(
+    env: EnvContext, s: Snapshot, claims: _Claims, *, buffer: Buffer, cfg: MollifierSettings, now_ms: int,
+    bypass: bool, request_key: str | None, first: dict[str, str | None],
+) -> Triggered:  # fmt: skip
+    """The steps after a key held by another run, one by one as before the script: is that run alive
+    (Redis and Postgres), take the key over if it is not, then the gate and the accept. Rare: a retry, a
+    reused idempotency key. ``first`` holds the holder the script saw; ``request_key`` is None once the
+    request key is settled (ours)."""
+    redis_up = True
+    if request_key:
+        try:
+            replay = _claim_request(buffer, env, s, request_key, claims, first)
+        except BufferUnavailable:
+            redis_up = False
+            replay = None
+        if replay is not None:
+            return Triggered(replay, False, "replayed")
+    if s.idempotency_key and redis_up:
+        try:
+            cached = _claim_idempotency(buffer, env, s, claims, first, now_ms=now_ms)
+        except BufferUnavailable:
+            redis_up = False
+            cached = None
+        if cached is not None:
+            return Triggered(cached, True, "cached")
+    decision = _decide(buffer, env, cfg, now_ms=now_ms, bypass=bypass, redis_up=redis_up)
+    if decision == gate.Action.MOLLIFY:
+        try:
+            return _accept(buffer, env, s, cfg, now_ms=now_ms)
+        except BufferUnavailable:  # Redis went away after the gate answered: fail open
+            gate.count_fail_open()
+            return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False)
+    return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=redis_up)
+
+
+def _idem_ref(env: EnvContext, s: Snapshot, now_ms: int) -> IdemRef | None:
+    if not (s.idempotency_key and s.idempotency_key_expires_at):
+        return None
+    return IdemRef(env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key, ttl_ms=_idem_ttl_ms(s, now_ms))
+
+
+def _refusal(full: bool, depth: int | None, cfg: MollifierSettings, *, now_ms: int) -> Backpressure:
+    """The 429 of a full env queue or a closed intake, with when to retry."""
+    headers = {"x-ratelimit-reset": str(now_ms + max(1000, int(cfg.DRAIN_INTERVAL_S * 1000)))}
+    if full:
+        return Backpressure(
+            f"This environment has {depth} runs waiting to be created, the most it may buffer "
+            f"({cfg.MAX_BUFFERED_PER_ENV}). Retry after the reset time.",
+            headers=headers,
+        )
+    return Backpressure("An operator has closed this environment's intake for now; retry later.", headers=headers)
 
 
 def _claim_request(
     buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str, claims: _Claims, first: dict[str, str | None]
 ) -> str | None:
     """The run a previous attempt of this request made, or None once this call holds the request key.
-    ``first`` may hold the reply of the first claim, already made by ``_claim_together``."""
+    ``first`` may hold the holder the trigger script saw (``_settle``)."""
     stale = None
     for _ in range(2):
         if "req" in first:
@@ -365,7 +420,7 @@ def _claim_idempotency(
     buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Claims, first: dict[str, str | None], *, now_ms: int
 ) -> str | None:
     """The live run holding the task-level key (→ ``isCached``), or None once this call holds the key.
-    ``first`` may hold the reply of the first claim, already made by ``_claim_together``."""
+    ``first`` may hold the holder the trigger script saw (``_settle``)."""
     assert s.idempotency_key is not None
     ttl_ms = _idem_ttl_ms(s, now_ms)
     stale = None
@@ -449,34 +504,31 @@ def _decide(
     return decision.action
 
 
-def _accept(buffer: Buffer, env: EnvContext, s: Snapshot, cfg: MollifierSettings, *, now_ms: int) -> Triggered:
-    idem = None
-    if s.idempotency_key and s.idempotency_key_expires_at:
-        idem = IdemRef(env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key, ttl_ms=_idem_ttl_ms(s, now_ms))
+def _accept(
+    buffer: Buffer, env: EnvContext, s: Snapshot, cfg: MollifierSettings, *, now_ms: int, text: str = ""
+) -> Triggered:
+    """``Buffer.accept`` alone: after the slow path's gate, or a Postgres outage on the direct path. ``text``:
+    the snapshot already serialised, if it was."""
     result = buffer.accept(
-        run_id=s.id, env_id=env.env_id, org_id=env.org_id, snapshot=to_snapshot(s), now_ms=now_ms,
-        idempotency=idem, max_per_env=cfg.MAX_BUFFERED_PER_ENV,
+        run_id=s.id, env_id=env.env_id, org_id=env.org_id, snapshot=text or to_snapshot(s), now_ms=now_ms,
+        idempotency=_idem_ref(env, s, now_ms), max_per_env=cfg.MAX_BUFFERED_PER_ENV,
     )  # fmt: skip
-    if result.status == AcceptStatus.FULL:
-        reset_ms = now_ms + max(1000, int(cfg.DRAIN_INTERVAL_S * 1000))
-        raise Backpressure(
-            f"This environment has {result.depth} runs waiting to be created, the most it may buffer "
-            f"({cfg.MAX_BUFFERED_PER_ENV}). Retry after the reset time.",
-            headers={"x-ratelimit-reset": str(reset_ms)},
-        )
-    if result.status == AcceptStatus.CLOSED:
-        reset_ms = now_ms + max(1000, int(cfg.DRAIN_INTERVAL_S * 1000))
-        raise Backpressure(
-            "An operator has closed this environment's intake for now; retry later.",
-            headers={"x-ratelimit-reset": str(reset_ms)},
-        )
+    if result.status == AcceptStatus.FULL or result.status == AcceptStatus.CLOSED:
+        raise _refusal(result.status == AcceptStatus.FULL, result.depth, cfg, now_ms=now_ms)
     if result.status == AcceptStatus.IDEMPOTENT and result.existing_run_id:
         return Triggered(result.existing_run_id, True, "cached")
     return Triggered(s.id, False, "buffered")
 
 
 def _write(
-    buffer: Buffer, env: EnvContext, s: Snapshot, cfg: MollifierSettings, *, now_ms: int, redis_up: bool
+    buffer: Buffer,
+    env: EnvContext,
+    s: Snapshot,
+    cfg: MollifierSettings,
+    *,
+    now_ms: int,
+    redis_up: bool,
+    text: str = "",
 ) -> Triggered:
     """Pass through to Postgres; an outage diverts enrolled orgs into the buffer instead."""
     try:
@@ -503,4 +555,4 @@ def _write(
             raise MaybeWritten("The database is unavailable; retry shortly.", headers=retry) from exc
         log.warning("postgres unavailable, buffering", extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_postgres_diversion()
-        return _accept(buffer, env, s, cfg, now_ms=now_ms)
+        return _accept(buffer, env, s, cfg, now_ms=now_ms, text=text)

@@ -13,7 +13,8 @@ ARGV[3]  org id
 ARGV[4]  snapshot JSON (stored byte-for-byte, never re-encoded)
 ARGV[5]  now_ms
 ARGV[6]  max entries per env queue (exact cap)
-ARGV[7]  idempotency key TTL in ms (only with KEYS[6])
+ARGV[7]  idempotency key TTL in ms (only with KEYS[6]; "" without it)
+ARGV[8]  shard key base "<prefix>:{m<k>}:" (for keys ``lib/entry_accept.lua`` derives)
 
 Returns {status, value}:
   {"ACCEPTED", depth after the push}
@@ -23,6 +24,7 @@ Returns {status, value}:
   {"FULL", depth}                              the queue already holds ARGV[6] entries
 Guarantees: checks and writes are one atomic step, so the cap is exact and two accepts of one run id or
 of one idempotency key cannot both succeed. On any refusal nothing is written. The entry has no TTL.
+The writes are ``entry_accept`` (``lib/entry_accept.lua``).
 ]]
 local entry, queue, org_envs, orgs, closed, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local run, env, org = ARGV[1], ARGV[2], ARGV[3]
@@ -45,12 +47,7 @@ if depth >= tonumber(ARGV[6]) then
   return {'FULL', depth}
 end
 
-if idem then
-  redis.call('SET', idem, run, 'PX', ARGV[7])
-end
-redis.call('HSET', entry,
-  'snapshot', ARGV[4], 'env', env, 'org', org, 'status', 'QUEUED',
-  'attempts', 0, 'accepted_ms', ARGV[5], 'materialised', 0)
-redis.call('RPUSH', queue, run)
-presence_join(orgs, org_envs, org, env)
+entry_accept(
+  {entry = entry, queue = queue, org_envs = org_envs, orgs = orgs, idem = idem, base = ARGV[8]},
+  {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = ARGV[5], idem_ttl_ms = ARGV[7]})
 return {'ACCEPTED', depth + 1}

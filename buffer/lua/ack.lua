@@ -18,8 +18,8 @@ just written: the caller cancels those rows (cancel wins, docs/architecture.md#g
 tags the row lacks. Reading both in the same script as the ack means no mutation can slip between the
 two: a later one sees ACKED and goes to Postgres itself.
 Guarantees: each entry leaves leases (and, if a reclaim raced the drain, retry or its queue, keeping the
-org/env sets equal to queue presence); its hash stays with status ACKED, materialised 1 and a TTL of
-grace_ms, so a read that raced the drain still finds it and a re-accept of the same run id is refused
+org/env sets equal to queue presence and the shard counters exact) and its env index ix:<env>; its hash
+and its snapshot s:<run> stay, with status ACKED, materialised 1 and a TTL of grace_ms, so a read that raced the drain still finds it and a re-accept of the same run id is refused
 as DUPLICATE during the grace. Idempotency keys are not touched.
 ]]
 local leases, retry, dead, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -30,8 +30,10 @@ local function leave_queue(run, entry)
   local env, org = where[1], where[2]
   if not env then return end
   local queue = base .. 'q:' .. env
-  if redis.call('LREM', queue, 0, run) > 0 then
+  local removed = redis.call('LREM', queue, 0, run)
+  if removed > 0 then
     presence_leave(queue, orgs, base .. 'org:' .. org .. ':envs', org, env)
+    queue_moved(base, org, env, -removed)
   end
 end
 
@@ -40,7 +42,8 @@ local cancelled = {}
 for i = 4, #ARGV do
   local run = ARGV[i]
   local entry = base .. 'e:' .. run
-  local status = redis.call('HGET', entry, 'status')
+  local f = redis.call('HMGET', entry, 'status', 'env')
+  local status, env = f[1], f[2]
   redis.call('ZREM', leases, run)
   if status and status ~= 'ACKED' then
     if status == 'QUEUED' and redis.call('ZREM', retry, run) == 0 then
@@ -56,10 +59,12 @@ for i = 4, #ARGV do
       table.insert(cancelled, flag[2] or '')
       table.insert(cancelled, flag[3] or '')
     end
+    index_remove(base, env, run, entry)
     if grace > 0 then
       redis.call('PEXPIRE', entry, grace)
+      redis.call('PEXPIRE', snapshot_key(base, run), grace)
     else
-      redis.call('DEL', entry)
+      redis.call('DEL', entry, snapshot_key(base, run))
     end
     acked = acked + 1
   end

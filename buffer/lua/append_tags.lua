@@ -2,6 +2,7 @@
 append_tags — add tags to a buffered run without rewriting its snapshot (docs/architecture.md#reads-and-mutations-of-buffered-runs).
 
 KEYS[1]  e:<run>   entry hash
+KEYS[2]  s:<run>   the entry's snapshot (read for its tags)
 ARGV[1]  env id of the caller (tenancy: another env's run is NOT_FOUND)
 ARGV[2]  max tags per run
 ARGV[3…] tags to add
@@ -19,6 +20,7 @@ each other. extra_tags is a JSON array in a hash field. A snapshot that is not a
 local entry = KEYS[1]
 local f = redis.call('HMGET', entry, 'env', 'status', 'snapshot', 'extra_tags')
 local env, status, snapshot, extra_json = f[1], f[2], f[3], f[4]
+if KEYS[2] then snapshot = redis.call('GET', KEYS[2]) or snapshot end -- the hash field: written before s:<run>
 if not env or env ~= ARGV[1] then return {'NOT_FOUND', 0, 0} end
 if status == 'ACKED' then return {'ACKED', 0, 0} end
 

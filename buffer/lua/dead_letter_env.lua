@@ -25,7 +25,8 @@ end). The caller loops until queue_left == 0 and both offsets are -1. retry and 
 once the queue is empty, so an env with a long queue costs limit pops per call and nothing more.
 Guarantees: each entry it moves ends exactly as dead_letter leaves one — out of its queue, retry or leases,
 status DEAD, dead_ms, last_error = reason, no lease deadline, no TTL, in dead — and the env leaves its
-org's set (and the org the shard's) once its queue is empty (presence_leave). Entries of other envs, and
+org's set (and the org the shard's) once its queue is empty (presence_leave); the shard counters follow
+(queue_moved). Entries of other envs, and
 entries already DEAD or ACKED, are untouched. A member of retry or leases whose hash is missing is left
 alone (it is not this script's to tidy). Entries that arrive while the caller loops are dead-lettered by
 a later call if they land in the queue before it empties, else by the drain (a missing env is fatal).
@@ -42,13 +43,17 @@ local function bury(run)
   redis.call('HSET', entry, 'status', 'DEAD', 'dead_ms', now, 'last_error', reason)
   redis.call('HDEL', entry, 'lease_until_ms')
   redis.call('PERSIST', entry)
+  redis.call('PERSIST', snapshot_key(base, run))
   redis.call('ZADD', dead, now, run)
   moved = moved + 1
 end
 
 local popped = redis.call('LPOP', queue, limit) or {}
 for _, run in ipairs(popped) do bury(run) end
-if #popped > 0 then presence_leave(queue, orgs, org_envs, org, env) end
+if #popped > 0 then
+  presence_leave(queue, orgs, org_envs, org, env)
+  queue_moved(base, org, env, -#popped)
+end
 local queue_left = redis.call('LLEN', queue)
 
 -- Examine up to limit members of a ZSET from rank ``at``; returns the next rank, or -1 at its end.

@@ -27,7 +27,8 @@ Guarantees: popping and marking are atomic, so two concurrent leases never get t
 lease never takes a solo entry, so an entry that may have crashed its last worker cannot take the rest of a
 round down with it again; a solo lease takes one entry. When the
 queue ends up empty the env leaves KEYS[2], and the org leaves KEYS[3] if it has no other queued env
-(an env is in its org's set iff its queue is non-empty). An id whose hash is missing or not QUEUED is
+(an env is in its org's set iff its queue is non-empty); the shard counters follow (queue_moved). The
+snapshot is read from base .. "s:" .. run; the byte budget counts its length. An id whose hash is missing or not QUEUED is
 dropped from the queue without being returned (no script leaves such an id in a queue).
 ]]
 local queue, org_envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -36,8 +37,9 @@ local lease_until = string.format('%d', tonumber(ARGV[5]) + tonumber(ARGV[6]))
 local n, max_bytes, mode = tonumber(ARGV[4]), tonumber(ARGV[7] or '0'), ARGV[8] or 'all'
 local solo_mode = mode == 'solo'
 if solo_mode then n = 1 end
-local STATUS, LEASE_UNTIL = 4, 7 -- positions in the returned values
+local SNAPSHOT, STATUS, LEASE_UNTIL = 1, 4, 7 -- positions in the returned values
 
+local popped = 0
 local out = {0}
 local deadlines = {} -- ZADD arguments, sent in chunks (Lua's unpack has a stack limit)
 local taken, bytes = 0, 0
@@ -48,17 +50,22 @@ while taken < n do
   local head = redis.call('HMGET', entry, 'status', 'solo')
   if head[1] ~= 'QUEUED' then
     redis.call('LPOP', queue) -- no script leaves such an id in a queue; drop it
+    popped = popped + 1
   else
     if head[2] == '1' and mode == 'round' then
       out[1] = 1
       break
     end
-    local size = redis.call('HSTRLEN', entry, 'snapshot')
+    local snap = snapshot_key(base, run)
+    local size = redis.call('STRLEN', snap)
+    if size == 0 then size = redis.call('HSTRLEN', entry, 'snapshot') end -- an entry written before s:<run>
     if taken > 0 and max_bytes > 0 and bytes + size > max_bytes then break end
     redis.call('LPOP', queue)
+    popped = popped + 1
     local values = redis.call('HMGET', entry, 'snapshot', 'env', 'org', 'status', 'attempts', 'accepted_ms',
       'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised')
     redis.call('HSET', entry, 'status', 'LEASED', 'lease_until_ms', lease_until)
+    values[SNAPSHOT] = redis.call('GET', snap) or values[SNAPSHOT]
     values[STATUS], values[LEASE_UNTIL] = 'LEASED', lease_until
     deadlines[#deadlines + 1] = lease_until
     deadlines[#deadlines + 1] = run
@@ -71,4 +78,5 @@ for i = 1, #deadlines, 1000 do
   redis.call('ZADD', leases, unpack(deadlines, i, math.min(i + 999, #deadlines)))
 end
 presence_leave(queue, orgs, org_envs, org, env)
+if popped > 0 then queue_moved(base, org, env, -popped) end
 return out

@@ -9,7 +9,7 @@ ARGV[3]  limit: at most this many entries per call
 
 Returns the number of entries promoted.
 Guarantees: due entries leave retry and are pushed to the queue head so that, within an env, the earliest
-due is served first and before anything accepted later; their env and org are (re-)added to the sets.
+due is served first and before anything accepted later; their env and org are (re-)added to the sets and the shard counters follow (queue_moved).
 An id without a QUEUED hash is dropped from retry.
 ]]
 local retry, orgs = KEYS[1], KEYS[2]
@@ -25,6 +25,7 @@ for i = #due, 1, -1 do
   if env and status == 'QUEUED' then
     redis.call('LPUSH', base .. 'q:' .. env, run)
     presence_join(orgs, base .. 'org:' .. org .. ':envs', org, env)
+    queue_moved(base, org, env, 1)
     promoted = promoted + 1
   end
 end

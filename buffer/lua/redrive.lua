@@ -14,7 +14,7 @@ Returns {redriven, skipped}: skipped counts the given or listed ids that were no
 redriven, acked, or gone) — someone got there first.
 Guarantees: each redriven entry leaves dead, gets status QUEUED with attempts 0 (its last_error is kept
 for operators, with redriven_ms), goes to the head of its env's queue (it has waited longest) and its
-env and org join the sets (presence_join). Nothing else changes; an entry that is not DEAD is untouched.
+env and org join the sets (presence_join) and the shard counters follow (queue_moved). Nothing else changes; an entry that is not DEAD is untouched.
 ]]
 local dead, orgs = KEYS[1], KEYS[2]
 local base, now, limit, only_env = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -42,6 +42,7 @@ for _, run in ipairs(ids) do
       local queue = base .. 'q:' .. env
       redis.call('LPUSH', queue, run)
       presence_join(orgs, base .. 'org:' .. org .. ':envs', org, env)
+      queue_moved(base, org, env, 1)
       redriven = redriven + 1
     else
       redis.call('ZREM', dead, run) -- a stale member (no DEAD hash behind it) is tidied away

@@ -10,7 +10,7 @@ ARGV[2…] run ids, in the order they were leased
 Returns the number of entries released (ids not currently leased are ignored).
 Guarantees: each entry goes back to the head of its queue so that, within an env, the given order is
 restored ahead of anything accepted meanwhile; attempts are unchanged; status QUEUED; env and org are
-(re-)added to the sets.
+(re-)added to the sets; the shard counters follow (queue_moved).
 ]]
 local leases, orgs = KEYS[1], KEYS[2]
 local base = ARGV[1]
@@ -27,6 +27,7 @@ for i = #ARGV, 2, -1 do
       redis.call('HDEL', entry, 'lease_until_ms')
       redis.call('LPUSH', base .. 'q:' .. env, run)
       presence_join(orgs, base .. 'org:' .. org .. ':envs', org, env)
+      queue_moved(base, org, env, 1)
       released = released + 1
     end
   end

@@ -11,7 +11,7 @@ ARGV[2]  now_ms
 ARGV[3…] run ids
 
 Returns {requeued, skipped}: skipped counts ids already queued, leased by a live drainer, acked or missing.
-Guarantees: a requeued entry is QUEUED at its queue head with its env and org in the sets (presence_join).
+Guarantees: a requeued entry is QUEUED at its queue head with its env and org in the sets (presence_join) and the shard counters following (queue_moved).
 A dead letter's attempts are reset (as ``redrive``); a retrying entry's and an expired lease's are kept (an
 expired lease counts its attempt, as ``reclaim_expired``). Nothing else changes.
 ]]
@@ -43,6 +43,7 @@ for i = 3, #ARGV do
     redis.call('HDEL', entry, 'lease_until_ms')
     redis.call('LPUSH', base .. 'q:' .. env, run)
     presence_join(orgs, base .. 'org:' .. org .. ':envs', org, env)
+    queue_moved(base, org, env, 1)
     requeued = requeued + 1
   else
     skipped = skipped + 1

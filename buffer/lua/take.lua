@@ -13,7 +13,8 @@ ARGV[4…] run ids
 
 Returns a flat list {run id, {values…}, …} for the entries taken, with the values of ``lease.lua`` (the
 fields named by ``buffer.buffer.LEASE_FIELDS``, status LEASED, lease_until_ms = now_ms + lease_ms).
-Guarantees: an entry is taken from its queue (leaving the org/env sets as presence_leave says), from retry,
+Guarantees: an entry is taken from its queue (leaving the org/env sets as presence_leave says, the shard
+counters as queue_moved says), from retry,
 from dead, or from an expired lease; an entry leased by a live drainer (lease not yet expired), acked or
 missing is not taken and not returned — someone else has it. Attempts are unchanged.
 ]]
@@ -31,8 +32,10 @@ for i = 4, #ARGV do
   if status == 'QUEUED' then
     if redis.call('ZREM', retry, run) == 0 then
       local queue = base .. 'q:' .. env
-      if redis.call('LREM', queue, 0, run) > 0 then
+      local removed = redis.call('LREM', queue, 0, run)
+      if removed > 0 then
         presence_leave(queue, orgs, base .. 'org:' .. org .. ':envs', org, env)
+        queue_moved(base, org, env, -removed)
       end
     end
     take = true
@@ -48,8 +51,10 @@ for i = 4, #ARGV do
     redis.call('HSET', entry, 'status', 'LEASED', 'lease_until_ms', lease_until)
     redis.call('ZADD', leases, lease_until, run)
     out[#out + 1] = run
-    out[#out + 1] = redis.call('HMGET', entry, 'snapshot', 'env', 'org', 'status', 'attempts', 'accepted_ms',
+    local values = redis.call('HMGET', entry, 'snapshot', 'env', 'org', 'status', 'attempts', 'accepted_ms',
       'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised')
+    values[1] = redis.call('GET', snapshot_key(base, run)) or values[1] -- the hash field: written before s:<run>
+    out[#out + 1] = values
   end
 end
 return out

@@ -171,7 +171,7 @@ def test_payload_with_quotes_backslashes_unicode_and_emoji_round_trips_byte_exac
     run_id, doc = make_snapshot(ORG, ENV, payload=payload, metadata={"ключ": "значение 🎉"}, tags=["ünï", "🏷️"])
     accept(buffer, run_id, doc)
 
-    stored = redis_client.hget(buffer.keys_for_org(ORG).entry(run_id), "snapshot")
+    stored = redis_client.get(buffer.keys_for_org(ORG).snapshot(run_id))
     assert stored == doc.encode("utf-8")
     assert buffer.get(run_id, org_id=ORG).snapshot == doc
     (leased,) = buffer.lease(buffer.shard_for(ORG), org_id=ORG, env_id=ENV, n=1, now_ms=2_000, lease_ms=30_000)

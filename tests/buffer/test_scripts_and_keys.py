@@ -7,7 +7,7 @@ import re
 import pytest
 
 from buffer.keys import ShardKeys, b64u, shard_for
-from buffer.scripts import LUA_DIR, PRELUDE, Scripts, registered_source, source
+from buffer.scripts import LIB, LUA_DIR, Scripts, prelude, registered_source, source
 
 LUA_NAMES = sorted(path.stem for path in LUA_DIR.glob("*.lua"))
 
@@ -54,6 +54,10 @@ def test_every_shard_key_carries_the_shard_hash_tag():
         k.tripped(7),
         k.cursor_orgs,
         k.cursor_envs,
+        k.snapshot("run_abc"),
+        k.queued,
+        k.heads,
+        k.index(7),
     ]
     assert all(name.startswith("mollifier:{m5}:") for name in names)
     assert len(set(names)) == len(names)
@@ -72,10 +76,18 @@ def test_unknown_claim_kind_is_refused_with_its_name():
         ShardKeys("p", 0).claim("other", 1, "t", "k")  # type: ignore[arg-type]
 
 
-def test_every_script_is_registered_behind_the_presence_prelude(buffer):
-    prelude = PRELUDE.read_text(encoding="utf-8")
+def test_every_lib_file_is_in_the_prelude_and_opens_with_a_contract_header():
+    assert sorted(LIB) == sorted((LUA_DIR / "lib").glob("*.lua"))
+    for path in LIB:
+        header = re.match(r"--\[\[(.*?)\]\]", path.read_text(encoding="utf-8"), re.S)
+        assert header is not None and header.group(1).strip().startswith(f"{path.stem} —"), path.name
+
+
+def test_every_script_is_registered_behind_the_prelude(buffer):
+    text = "".join(path.read_text(encoding="utf-8") for path in LIB)
+    assert prelude() == text
     for name in Scripts.names():
-        assert registered_source(name) == prelude + source(name)
+        assert registered_source(name) == text + source(name)
         assert getattr(buffer._scripts, name).script == registered_source(name)
 
 
@@ -84,5 +96,21 @@ def test_the_org_env_set_invariant_is_written_only_in_the_prelude():
     for name in LUA_NAMES:
         body = source(name)
         assert "SREM" not in body and "SADD" not in body, f"{name}.lua edits the org/env sets itself"
-    prelude = PRELUDE.read_text(encoding="utf-8")
-    assert "local function presence_join" in prelude and "local function presence_leave" in prelude
+    presence = (LUA_DIR / "lib" / "presence.lua").read_text(encoding="utf-8")
+    assert "local function presence_join" in presence and "local function presence_leave" in presence
+
+
+def test_a_new_entry_is_written_only_by_the_entry_accept_lib_function():
+    """One place writes an entry's fields and pushes it onto its queue, so what every new entry needs is
+    added once (``lib/entry_accept.lua``)."""
+    for name in LUA_NAMES:
+        assert "'materialised', 0" not in source(name), f"{name}.lua writes a new entry itself"
+    assert "local function entry_accept(k, a)" in (LUA_DIR / "lib" / "entry_accept.lua").read_text(encoding="utf-8")
+
+
+def test_the_shard_counters_and_the_env_index_are_written_only_in_the_prelude():
+    """Scripts keep the counters, heads and env index through the lib functions, never by hand."""
+    for name in LUA_NAMES:
+        body = source(name)
+        for marker in ("'queued'", "'heads'", "'ix:'"):
+            assert marker not in body, f"{name}.lua writes {marker} itself"

@@ -1,0 +1,96 @@
+--[[
+trigger — a trigger's Redis steps in one call, in the trigger path's order (docs/architecture.md#trigger-path,
+steps 3–5): request-key de-duplication, the idempotency claim, the gate, the accept. It stops at the first
+step whose answer needs Python (a held key: is its run alive? — a Postgres question) and says which.
+
+KEYS[1]  e:<run>            entry hash
+KEYS[2]  q:<env>            the env's queue
+KEYS[3]  org:<org>:envs     envs of the org with queued entries
+KEYS[4]  orgs               orgs of the shard with queued entries
+KEYS[5]  closed:envs        envs whose intake an operator closed
+KEYS[6]  rate:<env>         the gate's window counter (``lib/gate_trip.lua``)
+KEYS[7]  tripped:<env>      the gate's tripped marker
+KEYS[8]  req:<env>:…        only with ARGV[13]: the request key (x-trigger-request-idempotency-key)
+KEYS[8 or 9]  idem:<env>:…  only with ARGV[14]: the task-level idempotency key (KEYS[9] when KEYS[8] is req)
+ARGV[1]  run id
+ARGV[2]  env id
+ARGV[3]  org id
+ARGV[4]  snapshot JSON, stored byte-for-byte; "" when ARGV[12] is not "1" (this call cannot accept)
+ARGV[5]  now_ms
+ARGV[6]  max entries per env queue (exact cap)
+ARGV[7]  shard key base "<prefix>:{m<k>}:" (for keys ``lib/entry_accept.lua`` derives)
+ARGV[8]  "count": the gate counts this trigger; "skip": Python's checks already passed it through
+         (switch off, bypass, org not enrolled without shadow mode) and nothing is counted
+ARGV[9]  window_ms, ARGV[10] threshold, ARGV[11] hold_ms  (the gate's settings, with "count")
+ARGV[12] "1" if a tripped gate mollifies (the org is enrolled), else "0" (shadow: pass through)
+ARGV[13] request key TTL in ms, or "" (no KEYS request key)
+ARGV[14] idempotency key TTL in ms, or "" (no KEYS idempotency key)
+
+Returns {status, value, count}; count = the gate's window count after this trigger, -1 if not counted:
+  {"REQ_HELD", holder, -1}      the request key is held by another run; nothing written
+  {"IDEM_HELD", holder, -1}     the idempotency key is held by another run; the request key (if any) is
+                                now held by ARGV[1], nothing else written
+  {"PASS", tripped 1/0, count}  the gate passes it through: both keys (if any) are now held by ARGV[1]
+  {"ACCEPTED", depth, count}    parked: entry, queue, keys written (``entry_accept``)
+  {"DUPLICATE", status, count}  the run id already has an entry (a retried call whose first one ran)
+  {"CLOSED", 0, count}          an operator closed the env's intake; no key written
+  {"FULL", depth, count}        the queue already holds ARGV[6] entries; no key written
+A key "held" by ARGV[1] may have been ours already (the same run id): that is never a holder.
+Guarantees: one atomic step, so of two concurrent triggers with one key exactly one holds it, and the cap is
+exact. Every check comes before every write, so a refusal or a stop writes only what its line above says
+(the gate's counter counts every evaluated trigger, as the gate alone does). The claims refresh their TTL.
+]]
+local entry, queue, org_envs, orgs, closed, rate, tripped = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local run, env, org, now = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
+local req_ttl, idem_ttl = ARGV[13], ARGV[14]
+local req, idem
+local n = 8
+if req_ttl ~= '' then req = KEYS[n]; n = n + 1 end
+if idem_ttl ~= '' then idem = KEYS[n] end
+
+local function held_by_other(key)
+  local holder = redis.call('GET', key)
+  if holder and holder ~= run then return holder end
+  return nil
+end
+
+-- 3. request-key de-duplication
+if req then
+  local holder = held_by_other(req)
+  if holder then return {'REQ_HELD', holder, -1} end
+end
+-- 4. task-level idempotency
+if idem then
+  local holder = held_by_other(idem)
+  if holder then
+    if req then redis.call('SET', req, run, 'PX', req_ttl) end
+    return {'IDEM_HELD', holder, -1}
+  end
+end
+-- 5. the gate
+local is_tripped, count = false, -1
+if ARGV[8] == 'count' then
+  is_tripped, count = gate_trip(rate, tripped, closed, env,
+    tonumber(now), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]))
+end
+if not (is_tripped and ARGV[12] == '1') then
+  if req then redis.call('SET', req, run, 'PX', req_ttl) end
+  if idem then redis.call('SET', idem, run, 'PX', idem_ttl) end
+  return {'PASS', is_tripped and 1 or 0, count}
+end
+-- 5. mollify: the accept's checks, then its writes
+if redis.call('SISMEMBER', closed, env) == 1 then
+  return {'CLOSED', 0, count}
+end
+if redis.call('EXISTS', entry) == 1 then
+  return {'DUPLICATE', redis.call('HGET', entry, 'status') or '', count}
+end
+local depth = redis.call('LLEN', queue)
+if depth >= tonumber(ARGV[6]) then
+  return {'FULL', depth, count}
+end
+if req then redis.call('SET', req, run, 'PX', req_ttl) end
+entry_accept(
+  {entry = entry, queue = queue, org_envs = org_envs, orgs = orgs, idem = idem, base = ARGV[7]},
+  {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = now, idem_ttl_ms = idem_ttl})
+return {'ACCEPTED', depth + 1, count}
