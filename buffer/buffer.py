@@ -1009,28 +1009,24 @@ class Buffer:
         flagged, already, *elsewhere = (int(v) for v in reply)
         return BulkCancelResult(flagged, already, [ids[i - 1] for i in elsewhere])
 
-    # -- TEMPORARY fallback until the per-env index (helper "books") is merged: unbounded, tests only -------
-
-    def _env_entries_fallback(self, org_id: int, env_id: int) -> list[tuple[tuple[int, str], Entry]]:
-        k = self.keys_for_org(org_id)
-        pipe = self._client.pipeline(transaction=False)
-        pipe.lrange(k.queue(env_id), 0, -1)
-        for name in (k.leases, k.retry, k.dead):
-            pipe.zrange(name, 0, -1)
-        ids = list(dict.fromkeys(run_id for reply in pipe.execute() for run_id in reply))
-        found = []
-        for entry in self.get_many(ids, org_id=org_id) if ids else []:
-            if entry is not None and entry.env_id == env_id:
-                found.append(((int(json.loads(entry.snapshot)["created_ms"]), entry.run_id), entry))
-        return sorted(found, key=lambda pair: pair[0])
-
-    def env_page(self, *, org_id: int, env_id: int, before: tuple[int, str] | None, limit: int) -> list[Entry]:
-        found = [e for pos, e in reversed(self._env_entries_fallback(org_id, env_id)) if before is None or pos < before]
-        return found[:limit]
-
     def env_page_after(self, *, org_id: int, env_id: int, after: tuple[int, str] | None, limit: int) -> list[Entry]:
-        found = [e for pos, e in self._env_entries_fallback(org_id, env_id) if after is None or pos > after]
-        return found[:limit]
+        """``env_page`` going up: the env's entries strictly after ``after`` (``None``: from the oldest),
+        oldest first, at most ``limit``, snapshots included, ``created_ms`` set (``lua/env_page_after.lua``).
+        A run list's previous page walks this way; O(log N + limit)."""
+        _require("limit", limit, 1)
+        cursor = ""
+        if after is not None:
+            created_ms, run_id = after
+            _require("after[0]", created_ms, 0)
+            if created_ms >= 10**15 or not isinstance(run_id, str):
+                raise ValueError(f"after must be (created_ms < 10**15, run id str), got {after!r}")
+            cursor = f"{created_ms:015d}{run_id}"
+        k = self.keys_for_org(org_id)
+        flat = self._scripts.env_page_after(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1])
+        return [
+            dataclasses.replace(parse_leased(flat[i], flat[i + 2]), created_ms=int(flat[i + 1]))
+            for i in range(0, len(flat), 3)
+        ]
 
 
 _ACCEPT_OUTCOMES = frozenset(

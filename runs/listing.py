@@ -27,7 +27,6 @@ Filters that no run here can match (``filter[version]``, ``filter[schedule]``, `
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ DEFAULT_PAGE_SIZE = 25
 MAX_PAGE_SIZE = 100
 MAX_SCAN_CALLS = 4  # env_page calls per page at most (docs/architecture.md#run-list)
 SCAN_BATCH = 250  # entries per env_page call when a filter may drop some
+_INDEX_MS_LIMIT = 10**15  # the env index holds created_ms as 15 digits
 _PERIOD = re.compile(r"^\d+[smhdw]$")
 # Statuses a buffered run can show (presenters.buffered_status): a status filter without any of them skips Redis.
 BUFFERED_STATUSES = frozenset({"QUEUED", "DELAYED", "CANCELED", "SYSTEM_FAILURE"})
@@ -287,6 +287,10 @@ def _scan_buffer(
     cursor = start
     while scan.calls < MAX_SCAN_CALLS:
         bound = None if cursor is None else _redis_bound(cursor, descending=descending)
+        if bound is not None and not 0 <= bound[0] < _INDEX_MS_LIMIT:  # before 1970 or past the index's range
+            if (bound[0] < 0) == descending:
+                return scan  # nothing lies beyond it
+            bound = None  # everything does: start from the end
         if descending:
             entries = buffer.env_page(org_id=env.org_id, env_id=env.env_id, before=bound, limit=batch)
         else:
@@ -313,9 +317,8 @@ def _scan_buffer(
 
 
 def _created_ms(entry: Entry) -> int:
-    # TEMPORARY until the env index lands (Entry.created_ms)
-    created = getattr(entry, "created_ms", None)
-    return int(created) if created is not None else int(json.loads(entry.snapshot)["created_ms"])
+    assert entry.created_ms is not None, "env_page sets created_ms"
+    return entry.created_ms
 
 
 def _with_snapshots(buffer: Buffer, env: EnvContext, entries: list[Entry]) -> list[Entry]:
