@@ -346,8 +346,11 @@ def _materialise_normal(
     if not normal:
         return failed
     now = from_ms(state.now_ms)
+    # First attempts of entries never leased before cannot have a row yet, unless a commit raced an
+    # outage (released with attempts unchanged) — the engine checks the hint with the unique constraints.
+    fresh = all(entry.attempts == 0 for entry, _ in normal)
     try:
-        results = engine.materialise_many([s for _, s in normal], now=now)
+        results = engine.materialise_many([s for _, s in normal], now=now, fresh=fresh)
     except Exception as exc:
         kind = classify(exc)
         if kind is Failure.OUTAGE:
