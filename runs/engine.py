@@ -132,14 +132,16 @@ def _row(
     error: dict[str, Any] | None = None,
     completed_at: datetime | None = None,
     keep_idempotency_key: bool = True,
+    tags: list[str] | None = None,
 ) -> tuple:
-    """The row for ``s`` in ``COLUMNS`` order. ``created_at`` is the snapshot's trigger time."""
+    """The row for ``s`` in ``COLUMNS`` order. ``created_at`` is the snapshot's trigger time. ``tags``:
+    ``s.tags`` normalised already (the bulk path normalises once per snapshot, not twice)."""
     if status is None:
         status = RunStatus.DELAYED if s.delay_until is not None and s.delay_until > now else RunStatus.PENDING
     key = s.idempotency_key if keep_idempotency_key else None
     return (
         s.id, s.env_id, s.org_id, s.task_identifier, str(status), s.payload, s.payload_type,
-        None if s.metadata is None else Jsonb(s.metadata), normalise_tags(s.tags),
+        None if s.metadata is None else Jsonb(s.metadata), normalise_tags(s.tags) if tags is None else tags,
         key, s.idempotency_key_user if key else None, s.idempotency_key_expires_at if key else None,
         s.queue, s.concurrency_key, s.delay_until, s.ttl, s.max_attempts, s.max_duration, s.machine,
         s.priority, s.batch_id, s.batch_index, s.parent_run_id, s.root_run_id, s.depth, s.trace_id,
@@ -147,10 +149,11 @@ def _row(
     )  # fmt: skip
 
 
-def validate(s: Snapshot) -> str | None:
+def validate(s: Snapshot, *, tags: list[str] | None = None) -> str | None:
     """Why ``s`` can never be inserted as given, or None. Checked before a bulk insert so one bad
-    snapshot cannot abort the whole transaction."""
-    tags = normalise_tags(s.tags)
+    snapshot cannot abort the whole transaction. ``tags``: as for ``_row``."""
+    if tags is None:
+        tags = normalise_tags(s.tags)
     if not s.task_identifier or len(s.task_identifier) > 128:
         return "task identifier must be 1–128 characters"
     if len(tags) > MAX_TAGS:
@@ -339,17 +342,19 @@ def materialise_many(
     results: list[Result | None] = [None] * len(snapshots)
     missing = _missing_references(snapshots) if snapshots else {}
     valid: list[tuple[int, Snapshot]] = []
+    rows: list[tuple[int, Snapshot, tuple]] = []
     for i, s in enumerate(snapshots):
-        reason = validate(s) or missing.get(s.id)
+        tags = normalise_tags(s.tags)
+        reason = validate(s, tags=tags) or missing.get(s.id)
         if reason:
             results[i] = Result(s.id, Outcome.INVALID, reason=reason)
         else:
             valid.append((i, s))
+            rows.append((i, s, _row(s, now=now, buffered=buffered, tags=tags)))
     created_ids: set[str] = set()
     existing_ids: set[str] = set()
     holders: dict[tuple[int, str, str], str] = {}
     if valid:
-        rows = [(i, s, _row(s, now=now, buffered=buffered)) for i, s in valid]
         written = fresh and _copy_fresh(rows, now=now)
         if written:
             created_ids = {s.id for _, s in valid}
