@@ -242,7 +242,7 @@ class Celery:
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU of one process (Linux ``/proc``); 0 if it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -257,7 +257,7 @@ def _machine_busy_seconds() -> float:
     return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
@@ -303,10 +303,10 @@ class CpuMeter:
     def _sample(self) -> dict[str, float]:
         """Cumulative CPU per process (``group:pid``) and of the whole machine."""
         worker = self.celery.processes["worker"].pid
-        sample = {f"worker:{p}": _cpu_seconds(p) for p in [worker, *_children(worker)]}
-        sample.update({f"postgres:{p}": _cpu_seconds(p) for p in self._backends()})
-        sample["beat:"] = _cpu_seconds(self.celery.processes["beat"].pid)
-        sample["redis:"] = _cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
+        sample = {f"worker:{p}": cpu_seconds(p) for p in [worker, *children(worker)]}
+        sample.update({f"postgres:{p}": cpu_seconds(p) for p in self._backends()})
+        sample["beat:"] = cpu_seconds(self.celery.processes["beat"].pid)
+        sample["redis:"] = cpu_seconds(self.redis_pid) if self.redis_pid else 0.0
         sample["machine"] = _machine_busy_seconds()
         return sample
 

@@ -2,7 +2,8 @@
 
     python -m bench.fairness [--heavy 100000] [--light-envs 9] [--light-rate 50] [--seconds 10]
                              [--orgs 10] [--window 20] [--calibration-backlog 30000] [--safety 3] [--backlog N]
-                             [--concurrency 2] [--set NAME=VALUE ...] [--only latency|jain]
+                             [--idle-seconds 10] [--concurrency 2] [--set NAME=VALUE ...]
+                             [--only latency|jain|idle]
 
 Both parts run a real ``celery worker`` (prefork, ``--concurrency``) and ``celery beat`` with
 ``MOLLIFIER_DRAINER_ENABLED=true`` against ``<DATABASE_URL database>_bench`` (``bench._django``), a key
@@ -32,8 +33,17 @@ shard's drain lock, so the drain starts on a full buffer the moment the locks ar
     several fan-out rotations (10 busy shards ÷ 2 processes × 2 s ≈ 10 s): 20 s by default. The
     backlog entries are minimal snapshots (only their count matters here).
 
-The last line is machine-readable: ``light_p50_ms=<x> light_p99_ms=<y> jain=<z>`` (``jain=invalid``
-when an org ran out of backlog inside the window).
+(3) Idle cost. The same worker and beat on an empty buffer for ``--idle-seconds``: the fan-out ticks
+    they ran (each one pipelined has-work check of every shard, ``3 × SHARDS`` Redis commands, and no
+    Postgres query) and the CPU the worker and beat spent per second — what a short ``DRAIN_INTERVAL_S``
+    costs when there is nothing to drain.
+
+Parts (1) and (2) also count the Postgres transactions of the benchmark database (``pg_stat_database``:
+commits + rollbacks, every backend, the benchmark's own few reads included) per row written — what the
+choice of tick and round size costs Postgres.
+
+The last line is machine-readable: ``light_p50_ms=<x> light_p99_ms=<y> jain=<z> xact_per_row=<t>
+idle_cpu_ms_per_s=<c>`` (``jain=invalid`` when an org ran out of backlog inside the window).
 """
 
 from __future__ import annotations
@@ -81,7 +91,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="backlog per org at the window's start (default: sized from the measured drain rate)",
     )  # fmt: skip
     add_worker_arguments(parser)
-    parser.add_argument("--only", choices=("latency", "jain"), default=None, help="run one part only")
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="how long the idle part watches")
+    parser.add_argument("--only", choices=("latency", "jain", "idle"), default=None, help="run one part only")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     for name in ("heavy", "light_envs", "orgs", "calibration_backlog", "concurrency"):
@@ -91,7 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--backlog must be at least 1")
     if args.safety < 1:
         parser.error("--safety must be at least 1")
-    for name in ("light_rate", "seconds", "window"):
+    for name in ("light_rate", "seconds", "window", "idle_seconds"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     args.settings = parse_settings(parser, args.set)
@@ -107,6 +118,17 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))
     return ordered[int(rank) - 1]
+
+
+def transactions() -> int:
+    """Commits + rollbacks so far in the benchmark database, every backend (``pg_stat_database``; the
+    statistics collector may lag by a moment, so read it after the drain has settled)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_stat_clear_snapshot()")
+        cur.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+        return int(cur.fetchone()[0])
 
 
 def jain(values: Sequence[float]) -> float:
@@ -216,6 +238,7 @@ def measure_latency(ctx: Context) -> dict[str, Any]:
         support.fill(buffer, heavy, now_ms=wall_ms())
         del heavy
         celery = ctx.start_drain(prefix)
+        xact_before = transactions()
         hold.release()
         light.start()
         deadline = time.monotonic() + args.seconds + 60
@@ -245,6 +268,9 @@ def measure_latency(ctx: Context) -> dict[str, Any]:
         if celery is not None:
             celery.stop()
         support.delete_prefix(ctx.client, prefix)
+    time.sleep(0.6)  # the statistics collector reports a backend's counts up to 500 ms late
+    xact = transactions() - xact_before
+    written = TaskRun.objects.count()
     latencies = [done_at[r] - accepted for r, (accepted, _) in light.accepted.items() if r in done_at]
     rows = dict(TaskRun.objects.filter(id__in=list(light.accepted)).values_list("id", "materialised_at"))
     if len(rows) != len(light.accepted):
@@ -259,6 +285,8 @@ def measure_latency(ctx: Context) -> dict[str, Any]:
         "picked_p50": percentile(picked, 50),
         "picked_p99": percentile(picked, 99),
         "heavy_left": heavy_left,
+        "rows": written,
+        "xact_per_row": xact / written if written else float("nan"),
     }
 
 
@@ -356,9 +384,9 @@ def measure_jain(ctx: Context) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise SystemExit(f"jain: no row written {FIRST_ROW_TIMEOUT_S:g} s after the drain started")
             time.sleep(0.01)
-        before = counts()
+        before, xact_before = counts(), transactions()
         time.sleep(args.window)
-        after = counts()
+        after, xact_after = counts(), transactions()
         left = {env.org_id: buffer.depth(buffer.shard_for(env.org_id), env.id) for env in envs}
         ctx.check_logs(celery, "jain")
     finally:
@@ -382,7 +410,43 @@ def measure_jain(ctx: Context) -> dict[str, Any]:
         "backlog": backlog,
         "sized": args.backlog is None,
         "fill_seconds": fill_seconds,
+        "xact_per_row": (xact_after - xact_before) / max(1, sum(drained.values())),
     }
+
+
+def measure_idle(ctx: Context) -> dict[str, Any]:
+    """Part (3): worker and beat on an empty buffer — the fan-out ticks they ran and the CPU they spent."""
+    from bench import _drainer as support
+
+    args = ctx.args
+    prefix = support.unique_prefix("fair-idle")
+    celery = ctx.start_drain(prefix)
+    try:
+        time.sleep(1.0)  # past start-up
+        pids = {"worker": celery.processes["worker"].pid, "beat": celery.processes["beat"].pid}
+
+        def cpu() -> float:
+            return sum(support.cpu_seconds(p) for pid in pids.values() for p in [pid, *support.children(pid)])
+
+        ticks_before, xact_before, cpu_before = _fan_outs(celery), transactions(), cpu()
+        time.sleep(args.idle_seconds)
+        ticks, spent = _fan_outs(celery) - ticks_before, cpu() - cpu_before
+        xact = transactions() - xact_before
+        ctx.check_logs(celery, "idle")
+    finally:
+        celery.stop()
+        support.delete_prefix(ctx.client, prefix)
+    return {
+        "ticks_per_s": ticks / args.idle_seconds,
+        "cpu_ms_per_s": 1000 * spent / args.idle_seconds,
+        "redis_per_tick": 3 * ctx.cfg.SHARDS,
+        "xact_per_s": xact / args.idle_seconds,
+    }
+
+
+def _fan_outs(celery: Any) -> int:
+    """Fan-out ticks the worker ran so far (its INFO line per task that succeeded)."""
+    return sum(1 for line in celery.log("worker").splitlines() if "drainer.fan_out" in line and "succeeded" in line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     lat = measure_latency(ctx) if args.only in (None, "latency") else None
     fair = measure_jain(ctx) if args.only in (None, "jain") else None
+    idle = measure_idle(ctx) if args.only in (None, "idle") else None
 
     if lat:
         print(f"{'light envs: trigger → row':<46} {'value':>12}")
@@ -415,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'  max ms':<46} {lat['max']:>12.0f}")
         print(f"{'  p50 / p99 ms by materialised_at':<46} {lat['picked_p50']:>5.0f} / {lat['picked_p99']:>4.0f}")
         print(f"{'  heavy backlog left when they stopped':<46} {lat['heavy_left']:>12,} of {args.heavy:,}")
+        print(f"{'  Postgres transactions per row':<46} {lat['xact_per_row']:>12.4f} ({lat['rows']:,} rows)")
     if fair:
         cal = fair["calibration"]
         how = f"{args.safety:g} × the fair share × {args.window:g} s" if fair["sized"] else "--backlog"
@@ -427,6 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'  all orgs, rows/s':<46} {fair['rate']:>12,.0f}")
         jain_text = f"{fair['jain']:.4f}" if fair["valid"] else f"{fair['jain']:.4f} INVALID (an org ran dry)"
         print(f"{'  Jain index':<46} {jain_text:>12}")
+        print(f"{'  Postgres transactions per row':<46} {fair['xact_per_row']:>12.4f}")
+    if idle:
+        print(f"{'idle: fan-out ticks per second':<46} {idle['ticks_per_s']:>12.2f} "
+              f"({idle['redis_per_tick']} Redis commands in one pipeline each)")  # fmt: skip
+        print(f"{'  worker + beat CPU, ms per second':<46} {idle['cpu_ms_per_s']:>12.1f}")
+        print(f"{'  Postgres transactions per second':<46} {idle['xact_per_s']:>12.2f}")
     for failure in ctx.failures:
         print(f"!! {failure}")
     parts = []
@@ -434,6 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts += [f"light_p50_ms={lat['p50']:.0f}", f"light_p99_ms={lat['p99']:.0f}"]
     if fair:
         parts.append(f"jain={fair['jain']:.4f}" if fair["valid"] else "jain=invalid")
+    if lat:
+        parts.append(f"xact_per_row={lat['xact_per_row']:.4f}")
+    if idle:
+        parts.append(f"idle_cpu_ms_per_s={idle['cpu_ms_per_s']:.1f}")
     print(" ".join(parts), flush=True)
     if ctx.failures:
         print(f"bench/fairness.py: FAILED, {len(ctx.failures)} check(s) above (!!)", file=sys.stderr)

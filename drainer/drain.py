@@ -32,6 +32,9 @@ Race analysis — every crash point and what it costs
 6. Postgres outage mid-round: everything not yet committed goes back to the queue head with attempts
    unchanged (``release``); what did commit is acked. No SYSTEM_FAILURE row comes from an outage.
 7. Redis unreachable mid-round after the commit: the ack is lost, which is case 2.
+8. Killed while the next round was leased ahead (the lease thread): its entries are leased and
+   uncommitted, which is case 1 for them, and case 1 or 2 for the round that was committing. An outage in
+   round n releases round n + 1 too, behind round n's entries, so each queue keeps its order (case 6).
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from buffer.buffer import Buffer, Entry
+from buffer.buffer import Buffer, Entry, LeasedRound
 from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report
@@ -83,37 +87,61 @@ def drain_shard(
     Steps per iteration: 1. respect an open circuit; 2. reclaim expired leases; 3. promote due retries;
     4. one fair round; 5. on an outage open the circuit (and wait it out if the budget allows), on
     success close it; stop when a round leased nothing or emptied the shard (``Report.emptied``).
+
+    Steps 1–3 and the lease of round n + 1 run on a second thread while round n writes and commits
+    (Redis work overlapping Postgres work; the thread never touches Postgres). Round n is still acked
+    only after its own commit; a leased-ahead round is always finished, even past the budget.
     """
     report = Report()
     start = clock()
-    while True:
-        now = clock()
-        if now - start >= limits.time_budget_ms:
-            break
-        until = buffer.circuit_until_ms(shard)
-        if until > now:
-            wait_ms = until - now
-            if now + wait_ms - start >= limits.time_budget_ms:
-                report.circuit_open = True
+    ahead: Future[_Leased] | None = None  # the next round, leased while this one commits
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drain-{shard}-lease") as pool:
+        while True:
+            if ahead is not None:  # leased already (its circuit check came before): finish it, whatever the time
+                leased, ahead = ahead.result(), None
+                until = 0
+            else:
+                now = clock()
+                if now - start >= limits.time_budget_ms:
+                    break
+                until = buffer.circuit_until_ms(shard)
+                if until > now:
+                    wait_ms = until - now
+                    if now + wait_ms - start >= limits.time_budget_ms:
+                        report.circuit_open = True
+                        break
+                    sleep(wait_ms / 1000)
+                    continue
+                leased = _lease_next(buffer, shard=shard, limits=limits, now_ms=now)
+            report.reclaimed += leased.reclaimed
+            if not leased.last and clock() - start < limits.time_budget_ms:
+                ahead = pool.submit(_lease_ahead, buffer, shard=shard, limits=limits, clock=clock)
+            result = _finish_round(buffer, shard=shard, limits=limits, leased=leased, ahead=ahead)
+            if result.outage:
+                ahead = None  # released with this round's entries (``materialise``), in lease order
+            report.add(result)
+            if _stop_after(buffer, report, result, shard=shard, until=until, limits=limits, start=start, clock=clock):
                 break
-            sleep(wait_ms / 1000)
-            continue
-        reclaimed = len(buffer.reclaim_expired(shard, now_ms=now, limit=RECLAIM_LIMIT))
-        metrics.RECLAIMED.inc(reclaimed)
-        report.reclaimed += reclaimed
-        buffer.promote_due(shard, now_ms=now, limit=PROMOTE_LIMIT)
-        result = run_round(buffer, shard=shard, limits=limits, now_ms=now)
-        report.add(result)
-        if result.outage:
-            delay = buffer.open_circuit(shard, now_ms=now, base_ms=CIRCUIT_BASE_MS, max_ms=CIRCUIT_MAX_MS)
-            log.warning("postgres unreachable; shard %s backs off %s ms", shard, delay, extra={"shard": shard})
-            continue
-        if until:  # the circuit was open and this round reached Postgres: close it
-            buffer.close_circuit(shard)
-        if result.leased == 0 or result.emptied:
-            report.emptied = result.emptied
-            break
     return report
+
+
+def _stop_after(
+    buffer: Buffer, report: Report, result: Report, *, shard: int, until: int, limits: DrainLimits, start: int,
+    clock: Callable[[], int],
+) -> bool:  # fmt: skip
+    """After a round: open the circuit on an outage (and keep going: the next iteration waits it out), close
+    it when the round reached Postgres after one, stop when the round leased nothing or emptied the shard."""
+    now = clock()
+    if result.outage:
+        delay = buffer.open_circuit(shard, now_ms=now, base_ms=CIRCUIT_BASE_MS, max_ms=CIRCUIT_MAX_MS)
+        log.warning("postgres unreachable; shard %s backs off %s ms", shard, delay, extra={"shard": shard})
+        return False
+    if until:  # the circuit was open and this round reached Postgres: close it
+        buffer.close_circuit(shard)
+    if result.leased == 0 or result.emptied:
+        report.emptied = result.emptied
+        return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------- round
@@ -140,7 +168,7 @@ def _plan(buffer: Buffer, *, shard: int, limits: DrainLimits) -> tuple[list[tupl
 
 
 def run_round(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> Report:
-    """Lease this round's entries and materialise them.
+    """Lease this round's entries and materialise them (no reclaim, no promote: ``drain_shard`` does those).
 
     Steps: 1. plan the picks; 2. lease them, each env's snapshots within its share of
     ``round_max_bytes`` (at least one entry each), so a round of huge payloads cannot exhaust the
@@ -148,19 +176,79 @@ def run_round(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -
     head marked solo (its last lease expired: it may be what killed the worker), so it cannot take a
     round of other tenants' entries down with it again.
     """
+    return _finish_round(buffer, shard=shard, limits=limits, leased=_lease(buffer, shard=shard, limits=limits,
+                                                                            now_ms=now_ms), ahead=None)  # fmt: skip
+
+
+@dataclass
+class _Leased:
+    """Steps 1–2 of a round: what it leased, and whether that is everything the shard had queued."""
+
+    now_ms: int
+    picks: list[tuple[int, int, int]]
+    covers_all: bool
+    round: LeasedRound
+    reclaimed: int = 0
+
+    @property
+    def took_all(self) -> bool:
+        return len(self.round.entries) == sum(n for _, _, n in self.picks) and not self.round.solo_waiting
+
+    @property
+    def last(self) -> bool:
+        """No round should follow: this one takes everything queued, leased nothing, or has solo heads
+        (leased one at a time after it, so nothing is leased ahead of them)."""
+        return (self.covers_all and self.took_all) or not self.round.entries or bool(self.round.solo_waiting)
+
+
+def _lease(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
     picks, covers_all = _plan(buffer, shard=shard, limits=limits)
     per_env_bytes = max(1, limits.round_max_bytes // len(picks)) if picks else 0
     leased = buffer.lease_round(shard, picks, now_ms=now_ms, lease_ms=limits.lease_ms, max_bytes=per_env_bytes)
-    report = materialise(buffer, shard=shard, entries=leased.entries, limits=limits, now_ms=now_ms)
-    for org_id, env_id in leased.solo_waiting:
+    return _Leased(now_ms, picks, covers_all, leased)
+
+
+def _lease_next(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
+    """Reclaim expired leases, promote due retries, then lease the next round: all Redis, no Postgres."""
+    reclaimed = len(buffer.reclaim_expired(shard, now_ms=now_ms, limit=RECLAIM_LIMIT))
+    metrics.RECLAIMED.inc(reclaimed)
+    buffer.promote_due(shard, now_ms=now_ms, limit=PROMOTE_LIMIT)
+    leased = _lease(buffer, shard=shard, limits=limits, now_ms=now_ms)
+    leased.reclaimed = reclaimed
+    return leased
+
+
+def _lease_ahead(buffer: Buffer, *, shard: int, limits: DrainLimits, clock: Callable[[], int]) -> _Leased:
+    """``_lease_next`` on the lease thread while the current round commits (docs/architecture.md#drain-throughput).
+    An open circuit means no round: an empty one is returned, and the loop waits the circuit out."""
+    now = clock()
+    if buffer.circuit_until_ms(shard) > now:
+        return _Leased(now, [], False, LeasedRound([], []))
+    return _lease_next(buffer, shard=shard, limits=limits, now_ms=now)
+
+
+def _finish_round(
+    buffer: Buffer, *, shard: int, limits: DrainLimits, leased: _Leased, ahead: Future[_Leased] | None
+) -> Report:
+    """Steps 3–4 of a round. ``ahead`` is the next round, being leased meanwhile: on an outage its
+    entries are released behind this round's, so every queue keeps its order."""
+
+    def ahead_ids() -> list[str]:
+        return [e.run_id for e in ahead.result().round.entries] if ahead is not None else []
+
+    entries = leased.round.entries
+    report = materialise(
+        buffer, shard=shard, entries=entries, limits=limits, now_ms=leased.now_ms, also_release=ahead_ids
+    )
+    for org_id, env_id in leased.round.solo_waiting:
         if report.outage:
             break
+        now_ms = leased.now_ms
         alone = buffer.lease_solo(shard, org_id=org_id, env_id=env_id, now_ms=now_ms, lease_ms=limits.lease_ms)
         if alone is not None:
             report.add(materialise(buffer, shard=shard, entries=[alone], limits=limits, now_ms=now_ms))
     report.rounds = 1
-    took_all = len(leased.entries) == sum(n for _, _, n in picks) and not leased.solo_waiting
-    report.emptied = covers_all and took_all and not report.outage
+    report.emptied = leased.covers_all and leased.took_all and not report.outage
     return report
 
 
@@ -234,13 +322,15 @@ def materialise(
     limits: DrainLimits,
     now_ms: int,
     fail_with: str | None = None,
+    also_release: Callable[[], Sequence[str]] | None = None,
 ) -> Report:
     """Write a row for every leased entry and ack it after the commit (docs/architecture.md#drain-outcomes).
 
     Steps: 1. sort entries into normal / cancelled / failed (unreadable snapshot, attempts exhausted);
     2. ``materialise_many`` the normal ones in one transaction; 3. CANCELED rows; 4. SYSTEM_FAILURE rows
     (dead-letter when even that is impossible); 5. ack what committed — or, on an outage, release
-    everything still pending with attempts unchanged.
+    everything still pending with attempts unchanged — and, after them, ``also_release()``: the next
+    round's entries when it was leased ahead (their lease must not outlive the outage).
     """
     state = _Round(buffer, shard, limits, now_ms, Report(leased=len(entries)))
     state.pending = {e.run_id: e for e in entries}
@@ -275,8 +365,9 @@ def materialise(
     except _Outage:
         state.report.outage = True
         engine.discard_connection()
-        if state.pending:
-            state.report.released += buffer.release(shard, list(state.pending))
+        back = [*state.pending, *(also_release() if also_release is not None else ())]
+        if back:
+            state.report.released += buffer.release(shard, back)
             state.pending.clear()
     finally:
         if state.acks:
@@ -346,8 +437,11 @@ def _materialise_normal(
     if not normal:
         return failed
     now = from_ms(state.now_ms)
+    # First attempts of entries never leased before cannot have a row yet, unless a commit raced an
+    # outage (released with attempts unchanged) — the engine checks the hint with the unique constraints.
+    fresh = all(entry.attempts == 0 for entry, _ in normal)
     try:
-        results = engine.materialise_many([s for _, s in normal], now=now)
+        results = engine.materialise_many([s for _, s in normal], now=now, fresh=fresh)
     except Exception as exc:
         kind = classify(exc)
         if kind is Failure.OUTAGE:

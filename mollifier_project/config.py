@@ -37,7 +37,9 @@ class MollifierSettings(BaseModel):
     TRIP_WINDOW_MS: int = Field(200, ge=1)
     TRIP_THRESHOLD: int = Field(100, ge=0)
     HOLD_MS: int = Field(500, ge=0)
-    DRAIN_INTERVAL_S: float = Field(1.0, gt=0)
+    # The fan-out tick: an idle shard that receives work waits at most this long for its drain (plus a free
+    # worker). Idle, a tick costs one pipelined has-work check of every shard (docs/operations.md#processes).
+    DRAIN_INTERVAL_S: float = Field(0.2, gt=0)
     DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
     ROUND_BUDGET: int = Field(1000, ge=1)
     # Snapshot bytes one round may lease (split over its envs; each env takes at least one entry).

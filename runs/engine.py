@@ -22,7 +22,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
-from django.db import DatabaseError, connection, transaction
+import psycopg
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Field, Q
 from django.utils import timezone
 from psycopg.types.json import Jsonb
@@ -131,14 +132,16 @@ def _row(
     error: dict[str, Any] | None = None,
     completed_at: datetime | None = None,
     keep_idempotency_key: bool = True,
+    tags: list[str] | None = None,
 ) -> tuple:
-    """The row for ``s`` in ``COLUMNS`` order. ``created_at`` is the snapshot's trigger time."""
+    """The row for ``s`` in ``COLUMNS`` order. ``created_at`` is the snapshot's trigger time. ``tags``:
+    ``s.tags`` normalised already (the bulk path normalises once per snapshot, not twice)."""
     if status is None:
         status = RunStatus.DELAYED if s.delay_until is not None and s.delay_until > now else RunStatus.PENDING
     key = s.idempotency_key if keep_idempotency_key else None
     return (
         s.id, s.env_id, s.org_id, s.task_identifier, str(status), s.payload, s.payload_type,
-        None if s.metadata is None else Jsonb(s.metadata), normalise_tags(s.tags),
+        None if s.metadata is None else Jsonb(s.metadata), normalise_tags(s.tags) if tags is None else tags,
         key, s.idempotency_key_user if key else None, s.idempotency_key_expires_at if key else None,
         s.queue, s.concurrency_key, s.delay_until, s.ttl, s.max_attempts, s.max_duration, s.machine,
         s.priority, s.batch_id, s.batch_index, s.parent_run_id, s.root_run_id, s.depth, s.trace_id,
@@ -146,10 +149,11 @@ def _row(
     )  # fmt: skip
 
 
-def validate(s: Snapshot) -> str | None:
+def validate(s: Snapshot, *, tags: list[str] | None = None) -> str | None:
     """Why ``s`` can never be inserted as given, or None. Checked before a bulk insert so one bad
-    snapshot cannot abort the whole transaction."""
-    tags = normalise_tags(s.tags)
+    snapshot cannot abort the whole transaction. ``tags``: as for ``_row``."""
+    if tags is None:
+        tags = normalise_tags(s.tags)
     if not s.task_identifier or len(s.task_identifier) > 128:
         return "task identifier must be 1–128 characters"
     if len(tags) > MAX_TAGS:
@@ -314,7 +318,7 @@ def trigger(snapshot: Snapshot, *, now: datetime | None = None, buffered: bool =
 
 
 def materialise_many(
-    snapshots: Sequence[Snapshot], *, now: datetime | None = None, buffered: bool = True
+    snapshots: Sequence[Snapshot], *, now: datetime | None = None, buffered: bool = True, fresh: bool = False
 ) -> list[Result]:
     """The drain's bulk form of ``trigger``: one COPY + one ``INSERT … ON CONFLICT DO NOTHING`` in one
     transaction. Returns one ``Result`` per snapshot, in input order.
@@ -327,56 +331,35 @@ def materialise_many(
        idempotency key wins.
     3. Classify what was not inserted: its id exists → EXISTED, else IDEMPOTENCY_CLASH (with the holder).
     4. Settle the batches whose children were written; after commit, emit ``run_created`` per new row.
+
+    ``fresh=True`` is the caller's word that no row can hold these ids or keys yet (the drain's first
+    attempt of every entry: docs/architecture.md#drain-throughput). Step 2 is then one plain COPY into
+    the table — half the Postgres work. The word is a hint, never trusted: if a unique constraint
+    rejects the COPY (a row exists after all, or two snapshots share an id or key), that transaction
+    rolls back whole and the batch is written the staging way, with the same results as without it.
     """
     now = now or timezone.now()
     results: list[Result | None] = [None] * len(snapshots)
     missing = _missing_references(snapshots) if snapshots else {}
     valid: list[tuple[int, Snapshot]] = []
+    rows: list[tuple[int, Snapshot, tuple]] = []
     for i, s in enumerate(snapshots):
-        reason = validate(s) or missing.get(s.id)
+        tags = normalise_tags(s.tags)
+        reason = validate(s, tags=tags) or missing.get(s.id)
         if reason:
             results[i] = Result(s.id, Outcome.INVALID, reason=reason)
         else:
             valid.append((i, s))
+            rows.append((i, s, _row(s, now=now, buffered=buffered, tags=tags)))
     created_ids: set[str] = set()
+    existing_ids: set[str] = set()
+    holders: dict[tuple[int, str, str], str] = {}
     if valid:
-        # Inside an outer transaction, rows a prior call staged may linger (ON COMMIT has not run yet).
-        nested = connection.in_atomic_block or not connection.get_autocommit()
-        with transaction.atomic(), connection.cursor() as cur:
-            cur.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE {_TABLE} INCLUDING DEFAULTS, ord integer) "
-                "ON COMMIT DELETE ROWS" + (f"; TRUNCATE {_STAGE}" if nested else "")
-            )
-            # Binary COPY: a third of the cost of text COPY on the client, where this path spends its time.
-            types = _stage_types(cur)  # before the COPY starts: no other statement can run during it
-            with cur.cursor.copy(f"COPY {_STAGE} ({_COLS}, ord) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(types)
-                for i, s in valid:
-                    copy.write_row((*_row(s, now=now, buffered=buffered), i))
-            cur.execute(
-                f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {_STAGE} ORDER BY ord "
-                "ON CONFLICT DO NOTHING RETURNING id"
-            )
-            created_ids = {r[0] for r in cur.fetchall()}
-            not_created = [s for _, s in valid if s.id not in created_ids]
-            existing_ids: set[str] = set()
-            holders: dict[tuple[int, str, str], str] = {}
-            if not_created:
-                existing_ids = set(
-                    TaskRun.objects.filter(id__in={s.id for s in not_created}).values_list("id", flat=True)
-                )
-                clashing = [s for s in not_created if s.id not in existing_ids and s.idempotency_key]
-                if clashing:
-                    holders = _holders_of_keys(clashing)
-            batch_ids = {s.batch_id for _, s in valid if s.batch_id and s.id in created_ids}
-            # A created run may also answer another batch's index — only through an idempotency hit, so only
-            # runs with a key can: look those up (one indexed query; most rounds have none).
-            keyed = [s.id for _, s in valid if s.idempotency_key and s.id in created_ids]
-            if keyed:
-                cur.execute(f"SELECT DISTINCT batch_id FROM {_ITEMS} WHERE run_id = ANY(%s)", [keyed])
-                batch_ids |= {row[0] for row in cur.fetchall()}
-            if batch_ids:
-                settle_batches(batch_ids, now=now)
+        written = fresh and _copy_fresh(rows, now=now)
+        if written:
+            created_ids = {s.id for _, s in valid}
+        else:
+            created_ids, existing_ids, holders = _copy_staged(rows, now=now)
         first_seen: set[str] = set()
         for i, s in valid:
             if s.id in created_ids and s.id not in first_seen:
@@ -393,6 +376,75 @@ def materialise_many(
     return results  # type: ignore[return-value]
 
 
+def _copy_fresh(rows: Sequence[tuple[int, Snapshot, tuple]], *, now: datetime) -> bool:
+    """Binary COPY straight into the run table, in its own transaction (or savepoint). ``False`` when a
+    unique constraint refused a row: nothing of it was kept, and the caller writes the batch staged."""
+    try:
+        with transaction.atomic(), connection.cursor() as cur:
+            types = _stage_types(cur)[:-1]  # before the COPY starts: no other statement can run during it
+            with cur.cursor.copy(f"COPY {_TABLE} ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(types)
+                for _, _, row in rows:
+                    copy.write_row(row)
+            _settle_created(cur, [s for _, s, _ in rows], now=now)
+    except (IntegrityError, psycopg.IntegrityError) as exc:  # the COPY runs on psycopg's cursor: unwrapped
+        if getattr(exc.__cause__ or exc, "sqlstate", None) != _UNIQUE_VIOLATION:
+            raise
+        log.info("a fresh batch of %s rows clashed on a unique constraint; writing it staged", len(rows))
+        return False
+    return True
+
+
+def _copy_staged(
+    rows: Sequence[tuple[int, Snapshot, tuple]], *, now: datetime
+) -> tuple[set[str], set[str], dict[tuple[int, str, str], str]]:
+    """COPY into the session-local staging table, then ``INSERT … SELECT … ORDER BY ord ON CONFLICT DO
+    NOTHING``: the first of several snapshots with one id or key wins. Returns the created ids, the ids
+    that already had a row, and the holders of the keys that clashed."""
+    # Inside an outer transaction, rows a prior call staged may linger (ON COMMIT has not run yet).
+    nested = connection.in_atomic_block or not connection.get_autocommit()
+    existing_ids: set[str] = set()
+    holders: dict[tuple[int, str, str], str] = {}
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE {_TABLE} INCLUDING DEFAULTS, ord integer) "
+            "ON COMMIT DELETE ROWS" + (f"; TRUNCATE {_STAGE}" if nested else "")
+        )
+        # Binary COPY: a third of the cost of text COPY on the client, where this path spends its time.
+        types = _stage_types(cur)  # before the COPY starts: no other statement can run during it
+        with cur.cursor.copy(f"COPY {_STAGE} ({_COLS}, ord) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            for i, _, row in rows:
+                copy.write_row((*row, i))
+        cur.execute(
+            f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {_STAGE} ORDER BY ord "
+            "ON CONFLICT DO NOTHING RETURNING id"
+        )
+        created_ids = {r[0] for r in cur.fetchall()}
+        not_created = [s for _, s, _ in rows if s.id not in created_ids]
+        if not_created:
+            existing_ids = set(TaskRun.objects.filter(id__in={s.id for s in not_created}).values_list("id", flat=True))
+            clashing = [s for s in not_created if s.id not in existing_ids and s.idempotency_key]
+            if clashing:
+                holders = _holders_of_keys(clashing)
+        _settle_created(cur, [s for _, s, _ in rows if s.id in created_ids], now=now)
+    return created_ids, existing_ids, holders
+
+
+def _settle_created(cur: Any, created: Sequence[Snapshot], *, now: datetime) -> None:
+    """Settle the batches whose children were just written. A created run may also answer another batch's
+    index — only through an idempotency hit, so only runs with a key can: look those up (one indexed
+    query; most rounds have none)."""
+    batch_ids = {s.batch_id for s in created if s.batch_id}
+    keyed = [s.id for s in created if s.idempotency_key]
+    if keyed:
+        cur.execute(f"SELECT DISTINCT batch_id FROM {_ITEMS} WHERE run_id = ANY(%s)", [keyed])
+        batch_ids |= {row[0] for row in cur.fetchall()}
+    if batch_ids:
+        settle_batches(batch_ids, now=now)
+
+
+_UNIQUE_VIOLATION = "23505"
 _STAGE_TYPES: list[int] = []
 
 

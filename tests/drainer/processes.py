@@ -237,13 +237,13 @@ class RowLock:
 
 
 def inserts_waiting_on_a_lock() -> list[int]:
-    """Pids of the test database's backends blocked in an INSERT into the runs table (a drain that a
-    ``RowLock`` holds up)."""
+    """Pids of the test database's backends blocked writing the runs table — its staged INSERT or its plain
+    COPY (docs/architecture.md#drain-throughput) — a drain that a ``RowLock`` holds up."""
     with connection.cursor() as cur:
         cur.execute(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            " AND query LIKE %s",
-            ["INSERT INTO runs_taskrun%"],
+            " AND (query LIKE %s OR query LIKE %s)",
+            ["INSERT INTO runs_taskrun%", "COPY runs_taskrun %"],
         )
         return [pid for (pid,) in cur.fetchall()]
 

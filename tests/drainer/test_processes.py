@@ -16,6 +16,7 @@ crash, the next drain of that shard starts once the dead holder's lock has expir
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 from collections import Counter
@@ -229,6 +230,38 @@ def test_worker_killed_between_commit_and_ack_leaves_exactly_one_row_per_entry(s
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
+def test_killed_between_commit_and_ack_while_the_next_round_was_leased_ahead_loses_and_doubles_nothing(
+    start_cluster,
+):
+    """Several rounds (ROUND_BUDGET 10 for 50 entries): the next round is leased while the first commits.
+    The crash after the first commit must find nothing acked, and the replay exactly one row per entry."""
+    cluster, buffer = start_cluster(SHARDS=1, ROUND_BUDGET=10)
+    env = EnvironmentFactory()
+    snaps = [SnapshotFactory(env=env) for _ in range(50)]
+    ids = park(buffer, snaps)
+    victim = cluster.start_worker("victim", crash="after_commit")
+    cluster.wait_ready(victim)
+
+    cluster.send_drain(0)
+    assert victim.popen.wait(20) == -signal.SIGKILL
+    states = entry_states(buffer, snaps)
+    assert rows_of(ids) == 10  # the first round committed; nothing after it
+    assert "ACKED" not in {status for status, _ in states.values()}  # its ack never came
+    first = [s.id for s in snaps[:10]]
+    assert {states[i][0] for i in first} == {"LEASED"}
+
+    fresh = cluster.start_worker("fresh")
+    cluster.wait_ready(fresh)
+    cluster.drain_until(lambda: settled(buffer, snaps), shards=[0], timeout=30)
+
+    assert_one_live_row_each(ids)
+    assert {status for status, _ in entry_states(buffer, snaps).values()} == {"ACKED"}
+    done = [r["retval"] for r in cluster.drain_reports() if r["retval"].get("leased")]
+    assert sum(r.get("existed", 0) for r in done) == 10 and sum(r.get("created", 0) for r in done) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
 def test_worker_killed_between_lease_and_commit_leaves_exactly_one_row_per_entry(start_cluster):
     cluster, buffer = start_cluster(SHARDS=1)
     env = EnvironmentFactory()
@@ -316,3 +349,89 @@ def test_postgres_outage_mid_drain_costs_no_attempts_no_failure_rows_and_drain_r
     assert outage.terminated > 0
     assert any(r["retval"].get("outage") for r in cluster.drain_reports())
     assert caught_up_s <= 10
+
+
+# ---------------------------------------------------------------------------------------------- latency
+# How soon the drain serves a shard (docs/architecture.md#drain-latency), with the default DRAIN_INTERVAL_S.
+# The bounds are generous on purpose — behaviour, not timing precision (the figures are in bench/fairness.py).
+
+LATENCY_SHARDS = 2
+LIGHT_RUNS = 10
+LIGHT_EVERY_S = 0.15
+HEAVY = 6000
+# DRAIN_INTERVAL_S is left at its default; a tiny round makes the heavy shard outlast the light triggers.
+LATENCY_SETTINGS = {"SHARDS": LATENCY_SHARDS, "ROUND_BUDGET": 20}
+
+
+def env_on_shard(shard: int):
+    """An env whose org hashes to ``shard``."""
+    while True:
+        org = OrganizationFactory()
+        if shard_for(org.id, LATENCY_SHARDS) == shard:
+            return EnvironmentFactory(org=org)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_light_env_gets_its_rows_well_under_a_second_behind_another_shards_backlog(start_cluster):
+    cluster, buffer = start_cluster(**LATENCY_SETTINGS)
+    heavy_env, light_env = env_on_shard(0), env_on_shard(1)
+    park(buffer, [SnapshotFactory(env=heavy_env) for _ in range(HEAVY)])
+    workers = [cluster.start_worker("w1"), cluster.start_worker("w2")]
+    beat = cluster.start_beat()
+    cluster.wait_ready(*workers, beat)
+    wait_until(lambda: TaskRun.objects.filter(env_id=heavy_env.id).exists(), timeout=20, what="the heavy drain")
+
+    latencies_ms: list[int] = []
+    for _ in range(LIGHT_RUNS):
+        snap = SnapshotFactory(env=light_env)
+        accepted = wall_clock_ms()
+        park(buffer, [snap])
+        light_row = TaskRun.objects.filter(id=snap.id)
+        wait_until(light_row.exists, timeout=10, interval=0.01, what="a light row")
+        latencies_ms.append(wall_clock_ms() - accepted)
+        time.sleep(LIGHT_EVERY_S)
+    heavy_left = buffer.depth(0, heavy_env.id)
+
+    assert heavy_left > 0, "the heavy backlog ran out: the light runs did not compete with it"
+    # A 1 s tick would leave some of ten runs spread over 1.5 s waiting close to a second.
+    assert max(latencies_ms) < 800, (
+        latencies_ms,
+        [
+            (r["shard"], r["name"], round(r["started"] % 100, 2), round(r["ended"] % 100, 2), r["retval"])
+            for r in cluster.drain_reports()
+        ],
+    )
+    # The busy shard kept being drained: each of its shard tasks was followed by the next within a few
+    # ticks (the next tick sends it again), never a second-long pause.
+    heavy_tasks = sorted(
+        (r["started"], r["ended"]) for r in cluster.drain_reports() if r["shard"] == 0 and r["retval"].get("leased")
+    )
+    assert len(heavy_tasks) >= 2
+    gaps = [later[0] - earlier[1] for earlier, later in itertools.pairwise(heavy_tasks)]
+    assert max(gaps) < 0.7, gaps
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_buffer_costs_fan_out_ticks_only_and_an_idle_shard_that_gets_work_is_drained_soon(
+    start_cluster,
+):
+    cluster, buffer = start_cluster(**LATENCY_SETTINGS)
+    env = env_on_shard(1)
+    worker, beat = cluster.start_worker("w1"), cluster.start_beat()
+    cluster.wait_ready(worker, beat)
+    time.sleep(0.5)
+    before = len(cluster.events("task"))
+    time.sleep(3.0)
+    idle = cluster.events("task")[before:]
+
+    names = [e["task"] for e in idle]
+    assert "drainer.drain_shard" not in names  # no shard task for a shard without work: no loop
+    assert 3 <= names.count("drainer.fan_out") <= 3.0 / 0.2 + 3  # beat's ticks, and nothing more
+
+    snap = SnapshotFactory(env=env)
+    accepted = wall_clock_ms()
+    park(buffer, [snap])
+    wait_until(lambda: TaskRun.objects.filter(id=snap.id).exists(), timeout=10, interval=0.01, what="the row")
+    assert wall_clock_ms() - accepted < 800

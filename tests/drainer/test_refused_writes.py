@@ -131,3 +131,25 @@ def test_a_read_only_postgres_on_the_direct_path_diverts_or_answers_a_json_503(
         assert response.headers["x-should-retry"] == "true"
         assert "error" in response.json()
     assert TaskRun.objects.filter(env=tenant.env).count() == 1  # only the warm-up
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outage_releases_the_round_leased_ahead_too_in_queue_order(buffer, park, mollifier_settings):
+    """Rounds of two (the next one is leased while the first writes): an outage in the first round puts
+    both back, behind each other, with attempts unchanged — every entry where it was, in FIFO order."""
+    mollifier_settings(ROUND_BUDGET=2)
+    from django.conf import settings
+
+    env = EnvironmentFactory()
+    snaps = [SnapshotFactory(env=env) for _ in range(7)]
+    park(*snaps)
+
+    with read_only_postgres():
+        report = drain.drain_shard(
+            buffer, shard=0, limits=DrainLimits.from_settings(settings.MOLLIFIER), sleep=lambda s: None
+        )
+
+    assert report.outage and report.released >= 2
+    head = buffer.queue_head(org_id=env.org_id, env_id=env.id, limit=10)
+    assert [(e.run_id, e.status, e.attempts) for e in head] == [(s.id, "QUEUED", 0) for s in snaps]
+    assert not TaskRun.objects.exists()

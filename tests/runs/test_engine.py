@@ -241,7 +241,10 @@ def _expected_outcomes(batch: list[Snapshot], existing: list[Snapshot]) -> list[
     return expected
 
 
-def test_materialise_many_reports_each_position_and_writes_each_row_once(env, now, events):
+@pytest.mark.parametrize("fresh", [False, True], ids=["staged", "fresh-hint-wrong"])
+def test_materialise_many_reports_each_position_and_writes_each_row_once(env, now, events, fresh):
+    """With ``fresh=True`` the hint is wrong here (ids and keys clash): the plain COPY is refused by the
+    unique constraints and the batch is written staged, with exactly the same results."""
     rng = random.Random(20_251_127)
     existing = [SnapshotFactory(env=env, idempotency_key=f"old-{i}" if i < 10 else None) for i in range(30)]
     engine.materialise_many(existing, now=now)
@@ -259,7 +262,7 @@ def test_materialise_many_reports_each_position_and_writes_each_row_once(env, no
     assert len(batch) == 5000
     expected = _expected_outcomes(batch, existing)
 
-    results = engine.materialise_many(batch, now=now)
+    results = engine.materialise_many(batch, now=now, fresh=fresh)
 
     assert [(r.run_id, r.outcome, r.existing_run_id) for r in results] == expected
     counts = {outcome: sum(1 for e in expected if e[1] is outcome) for outcome in Outcome}
@@ -333,17 +336,37 @@ def test_failure_row_is_refused_for_a_run_id_that_cannot_be_stored(env, now):
         engine.create_failed_run(SnapshotFactory(env=env, id="run_" + "x" * 40), "bad", now=now)
 
 
-def test_materialise_many_twice_with_the_same_snapshots_is_a_no_op_the_second_time(env, now, events):
+@pytest.mark.parametrize("fresh", [False, True], ids=["staged", "fresh-hint-wrong"])
+def test_materialise_many_twice_with_the_same_snapshots_is_a_no_op_the_second_time(env, now, events, fresh):
     snapshots = [SnapshotFactory(env=env, idempotency_key=f"k{i}" if i % 2 else None) for i in range(20)]
-    engine.materialise_many(snapshots, now=now)
+    engine.materialise_many(snapshots, now=now, fresh=True)
     rows_before = list(TaskRun.objects.order_by("id").values())
     events.created.clear()
 
-    results = engine.materialise_many(snapshots, now=now + timedelta(minutes=1))
+    results = engine.materialise_many(snapshots, now=now + timedelta(minutes=1), fresh=fresh)
 
     assert [r.outcome for r in results] == [Outcome.EXISTED] * 20
     assert list(TaskRun.objects.order_by("id").values()) == rows_before
     assert events.created == []
+
+
+def test_fresh_materialise_many_writes_the_rows_the_staged_path_writes_and_stages_nothing(env, now, events):
+    """The no-conflict path (one plain COPY): every row exactly as the staged path writes it."""
+    snapshots = [SnapshotFactory(env=env, idempotency_key=f"f{i}" if i % 3 == 0 else None) for i in range(50)]
+
+    results = engine.materialise_many(snapshots, now=now, fresh=True)
+    fresh_rows = list(TaskRun.objects.order_by("id").values())
+    with connection.cursor() as cur:
+        cur.execute("SELECT to_regclass('pg_temp.mollifier_stage') IS NULL")
+        never_staged = cur.fetchone()[0]
+    TaskRun.objects.all().delete()
+    engine.materialise_many(snapshots, now=now)
+    staged_rows = list(TaskRun.objects.order_by("id").values())
+
+    assert [r.outcome for r in results] == [Outcome.CREATED] * 50
+    assert events.created == [s.id for s in snapshots] * 2
+    assert fresh_rows == staged_rows
+    assert never_staged
 
 
 def test_run_created_fires_once_per_created_row_and_not_for_existed(env, now, events):
@@ -570,10 +593,11 @@ def _children(env, batch, n: int) -> list[Snapshot]:
     return [SnapshotFactory(env=env, batch_id=batch.id, batch_index=i) for i in range(n)]
 
 
-def test_sealed_batch_completes_when_every_child_has_a_row(env, now):
+@pytest.mark.parametrize("fresh", [False, True], ids=["staged", "fresh"])
+def test_sealed_batch_completes_when_every_child_has_a_row(env, now, fresh):
     batch = BatchFactory(env=env, run_count=2, sealed=True)
 
-    engine.materialise_many(_children(env, batch, 2), now=now)
+    engine.materialise_many(_children(env, batch, 2), now=now, fresh=fresh)
 
     batch.refresh_from_db()
     assert batch.status == BatchStatus.COMPLETED
