@@ -20,7 +20,7 @@ from django.db.models import Q
 
 from buffer.buffer import Buffer, EntryStatus
 from mollifier_project.clock import from_ms
-from runs import presenters
+from runs import overrides, presenters
 from runs.auth import EnvContext
 from runs.durations import DurationError, parse_duration
 from runs.locate import Where, locate
@@ -55,7 +55,7 @@ def retrieve(env: EnvContext, run_id: str, *, buffer: Buffer, now: datetime) -> 
     entry = found.entry
     assert entry is not None
     try:
-        snapshot = from_snapshot(entry.snapshot)
+        snapshot = overrides.effective(from_snapshot(entry.snapshot), entry)
     except SnapshotError:
         return Retrieved(None, maybe_in_flight=True)
     return Retrieved(

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from runs import api
+from runs import api, api_runs
 
 urlpatterns = [
     path("api/v1/tasks/<path:task>/trigger", api.trigger_task, name="trigger-task"),
@@ -15,4 +15,15 @@ urlpatterns = [
     path("api/v1/runs/<str:run_id>/tags", api.add_tags, name="add-tags"),
     path("api/v1/idempotencyKeys/<path:key>/reset", api.reset_idempotency_key, name="reset-idempotency-key"),
     path("api/openapi.json", api.openapi_document, name="openapi"),
+]
+
+# Packets, reschedule, replay and metadata (runs/api_runs.py, docs/api.md#packets).
+urlpatterns += [
+    path("api/v2/packets/<path:filename>", api_runs.create_upload_url, name="create-upload-url"),
+    path("api/v1/packets/<path:filename>", api_runs.get_download_url, name="get-download-url"),
+    path("api/v1/packet-objects/<str:token>", api_runs.packet_object, name="packet-object"),
+    path("api/v1/runs/<str:run_id>/packets/<str:field>", api_runs.get_run_packet_url, name="run-packet-url"),
+    path("api/v1/runs/<str:run_id>/reschedule", api_runs.reschedule_run, name="reschedule-run"),
+    path("api/v1/runs/<str:run_id>/replay", api_runs.replay_run, name="replay-run"),
+    path("api/v1/runs/<str:run_id>/metadata", api_runs.run_metadata, name="run-metadata"),
 ]

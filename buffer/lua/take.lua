@@ -49,7 +49,8 @@ for i = 4, #ARGV do
     redis.call('ZADD', leases, lease_until, run)
     out[#out + 1] = run
     out[#out + 1] = redis.call('HMGET', entry, 'snapshot', 'env', 'org', 'status', 'attempts', 'accepted_ms',
-      'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised')
+      'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised',
+      'delay_until_ms', 'metadata')
   end
 end
 return out
