@@ -238,18 +238,19 @@ def parse_entry(run_id: str, flat: Sequence[str]) -> Entry | None:
 LEASE_FIELDS = (
     "snapshot", "env", "org", "status", "attempts", "accepted_ms", "lease_until_ms", "cancelled_at",
     "cancel_reason", "extra_tags", "last_error", "materialised", "delay_until_ms", "metadata",
+    "metadata_version",
 )  # fmt: skip
 
 
 def parse_leased(run_id: str, values: Sequence[str | None]) -> Entry:
     """An ``Entry`` from one entry of a ``lease`` reply: values by position (``LEASE_FIELDS``), absent = None."""
-    snapshot, env, org, status, attempts, accepted, lease_until, cancelled, reason, extra, error, done, *more = values
-    delay_until, metadata = (*more, None, None)[:2]  # absent from a reply of a script older than this build
+    (snapshot, env, org, status, attempts, accepted, lease_until, cancelled, reason, extra, error, done,
+     delay_until, metadata, version) = values  # fmt: skip
     assert env is not None and org is not None and status is not None, f"entry {run_id} lacks env, org or status"
     return Entry(
         run_id, int(env), int(org), EntryStatus(status), snapshot or "", int(attempts or 0), int(accepted or 0),
         _opt_int(lease_until), _opt_int(cancelled), reason, _extra_tags(extra), error, done == "1",
-        _opt_int(delay_until), metadata or None,
+        _opt_int(delay_until), metadata or None, int(version or 0),
     )  # fmt: skip
 
 

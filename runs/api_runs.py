@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from mollifier_project.clock import from_ms, now_ms
@@ -66,7 +67,7 @@ def get_run_packet_url(request: HttpRequest, env: EnvContext, run_id: str, field
 
 
 @csrf_exempt
-def packet_object(request: HttpRequest, token: str) -> HttpResponse:
+def packet_object(request: HttpRequest, token: str) -> HttpResponseBase:
     """The presigned URL itself: ``PUT`` stores the body, ``GET`` answers it. The token is the authority
     (``runs.packets.verify``); no API key is sent to it."""
     if request.method not in ("PUT", "GET", "HEAD"):

@@ -20,7 +20,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, Protocol
 
 from django.core import signing
 from django.core.files import File
@@ -112,7 +112,7 @@ def verify(token: str, *, op: str, max_age_s: int) -> Grant:
     if not isinstance(doc, dict) or doc.get("o") != op or not isinstance(doc.get("e"), int):
         raise PacketError("This packet URL is not valid for this method")
     path = doc.get("p")
-    if path_problem(path) is not None:
+    if not isinstance(path, str) or path_problem(path) is not None:
         raise PacketError("This packet URL is not valid")
     return Grant(op, doc["e"], path)
 
@@ -124,7 +124,11 @@ def exists(env_id: int, path: str) -> bool:
     return storage().exists(_data_key(env_id, path))
 
 
-def store(grant: Grant, body: IO[bytes], *, content_type: str | None, limit: int) -> int:
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def store(grant: Grant, body: Readable, *, content_type: str | None, limit: int) -> int:
     """Save the body read from ``body`` as the grant's packet; returns its size. Raises ``TooLarge`` past
     ``limit`` bytes (nothing is stored then)."""
     size = 0

@@ -50,7 +50,7 @@ for i = 4, #ARGV do
     out[#out + 1] = run
     out[#out + 1] = redis.call('HMGET', entry, 'snapshot', 'env', 'org', 'status', 'attempts', 'accepted_ms',
       'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised',
-      'delay_until_ms', 'metadata')
+      'delay_until_ms', 'metadata', 'metadata_version')
   end
 end
 return out
