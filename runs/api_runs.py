@@ -17,7 +17,7 @@ from runs.api import HttpError, _buffer, _json_body, _mutation_response, endpoin
 from runs.auth import EnvContext
 from runs.durations import DurationError, parse_delay
 from runs.locate import Where, locate
-from runs.metadata import MetadataTooLarge
+from runs.metadata import MetadataInvalid, MetadataTooLarge
 from runs.schemas import MetadataBody, ReplayBody, RescheduleBody
 
 BODY_LIMIT = 64 * 1024
@@ -160,6 +160,8 @@ def run_metadata(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResp
         )  # fmt: skip
     except MetadataTooLarge as exc:
         return error(413, str(exc))
+    except MetadataInvalid as exc:
+        return error(422, str(exc))
     if result.status != mutations.Status.OK:
         return _mutation_response(run_id, result, {})
     _lineage_operations(env, run_id, body, buffer=buffer, limit=cfg.MAX_METADATA_BYTES)
@@ -179,5 +181,5 @@ def _lineage_operations(env: EnvContext, run_id: str, body: MetadataBody, *, buf
                     env, target, replace=None, operations=ops, buffer=buffer, now_ms=now_ms(),
                     wait_ms=settings.MOLLIFIER.MUTATE_WAIT_MS, limit=limit,
                 )  # fmt: skip
-            except MetadataTooLarge:
-                pass
+            except (MetadataTooLarge, MetadataInvalid):
+                pass  # the parent's own limit; its run's update stands

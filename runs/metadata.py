@@ -22,6 +22,11 @@ from typing import Any
 from runs.schemas import MetadataOperation
 
 _PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+MAX_LIST_INDEX = 10_000  # a path index past this is not applied: ``$.a[99999999]`` must not allocate a huge list
+
+
+class MetadataInvalid(ValueError):
+    """The update would produce metadata no JSON document holds (an increment that overflowed to Infinity)."""
 
 
 class MetadataTooLarge(Exception):
@@ -31,11 +36,15 @@ class MetadataTooLarge(Exception):
 
 
 def encode(metadata: dict[str, Any]) -> str:
-    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise MetadataInvalid("metadata: the update makes a number that is not finite") from None
 
 
 def checked(metadata: dict[str, Any], *, limit: int) -> str:
-    """``metadata`` encoded, or ``MetadataTooLarge`` when its UTF-8 encoding passes ``limit`` bytes."""
+    """``metadata`` encoded, or ``MetadataTooLarge`` when its UTF-8 encoding passes ``limit`` bytes
+    (``MetadataInvalid`` when it cannot be JSON at all)."""
     text = encode(metadata)
     size = len(text.encode())
     if size > limit:
@@ -82,7 +91,7 @@ def _set(doc: dict[str, Any], parts: list[str | int], value: Any) -> None:
 def _put(target: Any, part: str | int, value: Any) -> None:
     if isinstance(target, dict):
         target[str(part)] = value
-    elif isinstance(part, int) and isinstance(target, list):
+    elif isinstance(part, int) and isinstance(target, list) and part <= MAX_LIST_INDEX:
         target.extend([None] * (part + 1 - len(target)))
         target[part] = value
 
