@@ -85,6 +85,7 @@ class MutationStatus(StrEnum):
     ACKED = "ACKED"  # already materialised: nothing changed, use Postgres
     NOT_FOUND = "NOT_FOUND"  # no entry, or another env's
     TOO_MANY = "TOO_MANY"  # append_tags only: ``count`` would exceed the cap; nothing changed
+    CONFLICT = "CONFLICT"  # set_metadata only: another writer changed the version first; nothing changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,8 @@ class MutationResult:
     # append_tags, as engine.add_tags: how many tags were new; TOO_MANY: the count it would have reached.
     count: int | None = None
     total: int | None = None  # append_tags: distinct tags of the run after the append (or would-be)
+    version: int | None = None  # set_metadata: the new version (CONFLICT: the current one)
+    metadata: str | None = None  # set_metadata CONFLICT: the current metadata JSON ("" / None: the snapshot's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +222,10 @@ class Entry:
     # The run's created_at in epoch ms, as its Postgres row has it: set by ``Buffer.env_page`` (the index's
     # sort key); elsewhere None (the snapshot's ``created_ms`` says the same).
     created_ms: int | None = None
+    # Overrides set while buffered (reschedule, metadata): hash fields, applied over the snapshot's values.
+    delay_until_ms: int | None = None
+    metadata: str | None = None  # JSON object
+    metadata_version: int = 0
 
     @property
     def cancelled(self) -> bool:
@@ -256,23 +263,29 @@ def parse_entry(run_id: str, flat: Sequence[str]) -> Entry | None:
         extra_tags=_extra_tags(fields.get("extra_tags")),
         last_error=fields.get("last_error"),
         materialised=fields.get("materialised") == "1",
+        delay_until_ms=_opt_int(fields.get("delay_until_ms")),
+        metadata=fields.get("metadata") or None,
+        metadata_version=int(fields.get("metadata_version") or 0),
     )
 
 
 # The values ``lua/lease.lua`` returns per entry, in its order (its header lists the same names).
 LEASE_FIELDS = (
     "snapshot", "env", "org", "status", "attempts", "accepted_ms", "lease_until_ms", "cancelled_at",
-    "cancel_reason", "extra_tags", "last_error", "materialised",
+    "cancel_reason", "extra_tags", "last_error", "materialised", "delay_until_ms", "metadata",
+    "metadata_version",
 )  # fmt: skip
 
 
 def parse_leased(run_id: str, values: Sequence[str | None]) -> Entry:
     """An ``Entry`` from one entry of a ``lease`` reply: values by position (``LEASE_FIELDS``), absent = None."""
-    snapshot, env, org, status, attempts, accepted, lease_until, cancelled, reason, extra, error, done = values
+    (snapshot, env, org, status, attempts, accepted, lease_until, cancelled, reason, extra, error, done,
+     delay_until, metadata, version) = values  # fmt: skip
     assert env is not None and org is not None and status is not None, f"entry {run_id} lacks env, org or status"
     return Entry(
         run_id, int(env), int(org), EntryStatus(status), snapshot or "", int(attempts or 0), int(accepted or 0),
         _opt_int(lease_until), _opt_int(cancelled), reason, _extra_tags(extra), error, done == "1",
+        _opt_int(delay_until), metadata or None, int(version or 0),
     )  # fmt: skip
 
 
@@ -523,6 +536,30 @@ class Buffer:
         status = MutationStatus(status)
         count = int(total) if status is MutationStatus.TOO_MANY else int(added)
         return MutationResult(status, count=count, total=int(total))
+
+    # -- reschedule and metadata of buffered runs (docs/architecture.md#reads-and-mutations-of-buffered-runs) --
+
+    def reschedule(self, run_id: str, *, org_id: int, env_id: int, delay_until_ms: int) -> MutationResult:
+        """Set a buffered run's new delay (a hash field over the snapshot's); see ``lua/reschedule.lua``.
+        LEASED means nothing was written: the caller waits for the row."""
+        _require("delay_until_ms", delay_until_ms, 0)
+        (status,) = self._scripts.reschedule(
+            keys=[self.keys_for_org(org_id).entry(run_id)], args=[env_id, delay_until_ms]
+        )
+        return MutationResult(MutationStatus(status))
+
+    def set_metadata(
+        self, run_id: str, *, org_id: int, env_id: int, metadata_json: str, expected_version: int
+    ) -> MutationResult:
+        """Replace a buffered run's metadata if its version is still ``expected_version``; see
+        ``lua/set_metadata.lua``. CONFLICT carries the current version and metadata for the retry."""
+        _require("expected_version", expected_version, 0)
+        if not isinstance(metadata_json, str) or not metadata_json.startswith("{"):
+            raise ValueError("metadata_json must be a JSON object")
+        status, version, current = self._scripts.set_metadata(
+            keys=[self.keys_for_org(org_id).entry(run_id)], args=[env_id, expected_version, metadata_json]
+        )
+        return MutationResult(MutationStatus(status), version=int(version), metadata=current or None)
 
     def claim(
         self,

@@ -75,7 +75,8 @@ Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewrit
 ``status`` (QUEUED | LEASED | DEAD | ACKED; a requeued entry waiting in ``retry`` is QUEUED), ``attempts``,
 ``accepted_ms``, ``lease_until_ms`` (only while LEASED), ``cancelled_at`` (ms) and ``cancel_reason``,
 ``extra_tags`` (JSON array of tags appended while buffered), ``last_error``, ``materialised`` (0/1),
-``acked_ms``, ``dead_ms``.
+``acked_ms``, ``dead_ms``, and the overrides of a reschedule or a metadata write: ``delay_until_ms``,
+``metadata`` (JSON object) and ``metadata_version`` (compare-and-set counter).
 
 Lua scripts that discover run ids at run time (lease, ack, promote_due, …) derive ``e:<run>``, ``q:<env>``
 and ``org:<org>:envs`` from the shard base ``B`` passed as ``ARGV[1]``, using exactly the shapes above;

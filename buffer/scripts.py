@@ -71,6 +71,8 @@ class Scripts:
     dead_letter: Script
     cancel: Script
     append_tags: Script
+    reschedule: Script
+    set_metadata: Script
     claim: Script
     release_claim: Script
     trip: Script

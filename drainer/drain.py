@@ -53,9 +53,9 @@ from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report
 from mollifier_project.clock import from_ms, now_ms
-from runs import engine
+from runs import engine, overrides
 from runs.db_errors import Failure, classify
-from runs.snapshot import Snapshot, SnapshotError, from_snapshot, normalise_tags
+from runs.snapshot import Snapshot, SnapshotError, from_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +289,7 @@ def _parse(entry: Entry) -> Snapshot:
     snapshot = from_snapshot(entry.snapshot)
     if (snapshot.env_id, snapshot.org_id) != (entry.env_id, entry.org_id) or snapshot.id != entry.run_id:
         raise SnapshotError("snapshot does not match its buffer entry (run, env or org differ)")
-    if entry.extra_tags:
-        snapshot = snapshot.replace(tags=normalise_tags([*snapshot.tags, *entry.extra_tags]))
-    return snapshot
+    return overrides.effective(snapshot, entry)  # appended tags, a rescheduled delay, replaced metadata
 
 
 def _minimal_snapshot(entry: Entry) -> Snapshot:

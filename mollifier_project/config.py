@@ -58,6 +58,11 @@ class MollifierSettings(BaseModel):
     ACCEPT_WAIT_MS: int = Field(500, ge=1)
     MAX_PAYLOAD_BYTES: int = Field(3 * 1024 * 1024, ge=1)
     MAX_BUFFERED_PER_ENV: int = Field(1_000_000, ge=1)
+    # Packets (docs/api.md#packets): the largest body one upload may store, and how long a presigned URL lives.
+    MAX_PACKET_BYTES: int = Field(100 * 1024 * 1024, ge=1)
+    PACKET_URL_TTL_S: int = Field(3600, ge=1)
+    # Run metadata (docs/api.md#metadata): the JSON-encoded size a run's metadata may reach.
+    MAX_METADATA_BYTES: int = Field(256 * 1024, ge=2)
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
     METRICS_TOKEN: SecretStr = SecretStr("")
 

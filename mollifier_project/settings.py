@@ -101,6 +101,31 @@ USE_TZ = True
 # A DATETIME_FORMAT setting alone would not do: the locale's format ("Jan. 5, 2025, 3:04 p.m.") wins over it.
 FORMAT_MODULE_PATH = ["mollifier_project.formats"]
 
+# Packets (large payloads the SDK uploads, docs/api.md#packets) go through the "packets" storage: the file system
+# under PACKETS_ROOT by default; production points it at S3-compatible object storage (docs/operations.md#packet-storage).
+PACKETS_ROOT = os.environ.get("PACKETS_ROOT") or str(BASE_DIR / ".data" / "packets")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "packets": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        # A retried upload of one path replaces it, as an object store's PUT does.
+        "OPTIONS": {"location": PACKETS_ROOT, "allow_overwrite": True},
+    },
+}
+if os.environ.get("PACKETS_S3_BUCKET"):  # needs django-storages[s3] installed (docs/operations.md#packet-storage)
+    STORAGES["packets"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ["PACKETS_S3_BUCKET"],
+            "endpoint_url": os.environ.get("PACKETS_S3_ENDPOINT_URL") or None,
+            "region_name": os.environ.get("PACKETS_S3_REGION") or None,
+            "location": os.environ.get("PACKETS_S3_PREFIX", ""),
+            "file_overwrite": True,
+            "default_acl": None,
+        },
+    }
+
 STATIC_URL = "static/"
 # No STATIC_ROOT: WhiteNoise finds static files in the apps at request time, so nothing needs collecting.
 WHITENOISE_USE_FINDERS = True

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from buffer.buffer import Buffer, BufferUnavailable
 from mollifier_project.clock import from_ms, now_ms
-from runs import batches, engine, mutations, openapi, queries, trigger
+from runs import batches, engine, mutations, openapi, packets, queries, trigger
 from runs.auth import EnvContext, authenticate
 from runs.middleware import request_id
 from runs.schemas import (
@@ -212,7 +212,7 @@ def retrieve_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResp
     found = queries.retrieve(env, run_id, buffer=_buffer(), now=from_ms(now_ms()))
     if found.doc is None:
         return error(404, "Run not found", {"x-should-retry": "true" if found.maybe_in_flight else "false"})
-    return JsonResponse(found.doc)
+    return JsonResponse(packets.absolute(found.doc, request.build_absolute_uri))
 
 
 @endpoint("GET")

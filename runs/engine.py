@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -736,3 +736,48 @@ def cancel_runs(env_id: int, run_ids: Sequence[str], reason: str, at: datetime) 
     for run_id in cancelled:
         run_cancelled.send(sender=TaskRun, run_id=run_id, reason=reason)
     return cancelled
+
+
+# --------------------------------------------------------- reschedule and metadata of a row (runs.mutations)
+
+
+class RescheduleOutcome(StrEnum):
+    RESCHEDULED = "rescheduled"
+    NOT_DELAYED = "not_delayed"
+    NOT_FOUND = "not_found"
+
+
+def reschedule_run(run_id: str, env_id: int, delay_until: datetime, *, now: datetime) -> RescheduleOutcome:
+    """A DELAYED row gets a new ``delay_until`` (PENDING at once if that is not ahead); others are refused."""
+    with transaction.atomic():
+        status = (
+            TaskRun.objects.select_for_update()
+            .filter(id=run_id, env_id=env_id)
+            .values_list("status", flat=True)
+            .first()
+        )
+        if status is None:
+            return RescheduleOutcome.NOT_FOUND
+        if status != RunStatus.DELAYED:
+            return RescheduleOutcome.NOT_DELAYED
+        new_status = RunStatus.DELAYED if delay_until > now else RunStatus.PENDING
+        TaskRun.objects.filter(id=run_id).update(delay_until=delay_until, status=new_status, updated_at=now)
+    return RescheduleOutcome.RESCHEDULED
+
+
+def update_metadata(
+    run_id: str, env_id: int, compute: Callable[[dict[str, Any]], tuple[dict[str, Any], str]], *, now: datetime
+) -> dict[str, Any] | None:
+    """Replace a row's metadata with ``compute(current)`` under the row lock, so concurrent updates apply one
+    after the other. Returns the new metadata, or None when there is no such row. ``compute`` may raise
+    (e.g. too large): nothing is written then."""
+    with transaction.atomic():
+        current = (
+            TaskRun.objects.select_for_update().filter(id=run_id, env_id=env_id).values_list("metadata", flat=True)
+        )
+        rows = list(current[:1])
+        if not rows:
+            return None
+        new, _ = compute(rows[0] if isinstance(rows[0], dict) else {})
+        TaskRun.objects.filter(id=run_id).update(metadata=new, updated_at=now)
+    return new

@@ -139,6 +139,7 @@ class RunDocument(_RunFields):
     triggerFunction: Literal["trigger", "batchTrigger"]
     relatedRuns: dict[str, Any]
     payload: NotRequired[Any]
+    payloadPresignedUrl: NotRequired[str]  # a stored payload (application/store): GET it, no key needed
     error: NotRequired[RunError]
 
 
@@ -182,16 +183,42 @@ class KeyReset(TypedDict):
     id: str
 
 
+@with_config(_CLOSED)
+class PacketUrl(TypedDict):
+    """A presigned URL of ``/api/v1/packet-objects/…`` (docs/api.md#packets); ``storagePath`` on the upload handshake."""
+
+    presignedUrl: str
+    storagePath: NotRequired[str]
+
+
+@with_config(_CLOSED)
+class PacketStored(TypedDict):
+    size: int
+
+
+@with_config(_CLOSED)
+class Replayed(TypedDict):
+    id: str
+
+
+@with_config(_CLOSED)
+class MetadataDocument(TypedDict):
+    metadata: dict[str, Any]
+
+
 _REQUESTS: tuple[type, ...] = (
     schemas.TriggerBody,
     schemas.CreateBatchBody,
     schemas.BatchItem,
     schemas.TagsBody,
     schemas.ResetIdempotencyBody,
+    schemas.RescheduleBody,
+    schemas.ReplayBody,
+    schemas.MetadataBody,
 )
 _RESPONSES: tuple[type, ...] = (
     Error, Triggered, BatchCreated, BatchItemsAccepted, BatchDocument, RunDocument, RunList, Canceled, TagsSet,
-    KeyReset,
+    KeyReset, PacketUrl, PacketStored, Replayed, MetadataDocument,
 )  # fmt: skip
 
 # What a ``mode="before"`` validator of runs.schemas also accepts: (schema, property) → the alternatives added.
@@ -200,6 +227,7 @@ _WIDEN: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("TriggerOptions", "concurrencyKey"): [{"type": "number"}],
     ("TriggerOptions", "tags"): [{"type": "string", "maxLength": 128}],
     ("TagsBody", "tags"): [{"type": "string", "maxLength": 128}],
+    ("ReplayBody", "tags"): [{"type": "string", "maxLength": 128}],
 }
 # What a check the type cannot express refuses: (schema, property) → keywords added to the property's schema.
 _NARROW: dict[tuple[str, str], dict[str, Any]] = {
@@ -207,6 +235,7 @@ _NARROW: dict[tuple[str, str], dict[str, Any]] = {
     ("BatchItem", "index"): {"maximum": schemas.MAX_BATCH_SIZE - 1},
     ("TriggerOptions", "tags"): {"maxItems": 10},
     ("TagsBody", "tags"): {"maxItems": 10},
+    ("ReplayBody", "tags"): {"maxItems": 10},
 }
 
 
@@ -263,6 +292,7 @@ def _op(
     errors: tuple[int, ...],
     *,
     body: str | None = None,
+    body_required: bool = True,
     ndjson: bool = False,
     params: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
@@ -290,7 +320,37 @@ def _op(
         if ndjson:
             schema = {"type": "array", "items": _ref(body), "description": "One JSON object per line."}
             content = {media: {"schema": schema} for media in NDJSON_TYPES}
-        op["requestBody"] = {"required": True, "content": content}
+        op["requestBody"] = {"required": body_required, "content": content}
+    return op
+
+
+def _packet_object(method: str) -> dict[str, Any]:
+    """The presigned URL itself: no API key (the signed token in the path is the authority)."""
+    ok: dict[str, Any] = (
+        {"description": "Stored.", "headers": _HEADERS, "content": {"application/json": {"schema": _ref("PacketStored")}}}
+        if method == "put"
+        else {"description": "The packet, with the content type it was uploaded with.", "headers": _HEADERS,
+              "content": {"*/*": {"schema": {}}}}
+    )  # fmt: skip
+    errors = {
+        "404": "The token is forged, expired or for another method, or (GET) nothing was uploaded under it.",
+        "405": "Another method.",
+        **({"413": "The body passes MAX_PACKET_BYTES."} if method == "put" else {}),
+    }
+    responses = {"200": ok} | {
+        code: {"description": text, "headers": _HEADERS, "content": {"application/json": {"schema": _ref("Error")}}}
+        for code, text in errors.items()
+    }
+    responses["414"] = {"description": _ERRORS[414][0], "content": {"text/html": {"schema": {"type": "string"}}}}
+    op: dict[str, Any] = {
+        "operationId": f"{method}PacketObject",
+        "summary": "Upload a packet" if method == "put" else "Download a packet",
+        "security": [],
+        "parameters": [_path("token", "The signed token of a presigned URL.", pattern="^[^/]+$")],
+        "responses": responses,
+    }
+    if method == "put":
+        op["requestBody"] = {"required": False, "content": {"*/*": {"schema": {}}}}
     return op
 
 
@@ -326,6 +386,7 @@ _LIST_PARAMS = (
 _RUN_ID = _path("run_id", "A run id.", pattern="^[^/]+$")
 _BATCH_ID = _path("batch_id", "A batch id.", pattern="^[^/]+$")
 _COMMON = (400, 401, 503)
+_FILENAME = _path("filename", "A packet path: `/`-separated segments of letters, digits and `_.=+@-`.", maxLength=512)
 
 # URL name in runs/urls.py → method → operation.
 _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
@@ -358,6 +419,33 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
         "resetIdempotencyKey", "Reset an idempotency key", (200, "KeyReset"), (*_COMMON, 404, 413, 422),
         body="ResetIdempotencyBody", params=(_path("key", "The idempotency key; may contain `/`."),),
     )},
+    "create-upload-url": {"put": _op(
+        "createUploadPayloadUrl", "Presign the upload of a packet", (200, "PacketUrl"), (*_COMMON, 404),
+        params=(_FILENAME,),
+    )},
+    "get-download-url": {"get": _op(
+        "getPayloadUrl", "Presign the download of a packet", (200, "PacketUrl"), (*_COMMON, 404), params=(_FILENAME,),
+    )},
+    "packet-object": {"put": _packet_object("put"), "get": _packet_object("get")},
+    "run-packet-url": {"get": _op(
+        "getRunPacketUrl", "Presign the download of a run's stored payload", (200, "PacketUrl"), (*_COMMON, 404),
+        params=(_RUN_ID, _path("field", "`payload` (runs have no stored output here).", pattern="^[^/]+$")),
+    )},
+    "reschedule-run": {"post": _op(
+        "rescheduleRun", "Give a delayed run a new delay", (200, "RunDocument"), (*_COMMON, 404, 413, 422),
+        body="RescheduleBody", params=(_RUN_ID,),
+    )},
+    "replay-run": {"post": _op(
+        "replayRun", "Trigger a new run from an existing one", (200, "Replayed"),
+        (*_COMMON, 404, 409, 413, 422, 429), body="ReplayBody", body_required=False, params=(_RUN_ID,),
+    )},
+    "run-metadata": {
+        "put": _op(
+            "updateRunMetadata", "Replace or change a run's metadata", (200, "MetadataDocument"),
+            (*_COMMON, 404, 413, 422), body="MetadataBody", params=(_RUN_ID,),
+        ),
+        "get": _op("getRunMetadata", "A run's metadata", (200, "MetadataDocument"), (*_COMMON, 404), params=(_RUN_ID,)),
+    },
     "openapi": {"get": {
         "operationId": "openapiDocument",
         "summary": "This document",

@@ -8,6 +8,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from runs import packets
 from runs.models import RunStatus, TaskRun
 from runs.snapshot import Snapshot
 
@@ -136,12 +137,25 @@ def _common(
     )
 
 
-def _detail(doc: dict[str, Any], *, batch_id: str | None, payload: tuple[bool, Any], error: Any) -> dict[str, Any]:
+def stored_packet(env_id: int, payload: str | None, payload_type: str) -> str | None:
+    """The presigned download path of a payload that is a packet (``application/store``), else None. The view
+    makes it absolute (``packets.absolute``): the SDK ``fetch``es ``payloadPresignedUrl`` as given."""
+    if payload_type != packets.STORE_TYPE or packets.path_problem(payload) is not None:
+        return None
+    assert payload is not None
+    return packets.object_url("get", env_id, payload)
+
+
+def _detail(
+    doc: dict[str, Any], *, batch_id: str | None, payload: tuple[bool, Any], error: Any, stored: str | None = None
+) -> dict[str, Any]:
     doc["triggerFunction"] = "batchTrigger" if batch_id else "trigger"
     doc["relatedRuns"] = {}
     present, value = payload
     if present and value is not None:
         doc["payload"] = value
+    if stored is not None:
+        doc["payloadPresignedUrl"] = stored
     if isinstance(error, dict):
         doc["error"] = _compact(
             {"message": str(error.get("raw") or error.get("message") or ""), "name": error.get("name")}
@@ -159,7 +173,10 @@ def run_row(run: TaskRun, *, detail: bool = True) -> dict[str, Any]:
     )  # fmt: skip
     if not detail:
         return doc
-    return _detail(doc, batch_id=run.batch_id, payload=decode_payload(run.payload, run.payload_type), error=run.error)
+    return _detail(
+        doc, batch_id=run.batch_id, payload=decode_payload(run.payload, run.payload_type), error=run.error,
+        stored=stored_packet(run.env_id, run.payload, run.payload_type),
+    )  # fmt: skip
 
 
 def buffered_status(s: Snapshot, *, cancelled: bool, dead: bool, now: datetime) -> str:
@@ -199,4 +216,7 @@ def buffered_run(
         error = {"raw": cancel_reason or "Run was cancelled"}
     else:
         error = None
-    return _detail(doc, batch_id=s.batch_id, payload=decode_payload(s.payload, s.payload_type), error=error)
+    return _detail(
+        doc, batch_id=s.batch_id, payload=decode_payload(s.payload, s.payload_type), error=error,
+        stored=stored_packet(s.env_id, s.payload, s.payload_type),
+    )  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any
 
 from buffer.buffer import Buffer, EntryStatus
 from mollifier_project.clock import from_ms
-from runs import listing, presenters
+from runs import listing, overrides, presenters
 from runs.auth import EnvContext
 from runs.locate import Where, locate
 from runs.snapshot import SnapshotError, from_snapshot
@@ -43,7 +43,7 @@ def retrieve(env: EnvContext, run_id: str, *, buffer: Buffer, now: datetime) -> 
     entry = found.entry
     assert entry is not None
     try:
-        snapshot = from_snapshot(entry.snapshot)
+        snapshot = overrides.effective(from_snapshot(entry.snapshot), entry)
     except SnapshotError:
         return Retrieved(None, maybe_in_flight=True)
     return Retrieved(

@@ -38,6 +38,8 @@ from pydantic_core import PydanticCustomError
 
 from runs.durations import DurationError, idempotency_ttl
 from runs.models import MAX_IDEMPOTENCY_KEY_LENGTH, MAX_TAG_LENGTH
+from runs.packets import STORE_TYPE
+from runs.packets import path_problem as packet_path_problem
 
 MACHINES = ("micro", "small-1x", "small-2x", "medium-1x", "medium-2x", "large-1x", "large-2x")
 MAX_BATCH_SIZE = 1000
@@ -233,10 +235,21 @@ class TriggerOptions(_Lenient):
 Payload = Annotated[Any, AfterValidator(_storable_payload)]
 
 
+def _store_path(payload: Any, options: TriggerOptions) -> None:
+    """A payload of type ``application/store`` is a packet path (docs/api.md#packets): refuse one no packet has."""
+    if options.payloadType == STORE_TYPE and (problem := packet_path_problem(payload)):
+        raise PydanticCustomError("packet_path", "{reason}", {"reason": f"payload: a stored packet path {problem}"})
+
+
 class TriggerBody(_Body):
     payload: Payload = None
     context: Any = None
     options: TriggerOptions = Field(default_factory=TriggerOptions)
+
+    @model_validator(mode="after")
+    def _stored(self) -> TriggerBody:
+        _store_path(self.payload, self.options)
+        return self
 
 
 class BatchItem(_Body):
@@ -244,6 +257,11 @@ class BatchItem(_Body):
     task: Text = Field(min_length=1, max_length=128)
     payload: Payload = None
     options: TriggerOptions = Field(default_factory=TriggerOptions)
+
+    @model_validator(mode="after")
+    def _stored(self) -> BatchItem:
+        _store_path(self.payload, self.options)
+        return self
 
 
 class CreateBatchBody(_Body):
@@ -295,3 +313,88 @@ def describe(error: ValidationError) -> str:
         loc = ".".join(str(p) for p in item["loc"] if not str(p).startswith(("function-", "constrained-")))
         parts.append(f"{loc}: {item['msg']}" if loc else item["msg"])
     return "; ".join(dict.fromkeys(parts))
+
+
+# ------------------------------------------------------------- packets, reschedule, replay, metadata
+
+
+class RescheduleBody(_Body):
+    delay: Text = Field(min_length=1, max_length=64)  # a duration ("1h") or an ISO date (the SDK sends a Date so)
+
+
+def _tags_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class ReplayBody(_Body):
+    """``ReplayRunRequestBody``: every field optional; what is given overrides the original run's value."""
+
+    payload: Payload = None
+    payloadType: Literal["application/json", "application/super+json"] | None = None
+    metadata: Annotated[dict[str, Any], AfterValidator(_storable_json)] | None = None
+    tags: Annotated[list[Annotated[Text, Field(max_length=MAX_TAG_LENGTH)]], BeforeValidator(_tags_list)] | None = None
+    queue: Text | None = Field(None, min_length=1, max_length=128)
+    concurrencyKey: Text | None = None
+    machine: Literal[MACHINES] | None = None  # type: ignore[valid-type]
+    delay: Text | None = None
+    ttl: Text | Annotated[StrictInt, Field(ge=0)] | None = None
+    idempotencyKey: Text | None = Field(None, min_length=1, max_length=MAX_IDEMPOTENCY_KEY_LENGTH)
+    idempotencyKeyTTL: Text | None = None
+    maxAttempts: Annotated[StrictInt, Field(ge=1)] | None = None
+    maxDuration: Annotated[Number, Field(ge=0)] | None = None
+    priority: Number | None = None
+
+    @model_validator(mode="after")
+    def _super_json(self) -> ReplayBody:
+        if self.payloadType == "application/super+json" and not isinstance(self.payload, str):
+            raise PydanticCustomError(
+                "super_json", "payload: must be a SuperJSON string when payloadType is application/super+json"
+            )
+        return self
+
+
+_DANGEROUS_KEY_SEGMENTS = frozenset({"__proto__", "constructor", "prototype"})
+
+
+def _metadata_key(key: str) -> str:
+    """The SDK's rule: a ``$.`` path names something below the root and no segment is a prototype name."""
+    if key.startswith("$."):
+        if not re.findall(r"(?:[^.\\]|\\.)+", key)[1:]:
+            raise ValueError("a JSON path key must name a segment below $")
+        if any(part in _DANGEROUS_KEY_SEGMENTS for part in re.split(r"[.\[\]'\"\\]+", key)):
+            raise ValueError("may not reference __proto__, constructor, or prototype")
+    elif key == "__proto__":
+        raise ValueError("may not reference __proto__, constructor, or prototype")
+    return key
+
+
+MetadataKey = Annotated[Text, Field(min_length=1, max_length=1024), AfterValidator(_metadata_key)]
+
+
+class MetadataOperation(_Lenient):
+    """One ``RunMetadataChangeOperation``: ``type`` decides which of ``key`` and ``value`` it needs."""
+
+    type: Literal["update", "set", "delete", "append", "remove", "increment"]
+    key: MetadataKey | None = None
+    value: Annotated[Any, AfterValidator(_storable_json)] = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> MetadataOperation:
+        if self.type == "update":
+            if not isinstance(self.value, dict):
+                raise ValueError("value: an update operation's value must be an object")
+            return self
+        if self.key is None:
+            raise ValueError(f"key: a {self.type} operation needs a key")
+        if self.type == "increment" and (isinstance(self.value, bool) or not isinstance(self.value, int | float)):
+            raise ValueError("value: an increment operation's value must be a number")
+        return self
+
+
+class MetadataBody(_Body):
+    """``UpdateMetadataRequestBody`` (the SDK's flushed metadata)."""
+
+    metadata: Annotated[dict[str, Any], AfterValidator(_storable_json)] | None = None
+    operations: list[MetadataOperation] | None = None
+    parentOperations: list[MetadataOperation] | None = None
+    rootOperations: list[MetadataOperation] | None = None

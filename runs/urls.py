@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from runs import api, api_bulk
+from runs import api, api_bulk, api_runs
 
 urlpatterns = [
     path("api/v1/tasks/<path:task>/trigger", api.trigger_task, name="trigger-task"),
@@ -20,4 +20,15 @@ urlpatterns += [  # bulk actions (runs.api_bulk)
     path("api/v1/bulk-actions", api_bulk.bulk_actions, name="bulk-actions"),
     path("api/v1/bulk-actions/<str:action_id>", api_bulk.retrieve_bulk_action, name="retrieve-bulk-action"),
     path("api/v1/bulk-actions/<str:action_id>/abort", api_bulk.abort_bulk_action, name="abort-bulk-action"),
+]
+
+# Packets, reschedule, replay and metadata (runs/api_runs.py, docs/api.md#packets).
+urlpatterns += [
+    path("api/v2/packets/<path:filename>", api_runs.create_upload_url, name="create-upload-url"),
+    path("api/v1/packets/<path:filename>", api_runs.get_download_url, name="get-download-url"),
+    path("api/v1/packet-objects/<str:token>", api_runs.packet_object, name="packet-object"),
+    path("api/v1/runs/<str:run_id>/packets/<str:field>", api_runs.get_run_packet_url, name="run-packet-url"),
+    path("api/v1/runs/<str:run_id>/reschedule", api_runs.reschedule_run, name="reschedule-run"),
+    path("api/v1/runs/<str:run_id>/replay", api_runs.replay_run, name="replay-run"),
+    path("api/v1/runs/<str:run_id>/metadata", api_runs.run_metadata, name="run-metadata"),
 ]

@@ -20,7 +20,7 @@ Returns {solo_waiting, run id, {values…}, run id, {…}, …} in queue order: 
 lease stopped at a solo entry (the caller leases it alone, after this round's commit), else 0. The values are the entry's fields
 in this fixed order (nil for an absent field) — ``buffer.buffer.LEASE_FIELDS`` names them:
   snapshot, env, org, status, attempts, accepted_ms, lease_until_ms, cancelled_at, cancel_reason,
-  extra_tags, last_error, materialised
+  extra_tags, last_error, materialised, delay_until_ms, metadata, metadata_version
 each entry already showing status LEASED and lease_until_ms = now_ms + lease_ms. (Values by position,
 not HGETALL's field/value pairs: half the strings to build and parse on the drain's hottest path.)
 Guarantees: popping and marking are atomic, so two concurrent leases never get the same entry. A "round"
@@ -63,7 +63,8 @@ while taken < n do
     redis.call('LPOP', queue)
     popped = popped + 1
     local values = redis.call('HMGET', entry, 'snapshot', 'env', 'org', 'status', 'attempts', 'accepted_ms',
-      'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised')
+      'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised',
+      'delay_until_ms', 'metadata', 'metadata_version')
     redis.call('HSET', entry, 'status', 'LEASED', 'lease_until_ms', lease_until)
     values[SNAPSHOT] = redis.call('GET', snap) or values[SNAPSHOT]
     values[STATUS], values[LEASE_UNTIL] = 'LEASED', lease_until

@@ -52,7 +52,8 @@ for i = 4, #ARGV do
     redis.call('ZADD', leases, lease_until, run)
     out[#out + 1] = run
     local values = redis.call('HMGET', entry, 'snapshot', 'env', 'org', 'status', 'attempts', 'accepted_ms',
-      'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised')
+      'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised',
+      'delay_until_ms', 'metadata', 'metadata_version')
     values[1] = redis.call('GET', snapshot_key(base, run)) or values[1] -- the hash field: written before s:<run>
     out[#out + 1] = values
   end

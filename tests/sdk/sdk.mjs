@@ -3,6 +3,7 @@
 // Prints {"ok": true, "result": …} or {"ok": false, "error": {"name", "status", "message"}}; exits 0 either way,
 // so the pytest side asserts on what the SDK itself returned or threw.
 import { configure, tasks, runs, batch, idempotencyKeys } from "@trigger.dev/sdk";
+import { apiClientManager } from "@trigger.dev/core/v3";
 
 const [, , op, argsJson] = process.argv;
 const args = JSON.parse(argsJson || "{}");
@@ -34,6 +35,37 @@ const ops = {
   // Outside a task, "run" scope has no parent to hash with; "global" hashes the key alone, as trigger did.
   resetKey: (a) => idempotencyKeys.reset(a.task, a.key, { scope: a.scope ?? "global" }),
 };
+
+// Packets, reschedule, replay, metadata (docs/api.md#packets). Big payloads are made here, not passed in argv.
+const client = () => apiClientManager.clientOrThrow();
+const blob = (bytes) => "x".repeat(bytes);
+Object.assign(ops, {
+  // A payload of `bytes` characters in one string field: the SDK offloads it (≥ 128 KiB) through /api/v2/packets.
+  triggerBig: (a) => tasks.trigger(a.task, { blob: blob(a.bytes), n: a.bytes }, a.options ?? {}, once),
+  // What retrieve resolved, without printing megabytes: the payload's size and whether it came by presigned URL.
+  retrieveBig: async (a) => {
+    const run = await runs.retrieve(a.id, once);
+    return {
+      id: run.id, status: run.status, presigned: !!run.payloadPresignedUrl,
+      n: run.payload?.n, size: run.payload?.blob?.length, intact: run.payload?.blob === blob(run.payload?.n ?? -1),
+    };
+  },
+  downloadUrl: (a) => client().getPayloadUrl(a.path, once),
+  runPacketUrl: (a) => client().getRunPacketUrl(a.id, "payload", a.path ?? "none", once),
+  reschedule: (a) => runs.reschedule(a.id, { delay: a.delay }, once),
+  replay: (a) => (a.body ? runs.replay(a.id, a.body, once) : runs.replay(a.id, once)),
+  updateMetadata: (a) => client().updateRunMetadata(a.id, a.body, once),
+  getMetadata: (a) => client().getRunMetadata(a.id, once),
+  // One writer of a concurrency test: `count` updates in a row, each an increment and an append.
+  metadataWriter: async (a) => {
+    for (let i = 0; i < a.count; i++) {
+      await client().updateRunMetadata(a.id, {
+        operations: [{ type: "increment", key: "n", value: 1 }, { type: "append", key: "log", value: `${a.writer}-${i}` }],
+      });
+    }
+    return a.count;
+  },
+});
 
 try {
   if (!ops[op]) throw new Error(`unknown op ${op}`);

@@ -1,0 +1,164 @@
+"""Packets: payloads too large to travel inline, stored through Django's ``STORAGES["packets"]``
+(docs/api.md#packets, docs/architecture.md#packets).
+
+The SDK offloads any payload of 128 KiB or more: it asks for an upload URL (``PUT /api/v2/packets/<path>``),
+``PUT``s the bytes there, and triggers with ``payloadType: "application/store"`` and ``payload: <path>``.
+Reads go the other way: a retrieve answers ``payloadPresignedUrl``, which the SDK ``GET``s.
+
+1. Paths are the client's, but always inside its env: ``<path>`` is stored as ``<env id>/data/<path>``, so
+   no key can name another env's packet — tenancy by construction, not by a check that could be forgotten.
+2. A presigned URL is ``/api/v1/packet-objects/<token>``: the token is ``django.core.signing`` over
+   (operation, env, path) with a timestamp, checked against ``PACKET_URL_TTL_S``. It carries no API key, so
+   the SDK's plain ``fetch`` of it works, and it cannot be turned into another operation, env or path.
+3. The body is streamed into a spooled temporary file, refused past ``MAX_PACKET_BYTES`` (413), then saved;
+   its content type goes beside it (``<env>/type/<path>``), since the SDK decodes a download by it.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from django.core import signing
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import Storage, storages
+
+STORE_TYPE = "application/store"  # the payloadType of a payload that is a packet path
+OBJECT_ROUTE = "/api/v1/packet-objects/"
+MAX_PATH_LENGTH = 512
+_SALT = "mollifier.packets"
+_SEGMENT = re.compile(r"^[A-Za-z0-9_.=+@-]{1,128}$")
+_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
+_CHUNK = 64 * 1024
+_SPOOL_BYTES = 1024 * 1024
+
+
+class PacketError(ValueError):
+    """A path or token no packet can have; the message is for ``{"error": …}``."""
+
+
+class TooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"Packet exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a valid presigned token allows: one operation on one env's path."""
+
+    op: str  # "put" | "get"
+    env_id: int
+    path: str
+
+
+def storage() -> Storage:
+    return storages["packets"]
+
+
+def path_problem(path: object) -> str | None:
+    """Why ``path`` can never name a packet (segments of letters, digits and ``_.=+@-``; no ``..``), or None."""
+    if not isinstance(path, str) or not path:
+        return "must be a non-empty string"
+    if len(path) > MAX_PATH_LENGTH:
+        return f"must be at most {MAX_PATH_LENGTH} characters"
+    for segment in path.split("/"):
+        if not _SEGMENT.match(segment) or segment in (".", ".."):
+            return "must be '/'-separated segments of letters, digits and _.=+@- (no '..')"
+    return None
+
+
+def _data_key(env_id: int, path: str) -> str:
+    return f"{env_id}/data/{path}"
+
+
+def _type_key(env_id: int, path: str) -> str:
+    return f"{env_id}/type/{path}"
+
+
+# ------------------------------------------------------------------------------------------- tokens
+
+
+def sign(op: str, env_id: int, path: str) -> str:
+    """The token of a presigned URL for ``op`` on ``env_id``'s ``path``."""
+    return signing.dumps({"o": op, "e": env_id, "p": path}, salt=_SALT)
+
+
+def absolute(doc: dict[str, Any], build_absolute_uri: Callable[[str], str]) -> dict[str, Any]:
+    """A run document's ``payloadPresignedUrl`` made absolute (``request.build_absolute_uri``): the SDK
+    fetches it as given, with no base URL of its own."""
+    if "payloadPresignedUrl" in doc:
+        doc["payloadPresignedUrl"] = build_absolute_uri(doc["payloadPresignedUrl"])
+    return doc
+
+
+def object_url(op: str, env_id: int, path: str) -> str:
+    """The presigned URL's path (the view makes it absolute: the SDK fetches it as given)."""
+    return OBJECT_ROUTE + sign(op, env_id, path)
+
+
+def verify(token: str, *, op: str, max_age_s: int) -> Grant:
+    """The grant of a token for ``op``; ``PacketError`` when it is forged, of another operation, or expired."""
+    try:
+        doc = signing.loads(token, salt=_SALT, max_age=max_age_s)
+    except signing.SignatureExpired:
+        raise PacketError("This packet URL has expired; ask for a new one") from None
+    except signing.BadSignature:
+        raise PacketError("This packet URL is not valid") from None
+    if not isinstance(doc, dict) or doc.get("o") != op or not isinstance(doc.get("e"), int):
+        raise PacketError("This packet URL is not valid for this method")
+    path = doc.get("p")
+    if not isinstance(path, str) or path_problem(path) is not None:
+        raise PacketError("This packet URL is not valid")
+    return Grant(op, doc["e"], path)
+
+
+# ------------------------------------------------------------------------------------------ storage
+
+
+def exists(env_id: int, path: str) -> bool:
+    return storage().exists(_data_key(env_id, path))
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def store(grant: Grant, body: Readable, *, content_type: str | None, limit: int) -> int:
+    """Save the body read from ``body`` as the grant's packet; returns its size. Raises ``TooLarge`` past
+    ``limit`` bytes (nothing is stored then)."""
+    size = 0
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
+        while chunk := body.read(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(limit)
+            spool.write(chunk)
+        spool.seek(0)
+        kind = content_type if content_type and _CONTENT_TYPE.match(content_type) else "application/octet-stream"
+        store_ = storage()
+        key = _data_key(grant.env_id, grant.path)
+        saved = store_.save(key, File(spool, name=key))
+        if saved != key:  # a backend that renames instead of replacing would lose the path the client holds
+            store_.delete(saved)
+            raise PacketError(f"the packet storage renamed {key!r} to {saved!r}; configure it to overwrite")
+        store_.save(_type_key(grant.env_id, grant.path), ContentFile(kind.encode()))
+    return size
+
+
+def open_packet(grant: Grant) -> tuple[Any, str] | None:
+    """(an open binary file, its content type) of the grant's packet, or None when it is not stored."""
+    store_ = storage()
+    key = _data_key(grant.env_id, grant.path)
+    if not store_.exists(key):
+        return None
+    try:
+        with store_.open(_type_key(grant.env_id, grant.path), "rb") as f:
+            kind = f.read(256).decode("ascii", "replace")
+    except (FileNotFoundError, OSError):
+        kind = "application/octet-stream"
+    return store_.open(key, "rb"), kind
