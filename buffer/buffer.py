@@ -219,13 +219,13 @@ class Entry:
     extra_tags: list[str] = field(default_factory=list)
     last_error: str | None = None
     materialised: bool = False
-    # The run's created_at in epoch ms, as its Postgres row has it: set by ``Buffer.env_page`` (the index's
-    # sort key); elsewhere None (the snapshot's ``created_ms`` says the same).
-    created_ms: int | None = None
     # Overrides set while buffered (reschedule, metadata): hash fields, applied over the snapshot's values.
     delay_until_ms: int | None = None
     metadata: str | None = None  # JSON object
     metadata_version: int = 0
+    # The run's created_at in epoch ms, as its Postgres row has it: set by ``Buffer.env_page`` (the index's
+    # sort key); elsewhere None (the snapshot's ``created_ms`` says the same).
+    created_ms: int | None = None
 
     @property
     def cancelled(self) -> bool:
