@@ -28,7 +28,8 @@ while found < limit and budget > 0 do
   for _, member in ipairs(members) do
     local run = string.sub(member, 16)
     local values = redis.call('HMGET', base .. 'e:' .. run, 'snapshot', 'env', 'org', 'status', 'attempts',
-      'accepted_ms', 'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised')
+      'accepted_ms', 'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised',
+      'delay_until_ms', 'metadata', 'metadata_version')
     if values[2] then
       if with_snapshot then
         values[1] = redis.call('GET', base .. 's:' .. run) or values[1]
