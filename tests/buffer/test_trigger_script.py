@@ -111,6 +111,21 @@ def test_a_closed_intake_refuses_and_binds_no_key(buffer):
     assert entries(buffer) == []
 
 
+def test_a_closed_intake_of_an_org_not_enrolled_reads_as_tripped_and_passes_through(buffer):
+    """Shadow mode: the closed env is reported tripped ("would mollify"), and the trigger passes through."""
+    buffer.close_intake(org_id=ORG, env_id=ENV)
+    gate = GateArgs(window_ms=1_000, threshold=5, hold_ms=5_000, enrolled=False)
+    run_id, reply = call(buffer, gate=gate)
+    assert (reply.status, reply.tripped, reply.count) == (TriggerStatus.PASS, True, 1)
+    assert holder(buffer, "idem", "k-1") == run_id
+
+
+def test_a_closed_intake_does_not_matter_to_a_trigger_the_gate_skips(buffer):
+    buffer.close_intake(org_id=ORG, env_id=ENV)
+    _, reply = call(buffer, gate=None)
+    assert (reply.status, reply.tripped) == (TriggerStatus.PASS, False)
+
+
 def test_a_full_queue_refuses_at_the_exact_cap_and_binds_no_key(buffer):
     call(buffer, req="r-a", idem="k-a", max_per_env=2)
     call(buffer, req="r-b", idem="k-b", max_per_env=2)
