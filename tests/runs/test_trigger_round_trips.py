@@ -122,3 +122,16 @@ def test_a_closed_intake_answers_429_with_its_reset_and_binds_no_key(client, db,
     assert [k for k in buffer._client.scan_iter(match=f"{key_prefix}:*") if ":idem:" in k or ":req:" in k] == []
     buffer.open_intake(org_id=tenant.org.id, env_id=tenant.env.id)
     assert post(client, secret, idempotency_key="k-closed").status_code == 200  # the key was left free
+
+
+def test_an_integer_beyond_64_bits_in_metadata_keeps_every_digit_in_the_snapshot(
+    client, db, key_prefix, mollifier_settings
+):
+    """orjson alone would read it as a float (runs.codec): the buffered snapshot must hold the exact number."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    tenant, secret = tenant_and_secret("rt-big-int", enrol=True)
+    body = '{"payload": "{}", "options": {"metadata": {"n": 123456789012345678901234567890}}}'
+    response = client.post(TRIGGER, data=body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert response.status_code == 200, response.content
+    entry = Buffer.from_settings().get(response.json()["id"], org_id=tenant.org.id)
+    assert entry is not None and json.loads(entry.snapshot)["metadata"] == {"n": 123456789012345678901234567890}
