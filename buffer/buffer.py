@@ -99,18 +99,6 @@ class IdemRef:
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimRequest:
-    """One claim of ``Buffer.claim_many``: the arguments of ``Buffer.claim`` besides the org and env."""
-
-    kind: ClaimKind
-    task: str
-    key: str
-    run_id: str
-    ttl_ms: int
-    stale_run_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class AcceptResult:
     status: AcceptStatus
     existing_run_id: str | None = None  # IDEMPOTENT: the run holding the key
@@ -582,36 +570,6 @@ class Buffer:
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
         holder = self._scripts.claim(keys=[key_name], args=[run_id, ttl_ms, stale_run_id or ""])
         return holder or None
-
-    def claim_many(self, claims: Sequence[ClaimRequest], *, org_id: int, env_id: int) -> list[str | None]:
-        """``claim`` for each of ``claims``, in one round trip: a pipeline, not a transaction, so each claim
-        is atomic on its own exactly as if made one after the other. The trigger path claims its request
-        key and its idempotency key together: one Redis round trip fewer per trigger.
-
-        Plain EVALSHA in the pipeline: a redis-py ``Script`` there would add a SCRIPT EXISTS round trip on
-        every call. If the server has lost the script (restart, SCRIPT FLUSH) the claims are made again one
-        by one, which loads it; repeating a claim that did run is harmless (the same run id gets ``None``).
-        """
-        for claim in claims:
-            _require("ttl_ms", claim.ttl_ms, 1)
-        k = self.keys_for_org(org_id)
-        pipe = self._client.pipeline(transaction=False)
-        for claim in claims:
-            key_name = k.claim(claim.kind, env_id, claim.task, claim.key)
-            pipe.evalsha(self._scripts.claim.sha, 1, key_name, claim.run_id, claim.ttl_ms, claim.stale_run_id or "")
-        replies = pipe.execute(raise_on_error=False) if claims else []
-        if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
-            return [self._claim_one(claim, org_id=org_id, env_id=env_id) for claim in claims]
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return [reply or None for reply in replies]
-
-    def _claim_one(self, c: ClaimRequest, *, org_id: int, env_id: int) -> str | None:
-        return self.claim(
-            c.kind, org_id=org_id, env_id=env_id, task=c.task, key=c.key, run_id=c.run_id, ttl_ms=c.ttl_ms,
-            stale_run_id=c.stale_run_id,
-        )  # fmt: skip
 
     def release_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str, run_id: str) -> bool:
         """Delete the key only if ``run_id`` holds it; ``True`` if it did."""

@@ -17,7 +17,7 @@ key                                            type    holds / written by
 ``B q:<env>``                                  LIST    run ids waiting, FIFO (RPUSH tail, LPOP head; promote_due and
                                                        release push back to the head). accept, lease, ack,
                                                        promote_due, release, dead_letter, redrive
-``B e:<run>``                                  HASH    the entry (fields below). accept creates it; lease, ack,
+``B e:<run>``                                  HASH    the entry (fields below). accept, trigger create it; lease, ack,
                                                        requeue, promote_due, reclaim_expired, release, dead_letter,
                                                        cancel, append_tags update it. No TTL except once ACKED.
 ``B s:<run>``                                  STRING  the entry's snapshot JSON, byte-for-byte (kept out of the hash so
@@ -41,11 +41,12 @@ key                                            type    holds / written by
 ``B dead``                                     ZSET    run id → dead-letter time ms, kept for operators. dead_letter,
                                                        redrive, ack
 ``B idem:<env>:<b64u(task)>:<b64u(key)>``      STRING  run id holding a task-level idempotency key (PX = key TTL).
-                                                       accept, claim, release_claim
+                                                       accept, trigger, claim, release_claim
 ``B req:<env>:<b64u(task)>:<b64u(key)>``       STRING  run id for a request-level idempotency key (client retries).
-                                                       claim, release_claim
-``B rate:<env>``                               HASH    gate fixed window: ``window`` (start ms), ``count``. trip
-``B tripped:<env>``                            STRING  ms until which the env is tripped. trip
+                                                       trigger, claim, release_claim
+``B rate:<env>``                               HASH    gate fixed window: ``window`` (start ms), ``count``. trip,
+                                                       trigger
+``B tripped:<env>``                            STRING  ms until which the env is tripped. trip, trigger
 ``B cursor:orgs``                              STRING  drain fairness cursor over the shard's orgs. candidates
 ``B cursor:envs``                              HASH    org → drain fairness cursor over its envs. candidates
 ``B drain:lock``                               STRING  owner token of the shard task draining the shard (NX PX).

@@ -20,13 +20,13 @@ Optional keys are omitted when empty, which keeps buffered entries small.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import UnionType
 from typing import Any
 
 from mollifier_project.clock import EPOCH, to_ms
+from runs import codec
 
 VERSION = 1
 
@@ -158,13 +158,13 @@ def to_snapshot(snapshot: Snapshot) -> str:
         value = getattr(snapshot, attr)
         if value is not None:
             doc[key] = _ms(value)
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return codec.dumps(doc)
 
 
 def from_snapshot(text: str | bytes) -> Snapshot:
     """Parse a snapshot document. Raises ``SnapshotError`` with a reason an operator can act on."""
     try:
-        doc = json.loads(text)
+        doc = codec.loads(text)
     except (TypeError, ValueError) as exc:
         raise SnapshotError(f"snapshot is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -27,7 +27,6 @@ trigger never leaves a key pointing at a run that does not exist.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from buffer.buffer import (
 )
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
-from runs import engine, ids
+from runs import codec, engine, ids
 from runs.auth import EnvContext
 from runs.db_errors import Failure, classify
 from runs.durations import DurationError, idempotency_ttl, parse_delay, parse_ttl
@@ -159,7 +158,7 @@ def encode_payload(payload: Any, payload_type: str) -> tuple[str | None, str]:
         return None, payload_type
     if isinstance(payload, str):
         return payload, payload_type
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False), "application/json"
+    return codec.dumps(payload), "application/json"
 
 
 def prepare(
@@ -183,8 +182,9 @@ def prepare(
         raise InvalidTrigger("taskIdentifier: must be 1–128 characters")
     now = from_ms(now_ms)
     packet, payload_type = encode_payload(payload, options.payloadType)
-    if packet is not None and len(packet.encode()) > max_payload_bytes:
-        raise PayloadTooLarge(f"payload: {len(packet.encode())} bytes exceeds the limit of {max_payload_bytes} bytes")
+    size = 0 if packet is None else len(packet.encode())
+    if size > max_payload_bytes:
+        raise PayloadTooLarge(f"payload: {size} bytes exceeds the limit of {max_payload_bytes} bytes")
     tags = normalise_tags(options.tags)
     if len(tags) > MAX_TAGS:
         raise Unprocessable(f"Runs can only have {MAX_TAGS} tags, you're trying to set {len(tags)}.")

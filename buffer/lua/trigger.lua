@@ -68,10 +68,13 @@ if idem then
   end
 end
 -- 5. the gate
-local is_tripped, count = false, -1
+-- A closed env reads as tripped (every trigger reaches the accept, which refuses it); asked once, here.
+local is_tripped, count, is_closed = false, -1, false
 if ARGV[8] == 'count' then
-  is_tripped, count = gate_trip(rate, tripped, closed, env,
+  is_tripped, count = gate_trip(rate, tripped, nil, env,
     tonumber(now), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]))
+  is_closed = redis.call('SISMEMBER', closed, env) == 1
+  is_tripped = is_tripped or is_closed
 end
 if not (is_tripped and ARGV[12] == '1') then
   if req then redis.call('SET', req, run, 'PX', req_ttl) end
@@ -79,7 +82,7 @@ if not (is_tripped and ARGV[12] == '1') then
   return {'PASS', is_tripped and 1 or 0, count}
 end
 -- 5. mollify: the accept's checks, then its writes
-if redis.call('SISMEMBER', closed, env) == 1 then
+if is_closed then
   return {'CLOSED', 0, count}
 end
 if redis.call('EXISTS', entry) == 1 then

@@ -1,0 +1,137 @@
+"""What one trigger costs through the HTTP API: Redis round trips and Postgres queries (docs/architecture.md#trigger-path),
+and the fault paths of the one-round-trip script.
+
+A round trip is one ``send_packed_command`` of redis-py's connection — one write of one command or of a whole
+pipeline, then its replies. The counter wraps that method and calls through: the real Redis answers.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from redis.connection import AbstractConnection
+
+from buffer import metrics
+from buffer.buffer import Buffer
+from runs import auth
+from runs.models import TaskRun
+from runs.tenants import ensure_tenant, issue_api_key
+from tests.live import free_port
+
+TRIGGER = "/api/v1/tasks/hello/trigger"
+
+
+@pytest.fixture
+def round_trips(monkeypatch):
+    """A list that gets one item per Redis round trip made while the test runs."""
+    sent: list[int] = []
+    original = AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):
+        sent.append(1)
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return sent
+
+
+def tenant_and_secret(slug: str, *, enrol: bool):
+    tenant = ensure_tenant(slug, "prod", enrol=enrol)
+    return tenant, issue_api_key(tenant.env)[1]
+
+
+def post(client, secret, *, idempotency_key: str | None = None, request_key: str | None = None):
+    options = {"tags": ["a", "b"], "ttl": "1h", "metadata": {"source": "checkout"}}
+    if idempotency_key:
+        options |= {"idempotencyKey": idempotency_key, "idempotencyKeyTTL": "10m"}
+    headers = {"HTTP_X_TRIGGER_REQUEST_IDEMPOTENCY_KEY": request_key} if request_key else {}
+    return client.post(
+        TRIGGER, data=json.dumps({"payload": '{"json":{"a":1}}', "options": options}),
+        content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}", **headers,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("keys", [(True, True), (True, False), (False, True), (False, False)],
+                         ids=["both-keys", "request-key", "idempotency-key", "no-key"])  # fmt: skip
+def test_a_warm_buffered_trigger_is_one_redis_round_trip_and_no_postgres_query(
+    client, db, key_prefix, mollifier_settings, round_trips, django_assert_num_queries, keys
+):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    tenant, secret = tenant_and_secret("rt-buffered", enrol=True)
+    auth.clear_cache()
+    assert post(client, secret, request_key=str(uuid.uuid4())).status_code == 200  # warms key cache and scripts
+    with_request, with_idem = keys
+    round_trips.clear()
+    with django_assert_num_queries(0):
+        response = post(
+            client, secret, idempotency_key=uuid.uuid4().hex if with_idem else None,
+            request_key=str(uuid.uuid4()) if with_request else None,
+        )  # fmt: skip
+    assert response.status_code == 200, response.content
+    assert len(round_trips) == 1
+    entry = Buffer.from_settings().get(response.json()["id"], org_id=tenant.org.id)
+    assert entry is not None and entry.status == "QUEUED"
+
+
+def test_a_warm_direct_trigger_is_one_redis_round_trip_before_its_insert(
+    client, db, key_prefix, mollifier_settings, round_trips
+):
+    """Not enrolled: the script claims both keys and says pass through; no count, no snapshot sent."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    _, secret = tenant_and_secret("rt-direct", enrol=False)
+    assert post(client, secret, request_key=str(uuid.uuid4())).status_code == 200
+    round_trips.clear()
+    response = post(client, secret, idempotency_key=uuid.uuid4().hex, request_key=str(uuid.uuid4()))
+    assert response.status_code == 200
+    assert len(round_trips) == 1
+    assert TaskRun.objects.filter(id=response.json()["id"], buffered=False).exists()
+
+
+def test_a_retried_request_is_answered_its_run_after_the_script_stops_at_the_request_key(
+    client, db, key_prefix, mollifier_settings, round_trips
+):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    _, secret = tenant_and_secret("rt-retry", enrol=True)
+    request_key = str(uuid.uuid4())
+    first = post(client, secret, idempotency_key="k-retry", request_key=request_key).json()
+    retry = post(client, secret, idempotency_key="k-retry", request_key=request_key).json()
+    assert retry == {"id": first["id"], "isCached": False}
+
+
+def test_redis_unreachable_fails_open_to_a_direct_write(client, db, key_prefix, mollifier_settings, settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    _, secret = tenant_and_secret("rt-redis-down", enrol=True)
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    before = metrics.FAIL_OPEN._value.get()
+    response = post(client, secret, idempotency_key="k-down", request_key=str(uuid.uuid4()))
+    assert response.status_code == 200, response.content
+    assert TaskRun.objects.filter(id=response.json()["id"], buffered=False).exists()
+    assert metrics.FAIL_OPEN._value.get() == before + 1
+
+
+def test_a_closed_intake_answers_429_with_its_reset_and_binds_no_key(client, db, key_prefix, mollifier_settings):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    tenant, secret = tenant_and_secret("rt-closed", enrol=True)
+    buffer = Buffer.from_settings()
+    buffer.close_intake(org_id=tenant.org.id, env_id=tenant.env.id)
+    response = post(client, secret, idempotency_key="k-closed", request_key=str(uuid.uuid4()))
+    assert response.status_code == 429
+    assert int(response["x-ratelimit-reset"]) > 0 and "closed" in response.json()["error"]
+    assert [k for k in buffer._client.scan_iter(match=f"{key_prefix}:*") if ":idem:" in k or ":req:" in k] == []
+    buffer.open_intake(org_id=tenant.org.id, env_id=tenant.env.id)
+    assert post(client, secret, idempotency_key="k-closed").status_code == 200  # the key was left free
+
+
+def test_an_integer_beyond_64_bits_in_metadata_keeps_every_digit_in_the_snapshot(
+    client, db, key_prefix, mollifier_settings
+):
+    """orjson alone would read it as a float (runs.codec): the buffered snapshot must hold the exact number."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    tenant, secret = tenant_and_secret("rt-big-int", enrol=True)
+    body = '{"payload": "{}", "options": {"metadata": {"n": 123456789012345678901234567890}}}'
+    response = client.post(TRIGGER, data=body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert response.status_code == 200, response.content
+    entry = Buffer.from_settings().get(response.json()["id"], org_id=tenant.org.id)
+    assert entry is not None and json.loads(entry.snapshot)["metadata"] == {"n": 123456789012345678901234567890}
