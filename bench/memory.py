@@ -87,6 +87,10 @@ def snapshots(kind: str, n: int, *, env_ids: Sequence[int], now_ms: int) -> list
             )  # fmt: skip
         order: dict = {"orderId": f"ord_{rng.randrange(10**9):09d}", "items": []}
         doc = to_snapshot(s)
+        # Order lines are ≈50 bytes in the snapshot (escaped): start a few short of the target, add one by one.
+        for _ in range(max(0, (target - len(doc)) // 50 - 3)):
+            order["items"].append({"sku": f"SKU-{rng.randrange(10**4):04d}", "qty": rng.randrange(1, 9),
+                                   "cents": rng.randrange(100, 10**5)})  # fmt: skip
         while True:
             payload = json.dumps({"json": order}, separators=(",", ":"))
             candidate = to_snapshot(dataclasses.replace(s, payload=payload))
