@@ -851,6 +851,14 @@ class Buffer:
         """Every shard's depth, leased, retrying, dead, oldest age, stale count and drain rate (``buffer.stats``)."""
         return stats.read(self._client, self._scripts, [self.keys(s) for s in range(self.shards)], now_ms=now_ms)
 
+    def recount(self, shard: int) -> tuple[int, int]:
+        """Rebuild the shard's counters from its queues (``lua/recount.lua``): for a buffer filled before the
+        scripts kept them. Returns the queued count before and after. O(envs of the shard): an operator's
+        one-off, not for a hot path."""
+        k = self.keys(shard)
+        before, after = self._scripts.recount(keys=[k.orgs, k.queued, k.heads], args=[k.base])
+        return int(before), int(after)
+
     # -- operator screens: the dashboard, its drill-downs, buffered-run pages, env deletion (buffer.operators)
 
     def circuits_until_ms(self) -> list[int]:

@@ -73,9 +73,9 @@ key                                            type    holds / written by
 =============================================  ======  ==============================================================
 
 Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewritten): ``env``, ``org``,
-``status`` (QUEUED | LEASED | DEAD | ACKED; a requeued entry waiting in ``retry`` is QUEUED), ``attempts``,
+``status`` (QUEUED | LEASED | DEAD | ACKED; a requeued entry waiting in ``retry`` is QUEUED), ``attempts`` (absent: 0),
 ``accepted_ms``, ``lease_until_ms`` (only while LEASED), ``cancelled_at`` (ms) and ``cancel_reason``,
-``extra_tags`` (JSON array of tags appended while buffered), ``last_error``, ``materialised`` (0/1),
+``extra_tags`` (JSON array of tags appended while buffered), ``last_error``, ``materialised`` (1 once acked; absent: 0),
 ``acked_ms``, ``dead_ms``, and the overrides of a reschedule or a metadata write: ``delay_until_ms``,
 ``metadata`` (JSON object) and ``metadata_version`` (compare-and-set counter).
 

@@ -78,6 +78,7 @@ class Scripts:
     trip: Script
     trigger: Script  # the buffered trigger in one round trip (runs.trigger)
     env_page: Script  # run lists over buffered entries (Buffer.env_page)
+    recount: Script
     find_stale: Script
     find_expired_and_dead: Script
     shard_stats: Script

@@ -32,9 +32,9 @@ local base, now = ARGV[1], ARGV[2]
 
 local any_paused = redis.call('SCARD', paused_orgs) + redis.call('SCARD', paused_envs) > 0
 local oldest = -1
-local at = 0
+local at, step = 0, any_paused and HEADS_CHUNK or 1 -- nothing paused: the lowest member is the answer
 while oldest < 0 do
-  local chunk = redis.call('ZRANGE', heads, at, at + HEADS_CHUNK - 1, 'WITHSCORES')
+  local chunk = redis.call('ZRANGE', heads, at, at + step - 1, 'WITHSCORES')
   if #chunk == 0 then break end
   for i = 1, #chunk, 2 do
     local org, env = string.match(chunk[i], '^([^:]+):(.+)$')
@@ -44,7 +44,7 @@ while oldest < 0 do
       break
     end
   end
-  at = at + HEADS_CHUNK
+  at = at + step
 end
 
 for _, run in ipairs(redis.call('ZRANGE', retry, 0, RETRY_SCAN - 1)) do

@@ -224,3 +224,16 @@ def test_a_random_sequence_of_every_transition_keeps_the_counters_exact(buffer, 
                 seen.add((op, entry.status.value))
     statuses = {status for _, status in seen}
     assert statuses == {s.value for s in EntryStatus}, f"the sequence visited too few states: {statuses}"
+
+
+def test_recount_rebuilds_counters_lost_or_never_kept(buffer, put):
+    """A buffer filled before the scripts kept counters (or a counter damaged by hand) is repaired."""
+    put(ORG, ENV, now_ms=1_000, count=3)
+    put(ORG_B, ENV_B, now_ms=2_000)
+    k = buffer.keys(SHARD)
+    buffer._client.delete(k.queued, k.heads)
+    assert (stats(buffer).queued, stats(buffer).oldest_accepted_ms) == (0, None)
+    assert buffer.recount(SHARD) == (0, 4)
+    assert (stats(buffer).queued, stats(buffer).oldest_accepted_ms) == (4, 1_000)
+    assert buffer.recount(SHARD) == (4, 4)
+    assert_consistent(buffer)

@@ -104,8 +104,9 @@ def test_a_new_entry_is_written_only_by_the_entry_accept_lib_function():
     """One place writes an entry's fields and pushes it onto its queue, so what every new entry needs is
     added once (``lib/entry_accept.lua``)."""
     for name in LUA_NAMES:
-        assert "'materialised', 0" not in source(name), f"{name}.lua writes a new entry itself"
-    assert "local function entry_accept(k, a)" in (LUA_DIR / "lib" / "entry_accept.lua").read_text(encoding="utf-8")
+        assert "'QUEUED', 'accepted_ms'" not in source(name), f"{name}.lua writes a new entry itself"
+    lib = (LUA_DIR / "lib" / "entry_accept.lua").read_text(encoding="utf-8")
+    assert "local function entry_accept(k, a)" in lib and "'QUEUED', 'accepted_ms'" in lib
 
 
 def test_the_shard_counters_and_the_env_index_are_written_only_in_the_prelude():

@@ -25,8 +25,8 @@ local function entry_accept(k, a)
   if k.idem then
     redis.call('SET', k.idem, a.run, 'PX', a.idem_ttl_ms)
   end
-  redis.call('HSET', k.entry,
-    'env', a.env, 'org', a.org, 'status', 'QUEUED', 'attempts', 0, 'accepted_ms', a.now_ms, 'materialised', 0)
+  -- attempts and materialised are left out while 0: every reader takes an absent one as 0 (32 B an entry).
+  redis.call('HSET', k.entry, 'env', a.env, 'org', a.org, 'status', 'QUEUED', 'accepted_ms', a.now_ms)
   redis.call('SET', snapshot_key(k.base, a.run), a.snapshot)
   redis.call('RPUSH', k.queue, a.run)
   presence_join(k.orgs, k.org_envs, a.org, a.env)

@@ -37,6 +37,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="subcommand", required=True)
         sub.add_parser("stats", help="per-shard figures, read live from Redis")
+        sub.add_parser("recount", help="rebuild every shard's queued counter and queue heads from its queues")
         stuck = sub.add_parser("stuck", help="open StuckEntry rows, oldest first")
         stuck.add_argument("--kind", choices=[k.value for k in StuckKind])
         stuck.add_argument("--env", type=int, dest="env_id")
@@ -63,6 +64,10 @@ class Command(BaseCommand):
         command = options["subcommand"]
         if command == "stats":
             self._stats(buffer)
+        elif command == "recount":
+            for shard in range(buffer.shards):
+                before, after = buffer.recount(shard)
+                self.stdout.write(f"shard {shard}: queued {before} -> {after}")
         elif command == "stuck":
             self._stuck(options["kind"], options["env_id"])
         elif command == "redrive":

@@ -1,0 +1,238 @@
+"""What one buffered entry costs in Redis memory, for small, typical and large snapshots.
+
+    python -m bench.memory [--entries 5000] [--envs 1] [--repeat 2000]
+
+For each snapshot size — small (≈100 B), typical (647 B: a realistic SDK v4 trigger with payload, tags,
+idempotency key, trace ids) and large (≈10 KiB payload) — it accepts ``--entries`` runs through the real
+accept script under a fresh key prefix, spread over ``--envs`` envs of one org, and sums ``MEMORY USAGE``
+(``SAMPLES 0``: exact) over every key an entry owns (its hash ``e:<run>`` and snapshot ``s:<run>``) plus its
+share of the keys it is a member of (its env's queue ``q:<env>`` and index ``ix:<env>``, the shard's
+counters and heads). That is "bytes per entry"; a GiB of Redis holds 2^30 / that many entries.
+
+The baseline, in the same run, is the layout before the snapshot got its own key: one hash per entry with
+the snapshot as a field (written here with HSET, the fields the accept script wrote), plus the queue — no
+env index. A snapshot longer than ``hash-max-listpack-value`` (64 B by default) turns that hash into a
+hashtable, which is where most of its bytes go.
+
+Compression is measured, not used: for each size, zlib at levels 1, 6 and 9 — the CPU to compress one
+snapshot (what each trigger would pay), to decompress one (what each drained row would pay), medians of
+``--repeat`` calls, and the bytes per entry with the compressed snapshot stored in ``s:<run>`` instead
+(written directly, binary). zstd is not measured: no zstd binding is installed in this project.
+
+The last line is machine-readable: ``typical_bytes=<n> baseline_bytes=<n> ratio=<baseline/now>``.
+The Redis keys are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._django import setup_django
+
+ORG = 7
+GIB = 2**30
+SIZES = {"small": 100, "typical": 647, "large": 10 * 1024}
+LEVELS = (1, 6, 9)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=5_000, help="entries per snapshot size")
+    parser.add_argument("--envs", type=int, default=1, help="envs the entries are spread over")
+    parser.add_argument("--repeat", type=int, default=2_000, help="timed (de)compressions per size and level")
+    args = parser.parse_args(argv)
+    for name in ("entries", "envs", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+def snapshots(kind: str, n: int, *, env_ids: Sequence[int], now_ms: int) -> list[tuple[str, int, str]]:
+    """``n`` (run id, env, snapshot JSON) of about ``SIZES[kind]`` bytes, in the real snapshot format: the
+    fields the SDK sends, and a payload of order lines (varied numbers, as real payloads compress)."""
+    import dataclasses
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from runs.ids import new_run_id
+    from runs.snapshot import Snapshot, to_snapshot
+
+    rng = random.Random(kind)
+    target = SIZES[kind]
+    out = []
+    for i in range(n):
+        env = env_ids[i % len(env_ids)]
+        created = datetime.fromtimestamp((now_ms - i) / 1000, tz=UTC)
+        run_id = new_run_id(now_ms - i)
+        if kind == "small":
+            s = Snapshot(id=run_id, env_id=env, org_id=ORG, task_identifier="t", created_at=created)
+        else:
+            s = Snapshot(
+                id=run_id, env_id=env, org_id=ORG, task_identifier="process-order", created_at=created,
+                payload_type="application/super+json", tags=[f"customer_{rng.randrange(1000)}", "source_api"],
+                idempotency_key=f"{rng.getrandbits(256):064x}", idempotency_key_expires_at=created + timedelta(days=30),
+                queue="task/process-order", max_attempts=3, machine="small-1x", trace_id=f"{rng.getrandbits(128):032x}",
+                span_id=f"{rng.getrandbits(64):016x}",
+            )  # fmt: skip
+        order: dict = {"orderId": f"ord_{rng.randrange(10**9):09d}", "items": []}
+        doc = to_snapshot(s)
+        # Order lines are ≈50 bytes in the snapshot (escaped): start a few short of the target, add one by one.
+        for _ in range(max(0, (target - len(doc)) // 50 - 3)):
+            order["items"].append({"sku": f"SKU-{rng.randrange(10**4):04d}", "qty": rng.randrange(1, 9),
+                                   "cents": rng.randrange(100, 10**5)})  # fmt: skip
+        while True:
+            payload = json.dumps({"json": order}, separators=(",", ":"))
+            candidate = to_snapshot(dataclasses.replace(s, payload=payload))
+            if len(candidate.encode()) > target:
+                if order["items"]:
+                    order["items"].pop()  # back to the last order that fitted
+                break
+            doc = candidate
+            order["items"].append({"sku": f"SKU-{rng.randrange(10**4):04d}", "qty": rng.randrange(1, 9),
+                                   "cents": rng.randrange(100, 10**5)})  # fmt: skip
+        order["note"] = ""
+        short = target - len(
+            to_snapshot(dataclasses.replace(s, payload=json.dumps({"json": order}, separators=(",", ":")))).encode()
+        )
+        if short > 0:  # fill up to the exact size with a free-text note
+            order["note"] = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz     ") for _ in range(short))
+            doc = to_snapshot(dataclasses.replace(s, payload=json.dumps({"json": order}, separators=(",", ":"))))
+        out.append((run_id, env, doc))
+    return out
+
+
+def usage(client, keys: Sequence[str]) -> int:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    return sum(v or 0 for v in pipe.execute())
+
+
+def measure_now(buffer, client, docs, env_ids) -> int:
+    """Bytes per entry in today's layout, filled through the real accept script."""
+    k = buffer.keys_for_org(ORG)
+    pipe = client.pipeline(transaction=False)
+    for run_id, env, doc in docs:
+        buffer._scripts.accept(
+            keys=[k.entry(run_id), k.queue(env), k.org_envs(ORG), k.orgs],
+            args=[run_id, env, ORG, doc, int(time.time() * 1000), 10**9, "", k.base],
+            client=pipe,
+        )
+    replies = pipe.execute()
+    assert all(status == "ACCEPTED" for status, _ in replies), replies[:3]
+    per_entry = [key for run_id, _, _ in docs for key in (k.entry(run_id), k.snapshot(run_id))]
+    shared = [k.queue(e) for e in env_ids] + [k.index(e) for e in env_ids] + [k.queued, k.heads, k.org_envs(ORG)]
+    encodings = {client.object("encoding", k.entry(docs[0][0])), client.object("encoding", k.index(env_ids[0]))}
+    assert "hashtable" not in encodings, f"the entry hash is not compact: {encodings}"
+    return (usage(client, per_entry) + usage(client, shared)) // len(docs)
+
+
+def measure_baseline(client, prefix: str, docs, env_ids) -> int:
+    """Bytes per entry with the snapshot inside the entry hash and no env index (the layout before)."""
+    base = f"{prefix}:{{m0}}:"
+    pipe = client.pipeline(transaction=False)
+    for run_id, env, doc in docs:
+        pipe.hset(f"{base}e:{run_id}", mapping={  # the fields accept wrote before
+            "snapshot": doc, "env": env, "org": ORG, "status": "QUEUED", "attempts": 0,
+            "accepted_ms": int(time.time() * 1000), "materialised": 0,
+        })  # fmt: skip
+        pipe.rpush(f"{base}q:{env}", run_id)
+    pipe.execute()
+    per_entry = [f"{base}e:{run_id}" for run_id, _, _ in docs]
+    return (usage(client, per_entry) + usage(client, [f"{base}q:{e}" for e in env_ids])) // len(docs)
+
+
+def measure_compressed(raw, buffer, docs, level: int) -> int:
+    """Bytes per entry if ``s:<run>`` held the zlib-compressed snapshot (rewritten in place, binary)."""
+    k = buffer.keys_for_org(ORG)
+    pipe = raw.pipeline(transaction=False)
+    for run_id, _, doc in docs:
+        pipe.set(k.snapshot(run_id), zlib.compress(doc.encode(), level))
+    pipe.execute()
+    return usage(raw, [k.snapshot(run_id) for run_id, _, _ in docs]) // len(docs)
+
+
+def delete_prefixes(client, prefixes: Sequence[str]) -> None:
+    for prefix in prefixes:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=10_000))
+        for i in range(0, len(keys), 10_000):
+            client.delete(*keys[i : i + 10_000])
+
+
+def timed_us(fn, items: Sequence, repeat: int) -> float:
+    """Median µs per call of ``fn`` over ``repeat`` calls, in batches (timer overhead amortised)."""
+    batch = max(1, min(len(items), 50))
+    samples = []
+    for r in range(max(1, repeat // batch)):
+        chunk = [items[(r * batch + j) % len(items)] for j in range(batch)]
+        t0 = time.perf_counter()
+        for item in chunk:
+            fn(item)
+        samples.append((time.perf_counter() - t0) / batch * 1e6)
+    return statistics.median(samples)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_django()
+    import redis
+    from django.conf import settings
+
+    from buffer.buffer import Buffer
+
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    raw = redis.Redis.from_url(settings.REDIS_URL)
+    tag = uuid.uuid4().hex[:7]
+    # Key names as long as the default KEY_PREFIX's ("mollifier"): names are part of every key's bytes.
+    prefixes = {kind: (f"m{tag}{kind[0]}", f"o{tag}{kind[0]}") for kind in SIZES}
+    env_ids = list(range(100, 100 + args.envs))
+    now_ms = int(time.time() * 1000)
+    results = {}
+    print(f"{args.entries} entries per size over {args.envs} env(s); bytes = MEMORY USAGE per entry incl. its "
+          f"share of queue, env index and shard keys")  # fmt: skip
+    print(f"{'snapshot':>16} | {'before B':>8} {'per GiB':>9} | {'now B':>6} {'per GiB':>9} {'before/now':>10} | "
+          + " | ".join(f"zlib-{lv}: B  c µs  d µs" for lv in LEVELS))  # fmt: skip
+    try:
+        for kind in SIZES:
+            docs = snapshots(kind, args.entries, env_ids=env_ids, now_ms=now_ms)
+            size = statistics.median(len(doc.encode()) for _, _, doc in docs)
+            run_prefix, old_prefix = prefixes[kind]
+            buffer = Buffer(client, prefix=run_prefix, shards=1)
+            before = measure_baseline(client, old_prefix, docs, env_ids)
+            now = measure_now(buffer, client, docs, env_ids)
+            snap_now = usage(client, [buffer.keys_for_org(ORG).snapshot(r) for r, _, _ in docs]) // len(docs)
+            cols = []
+            encoded = [doc.encode() for _, _, doc in docs]
+            for level in LEVELS:
+                blobs = [zlib.compress(b, level) for b in encoded]
+                comp_us = timed_us(lambda b, lv=level: zlib.compress(b, lv), encoded, args.repeat)
+                decomp_us = timed_us(zlib.decompress, blobs, args.repeat)
+                snap_z = measure_compressed(raw, buffer, docs, level)
+                cols.append(f"{now - snap_now + snap_z:>10} {comp_us:5.1f} {decomp_us:5.1f}")
+            results[kind] = (before, now)
+            print(f"{kind + f' ({size:.0f} B)':>16} | {before:>8} {GIB // before:>9} | {now:>6} {GIB // now:>9} "
+                  f"{before / now:>10.2f} | " + " | ".join(cols))  # fmt: skip
+            delete_prefixes(client, prefixes[kind])
+    finally:
+        for pair in prefixes.values():
+            delete_prefixes(client, pair)
+    print("zlib columns: bytes per entry with the compressed snapshot in s:<run>, µs to compress one snapshot "
+          "(per trigger) and to decompress one (per drained row); measured, not used")  # fmt: skip
+    before, now = results["typical"]
+    print(f"typical_bytes={now} baseline_bytes={before} ratio={before / now:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
