@@ -235,7 +235,7 @@ def test_killed_between_commit_and_ack_while_the_next_round_was_leased_ahead_los
 ):
     """Several rounds (ROUND_BUDGET 10 for 50 entries): the next round is leased while the first commits.
     The crash after the first commit must find nothing acked, and the replay exactly one row per entry."""
-    cluster, buffer = start_cluster(SHARDS=1, ROUND_BUDGET=10)
+    cluster, buffer = start_cluster(SHARDS=1, ROUND_BUDGET=10, DRAIN_LEASE_AHEAD=True)
     env = EnvironmentFactory()
     snaps = [SnapshotFactory(env=env) for _ in range(50)]
     ids = park(buffer, snaps)
