@@ -38,8 +38,8 @@ class MollifierSettings(BaseModel):
     TRIP_THRESHOLD: int = Field(100, ge=0)
     HOLD_MS: int = Field(500, ge=0)
     # The fan-out tick: an idle shard that receives work waits at most this long for its drain (plus a free
-    # worker). Idle, a tick costs one pipelined has-work check of every shard (docs/operations.md#processes).
-    DRAIN_INTERVAL_S: float = Field(0.2, gt=0)
+    # worker). Idle, a tick costs one pipelined has-work check of every shard (docs/operations.md#celery).
+    DRAIN_INTERVAL_S: float = Field(1.0, gt=0)
     DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
     # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
     # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
