@@ -88,14 +88,17 @@ def drain_shard(
     4. one fair round; 5. on an outage open the circuit (and wait it out if the budget allows), on
     success close it; stop when a round leased nothing or emptied the shard (``Report.emptied``).
 
-    Steps 1–3 and the lease of round n + 1 run on a second thread while round n writes and commits
-    (Redis work overlapping Postgres work; the thread never touches Postgres). Round n is still acked
-    only after its own commit; a leased-ahead round is always finished, even past the budget.
+    With ``limits.lease_ahead``, steps 1–3 and the lease of round n + 1 run on a second thread while
+    round n writes and commits (Redis work overlapping Postgres work; the thread never touches
+    Postgres). Round n is still acked only after its own commit; a leased-ahead round is always
+    finished, even past the budget.
     """
     report = Report()
     start = clock()
     ahead: Future[_Leased] | None = None  # the next round, leased while this one commits
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drain-{shard}-lease") as pool:
+    with ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=f"drain-{shard}-lease"
+    ) as pool:  # a thread on first use only
         while True:
             if ahead is not None:  # leased already (its circuit check came before): finish it, whatever the time
                 leased, ahead = ahead.result(), None
@@ -114,7 +117,7 @@ def drain_shard(
                     continue
                 leased = _lease_next(buffer, shard=shard, limits=limits, now_ms=now)
             report.reclaimed += leased.reclaimed
-            if not leased.last and clock() - start < limits.time_budget_ms:
+            if limits.lease_ahead and not leased.last and clock() - start < limits.time_budget_ms:
                 ahead = pool.submit(_lease_ahead, buffer, shard=shard, limits=limits, clock=clock)
             result = _finish_round(buffer, shard=shard, limits=limits, leased=leased, ahead=ahead)
             if result.outage:

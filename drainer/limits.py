@@ -18,6 +18,7 @@ class DrainLimits:
     lease_ms: int  # LEASE_MS: how long a leased entry may stay in flight before it is reclaimed
     max_attempts: int  # MAX_ATTEMPTS: then a SYSTEM_FAILURE row
     ack_grace_ms: int  # ACK_GRACE_S in ms: how long an acked entry stays readable
+    lease_ahead: bool = False  # DRAIN_LEASE_AHEAD: lease the next round while this one commits
 
     @classmethod
     def from_settings(cls, cfg: MollifierSettings) -> DrainLimits:
@@ -29,4 +30,5 @@ class DrainLimits:
             lease_ms=cfg.LEASE_MS,
             max_attempts=cfg.MAX_ATTEMPTS,
             ack_grace_ms=cfg.ACK_GRACE_S * 1000,
+            lease_ahead=cfg.DRAIN_LEASE_AHEAD,
         )

@@ -38,9 +38,13 @@ class MollifierSettings(BaseModel):
     TRIP_THRESHOLD: int = Field(100, ge=0)
     HOLD_MS: int = Field(500, ge=0)
     # The fan-out tick: an idle shard that receives work waits at most this long for its drain (plus a free
-    # worker). Idle, a tick costs one pipelined has-work check of every shard (docs/operations.md#processes).
-    DRAIN_INTERVAL_S: float = Field(0.2, gt=0)
+    # worker). Idle, a tick costs one pipelined has-work check of every shard (docs/operations.md#celery).
+    DRAIN_INTERVAL_S: float = Field(1.0, gt=0)
     DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
+    # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
+    # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
+    # written one at a time — twice the crash-recovery cost.
+    DRAIN_LEASE_AHEAD: bool = False
     ROUND_BUDGET: int = Field(1000, ge=1)
     # Snapshot bytes one round may lease (split over its envs; each env takes at least one entry).
     ROUND_MAX_BYTES: int = Field(64 * 1024 * 1024, ge=1)

@@ -235,7 +235,7 @@ def test_killed_between_commit_and_ack_while_the_next_round_was_leased_ahead_los
 ):
     """Several rounds (ROUND_BUDGET 10 for 50 entries): the next round is leased while the first commits.
     The crash after the first commit must find nothing acked, and the replay exactly one row per entry."""
-    cluster, buffer = start_cluster(SHARDS=1, ROUND_BUDGET=10)
+    cluster, buffer = start_cluster(SHARDS=1, ROUND_BUDGET=10, DRAIN_LEASE_AHEAD=True)
     env = EnvironmentFactory()
     snaps = [SnapshotFactory(env=env) for _ in range(50)]
     ids = park(buffer, snaps)
@@ -359,8 +359,8 @@ LATENCY_SHARDS = 2
 LIGHT_RUNS = 10
 LIGHT_EVERY_S = 0.15
 HEAVY = 6000
-# DRAIN_INTERVAL_S is left at its default; a tiny round makes the heavy shard outlast the light triggers.
-LATENCY_SETTINGS = {"SHARDS": LATENCY_SHARDS, "ROUND_BUDGET": 20}
+# A 0.2 s tick (docs/operations.md#celery); a tiny round makes the heavy shard outlast the light triggers.
+LATENCY_SETTINGS = {"SHARDS": LATENCY_SHARDS, "ROUND_BUDGET": 20, "DRAIN_INTERVAL_S": 0.2}
 
 
 def env_on_shard(shard: int):

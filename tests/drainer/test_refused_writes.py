@@ -137,7 +137,7 @@ def test_a_read_only_postgres_on_the_direct_path_diverts_or_answers_a_json_503(
 def test_an_outage_releases_the_round_leased_ahead_too_in_queue_order(buffer, park, mollifier_settings):
     """Rounds of two (the next one is leased while the first writes): an outage in the first round puts
     both back, behind each other, with attempts unchanged — every entry where it was, in FIFO order."""
-    mollifier_settings(ROUND_BUDGET=2)
+    mollifier_settings(ROUND_BUDGET=2, DRAIN_LEASE_AHEAD=True)
     from django.conf import settings
 
     env = EnvironmentFactory()
