@@ -346,11 +346,10 @@ def _packet_object(method: str) -> dict[str, Any]:
         "operationId": f"{method}PacketObject",
         "summary": "Upload a packet" if method == "put" else "Download a packet",
         "security": [],
-        "parameters": [_path("token", "The signed token of a presigned URL.", pattern="^[^/]+$")],
+        "parameters": [_path("token", "The signed token of a presigned URL.", maxLength=1024)],
         "responses": responses,
     }
-    if method == "put":
-        op["requestBody"] = {"required": False, "content": {"*/*": {"schema": {}}}}
+    # The PUT's body is the packet's raw bytes, in its own content type: not described (any body is taken).
     return op
 
 

@@ -241,6 +241,7 @@ def owner_view(api: Api, secret: str, run_ids: list[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- test
 
 
+@pytest.mark.timeout(1200)  # 19 operations × 150 examples × 2 modes, on a shared machine
 def test_fuzz_the_live_api_from_its_openapi_document(server, capsys):
     started = time.monotonic()
     tally = Tally()

@@ -376,3 +376,14 @@ def test_a_replay_with_an_empty_body_copies_the_original(api):
     assert (row.tags, row.max_attempts, row.machine, row.queue, row.payload) == (
         ["x"], 2, "small-2x", "q", '{"json":{"a":1}}'
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("who", ["direct", "buffered"])
+def test_an_increment_that_overflows_is_422_and_a_huge_list_index_is_not_applied(api, who):
+    run_id = api.trigger(who, metadata={"big": 1e308})
+    path = f"/api/v1/runs/{run_id}/metadata"
+    overflow = {"operations": [{"type": "increment", "key": "big", "value": 1e308}]}
+    assert_error(api.call("put", path, overflow, who=who), 422, "not finite")
+    huge = {"operations": [{"type": "set", "key": "$.list[99999999]", "value": 1}]}
+    doc = api.call("put", path, huge, who=who).json()["metadata"]
+    assert doc["list"] == [] and float(doc["big"]) == pytest.approx(1e308)  # jsonb may answer 1e308 as an integer
