@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -314,7 +314,11 @@ def trigger(snapshot: Snapshot, *, now: datetime | None = None, buffered: bool =
 
 
 def materialise_many(
-    snapshots: Sequence[Snapshot], *, now: datetime | None = None, buffered: bool = True
+    snapshots: Sequence[Snapshot],
+    *,
+    now: datetime | None = None,
+    buffered: bool = True,
+    cancelled: Mapping[str, tuple[datetime, str]] | None = None,
 ) -> list[Result]:
     """The drain's bulk form of ``trigger``: one COPY + one ``INSERT … ON CONFLICT DO NOTHING`` in one
     transaction. Returns one ``Result`` per snapshot, in input order.
@@ -327,7 +331,13 @@ def materialise_many(
        idempotency key wins.
     3. Classify what was not inserted: its id exists → EXISTED, else IDEMPOTENCY_CLASH (with the holder).
     4. Settle the batches whose children were written; after commit, emit ``run_created`` per new row.
+
+    ``cancelled`` (run id → (cancelled at, reason)): those runs are written as CANCELED rows and emit
+    ``run_cancelled`` instead — the drain's bulk form of ``create_cancelled_run`` for entries cancelled
+    while buffered (a bulk cancel's 100k runs, docs/architecture.md#bulk-actions). Whatever is not CREATED
+    (an existing id, a held key, an invalid snapshot) the caller resolves with ``create_cancelled_run``.
     """
+    flags = cancelled or {}
     now = now or timezone.now()
     results: list[Result | None] = [None] * len(snapshots)
     missing = _missing_references(snapshots) if snapshots else {}
@@ -352,7 +362,7 @@ def materialise_many(
             with cur.cursor.copy(f"COPY {_STAGE} ({_COLS}, ord) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(types)
                 for i, s in valid:
-                    copy.write_row((*_row(s, now=now, buffered=buffered), i))
+                    copy.write_row((*_row(s, now=now, buffered=buffered, **_cancelled_fields(flags.get(s.id))), i))
             cur.execute(
                 f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {_STAGE} ORDER BY ord "
                 "ON CONFLICT DO NOTHING RETURNING id"
@@ -389,8 +399,19 @@ def materialise_many(
                 results[i] = Result(s.id, Outcome.IDEMPOTENCY_CLASH, existing_run_id=holders.get(key))
         for i, s in valid:
             if results[i].outcome is Outcome.CREATED:  # type: ignore[union-attr]
-                run_created.send(sender=TaskRun, run_id=s.id, snapshot=s, buffered=buffered)
+                if s.id in flags:
+                    run_cancelled.send(sender=TaskRun, run_id=s.id, reason=flags[s.id][1])
+                else:
+                    run_created.send(sender=TaskRun, run_id=s.id, snapshot=s, buffered=buffered)
     return results  # type: ignore[return-value]
+
+
+def _cancelled_fields(flag: tuple[datetime, str] | None) -> dict[str, Any]:
+    """``_row`` arguments of a CANCELED row (as ``create_cancelled_run`` writes it), or none."""
+    if flag is None:
+        return {}
+    at, reason = flag
+    return {"status": RunStatus.CANCELED, "error": {"type": "STRING_ERROR", "raw": reason}, "completed_at": at}
 
 
 _STAGE_TYPES: list[int] = []
