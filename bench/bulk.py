@@ -177,9 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             first_rate = first_rate or r["per_s"]
             print(f"{name:<44}{r['runs']:>9,}{r['seconds']:>8.2f}{r['per_s']:>10,.0f}{r['per_s'] / single:>7.0f}×"
                   f"{r['chunks']:>8}{r['round_trips']:>13,}{r['taskrun_rows']:>14}{r['bulkaction_writes']:>19}")  # fmt: skip
-        live = sum(
-            1 for e in buffer.env_page(org_id=org.id, env_id=big.id, before=None, limit=1000) if not e.cancelled
-        )
+        live = sum(1 for e in buffer.env_page(org_id=org.id, env_id=big.id, before=None, limit=1000) if not e.cancelled)
         assert live == 0, f"{live} buffered runs are not cancelled"
 
         print("\nthe drain afterwards writes the CANCELED rows")
@@ -192,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         statuses = set(TaskRun.objects.filter(env=big).values_list("status", flat=True))
         assert statuses == {RunStatus.CANCELED}, statuses
         print(f"{drained:,} CANCELED rows in {seconds:.1f} s ({drained / seconds:,.0f} rows/s); no live row written")
-        print(f"list_calls_per_page={calls_per_page:.0f} bulk_cancel_runs_per_s={first_rate:.0f} rows_written_by_cancel=0")
+        print(
+            f"list_calls_per_page={calls_per_page:.0f} bulk_cancel_runs_per_s={first_rate:.0f} rows_written_by_cancel=0"
+        )
     finally:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=10_000))
         for i in range(0, len(keys), 10_000):

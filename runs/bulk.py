@@ -84,7 +84,10 @@ def create(env: EnvContext, body: CreateBulkActionBody, *, now_ms: int) -> BulkA
 def _send(action_id: str) -> None:
     from runs.tasks import run_bulk_action
 
-    run_bulk_action.delay(action_id)
+    try:
+        run_bulk_action.delay(action_id)
+    except Exception:  # the broker is down: the action stays PENDING, loudly (docs/runbook.md#cancel-a-runaway-storm)
+        log.exception("could not send the task of bulk action %s", action_id)
 
 
 def document(action: BulkAction) -> dict[str, Any]:
