@@ -27,7 +27,7 @@ METRICS_DIR := .data/prometheus
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PORT FLOWER_PORT
 
-.PHONY: venv sdk test-tools services services-stop migrate test demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep
+.PHONY: venv sdk test-tools services services-stop migrate test demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep bench-bulk
 
 venv: $(STAMP)
 
@@ -99,3 +99,6 @@ bench-fairness: migrate
 
 bench-sweep: migrate
 	$(WITH_SERVICES) $(PY) -m bench.sweep
+
+bench-bulk: migrate
+	$(WITH_SERVICES) $(PY) -m bench.bulk

@@ -236,7 +236,8 @@ def _cancel(env: EnvContext, chunk: _Chunk, *, buffer: Buffer, now_ms: int) -> t
     """Buffer first, then Postgres: an entry acked between the two is a row by then (its row commits
     before its ack), so every run of the chunk is cancelled on one side or the other."""
     rows = [item.run_id for item in chunk.items if item.row is not None]
-    maybe_buffered = [run_id for run_id in chunk.run_ids if run_id not in set(rows)]
+    known_rows = set(rows)
+    maybe_buffered = [run_id for run_id in chunk.run_ids if run_id not in known_rows]
     flagged = buffer.cancel_many(
         maybe_buffered, org_id=env.org_id, env_id=env.env_id, now_ms=now_ms, reason=CANCEL_REASON
     )
