@@ -197,7 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=10_000))
         for i in range(0, len(keys), 10_000):
             client.delete(*keys[i : i + 10_000])
-        TaskRun.objects.filter(org=org).delete()
+        from django.db import connection
+
+        with connection.cursor() as cur:  # a raw delete: the ORM's cascade collector is slow for 100k rows
+            cur.execute(f"DELETE FROM {TaskRun._meta.db_table} WHERE org_id = %s", [org.id])
         org.delete()
     return 0
 
