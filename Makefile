@@ -27,7 +27,7 @@ METRICS_DIR := .data/prometheus
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PORT FLOWER_PORT
 
-.PHONY: venv sdk test-tools services services-stop migrate test demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep bench-memory
+.PHONY: venv sdk test-tools services services-stop migrate test demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep bench-memory bench-bulk
 
 venv: $(STAMP)
 
@@ -102,3 +102,6 @@ bench-sweep: migrate
 
 bench-memory: migrate
 	$(WITH_SERVICES) $(PY) -m bench.memory
+
+bench-bulk: migrate
+	$(WITH_SERVICES) $(PY) -m bench.bulk

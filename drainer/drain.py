@@ -359,7 +359,7 @@ def materialise(
             normal.append((entry, snapshot))
     try:
         failed.extend(_materialise_normal(state, normal))
-        for entry, snapshot in cancelled:
+        for entry, snapshot in _cancelled_in_bulk(state, cancelled):
             _guarded(state, entry, snapshot, failed, functools.partial(_cancelled_row, state, entry, snapshot))
         for entry, maybe_snapshot, reason in failed:
             _failure_row(state, entry, maybe_snapshot, reason)
@@ -373,7 +373,8 @@ def materialise(
     finally:
         if state.acks:
             acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=limits.ack_grace_ms)
-            _cancel_late(acked.cancelled)
+            resolved = {entry.run_id for entry, _ in cancelled}  # their rows are CANCELED already
+            _cancel_late([flag for flag in acked.cancelled if flag[0] not in resolved])
             _tag_late(acked.tagged, {e.run_id: e for e in entries}, now_ms=now_ms)
     # Telemetry only (counters, dwell, drain rate, per-env log lines); never changes the round's result.
     telemetry.record_round(buffer, shard=shard, report=state.report, entries=entries, acked=state.acks, now_ms=now_ms)
@@ -502,6 +503,32 @@ def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engi
         failed.append(
             (entry, snapshot, retry.reason or f"idempotency key already belongs to run {retry.existing_run_id}")
         )
+
+
+def _cancelled_in_bulk(state: _Round, cancelled: list[tuple[Entry, Snapshot]]) -> list[tuple[Entry, Snapshot]]:
+    """CANCELED rows for the round's cancelled entries in one insert (a bulk-cancelled storm drains as fast
+    as a normal one); returns the entries it did not write — an existing row, a key another run holds, a
+    snapshot no row can hold, or the insert failed short of an outage — for ``_cancelled_row``, which
+    resolves each one as before."""
+    if len(cancelled) < 2:
+        return cancelled
+    flags = {
+        s.id: (from_ms(e.cancelled_at_ms or state.now_ms), e.cancel_reason or "Canceled by user") for e, s in cancelled
+    }
+    try:
+        results = engine.materialise_many([s for _, s in cancelled], now=from_ms(state.now_ms), cancelled=flags)
+    except Exception as exc:
+        if classify(exc) is Failure.OUTAGE:
+            raise _Outage from exc
+        return cancelled
+    rest = []
+    for (entry, snapshot), result in zip(cancelled, results, strict=True):
+        if result.outcome is engine.Outcome.CREATED:
+            state.report.cancelled += 1
+            state.ack(entry)
+        else:
+            rest.append((entry, snapshot))
+    return rest
 
 
 def _cancelled_row(state: _Round, entry: Entry, snapshot: Snapshot) -> None:

@@ -84,7 +84,10 @@ def create(env: EnvContext, body: CreateBulkActionBody, *, now_ms: int) -> BulkA
 def _send(action_id: str) -> None:
     from runs.tasks import run_bulk_action
 
-    run_bulk_action.delay(action_id)
+    try:
+        run_bulk_action.delay(action_id)
+    except Exception:  # the broker is down: the action stays PENDING, loudly (docs/runbook.md#cancel-a-runaway-storm)
+        log.exception("could not send the task of bulk action %s", action_id)
 
 
 def document(action: BulkAction) -> dict[str, Any]:
@@ -233,7 +236,8 @@ def _cancel(env: EnvContext, chunk: _Chunk, *, buffer: Buffer, now_ms: int) -> t
     """Buffer first, then Postgres: an entry acked between the two is a row by then (its row commits
     before its ack), so every run of the chunk is cancelled on one side or the other."""
     rows = [item.run_id for item in chunk.items if item.row is not None]
-    maybe_buffered = [run_id for run_id in chunk.run_ids if run_id not in set(rows)]
+    known_rows = set(rows)
+    maybe_buffered = [run_id for run_id in chunk.run_ids if run_id not in known_rows]
     flagged = buffer.cancel_many(
         maybe_buffered, org_id=env.org_id, env_id=env.env_id, now_ms=now_ms, reason=CANCEL_REASON
     )

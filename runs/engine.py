@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -318,7 +318,12 @@ def trigger(snapshot: Snapshot, *, now: datetime | None = None, buffered: bool =
 
 
 def materialise_many(
-    snapshots: Sequence[Snapshot], *, now: datetime | None = None, buffered: bool = True, fresh: bool = False
+    snapshots: Sequence[Snapshot],
+    *,
+    now: datetime | None = None,
+    buffered: bool = True,
+    fresh: bool = False,
+    cancelled: Mapping[str, tuple[datetime, str]] | None = None,
 ) -> list[Result]:
     """The drain's bulk form of ``trigger``: one COPY + one ``INSERT … ON CONFLICT DO NOTHING`` in one
     transaction. Returns one ``Result`` per snapshot, in input order.
@@ -337,7 +342,13 @@ def materialise_many(
     the table — half the Postgres work. The word is a hint, never trusted: if a unique constraint
     rejects the COPY (a row exists after all, or two snapshots share an id or key), that transaction
     rolls back whole and the batch is written the staging way, with the same results as without it.
+
+    ``cancelled`` (run id → (cancelled at, reason)): those runs are written as CANCELED rows and emit
+    ``run_cancelled`` instead — the drain's bulk form of ``create_cancelled_run`` for entries cancelled
+    while buffered (a bulk cancel's 100k runs, docs/architecture.md#bulk-actions). Whatever is not CREATED
+    (an existing id, a held key, an invalid snapshot) the caller resolves with ``create_cancelled_run``.
     """
+    flags = cancelled or {}
     now = now or timezone.now()
     results: list[Result | None] = [None] * len(snapshots)
     missing = _missing_references(snapshots) if snapshots else {}
@@ -350,7 +361,7 @@ def materialise_many(
             results[i] = Result(s.id, Outcome.INVALID, reason=reason)
         else:
             valid.append((i, s))
-            rows.append((i, s, _row(s, now=now, buffered=buffered, tags=tags)))
+            rows.append((i, s, _row(s, now=now, buffered=buffered, tags=tags, **_cancelled_fields(flags.get(s.id)))))
     created_ids: set[str] = set()
     existing_ids: set[str] = set()
     holders: dict[tuple[int, str, str], str] = {}
@@ -372,7 +383,10 @@ def materialise_many(
                 results[i] = Result(s.id, Outcome.IDEMPOTENCY_CLASH, existing_run_id=holders.get(key))
         for i, s in valid:
             if results[i].outcome is Outcome.CREATED:  # type: ignore[union-attr]
-                run_created.send(sender=TaskRun, run_id=s.id, snapshot=s, buffered=buffered)
+                if s.id in flags:
+                    run_cancelled.send(sender=TaskRun, run_id=s.id, reason=flags[s.id][1])
+                else:
+                    run_created.send(sender=TaskRun, run_id=s.id, snapshot=s, buffered=buffered)
     return results  # type: ignore[return-value]
 
 
@@ -445,6 +459,16 @@ def _settle_created(cur: Any, created: Sequence[Snapshot], *, now: datetime) -> 
 
 
 _UNIQUE_VIOLATION = "23505"
+
+
+def _cancelled_fields(flag: tuple[datetime, str] | None) -> dict[str, Any]:
+    """``_row`` arguments of a CANCELED row (as ``create_cancelled_run`` writes it), or none."""
+    if flag is None:
+        return {}
+    at, reason = flag
+    return {"status": RunStatus.CANCELED, "error": {"type": "STRING_ERROR", "raw": reason}, "completed_at": at}
+
+
 _STAGE_TYPES: list[int] = []
 
 

@@ -25,7 +25,7 @@ from typing import (
 from pydantic import ConfigDict, TypeAdapter, WithJsonSchema, with_config
 from typing_extensions import TypedDict
 
-from runs import schemas
+from runs import bulk_schemas, schemas
 from runs.models import BatchStatus
 from runs.presenters import API_STATUSES
 
@@ -377,7 +377,8 @@ _LIST_PARAMS = (
     _query("filter[createdAt][from]", "Epoch milliseconds.", type="integer"),
     _query("filter[createdAt][to]", "Epoch milliseconds.", type="integer"),
     _query("filter[createdAt][period]", "A period such as `1d` or `12h`.", type="string", pattern=r"^\d+[smhdw]$"),
-    *(_query(f"filter[{name}]", "Accepted and ignored.") for name in ("version", "bulkAction", "schedule", "isTest", "region")),
+    _query("filter[isTest]", "`false` matches every run, `true` none (there are no test runs).", enum=["true", "false"]),
+    *(_query(f"filter[{name}]", "No run has one: any value matches nothing.") for name in ("version", "bulkAction", "schedule", "region")),
     _query("page[size]", "Runs per page.", type="integer", minimum=1, maximum=100, default=25),
     _query("page[after]", "The cursor of `pagination.next`."),
     _query("page[before]", "The cursor of `pagination.previous`."),
@@ -499,3 +500,59 @@ def document() -> dict[str, Any]:
     """A fresh copy of the cached document."""
     loaded: dict[str, Any] = json.loads(document_bytes())
     return loaded
+
+
+# -- bulk actions (runs.api_bulk, docs/api.md#bulk-actions) ------------------------------------------------
+
+
+@with_config(_CLOSED)
+class BulkCounts(TypedDict):
+    total: int
+    success: int
+    failure: int
+
+
+@with_config(_CLOSED)
+class BulkActionDocument(TypedDict):
+    """A bulk action (``runs.bulk.document``)."""
+
+    id: str
+    name: NotRequired[str]
+    type: Literal["CANCEL", "REPLAY"]
+    status: Literal["PENDING", "COMPLETED", "ABORTED"]
+    counts: BulkCounts
+    createdAt: Time
+    completedAt: NotRequired[Time]
+
+
+@with_config(_CLOSED)
+class BulkActionList(TypedDict):
+    data: list[BulkActionDocument]
+    pagination: Pagination
+
+
+@with_config(_CLOSED)
+class BulkActionId(TypedDict):
+    id: str
+
+
+_REQUESTS = (*_REQUESTS, bulk_schemas.CreateBulkActionBody)
+_RESPONSES = (*_RESPONSES, BulkActionDocument, BulkActionList, BulkActionId)
+_ACTION_ID = _path("action_id", "A bulk action id.", pattern="^[^/]+$")
+_PAGE_PARAMS = tuple(p for p in _LIST_PARAMS if p["name"].startswith("page["))
+_OPERATIONS.update({
+    "bulk-actions": {
+        "post": _op(
+            "createBulkAction", "Cancel or replay runs by filter or ids", (200, "BulkActionId"), (*_COMMON, 413, 422),
+            body="CreateBulkActionBody",
+        ),
+        "get": _op("listBulkActions", "List bulk actions", (200, "BulkActionList"), _COMMON, params=_PAGE_PARAMS),
+    },
+    "retrieve-bulk-action": {"get": _op(
+        "retrieveBulkAction", "Retrieve a bulk action", (200, "BulkActionDocument"), (*_COMMON, 404),
+        params=(_ACTION_ID,),
+    )},
+    "abort-bulk-action": {"post": _op(
+        "abortBulkAction", "Abort a bulk action", (200, "BulkActionId"), (*_COMMON, 404), params=(_ACTION_ID,),
+    )},
+})  # fmt: skip

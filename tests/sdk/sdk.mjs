@@ -67,6 +67,31 @@ Object.assign(ops, {
   },
 });
 
+// Run lists page by page and bulk actions (tests/sdk/test_sdk_bulk.py).
+Object.assign(ops, {
+  // Each page's ids, walking `next` with a pause between pages (entries may drain meanwhile).
+  listPages: async (a) => {
+    const pages = [];
+    let page = await runs.list({ ...(a.query ?? {}), limit: a.limit });
+    for (;;) {
+      pages.push(page.data.map((r) => ({ id: r.id, createdAt: r.createdAt, status: r.status })));
+      if (!page.hasNextPage()) return pages;
+      if (a.pauseMs) await new Promise((r) => setTimeout(r, a.pauseMs));
+      page = await page.getNextPage();
+    }
+  },
+  bulkCancel: (a) => runs.bulk.cancel(a.body),
+  bulkReplay: (a) => runs.bulk.replay(a.body),
+  bulkRetrieve: (a) => runs.bulk.retrieve(a.id),
+  bulkAbort: (a) => runs.bulk.abort(a.id),
+  bulkPoll: (a) => runs.bulk.poll(a.id, { pollIntervalMs: a.pollIntervalMs ?? 200 }),
+  bulkList: async (a) => {
+    const out = [];
+    for await (const action of runs.bulk.list({ limit: a.limit })) out.push(action);
+    return out;
+  },
+});
+
 try {
   if (!ops[op]) throw new Error(`unknown op ${op}`);
   const result = await ops[op](args);
