@@ -27,7 +27,7 @@ METRICS_DIR := .data/prometheus
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PORT FLOWER_PORT
 
-.PHONY: venv sdk test-tools services services-stop migrate test demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep bench-memory bench-bulk
+.PHONY: venv sdk test-tools services services-stop migrate test test-cluster demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep bench-memory bench-bulk
 
 venv: $(STAMP)
 
@@ -58,8 +58,19 @@ migrate: services
 test-tools:
 	$(PROVISION) promtool npm chromium
 
+# `make test` ends with the cluster run (test-cluster below): 3.8 min on the 2-core development machine.
 test: test-tools migrate sdk
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
+	$(MAKE) test-cluster
+
+# The buffer on a real Redis Cluster (docs/operations.md#redis-cluster): scripts/redis_cluster.py starts 3
+# masters on free loopback ports, runs these tests with BUFFER_REDIS_URL=redis+cluster://… (the Celery broker
+# stays on REDIS_URL), and stops the nodes and deletes their data, pass or fail. `make test` runs it last.
+# The end-to-end storm is not in the default list yet: on the cluster about a tenth of its triggers fail open
+# (docs/operations.md#redis-cluster). `make test-cluster CLUSTER_TESTS=tests/test_end_to_end.py` runs it.
+CLUSTER_TESTS ?= tests/buffer tests/drainer tests/sweep
+test-cluster: test-tools migrate
+	$(WITH_SERVICES) $(PY) scripts/redis_cluster.py run -- $(PY) -m pytest $(CLUSTER_TESTS) $(CLUSTER_PYTEST_ARGS)
 
 demo: migrate
 	rm -rf $(METRICS_DIR) && mkdir -p $(METRICS_DIR)

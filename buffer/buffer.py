@@ -39,11 +39,13 @@ from redis.exceptions import LockError
 from redis.retry import Retry
 
 from buffer import metrics, operators, stats, sweep_state
+from buffer.cluster import BufferCluster
 from buffer.keys import ClaimKind, ShardKeys, shard_for
 from buffer.operators import EnvCensus, ShardTop
 from buffer.scripts import Scripts
 from buffer.stats import ShardStats
 from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
+from mollifier_project.config import redis_location
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +289,15 @@ _clients: dict[str, tuple[redis.Redis, Scripts]] = {}
 _clients_lock = threading.Lock()
 
 
+def buffer_redis_url() -> str:
+    """The buffer's Redis: ``BUFFER_REDIS_URL``, else ``REDIS_URL`` (read at call time, so a test that points
+    ``settings.REDIS_URL`` at a server of its own moves the buffer with it)."""
+    return settings.BUFFER_REDIS_URL or settings.REDIS_URL
+
+
 def client_for(url: str) -> tuple[redis.Redis, Scripts]:
-    """The process-wide client for ``url`` (str replies) and its registered scripts.
+    """The process-wide client for ``url`` (str replies) and its registered scripts; a ``BufferCluster``
+    for a ``redis+cluster://`` URL (``buffer.cluster``).
 
     Short connect timeout and a single quick retry (redis-py's default retries three times with up to
     seconds of backoff) so an unreachable Redis fails the trigger path fast and it fails open. A retried
@@ -296,13 +305,18 @@ def client_for(url: str) -> tuple[redis.Redis, Scripts]:
     """
     with _clients_lock:
         if url not in _clients:
-            client = redis.Redis.from_url(
-                url,
+            location = redis_location(url)
+            options = dict(
                 decode_responses=True,
                 socket_connect_timeout=1.0,
                 socket_timeout=5.0,
                 health_check_interval=30,
                 retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+            )
+            client: redis.Redis = (
+                BufferCluster.from_url(location.url, **options)  # type: ignore[assignment]  # same command API
+                if location.cluster
+                else redis.Redis.from_url(location.url, **options)
             )
             _clients[url] = (client, Scripts.register(client))
         return _clients[url]
@@ -337,9 +351,9 @@ class Buffer:
 
     @classmethod
     def from_settings(cls) -> Buffer:
-        """A buffer on the process-wide client for ``settings.REDIS_URL``, with the current MOLLIFIER settings."""
+        """A buffer on the process-wide client for ``buffer_redis_url()``, with the current MOLLIFIER settings."""
         cfg = settings.MOLLIFIER
-        client, scripts = client_for(settings.REDIS_URL)
+        client, scripts = client_for(buffer_redis_url())
         return cls(
             client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts,
             accept_replicas=1 if cfg.ACCEPT_DURABILITY == "replica" else 0, accept_wait_ms=cfg.ACCEPT_WAIT_MS,

@@ -1,49 +1,95 @@
-"""System checks of the buffer's Redis (the settings' own checks are in ``mollifier_project.checks``)."""
+"""System checks of the buffer's Redis (the settings' own checks are in ``mollifier_project.checks``).
+
+The buffer's Redis is ``BUFFER_REDIS_URL`` (else ``REDIS_URL``). On a Redis Cluster every master holds
+some shards' entries, so each master is asked and each one that falls short is named
+(docs/operations.md#redis-cluster).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from django.conf import settings
 from django.core.checks import CheckMessage, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+from redis.exceptions import RedisClusterException
+
+from buffer.buffer import buffer_redis_url
+from buffer.cluster import BufferCluster, primaries
+from mollifier_project.config import redis_location
+
+
+def _ask_every_master(parameter: str) -> tuple[list[tuple[str, str | None]], CheckMessage | None]:
+    """``CONFIG GET parameter`` on the buffer's Redis, or on every master of a cluster: ``(node, value)`` each,
+    or a W004 warning when one cannot be read."""
+    url = buffer_redis_url()
+    try:
+        location = redis_location(url)
+        options: dict[str, Any] = {"socket_connect_timeout": 1, "socket_timeout": 1}
+        if location.cluster:
+            client: Any = BufferCluster.from_url(location.url, **options)
+        else:
+            client = redis.Redis.from_url(location.url, **options)
+        try:
+            values = []
+            for node in primaries(client):
+                kwargs = node.get_connection_kwargs()
+                values.append((f"{kwargs.get('host')}:{kwargs.get('port')}", node.config_get(parameter).get(parameter)))
+            return values, None
+        finally:
+            client.close()
+    except (redis.RedisError, RedisClusterException, ImproperlyConfigured) as exc:  # warn, never crash the check
+        return [], Warning(f"Could not read Redis {parameter} of the buffer's Redis ({_redacted(url)}): {exc}",
+                           id="mollifier.W004")  # fmt: skip
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}***@{host}" if at and credentials else url
+
+
+def _falling_short(values: list[tuple[str, str | None]], ok: Callable[[str | None], bool]) -> str:
+    """The masters whose value is not ``ok`` — "" on a single server (nothing to name), else "on 10.0.0.2:7000 …"."""
+    bad = [f"{node} ({value!r})" for node, value in values if not ok(value)]
+    return "" if len(values) == 1 else " on " + ", ".join(bad)
 
 
 @register("mollifier", "redis")
 def check_redis_eviction_policy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """A buffer must never lose a run silently: Redis must refuse writes rather than evict (docs/operations.md#redis)."""
-    try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
-    except redis.RedisError as exc:
-        return [Warning(f"Could not read Redis maxmemory-policy at REDIS_URL: {exc}", id="mollifier.W004")]
-    if policy != "noeviction":
-        return [
-            Warning(
-                f"Redis maxmemory-policy is {policy!r}; the buffer needs 'noeviction'.",
-                hint="With an evicting policy Redis may silently drop buffered runs under memory pressure.",
-                id="mollifier.W003",
-            )
-        ]
-    return []
+    values, failure = _ask_every_master("maxmemory-policy")
+    if failure:
+        return [failure]
+    if all(policy == "noeviction" for _, policy in values):
+        return []
+    policies = sorted({str(policy) for _, policy in values if policy != "noeviction"})
+    where = _falling_short(values, lambda policy: policy == "noeviction")
+    return [
+        Warning(
+            f"Redis maxmemory-policy is {', '.join(repr(p) for p in policies)}{where}; the buffer needs 'noeviction'.",
+            hint="With an evicting policy Redis may silently drop buffered runs under memory pressure.",
+            id="mollifier.W003",
+        )
+    ]
 
 
 @register("mollifier", "redis")
 def check_redis_persistence(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """An accepted buffered run exists only in Redis until it is drained: without AOF, a Redis crash or
     restart loses every run it holds (docs/operations.md#durability-and-appendfsync)."""
-    try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        config = client.config_get("appendonly")
-    except redis.RedisError as exc:
-        return [Warning(f"Could not read Redis appendonly at REDIS_URL: {exc}", id="mollifier.W004")]
-    if config.get("appendonly") != "yes":
-        return [
-            Warning(
-                "Redis runs without AOF (appendonly no): a crash or restart loses every buffered run.",
-                hint="Run the buffer's Redis with `appendonly yes` and `appendfsync always` (nothing lost) or "
-                "`everysec` (up to about a second of accepts); see docs/operations.md.",
-                id="mollifier.W005",
-            )
-        ]
-    return []
+    values, failure = _ask_every_master("appendonly")
+    if failure:
+        return [failure]
+    if all(value == "yes" for _, value in values):
+        return []
+    where = _falling_short(values, lambda value: value == "yes")
+    return [
+        Warning(
+            f"Redis runs without AOF (appendonly no){where}: a crash or restart loses every buffered run.",
+            hint="Run the buffer's Redis with `appendonly yes` and `appendfsync always` (nothing lost) or "
+            "`everysec` (up to about a second of accepts); see docs/operations.md.",
+            id="mollifier.W005",
+        )
+    ]

@@ -10,6 +10,7 @@ Combinations that are individually valid but wrong together are Django system ch
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from django.core.exceptions import ImproperlyConfigured
@@ -106,3 +107,45 @@ def load_settings(environ: Mapping[str, str] | None = None) -> MollifierSettings
             name = ENV_PREFIX + ".".join(str(part) for part in error["loc"])
             problems.append(f"{name}={values.get(name[len(ENV_PREFIX) :])!r}: {error['msg']}")
         raise ImproperlyConfigured("Invalid Mollifier setting(s): " + "; ".join(problems)) from None
+
+
+CLUSTER_SUFFIX = "+cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisLocation:
+    """Where the buffer's Redis is (``BUFFER_REDIS_URL``, else ``REDIS_URL``) and whether it is a cluster.
+
+    Cluster mode is part of the URL (``redis+cluster://host:port``, ``rediss+cluster://`` for TLS) rather
+    than a flag of its own: a standalone client cannot talk to a cluster nor the reverse, so the two can
+    never disagree, and every process handed the URL — a Celery worker, a child process of a test — gets
+    the mode with it (docs/operations.md#redis-cluster)."""
+
+    url: str  # what redis-py is given: redis://, rediss:// or unix://
+    cluster: bool
+
+
+def redis_location(url: str, variable: str = "BUFFER_REDIS_URL") -> RedisLocation:
+    """Parse a buffer Redis URL; raise ``ImproperlyConfigured`` naming ``variable`` when it is unusable."""
+    scheme, sep, rest = url.partition("://")
+    cluster = scheme.endswith(CLUSTER_SUFFIX)
+    base = scheme.removesuffix(CLUSTER_SUFFIX)
+    if not sep or base not in ({"redis", "rediss"} if cluster else {"redis", "rediss", "unix"}):
+        raise ImproperlyConfigured(
+            f"{variable}={url!r}: expected redis://host:port/db, rediss://…, unix://… or, for a Redis Cluster, "
+            "redis+cluster://host:port (any one node) or rediss+cluster://…"
+        )
+    if cluster:
+        path = rest.partition("?")[0].partition("/")[2]
+        if path not in ("", "0"):
+            raise ImproperlyConfigured(f"{variable}={url!r}: a Redis Cluster has only database 0")
+    return RedisLocation(f"{base}://{rest}", cluster)
+
+
+def check_broker_redis_url(url: str) -> None:
+    """``REDIS_URL`` is the Celery broker's default too, and Celery cannot use a cluster: refuse one there."""
+    if url.partition("://")[0].endswith(CLUSTER_SUFFIX):
+        raise ImproperlyConfigured(
+            f"REDIS_URL={url!r}: REDIS_URL is also the Celery broker (CELERY_BROKER_URL's default), which cannot "
+            "be a Redis Cluster; put the cluster in BUFFER_REDIS_URL and keep REDIS_URL a single server"
+        )

@@ -1,6 +1,7 @@
 """Django settings. Everything deploy-specific comes from the environment; nothing secret is committed.
 
-``DATABASE_URL`` and ``REDIS_URL`` locate the services; every ``MOLLIFIER_*`` variable is parsed into the
+``DATABASE_URL``, ``REDIS_URL`` (the Celery broker, and the buffer unless ``BUFFER_REDIS_URL`` is set)
+locate the services; every ``MOLLIFIER_*`` variable is parsed into the
 typed ``MOLLIFIER`` object (``mollifier_project/config.py``), which the code reads as
 ``django.conf.settings.MOLLIFIER``.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 import dj_database_url
 from kombu import Exchange, Queue
 
-from mollifier_project.config import load_settings
+from mollifier_project.config import check_broker_redis_url, load_settings, redis_location
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -80,6 +81,12 @@ DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+check_broker_redis_url(REDIS_URL)
+# The buffer's Redis, separate from the broker's (docs/operations.md#redis-cluster): empty = REDIS_URL.
+# ``redis+cluster://host:port`` makes it a Redis Cluster. Read at call time (``buffer.buffer.buffer_redis_url``).
+BUFFER_REDIS_URL = os.environ.get("BUFFER_REDIS_URL", "")
+if BUFFER_REDIS_URL:
+    redis_location(BUFFER_REDIS_URL)
 
 MOLLIFIER = load_settings()
 

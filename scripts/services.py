@@ -310,10 +310,31 @@ def services_mode(environ: Mapping[str, str]) -> str:
     return mode
 
 
+def check_buffer_redis(url: str) -> None:
+    """``BUFFER_REDIS_URL`` (docs/operations.md#redis-cluster): a single server answers PING; a
+    ``redis+cluster://`` one must report ``cluster_state:ok``."""
+    import redis
+
+    scheme, _, rest = url.partition("://")
+    if not scheme.endswith("+cluster"):
+        check_redis(url)
+        return
+    client = redis.RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", socket_connect_timeout=2)
+    try:
+        state = client.cluster_info().get("cluster_state")
+        if state != "ok":
+            raise ServiceError(f"the cluster at BUFFER_REDIS_URL reports cluster_state:{state}")
+    finally:
+        client.close()
+
+
 def iter_resolved(environ: Mapping[str, str]) -> Iterator[tuple[str, str, Resolved]]:
     mode = services_mode(environ)
     yield "postgres", "DATABASE_URL", resolve("Postgres", postgres_sources(mode, environ), check_postgres)
     yield "redis", "REDIS_URL", resolve("Redis", redis_sources(mode, environ), check_redis)
+    if environ.get("BUFFER_REDIS_URL"):  # the buffer on a Redis of its own: only ever the one named
+        source = Source("BUFFER_REDIS_URL from the environment", lambda: environ["BUFFER_REDIS_URL"], EXPLICIT_WAIT_S)
+        yield "buffer", "BUFFER_REDIS_URL", resolve("the buffer's Redis", [source], check_buffer_redis)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,19 @@ from pathlib import Path
 
 import redis
 
+from buffer.buffer import buffer_redis_url
+from mollifier_project.config import redis_location
 from tests.live import free_port
+
+
+def buffer_redis_client(**options) -> redis.Redis:
+    """A new client of the buffer's Redis (``BUFFER_REDIS_URL``, else ``REDIS_URL``; bytes replies unless
+    ``decode_responses=True``): a ``redis.RedisCluster`` on a cluster, which routes each single-key command
+    to the master of its slot."""
+    location = redis_location(buffer_redis_url())
+    if location.cluster:
+        return redis.RedisCluster.from_url(location.url, **options)  # type: ignore[return-value]
+    return redis.Redis.from_url(location.url, **options)
 
 
 class RedisServer:

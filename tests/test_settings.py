@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from buffer.checks import check_redis_eviction_policy
 from mollifier_project.checks import check_mollifier_settings
-from mollifier_project.config import load_settings
+from mollifier_project.config import check_broker_redis_url, load_settings, redis_location
 
 DESIGN_DEFAULTS = {
     "ENABLED": False,
@@ -212,3 +212,68 @@ def test_unreachable_redis_warns_instead_of_crashing_the_check(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
     assert _ids(check_redis_eviction_policy()) == {"mollifier.W004"}
+
+
+# ------------------------------------------------------------------------------- the buffer's Redis URL
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/3", ("redis://127.0.0.1:6379/3", False)),
+        ("unix:///run/redis.sock?db=2", ("unix:///run/redis.sock?db=2", False)),
+        ("redis+cluster://10.0.0.5:7000", ("redis://10.0.0.5:7000", True)),
+        ("rediss+cluster://u:p@10.0.0.5:7000/0", ("rediss://u:p@10.0.0.5:7000/0", True)),
+    ],
+)
+def test_buffer_redis_url_carries_cluster_mode_in_its_scheme(url, expected):
+    location = redis_location(url)
+
+    assert (location.url, location.cluster) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("127.0.0.1:7000", "expected redis://"),
+        ("http://127.0.0.1:7000", "expected redis://"),
+        ("unix+cluster:///run/redis.sock", "expected redis://"),
+        ("redis+cluster://127.0.0.1:7000/2", "only database 0"),
+    ],
+)
+def test_an_unusable_buffer_redis_url_is_refused_naming_the_variable(url, message):
+    with pytest.raises(ImproperlyConfigured, match=f"BUFFER_REDIS_URL=.*{message}"):
+        redis_location(url)
+
+
+def test_the_broker_url_may_not_be_a_cluster():
+    check_broker_redis_url("redis://127.0.0.1:6379/0")
+    with pytest.raises(ImproperlyConfigured, match=r"REDIS_URL=.*Celery broker"):
+        check_broker_redis_url("redis+cluster://127.0.0.1:7000")
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"BUFFER_REDIS_URL": "redis+cluster://127.0.0.1:1/5"}, "BUFFER_REDIS_URL="),
+        ({"REDIS_URL": "redis+cluster://127.0.0.1:1"}, "REDIS_URL="),
+    ],
+)
+def test_manage_py_check_refuses_a_bad_buffer_or_broker_url_at_start_up(variables, message):
+    env = {k: v for k, v in os.environ.items() if k not in ("BUFFER_REDIS_URL", "REDIS_URL")} | variables
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], capture_output=True, text=True, env=env, timeout=60,
+        cwd=django_settings.BASE_DIR,
+    )  # fmt: skip
+
+    assert done.returncode != 0
+    assert message in done.stderr and "ImproperlyConfigured" in done.stderr
+
+
+def test_the_buffer_uses_its_own_url_and_falls_back_to_redis_url(settings):
+    from buffer.buffer import buffer_redis_url
+
+    settings.BUFFER_REDIS_URL, settings.REDIS_URL = "", "redis://127.0.0.1:6379/4"
+    assert buffer_redis_url() == "redis://127.0.0.1:6379/4"
+    settings.BUFFER_REDIS_URL = "redis+cluster://127.0.0.1:7000"
+    assert buffer_redis_url() == "redis+cluster://127.0.0.1:7000"

@@ -71,11 +71,11 @@ def test_lease_refuses_an_org_of_another_shard(buffer):
         buffer.lease(SHARD, org_id=ORG_OTHER_SHARD, env_id=ENV, n=1, now_ms=0, lease_ms=1)
 
 
-def test_parallel_leases_on_separate_connections_get_disjoint_entries(buffer, put, settings):
-    import redis
+def test_parallel_leases_on_separate_connections_get_disjoint_entries(buffer, put):
+    from tests.redis_servers import buffer_redis_client
 
     runs = put(ORG, ENV, count=300)
-    clients = [redis.Redis.from_url(settings.REDIS_URL, decode_responses=True) for _ in range(2)]
+    clients = [buffer_redis_client(decode_responses=True) for _ in range(2)]
     drainers = [Buffer(client, prefix=buffer.prefix, shards=buffer.shards) for client in clients]
     got: list[list[str]] = [[], []]
     start = threading.Barrier(2)

@@ -10,8 +10,6 @@ import random
 from collections import Counter
 
 import pytest
-import redis as redis_lib
-from django.conf import settings as django_settings
 
 from buffer.buffer import Buffer
 from drainer import drain
@@ -21,6 +19,7 @@ from runs.ids import new_run_id
 from runs.models import TaskRun
 from runs.signals import run_created
 from tests.factories import EnvironmentFactory, OrganizationFactory, SnapshotFactory
+from tests.redis_servers import buffer_redis_client
 
 NOW_MS = 1_700_000_000_000
 
@@ -100,7 +99,7 @@ def test_cursors_survive_a_restart(buffer, park, mollifier_settings):
     assert served_by(buffer) == {second_env.id}
 
     # A new process: its own connection and script registrations; only Redis remembers where we were.
-    client = redis_lib.Redis.from_url(django_settings.REDIS_URL, decode_responses=True)
+    client = buffer_redis_client(decode_responses=True)
     try:
         restarted = Buffer(client, prefix=cfg.KEY_PREFIX, shards=1)
         assert served_by(restarted) == {first_envs[1].id}  # not first_envs[0]: the org and env cursors held
