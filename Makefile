@@ -66,9 +66,8 @@ test: test-tools migrate sdk
 # The buffer on a real Redis Cluster (docs/operations.md#redis-cluster): scripts/redis_cluster.py starts 3
 # masters on free loopback ports, runs these tests with BUFFER_REDIS_URL=redis+cluster://… (the Celery broker
 # stays on REDIS_URL), and stops the nodes and deletes their data, pass or fail. `make test` runs it last.
-# The end-to-end storm is not in the default list yet: on the cluster about a tenth of its triggers fail open
-# (docs/operations.md#redis-cluster). `make test-cluster CLUSTER_TESTS=tests/test_end_to_end.py` runs it.
-CLUSTER_TESTS ?= tests/buffer tests/drainer tests/sweep
+# `make test-cluster CLUSTER_TESTS=tests/test_end_to_end.py` runs just the storm.
+CLUSTER_TESTS ?= tests/buffer tests/drainer tests/sweep tests/test_end_to_end.py
 test-cluster: test-tools migrate
 	$(WITH_SERVICES) $(PY) scripts/redis_cluster.py run -- $(PY) -m pytest $(CLUSTER_TESTS) $(CLUSTER_PYTEST_ARGS)
 

@@ -35,12 +35,13 @@ from django.db.models import Q
 
 from buffer.buffer import MAX_CANCEL_CHUNK, Buffer, EntryStatus
 from mollifier_project.clock import from_ms, now_ms
-from runs import engine, ids, listing, trigger
+from runs import engine, ids, listing, overrides, replay, trigger
 from runs.auth import EnvContext
 from runs.bulk_schemas import CreateBulkActionBody, body_field
 from runs.locate import Where, locate_many
 from runs.models import BulkAction, BulkActionStatus, BulkActionType, Environment, TaskRun
 from runs.presenters import iso
+from runs.schemas import ReplayBody
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot
 
 log = logging.getLogger(__name__)
@@ -254,10 +255,9 @@ def _replay(env: EnvContext, action: BulkAction, chunk: _Chunk, *, buffer: Buffe
         source = sources.get(run_id)
         if source is None:
             continue
-        replayed = replay_snapshot(source, env, now_ms=now_ms)
         try:
-            trigger.trigger(
-                env, replayed, buffer=buffer, cfg=settings.MOLLIFIER, now_ms=now_ms,
+            replay.replay_from(
+                env, source, ReplayBody(), buffer=buffer, cfg=settings.MOLLIFIER, now_ms=now_ms,
                 request_key=f"bulk:{action.id}:{run_id}",
             )  # fmt: skip
         except trigger.TriggerError as exc:  # refused (backpressure, closed intake…): counted, not retried
@@ -267,44 +267,23 @@ def _replay(env: EnvContext, action: BulkAction, chunk: _Chunk, *, buffer: Buffe
     return success, len(chunk.run_ids) - success
 
 
-def _sources(env: EnvContext, chunk: _Chunk, *, buffer: Buffer) -> dict[str, Snapshot]:
+def _sources(env: EnvContext, chunk: _Chunk, *, buffer: Buffer) -> dict[str, Snapshot | TaskRun]:
     """What each run of the chunk was triggered with: its row, or its buffered snapshot."""
-    found: dict[str, Snapshot] = {}
+    found: dict[str, Snapshot | TaskRun] = {}
     for item in chunk.items:
         if item.row is not None:
-            found[item.run_id] = snapshot_of_row(item.row)
+            found[item.run_id] = item.row
         elif item.snapshot is not None:
             found[item.run_id] = item.snapshot
     missing = [run_id for run_id in chunk.run_ids if run_id not in found]
     for run_id, located in locate_many(env, missing, buffer=buffer).items():
         if located.where is Where.ROW and located.row is not None:
-            found[run_id] = snapshot_of_row(located.row)
+            found[run_id] = located.row
         elif located.where is Where.BUFFERED and located.entry is not None:
             if located.entry.status is EntryStatus.DEAD:
                 continue
             try:
-                found[run_id] = from_snapshot(located.entry.snapshot)
+                found[run_id] = overrides.effective(from_snapshot(located.entry.snapshot), located.entry)
             except SnapshotError:
                 continue
     return found
-
-
-def snapshot_of_row(run: TaskRun) -> Snapshot:
-    return Snapshot(
-        id=run.id, env_id=run.env_id, org_id=run.org_id, task_identifier=run.task_identifier,
-        created_at=run.created_at, payload=run.payload, payload_type=run.payload_type, metadata=run.metadata,
-        tags=list(run.tags), queue=run.queue, concurrency_key=run.concurrency_key, ttl=run.ttl,
-        max_attempts=run.max_attempts, max_duration=run.max_duration, machine=run.machine, priority=run.priority,
-    )  # fmt: skip
-
-
-def replay_snapshot(source: Snapshot, env: EnvContext, *, now_ms: int) -> Snapshot:
-    """A new run with the source's task, payload, metadata, tags and options, triggered now: no idempotency
-    key, batch, parent or delay (those belonged to the original trigger)."""
-    return Snapshot(
-        id=ids.new_run_id(now_ms), env_id=env.env_id, org_id=env.org_id, task_identifier=source.task_identifier,
-        created_at=from_ms(now_ms), payload=source.payload, payload_type=source.payload_type,
-        metadata=source.metadata, tags=list(source.tags), queue=source.queue, concurrency_key=source.concurrency_key,
-        ttl=source.ttl, max_attempts=source.max_attempts, max_duration=source.max_duration, machine=source.machine,
-        priority=source.priority,
-    )  # fmt: skip

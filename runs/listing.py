@@ -38,7 +38,7 @@ from django.db.models.functions import Collate
 
 from buffer.buffer import Buffer, Entry, EntryStatus
 from mollifier_project.clock import EPOCH, from_ms
-from runs import presenters
+from runs import overrides, presenters
 from runs.auth import EnvContext
 from runs.durations import DurationError, parse_duration
 from runs.models import TaskRun
@@ -305,7 +305,7 @@ def _scan_buffer(
             if entry.env_id != env.env_id or entry.status is EntryStatus.ACKED:
                 continue  # an acked entry's row is committed: step 2 finds it
             try:
-                snapshot = from_snapshot(entry.snapshot)
+                snapshot = overrides.effective(from_snapshot(entry.snapshot), entry)  # a reschedule shows
             except SnapshotError:
                 continue  # the drain turns it into a SYSTEM_FAILURE row; listed once that exists
             if _matches(f, snapshot, entry, now):

@@ -92,6 +92,21 @@ def replay(
     src = _source(env, run_id, buffer)
     if src is None:
         return None
+    return replay_from(env, src, body, buffer=buffer, cfg=cfg, now_ms=now_ms, request_key=request_key)
+
+
+def replay_from(
+    env: EnvContext,
+    src: Snapshot | TaskRun,
+    body: ReplayBody,
+    *,
+    buffer: Buffer,
+    cfg: MollifierSettings,
+    now_ms: int,
+    request_key: str | None,
+) -> trigger.Triggered:
+    """Trigger a copy of an original already read (a row, or a snapshot with its overrides applied) — the
+    one replay both ``POST …/replay`` and a bulk replay use."""
     raw = _options(src, body)
     payload = _payload(src, body, raw)
     try:

@@ -313,8 +313,8 @@ def _trigger(
             request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS, idempotency=_idem_ref(env, s, now_ms),
             gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV,
         )  # fmt: skip
-    except BufferUnavailable:  # Redis is unreachable: fail open
-        log.warning("buffer unavailable, failing open", extra={"env_id": env.env_id, "org_id": env.org_id})
+    except BufferUnavailable as exc:  # Redis is unreachable: fail open
+        log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
         return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False, text=text)
     if reply.status is TriggerStatus.REQ_HELD:
@@ -369,7 +369,8 @@ def _settle(
     if decision == gate.Action.MOLLIFY:
         try:
             return _accept(buffer, env, s, cfg, now_ms=now_ms)
-        except BufferUnavailable:  # Redis went away after the gate answered: fail open
+        except BufferUnavailable as exc:  # Redis went away after the gate answered: fail open
+            log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
             gate.count_fail_open()
             return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False)
     return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=redis_up)
@@ -497,8 +498,8 @@ def _decide(
         decision = gate.evaluate(
             buffer, org_id=env.org_id, env_id=env.env_id, enrolled=env.enrolled, bypass=bypass, now_ms=now_ms, cfg=cfg
         )
-    except BufferUnavailable:
-        log.warning("gate unavailable, failing open", extra={"env_id": env.env_id, "org_id": env.org_id})
+    except BufferUnavailable as exc:
+        log.warning("gate unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
         return gate.Action.PASS_THROUGH
     return decision.action
