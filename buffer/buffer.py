@@ -920,7 +920,7 @@ class Buffer:
                 raise ValueError(f"before must be (created_ms < 10**15, run id str), got {before!r}")
             cursor = f"{created_ms:015d}{run_id}"
         k = self.keys_for_org(org_id)
-        flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1])
+        flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1, "down"])
         return [
             dataclasses.replace(parse_leased(flat[i], flat[i + 2]), created_ms=int(flat[i + 1]))
             for i in range(0, len(flat), 3)
@@ -1028,7 +1028,7 @@ class Buffer:
 
     def env_page_after(self, *, org_id: int, env_id: int, after: tuple[int, str] | None, limit: int) -> list[Entry]:
         """``env_page`` going up: the env's entries strictly after ``after`` (``None``: from the oldest),
-        oldest first, at most ``limit``, snapshots included, ``created_ms`` set (``lua/env_page_after.lua``).
+        oldest first, at most ``limit``, snapshots included, ``created_ms`` set (``lua/env_page.lua`` going up).
         A run list's previous page walks this way; O(log N + limit)."""
         _require("limit", limit, 1)
         cursor = ""
@@ -1039,7 +1039,7 @@ class Buffer:
                 raise ValueError(f"after must be (created_ms < 10**15, run id str), got {after!r}")
             cursor = f"{created_ms:015d}{run_id}"
         k = self.keys_for_org(org_id)
-        flat = self._scripts.env_page_after(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1])
+        flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1, "up"])
         return [
             dataclasses.replace(parse_leased(flat[i], flat[i + 2]), created_ms=int(flat[i + 1]))
             for i in range(0, len(flat), 3)

@@ -91,7 +91,6 @@ class Scripts:
     env_census: Script
     dead_letter_env: Script
     cancel_many: Script  # bulk actions (runs.bulk)
-    env_page_after: Script  # the run list's previous page (runs.listing)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
