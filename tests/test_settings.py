@@ -42,6 +42,9 @@ DESIGN_DEFAULTS = {
     "ACCEPT_DURABILITY": "none",
     "ACCEPT_WAIT_MS": 500,
     "MAX_PAYLOAD_BYTES": 3 * 1024 * 1024,
+    "MAX_PACKET_BYTES": 100 * 1024 * 1024,
+    "PACKET_URL_TTL_S": 3600,
+    "MAX_METADATA_BYTES": 256 * 1024,
     "MAX_BUFFERED_PER_ENV": 1_000_000,
     "METRICS_TOKEN": SecretStr(""),  # not in §14: the optional /metrics bearer token (§12), off by default
 }
