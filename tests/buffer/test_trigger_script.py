@@ -6,9 +6,8 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
-import redis
 
-from buffer.buffer import Buffer, GateArgs, IdemRef, TriggerStatus
+from buffer.buffer import Buffer, GateArgs, IdemRef, TriggerStatus, buffer_redis_url, client_for
 from tests.buffer.conftest import make_snapshot
 
 ORG, ENV, TASK = 3, 7, "hello-world"
@@ -162,8 +161,8 @@ def test_the_script_is_reloaded_after_a_script_flush(buffer):
 
 
 def _race(prefix: str, redis_url: str, barrier, results, i: int) -> None:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    buffer = Buffer(client, prefix=prefix, shards=4)
+    client, scripts = client_for(redis_url)  # a cluster client under make test-cluster
+    buffer = Buffer(client, prefix=prefix, shards=4, scripts=scripts)
     barrier.wait()
     for round_ in range(20):
         # Even rounds: one request retried by all (the request key collides); odd rounds: different requests
@@ -179,7 +178,7 @@ def test_concurrent_same_key_triggers_from_processes_make_one_run(buffer, settin
     and every other sees the winner's key."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(8), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(buffer.prefix, settings.REDIS_URL, barrier, results, i)) for i in range(8)]
+    procs = [ctx.Process(target=_race, args=(buffer.prefix, buffer_redis_url(), barrier, results, i)) for i in range(8)]
     for proc in procs:
         proc.start()
     outcomes = [results.get(timeout=120) for _ in range(8 * 20)]
