@@ -911,20 +911,7 @@ class Buffer:
         (``lua/env_page.lua``): O(log N + limit) whatever the env holds, and a cursor stays valid while
         entries drain between pages (an acked entry has left the index: its row is in Postgres).
         """
-        _require("limit", limit, 1)
-        cursor = ""
-        if before is not None:
-            created_ms, run_id = before
-            _require("before[0]", created_ms, 0)
-            if created_ms >= 10**15 or not isinstance(run_id, str):
-                raise ValueError(f"before must be (created_ms < 10**15, run id str), got {before!r}")
-            cursor = f"{created_ms:015d}{run_id}"
-        k = self.keys_for_org(org_id)
-        flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1, "down"])
-        return [
-            dataclasses.replace(parse_leased(flat[i], flat[i + 2]), created_ms=int(flat[i + 1]))
-            for i in range(0, len(flat), 3)
-        ]
+        return self._env_page(org_id, env_id, before, limit, "down")
 
     def find_entry(self, run_id: str) -> Entry | None:
         """The entry of ``run_id`` in whichever shard holds it, any state, or ``None``: for an operator who
@@ -1030,16 +1017,22 @@ class Buffer:
         """``env_page`` going up: the env's entries strictly after ``after`` (``None``: from the oldest),
         oldest first, at most ``limit``, snapshots included, ``created_ms`` set (``lua/env_page.lua`` going up).
         A run list's previous page walks this way; O(log N + limit)."""
+        return self._env_page(org_id, env_id, after, limit, "up")
+
+    def _env_page(
+        self, org_id: int, env_id: int, cursor: tuple[int, str] | None, limit: int, direction: Literal["down", "up"]
+    ) -> list[Entry]:
+        """One ``lua/env_page.lua`` call from ``cursor`` (an index position: created_ms, run id) in ``direction``."""
         _require("limit", limit, 1)
-        cursor = ""
-        if after is not None:
-            created_ms, run_id = after
-            _require("after[0]", created_ms, 0)
+        member = ""
+        if cursor is not None:
+            created_ms, run_id = cursor
+            _require("cursor created_ms", created_ms, 0)
             if created_ms >= 10**15 or not isinstance(run_id, str):
-                raise ValueError(f"after must be (created_ms < 10**15, run id str), got {after!r}")
-            cursor = f"{created_ms:015d}{run_id}"
+                raise ValueError(f"a cursor must be (created_ms < 10**15, run id str), got {cursor!r}")
+            member = f"{created_ms:015d}{run_id}"
         k = self.keys_for_org(org_id)
-        flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, cursor, limit, 1, "up"])
+        flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, member, limit, 1, direction])
         return [
             dataclasses.replace(parse_leased(flat[i], flat[i + 2]), created_ms=int(flat[i + 1]))
             for i in range(0, len(flat), 3)
