@@ -911,7 +911,7 @@ class Buffer:
         (``lua/env_page.lua``): O(log N + limit) whatever the env holds, and a cursor stays valid while
         entries drain between pages (an acked entry has left the index: its row is in Postgres).
         """
-        return self._env_page(org_id, env_id, before, limit, "down")
+        return self._env_page(org_id, env_id, before, limit, "down", name="before")
 
     def find_entry(self, run_id: str) -> Entry | None:
         """The entry of ``run_id`` in whichever shard holds it, any state, or ``None``: for an operator who
@@ -1017,19 +1017,27 @@ class Buffer:
         """``env_page`` going up: the env's entries strictly after ``after`` (``None``: from the oldest),
         oldest first, at most ``limit``, snapshots included, ``created_ms`` set (``lua/env_page.lua`` going up).
         A run list's previous page walks this way; O(log N + limit)."""
-        return self._env_page(org_id, env_id, after, limit, "up")
+        return self._env_page(org_id, env_id, after, limit, "up", name="after")
 
     def _env_page(
-        self, org_id: int, env_id: int, cursor: tuple[int, str] | None, limit: int, direction: Literal["down", "up"]
+        self,
+        org_id: int,
+        env_id: int,
+        cursor: tuple[int, str] | None,
+        limit: int,
+        direction: Literal["down", "up"],
+        *,
+        name: str,
     ) -> list[Entry]:
-        """One ``lua/env_page.lua`` call from ``cursor`` (an index position: created_ms, run id) in ``direction``."""
+        """One ``lua/env_page.lua`` call from ``cursor`` (an index position: created_ms, run id) in ``direction``;
+        ``name`` is the caller's argument name, for the error."""
         _require("limit", limit, 1)
         member = ""
         if cursor is not None:
             created_ms, run_id = cursor
-            _require("cursor created_ms", created_ms, 0)
+            _require(f"{name}[0]", created_ms, 0)
             if created_ms >= 10**15 or not isinstance(run_id, str):
-                raise ValueError(f"a cursor must be (created_ms < 10**15, run id str), got {cursor!r}")
+                raise ValueError(f"{name} must be (created_ms < 10**15, run id str), got {cursor!r}")
             member = f"{created_ms:015d}{run_id}"
         k = self.keys_for_org(org_id)
         flat = self._scripts.env_page(keys=[k.index(env_id)], args=[k.base, member, limit, 1, direction])
