@@ -295,6 +295,14 @@ def buffer_redis_url() -> str:
     return settings.BUFFER_REDIS_URL or settings.REDIS_URL
 
 
+def _idem_key(k: ShardKeys, env_id: int, idempotency: IdemRef) -> str:
+    """The idempotency key's name, after checking the reference belongs to ``env_id`` (accept and trigger)."""
+    if idempotency.env_id != env_id:
+        raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
+    _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
+    return k.idem(env_id, idempotency.task, idempotency.key)
+
+
 def client_for(url: str) -> tuple[redis.Redis, Scripts]:
     """The process-wide client for ``url`` (str replies) and its registered scripts; a ``BufferCluster``
     for a ``redis+cluster://`` URL (``buffer.cluster``).
@@ -403,10 +411,7 @@ class Buffer:
         keys = [k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs]
         args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env, "", k.base]
         if idempotency is not None:
-            if idempotency.env_id != env_id:
-                raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
-            _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
-            keys.append(k.idem(env_id, idempotency.task, idempotency.key))
+            keys.append(_idem_key(k, env_id, idempotency))
             args[6] = idempotency.ttl_ms
         if self._accept_replicas:
             pipe = self._client.pipeline(transaction=False)
@@ -469,10 +474,7 @@ class Buffer:
             keys.append(k.req(env_id, task, request_key))
             args[12] = request_ttl_ms
         if idempotency is not None:
-            if idempotency.env_id != env_id:
-                raise ValueError(f"idempotency.env_id {idempotency.env_id} differs from env_id {env_id}")
-            _require("idempotency.ttl_ms", idempotency.ttl_ms, 1)
-            keys.append(k.idem(env_id, idempotency.task, idempotency.key))
+            keys.append(_idem_key(k, env_id, idempotency))
             args[13] = idempotency.ttl_ms
         replicas = None
         if self._accept_replicas and can_accept:
