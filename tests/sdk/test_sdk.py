@@ -6,53 +6,19 @@ is buffered, while the non-enrolled org passes straight through to Postgres.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import uuid
-from pathlib import Path
-
 import pytest
-import redis as redis_lib
-from django.conf import settings
 
 from runs.models import BatchStatus, BatchTaskRun, RunStatus, TaskRun
 from runs.tenants import ensure_tenant, issue_api_key
-from tests.live import Gunicorn
+from tests.sdk.harness import buffering_server, sdk
 
-HARNESS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(scope="module")
-def server(django_db_setup, django_db_blocker):
-    assert (HARNESS / "node_modules").exists(), "the SDK is not installed: run `npm ci` in tests/sdk (make test does)"
-    prefix = f"msdk-{uuid.uuid4().hex[:10]}"
-    live = Gunicorn(
-        {
-            "MOLLIFIER_ENABLED": "true",
-            "MOLLIFIER_TRIP_THRESHOLD": "0",
-            "MOLLIFIER_KEY_PREFIX": prefix,
-            "MOLLIFIER_MUTATE_WAIT_MS": "300",
-        }
-    )
-    yield live
-    live.stop()
-    client = redis_lib.Redis.from_url(settings.REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        client.delete(*keys)
-
-
-def sdk(server: Gunicorn, secret: str, op: str, **args):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRIGGER_", "VERCEL_"))}
-    env.update(MOLLIFIER_URL=server.url, MOLLIFIER_KEY=secret)
-    done = subprocess.run(
-        [shutil.which("node") or "node", "sdk.mjs", op, json.dumps(args)],
-        cwd=HARNESS, env=env, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def server(django_db_setup, django_db_blocker, tmp_path_factory):
+    with buffering_server(tmp_path_factory.mktemp("packets")) as live:
+        yield live
 
 
 @pytest.fixture
