@@ -998,6 +998,24 @@ class Buffer:
         counts = pipe.execute()
         return [any(counts[i * 3 : i * 3 + 3]) for i in range(len(shard_list))]
 
+    def claim_sends(self, shards: Sequence[int], *, ttl_ms: int) -> list[int]:
+        """Of ``shards``, in order, those with no drain task waiting in the broker, now marked as having one
+        (SET NX PX ``ttl_ms`` each, one pipelined round trip). The fan-out sends a task only for these, so
+        the broker holds at most one task per shard however short the tick (docs/architecture.md#fan-out);
+        the mark lapses with the task's expiry if the task is never run."""
+        _require("ttl_ms", ttl_ms, 1)
+        shard_list = list(shards)
+        if not shard_list:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for shard in shard_list:
+            pipe.set(self.keys(shard).drain_sent, 1, nx=True, px=ttl_ms)
+        return [shard for shard, claimed in zip(shard_list, pipe.execute(), strict=True) if claimed]
+
+    def clear_send(self, shard: int) -> None:
+        """The shard's drain task has left the broker (it is running): the next tick may send another."""
+        self._client.delete(self.keys(shard).drain_sent)
+
     # -- bulk actions (runs.bulk) ---------------------------------------------------------------------------
 
     def cancel_many(

@@ -190,6 +190,11 @@ class ShardKeys:
         return self.base + "drain:lock"
 
     @property
+    def drain_sent(self) -> str:
+        """Set while a ``drain_shard`` task for the shard waits in the broker (one at a time)."""
+        return self.base + "drain:sent"
+
+    @property
     def drain_circuit(self) -> str:
         return self.base + "drain:circuit"
 

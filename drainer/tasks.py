@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 LOCK_MARGIN_MS = 5_000
 LOCK_WAIT_MS = 5_000  # a row lock the drain waits for longer than this fails the statement (retried)
+SEND_EXPIRY_TICKS = 5
+SEND_EXPIRY_MIN_S = 1.0
 
 
 @shared_task(name="drainer.fan_out", ignore_result=True)
@@ -33,10 +35,17 @@ def fan_out() -> list[int]:
         return []
     buffer = Buffer.from_settings()
     tick = int(now_ms() / 1000 / cfg.DRAIN_INTERVAL_S)
-    shards = drain.shards_with_work(buffer, offset=tick)
+    expires_s = send_expiry_s(cfg.DRAIN_INTERVAL_S)
+    shards = buffer.claim_sends(drain.shards_with_work(buffer, offset=tick), ttl_ms=int(expires_s * 1000))
     for shard in shards:
-        drain_shard.apply_async((shard,), expires=cfg.DRAIN_INTERVAL_S)
+        drain_shard.apply_async((shard,), expires=expires_s)
     return shards
+
+
+def send_expiry_s(interval_s: float) -> float:
+    """How long a sent shard task may wait in the broker: several ticks, so that on a busy worker the tasks
+    at the back of a tick's rotation are run, not dropped (at most one waits per shard: ``claim_sends``)."""
+    return max(SEND_EXPIRY_MIN_S, SEND_EXPIRY_TICKS * interval_s)
 
 
 @shared_task(name="drainer.drain_shard", ignore_result=True)
@@ -46,6 +55,7 @@ def drain_shard(shard: int) -> dict | None:
     if not cfg.DRAINER_ENABLED:
         return None
     buffer = Buffer.from_settings()
+    buffer.clear_send(shard)  # before the lock: work that arrives while this task drains gets the next tick's task
     limits = DrainLimits.from_settings(cfg)
     with buffer.shard_lock(shard, "drain", timeout_s=(limits.time_budget_ms + LOCK_MARGIN_MS) / 1000) as held:
         if not held:

@@ -1,0 +1,66 @@
+"""The fan-out sends at most one drain task per shard (docs/architecture.md#fan-out): real Redis, and the
+messages the tick would put on the broker recorded at ``apply_async``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from buffer.buffer import Buffer
+from drainer import tasks
+from runs.ids import new_run_id
+
+
+def park_on(buffer: Buffer, shard: int) -> None:
+    org = next(o for o in range(1, 10_000) if buffer.shard_for(o) == shard)
+    buffer.accept(run_id=new_run_id(), env_id=org, org_id=org, snapshot='{"v": 1}', now_ms=0, idempotency=None,
+                  max_per_env=10)  # fmt: skip
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The shard tasks the fan-out sends, as (shard, expires) — instead of broker messages."""
+    calls: list[tuple[int, float]] = []
+    monkeypatch.setattr(tasks.drain_shard, "apply_async", lambda args, expires: calls.append((args[0], expires)))
+    return calls
+
+
+def test_claim_sends_marks_each_shard_once_until_its_task_runs_or_the_mark_lapses(key_prefix, mollifier_settings):
+    mollifier_settings(SHARDS=8)
+    buffer = Buffer.from_settings()
+
+    assert buffer.claim_sends([3, 1], ttl_ms=60_000) == [3, 1]  # in the order asked
+    assert buffer.claim_sends([1, 2, 3], ttl_ms=60_000) == [2]  # 1 and 3 wait in the broker already
+    buffer.clear_send(3)  # shard 3's task started
+    assert buffer.claim_sends([1, 3], ttl_ms=60_000) == [3]
+    assert buffer.claim_sends([], ttl_ms=60_000) == []
+
+    assert buffer.claim_sends([5], ttl_ms=50) == [5]
+    time.sleep(0.1)  # the task was never run (expired in the broker, or lost): the mark goes with it
+    assert buffer.claim_sends([5], ttl_ms=50) == [5]
+    with pytest.raises(ValueError):
+        buffer.claim_sends([1], ttl_ms=0)
+
+
+def test_ticks_send_a_busy_shard_once_until_its_task_starts(key_prefix, mollifier_settings, sent):
+    mollifier_settings(SHARDS=4, DRAINER_ENABLED=True, DRAIN_INTERVAL_S=0.2)
+    buffer = Buffer.from_settings()
+    park_on(buffer, 1)
+    park_on(buffer, 2)
+
+    first = tasks.fan_out()
+    assert sorted(first) == [1, 2]
+    assert tasks.fan_out() == [] and tasks.fan_out() == []  # a busy worker: ticks pile up no tasks
+    assert sorted(shard for shard, _ in sent) == [1, 2]
+    # Several ticks long, and at least a second: a task at the back of a busy tick is run, not dropped.
+    assert {expires for _, expires in sent} == {tasks.send_expiry_s(0.2)} == {1.0}
+
+    with buffer.shard_lock(2, "drain", timeout_s=5):  # shard 2's task runs while another holds its lock
+        assert tasks.drain_shard(2) == {"shard": 2, "locked": True}
+    assert tasks.fan_out() == [2]  # it started, so the next tick may send shard 2 again; 1 still waits
+
+
+def test_a_slow_tick_sends_tasks_that_outlive_it():
+    assert tasks.send_expiry_s(1.0) == 5.0
+    assert tasks.send_expiry_s(0.05) == 1.0
