@@ -39,7 +39,7 @@ def test_claim_sends_marks_each_shard_once_until_its_task_runs_or_the_mark_lapse
     assert buffer.claim_sends([5], ttl_ms=50) == [5]
     time.sleep(0.1)  # the task was never run (expired in the broker, or lost): the mark goes with it
     assert buffer.claim_sends([5], ttl_ms=50) == [5]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ttl_ms must be an int >= 1"):
         buffer.claim_sends([1], ttl_ms=0)
 
 
