@@ -84,6 +84,8 @@ def counting_client(url: str):
     import redis
     from redis.connection import Connection
 
+    from buffer.buffer import CLIENT_OPTIONS
+
     class CountingConnection(Connection):
         commands = 0
         round_trips = 0
@@ -102,7 +104,7 @@ def counting_client(url: str):
             return super().pack_commands(commands)
 
     kwargs = redis.connection.parse_url(url)
-    pool = redis.ConnectionPool(connection_class=CountingConnection, decode_responses=True, **kwargs)
+    pool = redis.ConnectionPool(connection_class=CountingConnection, **CLIENT_OPTIONS, **kwargs)
     return redis.Redis(connection_pool=pool), CountingConnection
 
 
