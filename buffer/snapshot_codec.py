@@ -6,8 +6,11 @@ the stored form. Two forms, told apart by the first byte:
 
 - ``{`` … — plain JSON (every snapshot written before compression existed, the legacy ``snapshot`` hash
   field, and snapshots shorter than the threshold or that compress no smaller);
-- ``\\x01`` then a raw deflate stream (zlib level 1, ``wbits=-15``) primed with ``DICTIONARY_V1``, the
-  snapshot format's own key names. A JSON document never starts with ``\\x01``. The bytes ``\\x00`` … ``\\x08``
+- ``\\x01``, the JSON's length in bytes (4 bytes, big-endian), then a raw deflate stream (zlib level 1,
+  ``wbits=-15``) primed with ``DICTIONARY_V1``, the snapshot format's own key names. The length is for
+  lease's byte budget (``lua/lease.lua`` reads it from the header: a 1 MiB payload of one repeated byte
+  deflates to about 1 KiB, so the stored length alone would let a round hold a thousand times its budget
+  of JSON) and a check of the inflated result. A JSON document never starts with ``\\x01``. The bytes ``\\x00`` … ``\\x08``
   are reserved for formats; an unknown one reads as corrupt, never as JSON.
 
 The buffer's client decodes replies as UTF-8 with ``surrogateescape`` (``buffer.buffer.CLIENT_OPTIONS``):
@@ -59,8 +62,10 @@ def pack(text: str, *, min_bytes: int) -> str | bytes:
     raw = text.encode()
     if len(raw) < min_bytes:
         return text
+    if len(raw) >= 2**32:
+        return text
     packer = zlib.compressobj(LEVEL, zlib.DEFLATED, -15, zdict=DICTIONARY_V1)
-    packed = COMPRESSED_V1.encode() + packer.compress(raw) + packer.flush()
+    packed = COMPRESSED_V1.encode() + len(raw).to_bytes(4, "big") + packer.compress(raw) + packer.flush()
     return packed if len(packed) < len(raw) else text
 
 
@@ -74,11 +79,16 @@ def unpack(stored: str | None) -> str:
     if stored[0] != COMPRESSED_V1:
         raise CorruptSnapshot(f"stored snapshot has an unknown format byte {ord(stored[0]):#04x}")
     data = stored.encode("utf-8", "surrogateescape")
+    if len(data) < 6:
+        raise CorruptSnapshot("compressed snapshot is truncated (no header)")
+    length = int.from_bytes(data[1:5], "big")
     unpacker = zlib.decompressobj(-15, zdict=DICTIONARY_V1)
     try:
-        raw = unpacker.decompress(data[1:]) + unpacker.flush()
-        if not unpacker.eof or unpacker.unused_data:
+        raw = unpacker.decompress(data[5:], length + 1) + unpacker.flush()
+        if not unpacker.eof or unpacker.unused_data or unpacker.unconsumed_tail:
             raise CorruptSnapshot("compressed snapshot is truncated or has trailing bytes")
+        if len(raw) != length:
+            raise CorruptSnapshot(f"compressed snapshot inflates to {len(raw)} bytes, its header says {length}")
         return raw.decode()
     except (zlib.error, UnicodeDecodeError) as exc:
         raise CorruptSnapshot(f"compressed snapshot is corrupt: {exc}") from None

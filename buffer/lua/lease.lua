@@ -12,10 +12,10 @@ ARGV[4]  n, how many to pop (≥ 1)
 ARGV[5]  now_ms
 ARGV[6]  lease_ms
 ARGV[7]  max_bytes: stop before the snapshot bytes taken would pass this (0: no limit); the first entry
-         is always taken, so a huge snapshot is leased alone, never stuck. The bytes are the stored
-         snapshot's length (STRLEN): for a compressed snapshot (buffer/snapshot_codec.py) that is its
-         compressed size, smaller than the JSON the drainer will hold — the budget bounds the round's Redis
-         reply and transfer, and a compressed snapshot expands a few times at most
+         is always taken, so a huge snapshot is leased alone, never stuck. The bytes are the JSON's: a
+         plain snapshot's length, a compressed one's (buffer/snapshot_codec.py: "\x01", the JSON length as
+         4 bytes big-endian, deflate) from its header — not its stored length, as a 1 MiB payload of one
+         repeated byte deflates to ~1 KiB and the budget bounds the memory the drainer needs
 ARGV[8]  mode: "round" (a drain round's lease: stops before an entry marked solo — its last lease
          expired, see reclaim_expired), "solo" (only the queue head, whatever it is) or "all" (no stop)
 
@@ -32,7 +32,7 @@ round down with it again; a solo lease takes one entry. When the
 queue ends up empty the env leaves KEYS[2], and the org leaves KEYS[3] if it has no other queued env
 (an env is in its org's set iff its queue is non-empty); the shard counters follow (queue_moved). The
 snapshot is read from base .. "s:" .. run (else the legacy hash field) as stored, never decoded; the byte
-budget counts its length. An id whose hash is missing or not QUEUED is dropped from the queue without being
+budget counts its JSON length (ARGV[7]). An id whose hash is missing or not QUEUED is dropped from the queue without being
 returned (no script leaves such an id in a queue).
 Cost: the queue is read with LRANGE and cut once with LTRIM (not an LINDEX and LPOP per entry); per entry
 one HMGET (every returned field and solo), one GET (the snapshot) and one HSET; the deadlines go to leases in
@@ -44,6 +44,16 @@ local lease_until = string.format('%d', tonumber(ARGV[5]) + tonumber(ARGV[6]))
 local n, max_bytes, mode = tonumber(ARGV[4]), tonumber(ARGV[7] or '0'), ARGV[8] or 'all'
 if mode == 'solo' then n = 1 end
 local SNAPSHOT, STATUS, LEASE_UNTIL, SOLO = 1, 4, 7, 16 -- positions in the HMGET reply
+
+-- The JSON length of a stored snapshot (nil/false: none), read from a compressed one's header.
+local function json_size(snapshot)
+  if not snapshot then return 0 end
+  if string.byte(snapshot, 1) == 1 and #snapshot >= 5 then
+    local a, b, c, d = string.byte(snapshot, 2, 5)
+    return ((a * 256 + b) * 256 + c) * 256 + d
+  end
+  return #snapshot
+end
 
 local consumed = 0 -- ids taken off the queue head (leased or dropped); cut with one LTRIM
 local out = {0}
@@ -65,7 +75,7 @@ while taken < n and not stop do
         break
       end
       local snapshot = redis.call('GET', snapshot_key(base, run)) or values[SNAPSHOT] -- the hash field: written before s:<run>
-      local size = snapshot and #snapshot or 0
+      local size = json_size(snapshot)
       if taken > 0 and max_bytes > 0 and bytes + size > max_bytes then
         stop = true
         break

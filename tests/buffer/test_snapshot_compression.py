@@ -198,6 +198,28 @@ def test_unreadable_compressed_values_raise_corrupt_snapshot(value):
         snapshot_codec.unpack(value.decode("utf-8", "surrogateescape"))
 
 
+def test_a_compressed_value_whose_header_length_is_wrong_is_corrupt():
+    doc = json.dumps({"payload": "y" * 500})
+    packed = snapshot_codec.pack(doc, min_bytes=1)
+    assert isinstance(packed, bytes) and int.from_bytes(packed[1:5], "big") == len(doc)
+    for length in (len(doc) - 1, len(doc) + 1):
+        forged = packed[:1] + length.to_bytes(4, "big") + packed[5:]
+        with pytest.raises(snapshot_codec.CorruptSnapshot):
+            snapshot_codec.unpack(forged.decode("utf-8", "surrogateescape"))
+
+
+def test_the_lease_budget_counts_the_json_bytes_of_a_compressed_snapshot(buffer, compressing, redis_client):
+    """One repeated byte deflates ~1000:1; the budget bounds the JSON a drainer holds, not Redis bytes."""
+    buffer = compressing()
+    docs = [make_snapshot(ORG, ENV, payload="z" * 50_000) for _ in range(3)]
+    for run_id, doc in docs:
+        accept(buffer, run_id, doc)
+    assert len(stored(redis_client, buffer, docs[0][0])) < 1_000
+    shard = buffer.shard_for(ORG)
+    leased = buffer.lease_round(shard, [(ORG, ENV, 3)], now_ms=2_000, lease_ms=30_000, max_bytes=120_000).entries
+    assert [e.snapshot for e in leased] == [docs[0][1], docs[1][1]]
+
+
 def test_created_ms_is_the_first_top_level_one_else_the_fallback():
     assert snapshot_codec.created_ms('{"v":1,"created_ms":123,"payload":"{\\"created_ms\\":9}"}', 5) == "123"
     assert snapshot_codec.created_ms('{"v":1}', 5) == "5"
