@@ -124,11 +124,14 @@ def usage(client, keys: Sequence[str]) -> int:
 
 def measure_layout(buffer, client, docs, env_ids) -> int:
     """Bytes per entry in today's layout, filled through the real accept script with ``buffer``'s
-    compression threshold (the stored form and created_ms exactly as ``Buffer.accept`` sends them)."""
+    compression threshold (the stored form and created_ms exactly as ``Buffer.accept`` sends them). Each
+    run is accepted at its created_ms, as the trigger path does (so its hash needs no created_ms field)."""
+    from buffer import snapshot_codec
+
     k = buffer.keys_for_org(ORG)
-    now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for run_id, env, doc in docs:
+        now_ms = int(snapshot_codec.created_ms(doc, 0))
         stored, created_ms = buffer._stored(doc, now_ms)
         buffer._scripts.accept(
             keys=[k.entry(run_id), k.queue(env), k.org_envs(ORG), k.orgs],
