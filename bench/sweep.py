@@ -128,7 +128,7 @@ def fill(buffer, args: argparse.Namespace, now_ms: int) -> set[str]:
                 stale_ids.add(run_id)
             buffer._scripts.accept(
                 keys=[k.entry(run_id), k.queue(env), k.org_envs(org), k.orgs],
-                args=[run_id, env, org, f'{{"id":"{run_id}"}}', accepted_ms, 1_000_000, "", k.base],
+                args=[run_id, env, org, f'{{"id":"{run_id}"}}', accepted_ms, 1_000_000, "", k.base, accepted_ms],
                 client=pipe,
             )
             pending += 1
