@@ -27,7 +27,7 @@ METRICS_DIR := .data/prometheus
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PORT FLOWER_PORT
 
-.PHONY: venv sdk test-tools services services-stop migrate test test-cluster demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep bench-memory bench-bulk
+.PHONY: venv sdk test-tools services services-stop migrate test test-cluster demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep bench-memory bench-scripts bench-bulk
 
 venv: $(STAMP)
 
@@ -112,6 +112,9 @@ bench-sweep: migrate
 
 bench-memory: migrate
 	$(WITH_SERVICES) $(PY) -m bench.memory
+
+bench-scripts: venv
+	$(WITH_SERVICES) $(PY) -m bench.scripts
 
 bench-bulk: migrate
 	$(WITH_SERVICES) $(PY) -m bench.bulk

@@ -84,9 +84,10 @@ def fill(buffer: Buffer, snapshots: Iterable[Snapshot], *, now_ms: int, batch: i
 
     for s in snapshots:
         k = buffer.keys_for_org(s.org_id)
+        stored, created_ms = buffer._stored(to_snapshot(s), now_ms)  # as Buffer.accept sends it
         buffer._scripts.accept(
             keys=[k.entry(s.id), k.queue(s.env_id), k.org_envs(s.org_id), k.orgs],
-            args=[s.id, s.env_id, s.org_id, to_snapshot(s), now_ms, 10**9, "", k.base],
+            args=[s.id, s.env_id, s.org_id, stored, now_ms, 10**9, "", k.base, created_ms],
             client=pipe,
         )
         pending += 1

@@ -1,25 +1,27 @@
 """What one buffered entry costs in Redis memory, for small, typical and large snapshots.
 
-    python -m bench.memory [--entries 5000] [--envs 1] [--repeat 2000]
+    python -m bench.memory [--entries 5000] [--envs 1] [--repeat 2000] [--threshold N]
 
 For each snapshot size — small (≈100 B), typical (647 B: a realistic SDK v4 trigger with payload, tags,
 idempotency key, trace ids) and large (≈10 KiB payload) — it accepts ``--entries`` runs through the real
-accept script under a fresh key prefix, spread over ``--envs`` envs of one org, and sums ``MEMORY USAGE``
-(``SAMPLES 0``: exact) over every key an entry owns (its hash ``e:<run>`` and snapshot ``s:<run>``) plus its
-share of the keys it is a member of (its env's queue ``q:<env>`` and index ``ix:<env>``, the shard's
-counters and heads). That is "bytes per entry"; a GiB of Redis holds 2^30 / that many entries.
+accept script (the stored form and created_ms built as ``Buffer.accept`` builds them) under a fresh key
+prefix, spread over ``--envs`` envs of one org, and sums ``MEMORY USAGE`` (``SAMPLES 0``: exact) over every
+key an entry owns (its hash ``e:<run>`` and snapshot ``s:<run>``) plus its share of the keys it is a member
+of (its env's queue ``q:<env>`` and index ``ix:<env>``, the shard's counters and heads). That is "bytes per
+entry"; a GiB of Redis holds 2^30 / that many entries.
 
-The baseline, in the same run, is the layout before the snapshot got its own key: one hash per entry with
-the snapshot as a field (written here with HSET, the fields the accept script wrote), plus the queue — no
-env index. A snapshot longer than ``hash-max-listpack-value`` (64 B by default) turns that hash into a
-hashtable, which is where most of its bytes go.
+Twice per size: compression off (``SNAPSHOT_COMPRESS_MIN_BYTES=0``, every snapshot plain JSON) and on (the
+setting's value, or ``--threshold``; buffer/snapshot_codec.py: zlib level 1 with the format's preset
+dictionary, stored only when smaller). With each, the Python CPU compression adds per trigger (``pack`` and
+``created_ms``) and per drained row (the client's reply decode and ``unpack``), medians of ``--repeat``.
 
-Compression is measured, not used: for each size, zlib at levels 1, 6 and 9 — the CPU to compress one
-snapshot (what each trigger would pay), to decompress one (what each drained row would pay), medians of
-``--repeat`` calls, and the bytes per entry with the compressed snapshot stored in ``s:<run>`` instead
-(written directly, binary). zstd is not measured: no zstd binding is installed in this project.
+The old-layout column, in the same run, is the layout before the snapshot got its own key: one hash per
+entry with the snapshot as a field (written here with HSET, the fields the accept script wrote), plus the
+queue — no env index. A snapshot longer than ``hash-max-listpack-value`` (64 B by default) turns that hash
+into a hashtable, which is where most of its bytes go.
 
-The last line is machine-readable: ``typical_bytes=<n> baseline_bytes=<n> ratio=<baseline/now>``.
+The last line is machine-readable:
+``typical_bytes=<on> typical_uncompressed_bytes=<off> baseline_bytes=<old layout> ratio=<off/on>``.
 The Redis keys are deleted at the end.
 """
 
@@ -31,7 +33,6 @@ import statistics
 import sys
 import time
 import uuid
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,14 +44,16 @@ from bench._django import setup_django
 ORG = 7
 GIB = 2**30
 SIZES = {"small": 100, "typical": 647, "large": 10 * 1024}
-LEVELS = (1, 6, 9)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=5_000, help="entries per snapshot size")
     parser.add_argument("--envs", type=int, default=1, help="envs the entries are spread over")
-    parser.add_argument("--repeat", type=int, default=2_000, help="timed (de)compressions per size and level")
+    parser.add_argument("--repeat", type=int, default=2_000, help="timed (de)compressions per size")
+    parser.add_argument(
+        "--threshold", type=int, default=None, help="compression threshold in bytes (default: the setting)"
+    )
     args = parser.parse_args(argv)
     for name in ("entries", "envs", "repeat"):
         if getattr(args, name) < 1:
@@ -119,14 +122,20 @@ def usage(client, keys: Sequence[str]) -> int:
     return sum(v or 0 for v in pipe.execute())
 
 
-def measure_now(buffer, client, docs, env_ids) -> int:
-    """Bytes per entry in today's layout, filled through the real accept script."""
+def measure_layout(buffer, client, docs, env_ids) -> int:
+    """Bytes per entry in today's layout, filled through the real accept script with ``buffer``'s
+    compression threshold (the stored form and created_ms exactly as ``Buffer.accept`` sends them). Each
+    run is accepted at its created_ms, as the trigger path does (so its hash needs no created_ms field)."""
+    from buffer import snapshot_codec
+
     k = buffer.keys_for_org(ORG)
     pipe = client.pipeline(transaction=False)
     for run_id, env, doc in docs:
+        now_ms = int(snapshot_codec.created_ms(doc, 0))
+        stored, created_ms = buffer._stored(doc, now_ms)
         buffer._scripts.accept(
             keys=[k.entry(run_id), k.queue(env), k.org_envs(ORG), k.orgs],
-            args=[run_id, env, ORG, doc, int(time.time() * 1000), 10**9, "", k.base],
+            args=[run_id, env, ORG, stored, now_ms, 10**9, "", k.base, created_ms],
             client=pipe,
         )
     replies = pipe.execute()
@@ -135,6 +144,8 @@ def measure_now(buffer, client, docs, env_ids) -> int:
     shared = [k.queue(e) for e in env_ids] + [k.index(e) for e in env_ids] + [k.queued, k.heads, k.org_envs(ORG)]
     encodings = {client.object("encoding", k.entry(docs[0][0])), client.object("encoding", k.index(env_ids[0]))}
     assert "hashtable" not in encodings, f"the entry hash is not compact: {encodings}"
+    read_back = buffer.get(docs[0][0], org_id=ORG)
+    assert read_back is not None and read_back.snapshot == docs[0][2], "the snapshot does not read back"
     return (usage(client, per_entry) + usage(client, shared)) // len(docs)
 
 
@@ -153,14 +164,26 @@ def measure_baseline(client, prefix: str, docs, env_ids) -> int:
     return (usage(client, per_entry) + usage(client, [f"{base}q:{e}" for e in env_ids])) // len(docs)
 
 
-def measure_compressed(raw, buffer, docs, level: int) -> int:
-    """Bytes per entry if ``s:<run>`` held the zlib-compressed snapshot (rewritten in place, binary)."""
-    k = buffer.keys_for_org(ORG)
-    pipe = raw.pipeline(transaction=False)
-    for run_id, _, doc in docs:
-        pipe.set(k.snapshot(run_id), zlib.compress(doc.encode(), level))
-    pipe.execute()
-    return usage(raw, [k.snapshot(run_id) for run_id, _, _ in docs]) // len(docs)
+def cpu_us(docs, *, min_bytes: int, repeat: int) -> tuple[float, float]:
+    """Median µs of what compression adds in Python: per trigger, ``pack`` and ``created_ms`` (what
+    ``Buffer.accept``/``trigger`` do with the JSON); per drained row, decoding the reply bytes as the client
+    does (UTF-8, surrogateescape) and ``unpack``."""
+    from buffer import snapshot_codec
+
+    texts = [doc for _, _, doc in docs]
+    wire = [
+        packed if isinstance(packed, bytes) else packed.encode()
+        for packed in (snapshot_codec.pack(t, min_bytes=min_bytes) for t in texts)
+    ]
+
+    def trigger(text: str) -> None:
+        snapshot_codec.pack(text, min_bytes=min_bytes)
+        snapshot_codec.created_ms(text, 0)
+
+    def drained(value: bytes) -> None:
+        snapshot_codec.unpack(value.decode("utf-8", "surrogateescape"))
+
+    return timed_us(trigger, texts, repeat), timed_us(drained, wire, repeat)
 
 
 def delete_prefixes(client, prefixes: Sequence[str]) -> None:
@@ -189,48 +212,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     import redis
     from django.conf import settings
 
-    from buffer.buffer import Buffer
+    from buffer.buffer import CLIENT_OPTIONS, Buffer
 
-    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-    raw = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS)
+    threshold = args.threshold if args.threshold is not None else settings.MOLLIFIER.SNAPSHOT_COMPRESS_MIN_BYTES
     tag = uuid.uuid4().hex[:7]
     # Key names as long as the default KEY_PREFIX's ("mollifier"): names are part of every key's bytes.
-    prefixes = {kind: (f"m{tag}{kind[0]}", f"o{tag}{kind[0]}") for kind in SIZES}
+    prefixes = {kind: (f"m{tag}{kind[0]}", f"n{tag}{kind[0]}", f"o{tag}{kind[0]}") for kind in SIZES}
     env_ids = list(range(100, 100 + args.envs))
     now_ms = int(time.time() * 1000)
     results = {}
     print(f"{args.entries} entries per size over {args.envs} env(s); bytes = MEMORY USAGE per entry incl. its "
-          f"share of queue, env index and shard keys")  # fmt: skip
-    print(f"{'snapshot':>16} | {'before B':>8} {'per GiB':>9} | {'now B':>6} {'per GiB':>9} {'before/now':>10} | "
-          + " | ".join(f"zlib-{lv}: B  c µs  d µs" for lv in LEVELS))  # fmt: skip
+          f"share of queue, env index and shard keys; compression on = SNAPSHOT_COMPRESS_MIN_BYTES={threshold}")  # fmt: skip
+    print(f"{'snapshot':>16} | {'old layout B':>12} | {'off B':>6} {'per GiB':>9} | {'on B':>6} {'per GiB':>9} "
+          f"{'off/on':>6} | {'trigger µs off/on':>17} | {'drained row µs off/on':>21}")  # fmt: skip
     try:
         for kind in SIZES:
             docs = snapshots(kind, args.entries, env_ids=env_ids, now_ms=now_ms)
             size = statistics.median(len(doc.encode()) for _, _, doc in docs)
-            run_prefix, old_prefix = prefixes[kind]
-            buffer = Buffer(client, prefix=run_prefix, shards=1)
+            off_prefix, on_prefix, old_prefix = prefixes[kind]
             before = measure_baseline(client, old_prefix, docs, env_ids)
-            now = measure_now(buffer, client, docs, env_ids)
-            snap_now = usage(client, [buffer.keys_for_org(ORG).snapshot(r) for r, _, _ in docs]) // len(docs)
-            cols = []
-            encoded = [doc.encode() for _, _, doc in docs]
-            for level in LEVELS:
-                blobs = [zlib.compress(b, level) for b in encoded]
-                comp_us = timed_us(lambda b, lv=level: zlib.compress(b, lv), encoded, args.repeat)
-                decomp_us = timed_us(zlib.decompress, blobs, args.repeat)
-                snap_z = measure_compressed(raw, buffer, docs, level)
-                cols.append(f"{now - snap_now + snap_z:>10} {comp_us:5.1f} {decomp_us:5.1f}")
-            results[kind] = (before, now)
-            print(f"{kind + f' ({size:.0f} B)':>16} | {before:>8} {GIB // before:>9} | {now:>6} {GIB // now:>9} "
-                  f"{before / now:>10.2f} | " + " | ".join(cols))  # fmt: skip
+            off = measure_layout(Buffer(client, prefix=off_prefix, shards=1), client, docs, env_ids)
+            on = measure_layout(
+                Buffer(client, prefix=on_prefix, shards=1, compress_min_bytes=threshold), client, docs, env_ids
+            )
+            trig_off, row_off = cpu_us(docs, min_bytes=0, repeat=args.repeat)
+            trig_on, row_on = cpu_us(docs, min_bytes=threshold, repeat=args.repeat)
+            results[kind] = (before, off, on)
+            print(f"{kind + f' ({size:.0f} B)':>16} | {before:>12} | {off:>6} {GIB // off:>9} | {on:>6} {GIB // on:>9} "
+                  f"{off / on:>6.2f} | {trig_off:>8.1f} {trig_on:>8.1f} | {row_off:>10.1f} {row_on:>10.1f}")  # fmt: skip
             delete_prefixes(client, prefixes[kind])
     finally:
-        for pair in prefixes.values():
-            delete_prefixes(client, pair)
-    print("zlib columns: bytes per entry with the compressed snapshot in s:<run>, µs to compress one snapshot "
-          "(per trigger) and to decompress one (per drained row); measured, not used")  # fmt: skip
-    before, now = results["typical"]
-    print(f"typical_bytes={now} baseline_bytes={before} ratio={before / now:.2f}")
+        for group in prefixes.values():
+            delete_prefixes(client, group)
+    print("µs columns: Python CPU per trigger (pack + created_ms) and per drained row (reply decode + unpack), "
+          "medians; the row's JSON parse and everything else are the same either way")  # fmt: skip
+    before, off, on = results["typical"]
+    print(f"typical_bytes={on} typical_uncompressed_bytes={off} baseline_bytes={before} ratio={off / on:.2f}")
     return 0
 
 

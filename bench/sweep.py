@@ -84,6 +84,8 @@ def counting_client(url: str):
     import redis
     from redis.connection import Connection
 
+    from buffer.buffer import CLIENT_OPTIONS
+
     class CountingConnection(Connection):
         commands = 0
         round_trips = 0
@@ -102,7 +104,7 @@ def counting_client(url: str):
             return super().pack_commands(commands)
 
     kwargs = redis.connection.parse_url(url)
-    pool = redis.ConnectionPool(connection_class=CountingConnection, decode_responses=True, **kwargs)
+    pool = redis.ConnectionPool(connection_class=CountingConnection, **CLIENT_OPTIONS, **kwargs)
     return redis.Redis(connection_pool=pool), CountingConnection
 
 
@@ -126,7 +128,7 @@ def fill(buffer, args: argparse.Namespace, now_ms: int) -> set[str]:
                 stale_ids.add(run_id)
             buffer._scripts.accept(
                 keys=[k.entry(run_id), k.queue(env), k.org_envs(org), k.orgs],
-                args=[run_id, env, org, f'{{"id":"{run_id}"}}', accepted_ms, 1_000_000, "", k.base],
+                args=[run_id, env, org, f'{{"id":"{run_id}"}}', accepted_ms, 1_000_000, "", k.base, accepted_ms],
                 client=pipe,
             )
             pending += 1

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 from django.conf import settings
@@ -38,7 +38,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import LockError
 from redis.retry import Retry
 
-from buffer import metrics, operators, stats, sweep_state
+from buffer import metrics, operators, snapshot_codec, stats, sweep_state
 from buffer.cluster import BufferCluster
 from buffer.keys import ClaimKind, ShardKeys, shard_for
 from buffer.operators import EnvCensus, ShardTop
@@ -216,6 +216,8 @@ class Entry:
     # The run's created_at in epoch ms, as its Postgres row has it: set by ``Buffer.env_page`` (the index's
     # sort key); elsewhere None (the snapshot's ``created_ms`` says the same).
     created_ms: int | None = None
+    # Why the stored snapshot could not be read back (a corrupt compressed value): then ``snapshot`` is "".
+    snapshot_error: str | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -234,17 +236,29 @@ def _extra_tags(value: str | None) -> list[str]:
     return [str(tag) for tag in decoded] if isinstance(decoded, list) else []
 
 
+def _snapshot(stored: str | None) -> tuple[str, str | None]:
+    """The snapshot JSON of a stored value, and why it is unreadable (``None``: it is readable).
+
+    Never raises: an entry whose snapshot is corrupt must still come back (a drain round turns it into a
+    failure row; an operator sees it), not take a whole lease reply down with it."""
+    try:
+        return snapshot_codec.unpack(stored), None
+    except snapshot_codec.CorruptSnapshot as exc:
+        return "", str(exc)
+
+
 def parse_entry(run_id: str, flat: Sequence[str]) -> Entry | None:
     """An ``Entry`` from a flat HGETALL reply; ``None`` for an empty reply (no such entry)."""
     if not flat:
         return None
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    snapshot, snapshot_error = _snapshot(fields.get("snapshot"))
     return Entry(
         run_id=run_id,
         env_id=int(fields["env"]),
         org_id=int(fields["org"]),
         status=EntryStatus(fields["status"]),
-        snapshot=fields.get("snapshot", ""),
+        snapshot=snapshot,
         attempts=int(fields.get("attempts", 0)),
         accepted_ms=int(fields.get("accepted_ms", 0)),
         lease_until_ms=_opt_int(fields.get("lease_until_ms")),
@@ -256,6 +270,7 @@ def parse_entry(run_id: str, flat: Sequence[str]) -> Entry | None:
         delay_until_ms=_opt_int(fields.get("delay_until_ms")),
         metadata=fields.get("metadata") or None,
         metadata_version=int(fields.get("metadata_version") or 0),
+        snapshot_error=snapshot_error,
     )
 
 
@@ -272,17 +287,36 @@ def parse_leased(run_id: str, values: Sequence[str | None]) -> Entry:
     (snapshot, env, org, status, attempts, accepted, lease_until, cancelled, reason, extra, error, done,
      delay_until, metadata, version) = values  # fmt: skip
     assert env is not None and org is not None and status is not None, f"entry {run_id} lacks env, org or status"
+    text, snapshot_error = _snapshot(snapshot)
     return Entry(
-        run_id, int(env), int(org), EntryStatus(status), snapshot or "", int(attempts or 0), int(accepted or 0),
+        run_id, int(env), int(org), EntryStatus(status), text, int(attempts or 0), int(accepted or 0),
         _opt_int(lease_until), _opt_int(cancelled), reason, _extra_tags(extra), error, done == "1",
-        _opt_int(delay_until), metadata or None, int(version or 0),
+        _opt_int(delay_until), metadata or None, int(version or 0), snapshot_error=snapshot_error,
     )  # fmt: skip
+
+
+def _lua_number(value: int | float) -> str:
+    """A JSON number as Lua's ``tostring`` writes it (append_tags deduped snapshot tags in Lua, with cjson's
+    doubles): ``%.14g``, so 7 is "7" and 1.5 is "1.5"."""
+    return f"{float(value):.14g}"
 
 
 def _require(name: str, value: int, minimum: int) -> None:
     """Bad arguments fail loudly with the parameter's name instead of reaching a script."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+CLIENT_OPTIONS: dict[str, Any] = {"decode_responses": True, "encoding_errors": "surrogateescape"}
+"""What every client of the buffer needs: ``str`` replies, and compressed snapshots (binary) that survive
+the decoding — an undecodable byte becomes a lone surrogate, which ``buffer.snapshot_codec`` turns back into
+that byte. Valid UTF-8, i.e. everything else the buffer stores, decodes as usual."""
+
+
+def uses_client_options(client: redis.Redis) -> bool:
+    """Whether ``client`` decodes replies as ``CLIENT_OPTIONS`` says (a single server or a cluster)."""
+    encoder = client.get_encoder()
+    return bool(encoder.decode_responses) and encoder.encoding_errors == CLIENT_OPTIONS["encoding_errors"]
 
 
 _clients: dict[str, tuple[redis.Redis, Scripts]] = {}
@@ -315,7 +349,7 @@ def client_for(url: str) -> tuple[redis.Redis, Scripts]:
         if url not in _clients:
             location = redis_location(url)
             options = dict(
-                decode_responses=True,
+                CLIENT_OPTIONS,
                 socket_connect_timeout=1.0,
                 socket_timeout=5.0,
                 health_check_interval=30,
@@ -333,7 +367,12 @@ def client_for(url: str) -> tuple[redis.Redis, Scripts]:
 class Buffer:
     """Typed access to one buffer: ``prefix`` (KEY_PREFIX) and ``shards`` (SHARDS) fix the key space.
 
-    The client must use ``decode_responses=True``: every reply is parsed as ``str``.
+    The client must be made with ``CLIENT_OPTIONS`` (``decode_responses=True`` and ``surrogateescape``): every
+    reply is parsed as ``str``, and a compressed snapshot must come back byte for byte.
+
+    ``compress_min_bytes`` (SNAPSHOT_COMPRESS_MIN_BYTES): snapshots of at least that many bytes are stored
+    compressed when that makes them smaller (``buffer.snapshot_codec``); 0 stores every snapshot as JSON.
+    Either way every snapshot ever stored reads back.
     """
 
     def __init__(
@@ -345,11 +384,16 @@ class Buffer:
         scripts: Scripts | None = None,
         accept_replicas: int = 0,
         accept_wait_ms: int = 0,
+        compress_min_bytes: int = 0,
     ) -> None:
         """``accept_replicas`` > 0: every accept waits (``WAIT``, at most ``accept_wait_ms``) for that many
         replicas to have it before it counts as accepted (``ACCEPT_DURABILITY=replica``)."""
         _require("shards", shards, 1)
         _require("accept_replicas", accept_replicas, 0)
+        _require("compress_min_bytes", compress_min_bytes, 0)
+        if not uses_client_options(client):
+            raise ValueError("the buffer's Redis client must be made with buffer.buffer.CLIENT_OPTIONS")
+        self._compress_min_bytes = compress_min_bytes
         self._accept_replicas = accept_replicas
         self._accept_wait_ms = accept_wait_ms
         self._client = client
@@ -365,7 +409,15 @@ class Buffer:
         return cls(
             client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts,
             accept_replicas=1 if cfg.ACCEPT_DURABILITY == "replica" else 0, accept_wait_ms=cfg.ACCEPT_WAIT_MS,
+            compress_min_bytes=cfg.SNAPSHOT_COMPRESS_MIN_BYTES,
         )  # fmt: skip
+
+    def _stored(self, snapshot: str, now_ms: int) -> tuple[str | bytes, str]:
+        """What accept and trigger send for ``snapshot``: its stored form, and its created_ms (the env index
+        position, read here because no script reads a snapshot; ``now_ms`` if it has none)."""
+        return snapshot_codec.pack(snapshot, min_bytes=self._compress_min_bytes), snapshot_codec.created_ms(
+            snapshot, now_ms
+        )
 
     # -- keys ---------------------------------------------------------------------------------------------
 
@@ -409,7 +461,8 @@ class Buffer:
             raise ValueError("snapshot must be a non-empty JSON string")
         k = self.keys_for_org(org_id)
         keys = [k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs]
-        args: list[str | int] = [run_id, env_id, org_id, snapshot, now_ms, max_per_env, "", k.base]
+        stored, created_ms = self._stored(snapshot, now_ms)
+        args: list[str | bytes | int] = [run_id, env_id, org_id, stored, now_ms, max_per_env, "", k.base, created_ms]
         if idempotency is not None:
             keys.append(_idem_key(k, env_id, idempotency))
             args[6] = idempotency.ttl_ms
@@ -461,9 +514,10 @@ class Buffer:
             k.entry(run_id), k.queue(env_id), k.org_envs(org_id), k.orgs, k.closed_envs, k.rate(env_id),
             k.tripped(env_id),
         ]  # fmt: skip
-        args: list[str | int] = [
-            run_id, env_id, org_id, snapshot if can_accept else "", now_ms, max_per_env, k.base, "skip", 0, 0, 0,
-            "1" if can_accept else "0", "", "",
+        stored, created_ms = self._stored(snapshot, now_ms) if can_accept else ("", "")
+        args: list[str | bytes | int] = [
+            run_id, env_id, org_id, stored, now_ms, max_per_env, k.base, "skip", 0, 0, 0,
+            "1" if can_accept else "0", "", "", created_ms,
         ]  # fmt: skip
         if gate is not None:
             _require("window_ms", gate.window_ms, 1)
@@ -534,12 +588,42 @@ class Buffer:
         if isinstance(tags, str) or not all(isinstance(tag, str) for tag in tags):
             raise ValueError("tags must be a list of strings")
         k = self.keys_for_org(org_id)
+        own = self._snapshot_tags(k, run_id)
         status, total, added = self._scripts.append_tags(
-            keys=[k.entry(run_id), k.snapshot(run_id)], args=[env_id, max_tags, *tags]
+            keys=[k.entry(run_id)], args=[env_id, max_tags, -1 if own is None else len(own), *(own or ()), *tags]
         )
         status = MutationStatus(status)
         count = int(total) if status is MutationStatus.TOO_MANY else int(added)
         return MutationResult(status, count=count, total=int(total))
+
+    def _snapshot_tags(self, k: ShardKeys, run_id: str) -> list[str] | None:
+        """The tags of the run's stored snapshot, for ``append_tags`` to dedupe against; ``[]`` when there is
+        no snapshot (the script then answers NOT_FOUND), ``None`` when it is not a readable JSON object.
+
+        Read before the script, in Python, because a stored snapshot may be compressed. Correct without a
+        lock: a snapshot is written once, at accept, and never changed. The rules are the ones the script
+        applied with cjson: "tags" absent, a list, a string, or an object (its values); a number counts as
+        its text; anything else is skipped."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(k.snapshot(run_id))
+        pipe.hget(k.entry(run_id), "snapshot")  # an entry written before s:<run>
+        stored, legacy = pipe.execute()
+        if stored is None and legacy is None:
+            return []
+        text, error = _snapshot(stored if stored is not None else legacy)
+        try:
+            doc = json.loads(text) if error is None else None
+        except (ValueError, RecursionError):
+            doc = None
+        if not isinstance(doc, dict):
+            return None
+        value = doc.get("tags")
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        return [
+            tag if isinstance(tag, str) else _lua_number(tag)
+            for tag in values
+            if isinstance(tag, str) or (isinstance(tag, int | float) and not isinstance(tag, bool))
+        ]
 
     # -- reschedule and metadata of buffered runs (docs/architecture.md#reads-and-mutations-of-buffered-runs) --
 

@@ -20,10 +20,12 @@ key                                            type    holds / written by
 ``B e:<run>``                                  HASH    the entry (fields below). accept, trigger create it; lease, ack,
                                                        requeue, promote_due, reclaim_expired, release, dead_letter,
                                                        cancel, append_tags update it. No TTL except once ACKED.
-``B s:<run>``                                  STRING  the entry's snapshot JSON, byte-for-byte (kept out of the hash so
-                                                       the hash stays listpack-encoded). accept creates it; get,
-                                                       lease, take, append_tags read it; ack gives it the grace
-                                                       TTL (or deletes it) with the hash
+``B s:<run>``                                  STRING  the entry's snapshot: the JSON byte-for-byte, or compressed
+                                                       (``buffer.snapshot_codec``; kept out of the hash so the hash
+                                                       stays listpack-encoded). accept creates it; get, lease, take,
+                                                       env_page return it, ``Buffer.append_tags`` reads it; no
+                                                       script decodes it; ack gives it the grace TTL (or deletes
+                                                       it) with the hash
 ``B queued``                                   STRING  ids in the shard's env queues, together (= the sum of the
                                                        queues' LLENs). every script that pushes to or removes from
                                                        a queue (``lib/shard_counts.lua``); read by shard_stats
@@ -76,7 +78,8 @@ Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewrit
 ``status`` (QUEUED | LEASED | DEAD | ACKED; a requeued entry waiting in ``retry`` is QUEUED), ``attempts`` (absent: 0),
 ``accepted_ms``, ``lease_until_ms`` (only while LEASED), ``cancelled_at`` (ms) and ``cancel_reason``,
 ``extra_tags`` (JSON array of tags appended while buffered), ``last_error``, ``materialised`` (1 once acked; absent: 0),
-``acked_ms``, ``dead_ms``, and the overrides of a reschedule or a metadata write: ``delay_until_ms``,
+``acked_ms``, ``dead_ms``, ``created_ms`` (the snapshot's, only when it differs from accepted_ms: the env index
+member's key, so ack need not read the snapshot), and the overrides of a reschedule or a metadata write: ``delay_until_ms``,
 ``metadata`` (JSON object) and ``metadata_version`` (compare-and-set counter).
 
 Lua scripts that discover run ids at run time (lease, ack, promote_due, …) derive ``e:<run>``, ``q:<env>``

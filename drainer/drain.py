@@ -289,6 +289,8 @@ def _ids(entry: Entry) -> dict[str, Any]:
 
 
 def _parse(entry: Entry) -> Snapshot:
+    if entry.snapshot_error is not None:  # a stored value the buffer could not read back (corrupt)
+        raise SnapshotError(entry.snapshot_error)
     snapshot = from_snapshot(entry.snapshot)
     if (snapshot.env_id, snapshot.org_id) != (entry.env_id, entry.org_id) or snapshot.id != entry.run_id:
         raise SnapshotError("snapshot does not match its buffer entry (run, env or org differ)")

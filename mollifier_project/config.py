@@ -62,6 +62,10 @@ class MollifierSettings(BaseModel):
     ACCEPT_DURABILITY: Literal["none", "replica"] = "none"
     ACCEPT_WAIT_MS: int = Field(500, ge=1)
     MAX_PAYLOAD_BYTES: int = Field(3 * 1024 * 1024, ge=1)
+    # Snapshots of at least this many bytes are stored zlib-compressed in Redis when that makes them smaller
+    # (docs/operations.md#snapshot-compression); 0 stores every snapshot as plain JSON. Either way every
+    # stored snapshot stays readable, so the setting can change at any time.
+    SNAPSHOT_COMPRESS_MIN_BYTES: int = Field(256, ge=0)
     MAX_BUFFERED_PER_ENV: int = Field(1_000_000, ge=1)
     # Packets (docs/api.md#packets): the largest body one upload may store, and how long a presigned URL lives.
     MAX_PACKET_BYTES: int = Field(100 * 1024 * 1024, ge=1)

@@ -42,6 +42,7 @@ DESIGN_DEFAULTS = {
     "ACCEPT_DURABILITY": "none",
     "ACCEPT_WAIT_MS": 500,
     "MAX_PAYLOAD_BYTES": 3 * 1024 * 1024,
+    "SNAPSHOT_COMPRESS_MIN_BYTES": 256,  # not in §14: snapshot compression (issue 11), docs/operations.md#redis
     "MAX_PACKET_BYTES": 100 * 1024 * 1024,
     "PACKET_URL_TTL_S": 3600,
     "MAX_METADATA_BYTES": 256 * 1024,
@@ -74,6 +75,7 @@ def test_values_are_read_from_prefixed_variables():
         ("MOLLIFIER_ENABLED", "maybe"),
         ("MOLLIFIER_LEASE_MS", "thirty seconds"),
         ("MOLLIFIER_DRAIN_INTERVAL_S", "0"),
+        ("MOLLIFIER_SNAPSHOT_COMPRESS_MIN_BYTES", "-1"),
         ("MOLLIFIER_KEY_PREFIX", "has space"),
         ("MOLLIFIER_SHADOW_MODE", "ture"),
     ],

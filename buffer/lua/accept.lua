@@ -10,11 +10,12 @@ KEYS[6]  idem:<env>:…       optional: the task-level idempotency key to bind t
 ARGV[1]  run id
 ARGV[2]  env id
 ARGV[3]  org id
-ARGV[4]  snapshot JSON (stored byte-for-byte, never re-encoded)
+ARGV[4]  the snapshot as stored: plain JSON or compressed (buffer/snapshot_codec.py), byte-for-byte, never read
 ARGV[5]  now_ms
 ARGV[6]  max entries per env queue (exact cap)
 ARGV[7]  idempotency key TTL in ms (only with KEYS[6]; "" without it)
 ARGV[8]  shard key base "<prefix>:{m<k>}:" (for keys ``lib/entry_accept.lua`` derives)
+ARGV[9]  the snapshot's created_ms (digits; the caller reads it from the JSON): its env index position
 
 Returns {status, value}:
   {"ACCEPTED", depth after the push}
@@ -49,5 +50,6 @@ end
 
 entry_accept(
   {entry = entry, queue = queue, org_envs = org_envs, orgs = orgs, idem = idem, base = ARGV[8]},
-  {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = ARGV[5], idem_ttl_ms = ARGV[7]})
+  {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = ARGV[5], idem_ttl_ms = ARGV[7],
+   created_ms = ARGV[9]})
 return {'ACCEPTED', depth + 1}

@@ -17,6 +17,9 @@ lease expired and it was reclaimed, while a slow drainer was still writing it â€
 just written: the caller cancels those rows (cancel wins, docs/architecture.md#guarantees) and adds the
 tags the row lacks. Reading both in the same script as the ack means no mutation can slip between the
 two: a later one sees ACKED and goes to Postgres itself.
+Cost: one HMGET per entry reads every field the ack needs (status, env, org, accepted_ms, created_ms,
+lease_until_ms, cancel flag, extra tags); leases lose their members in one ZREM per 1000 entries; the env index
+member is rebuilt from the hash (``lib/env_index.lua``), never from the snapshot, which no step reads.
 Guarantees: each entry leaves leases (and, if a reclaim raced the drain, retry or its queue, keeping the
 org/env sets equal to queue presence and the shard counters exact) and its env index ix:<env>; its hash
 and its snapshot s:<run> stay, with status ACKED, materialised 1 and a TTL of grace_ms, so a read that raced the drain still finds it and a re-accept of the same run id is refused
@@ -25,10 +28,7 @@ as DUPLICATE during the grace. Idempotency keys are not touched.
 local leases, retry, dead, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, now, grace = ARGV[1], ARGV[2], tonumber(ARGV[3])
 
-local function leave_queue(run, entry)
-  local where = redis.call('HMGET', entry, 'env', 'org')
-  local env, org = where[1], where[2]
-  if not env then return end
+local function leave_queue(run, env, org)
   local queue = base .. 'q:' .. env
   local removed = redis.call('LREM', queue, 0, run)
   if removed > 0 then
@@ -39,35 +39,43 @@ end
 
 local acked = 0
 local cancelled = {}
+local runs = {}
 for i = 4, #ARGV do
   local run = ARGV[i]
+  runs[#runs + 1] = run
   local entry = base .. 'e:' .. run
-  local f = redis.call('HMGET', entry, 'status', 'env')
-  local status, env = f[1], f[2]
-  redis.call('ZREM', leases, run)
+  local f = redis.call('HMGET', entry, 'status', 'env', 'org', 'accepted_ms', 'created_ms', 'lease_until_ms',
+    'cancelled_at', 'cancel_reason', 'extra_tags')
+  local status, env, org = f[1], f[2], f[3]
   if status and status ~= 'ACKED' then
-    if status == 'QUEUED' and redis.call('ZREM', retry, run) == 0 then
-      leave_queue(run, entry)
+    if status == 'QUEUED' and redis.call('ZREM', retry, run) == 0 and env then
+      leave_queue(run, env, org)
+    elseif status == 'DEAD' then
+      redis.call('ZREM', dead, run)
     end
-    redis.call('ZREM', dead, run)
-    redis.call('HSET', entry, 'status', 'ACKED', 'materialised', 1, 'acked_ms', now)
-    redis.call('HDEL', entry, 'lease_until_ms')
-    local flag = redis.call('HMGET', entry, 'cancelled_at', 'cancel_reason', 'extra_tags')
-    if flag[1] or flag[3] then
+    if f[7] or f[9] then
       table.insert(cancelled, run)
-      table.insert(cancelled, flag[1] or '')
-      table.insert(cancelled, flag[2] or '')
-      table.insert(cancelled, flag[3] or '')
+      table.insert(cancelled, f[7] or '')
+      table.insert(cancelled, f[8] or '')
+      table.insert(cancelled, f[9] or '')
     end
-    index_remove(base, env, run, entry)
+    if index_remove(base, env, run, f[4], f[5]) == 0 then
+      legacy_index_remove(base, env, run, entry, f[4])
+    end
+    local snap = snapshot_key(base, run)
     if grace > 0 then
+      redis.call('HSET', entry, 'status', 'ACKED', 'materialised', 1, 'acked_ms', now)
+      if f[6] then redis.call('HDEL', entry, 'lease_until_ms') end
       redis.call('PEXPIRE', entry, grace)
-      redis.call('PEXPIRE', snapshot_key(base, run), grace)
+      redis.call('PEXPIRE', snap, grace)
     else
-      redis.call('DEL', entry, snapshot_key(base, run))
+      redis.call('DEL', entry, snap)
     end
     acked = acked + 1
   end
+end
+for i = 1, #runs, 1000 do
+  redis.call('ZREM', leases, unpack(runs, i, math.min(i + 999, #runs)))
 end
 table.insert(cancelled, 1, acked)
 return cancelled

@@ -8,7 +8,7 @@ ARGV[1]  shard key base "<prefix>:{m<k>}:" (entries are base .. "e:" .. run, sna
 ARGV[2]  cursor: the index member to start strictly below ("down") or above ("up"), or "" for the newest
          (down) / the oldest (up)
 ARGV[3]  limit (≥ 1): at most this many entries are returned
-ARGV[4]  "1" to return each entry's snapshot, "0" to leave it out
+ARGV[4]  "1" to return each entry's snapshot (as stored, plain or compressed: buffer/ decodes it), "0" to leave it out
 ARGV[5]  "down" (newest first) or "up" (oldest first)
 
 Returns a flat list {run id, created_ms, {values…}, …}, by (created_ms, run id) descending going down, ascending going up; the values

@@ -2,7 +2,7 @@
 get — read one entry.
 
 KEYS[1]  e:<run>   entry hash
-KEYS[2]  s:<run>   optional: the entry's snapshot — given, its value is appended as the field "snapshot"
+KEYS[2]  s:<run>   optional: the entry's snapshot — given, its value (as stored, plain or compressed) is appended as the field "snapshot"
 ARGV     none
 Returns the entry as a flat HGETALL list (field, value, …); empty when the entry does not exist
 (never accepted, or acked and past its grace TTL).

@@ -12,7 +12,10 @@ ARGV[4]  n, how many to pop (≥ 1)
 ARGV[5]  now_ms
 ARGV[6]  lease_ms
 ARGV[7]  max_bytes: stop before the snapshot bytes taken would pass this (0: no limit); the first entry
-         is always taken, so a huge snapshot is leased alone, never stuck
+         is always taken, so a huge snapshot is leased alone, never stuck. The bytes are the JSON's: a
+         plain snapshot's length, a compressed one's (buffer/snapshot_codec.py: "\x01", the JSON length as
+         4 bytes big-endian, deflate) from its header — not its stored length, as a 1 MiB payload of one
+         repeated byte deflates to ~1 KiB and the budget bounds the memory the drainer needs
 ARGV[8]  mode: "round" (a drain round's lease: stops before an entry marked solo — its last lease
          expired, see reclaim_expired), "solo" (only the queue head, whatever it is) or "all" (no stop)
 
@@ -28,56 +31,72 @@ lease never takes a solo entry, so an entry that may have crashed its last worke
 round down with it again; a solo lease takes one entry. When the
 queue ends up empty the env leaves KEYS[2], and the org leaves KEYS[3] if it has no other queued env
 (an env is in its org's set iff its queue is non-empty); the shard counters follow (queue_moved). The
-snapshot is read from base .. "s:" .. run; the byte budget counts its length. An id whose hash is missing or not QUEUED is
-dropped from the queue without being returned (no script leaves such an id in a queue).
+snapshot is read from base .. "s:" .. run (else the legacy hash field) as stored, never decoded; the byte
+budget counts its JSON length (ARGV[7]). An id whose hash is missing or not QUEUED is dropped from the queue without being
+returned (no script leaves such an id in a queue).
+Cost: the queue is read with LRANGE and cut once with LTRIM (not an LINDEX and LPOP per entry); per entry
+one HMGET (every returned field and solo), one GET (the snapshot) and one HSET; the deadlines go to leases in
+one ZADD per 1000 entries.
 ]]
 local queue, org_envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, env, org = ARGV[1], ARGV[2], ARGV[3]
 local lease_until = string.format('%d', tonumber(ARGV[5]) + tonumber(ARGV[6]))
 local n, max_bytes, mode = tonumber(ARGV[4]), tonumber(ARGV[7] or '0'), ARGV[8] or 'all'
-local solo_mode = mode == 'solo'
-if solo_mode then n = 1 end
-local SNAPSHOT, STATUS, LEASE_UNTIL = 1, 4, 7 -- positions in the returned values
+if mode == 'solo' then n = 1 end
+local SNAPSHOT, STATUS, LEASE_UNTIL, SOLO = 1, 4, 7, 16 -- positions in the HMGET reply
 
-local popped = 0
+-- The JSON length of a stored snapshot (nil/false: none), read from a compressed one's header.
+local function json_size(snapshot)
+  if not snapshot then return 0 end
+  if string.byte(snapshot, 1) == 1 and #snapshot >= 5 then
+    local a, b, c, d = string.byte(snapshot, 2, 5)
+    return ((a * 256 + b) * 256 + c) * 256 + d
+  end
+  return #snapshot
+end
+
+local consumed = 0 -- ids taken off the queue head (leased or dropped); cut with one LTRIM
 local out = {0}
 local deadlines = {} -- ZADD arguments, sent in chunks (Lua's unpack has a stack limit)
 local taken, bytes = 0, 0
-while taken < n do
-  local run = redis.call('LINDEX', queue, 0)
-  if not run then break end
-  local entry = base .. 'e:' .. run
-  local head = redis.call('HMGET', entry, 'status', 'solo')
-  if head[1] ~= 'QUEUED' then
-    redis.call('LPOP', queue) -- no script leaves such an id in a queue; drop it
-    popped = popped + 1
-  else
-    if head[2] == '1' and mode == 'round' then
-      out[1] = 1
-      break
-    end
-    local snap = snapshot_key(base, run)
-    local size = redis.call('STRLEN', snap)
-    if size == 0 then size = redis.call('HSTRLEN', entry, 'snapshot') end -- an entry written before s:<run>
-    if taken > 0 and max_bytes > 0 and bytes + size > max_bytes then break end
-    redis.call('LPOP', queue)
-    popped = popped + 1
+local stop = false
+while taken < n and not stop do
+  local ids = redis.call('LRANGE', queue, consumed, consumed + (n - taken) - 1)
+  if #ids == 0 then break end
+  for _, run in ipairs(ids) do
+    local entry = base .. 'e:' .. run
     local values = redis.call('HMGET', entry, 'snapshot', 'env', 'org', 'status', 'attempts', 'accepted_ms',
       'lease_until_ms', 'cancelled_at', 'cancel_reason', 'extra_tags', 'last_error', 'materialised',
-      'delay_until_ms', 'metadata', 'metadata_version')
-    redis.call('HSET', entry, 'status', 'LEASED', 'lease_until_ms', lease_until)
-    values[SNAPSHOT] = redis.call('GET', snap) or values[SNAPSHOT]
-    values[STATUS], values[LEASE_UNTIL] = 'LEASED', lease_until
-    deadlines[#deadlines + 1] = lease_until
-    deadlines[#deadlines + 1] = run
-    out[#out + 1] = run
-    out[#out + 1] = values
-    taken, bytes = taken + 1, bytes + size
+      'delay_until_ms', 'metadata', 'metadata_version', 'solo')
+    if values[STATUS] == 'QUEUED' then
+      if values[SOLO] == '1' and mode == 'round' then
+        out[1] = 1
+        stop = true
+        break
+      end
+      local snapshot = redis.call('GET', snapshot_key(base, run)) or values[SNAPSHOT] -- the hash field: written before s:<run>
+      local size = json_size(snapshot)
+      if taken > 0 and max_bytes > 0 and bytes + size > max_bytes then
+        stop = true
+        break
+      end
+      redis.call('HSET', entry, 'status', 'LEASED', 'lease_until_ms', lease_until)
+      values[SOLO] = nil
+      values[SNAPSHOT], values[STATUS], values[LEASE_UNTIL] = snapshot, 'LEASED', lease_until
+      deadlines[#deadlines + 1] = lease_until
+      deadlines[#deadlines + 1] = run
+      out[#out + 1] = run
+      out[#out + 1] = values
+      taken, bytes = taken + 1, bytes + size
+    end -- else: no script leaves such an id in a queue; it is dropped with the leased ones
+    consumed = consumed + 1
+    if taken >= n then break end
   end
 end
+if consumed > 0 then redis.call('LTRIM', queue, consumed, -1) end
 for i = 1, #deadlines, 1000 do
   redis.call('ZADD', leases, unpack(deadlines, i, math.min(i + 999, #deadlines)))
 end
 presence_leave(queue, orgs, org_envs, org, env)
-if popped > 0 then queue_moved(base, org, env, -popped) end
+if consumed > 0 then queue_moved(base, org, env, -consumed) end
 return out

@@ -15,7 +15,8 @@ KEYS[8 or 9]  idem:<env>:…  only with ARGV[14]: the task-level idempotency key
 ARGV[1]  run id
 ARGV[2]  env id
 ARGV[3]  org id
-ARGV[4]  snapshot JSON, stored byte-for-byte; "" when ARGV[12] is not "1" (this call cannot accept)
+ARGV[4]  the snapshot as stored (plain JSON or compressed, buffer/snapshot_codec.py), byte-for-byte and never
+         read; "" when ARGV[12] is not "1" (this call cannot accept)
 ARGV[5]  now_ms
 ARGV[6]  max entries per env queue (exact cap)
 ARGV[7]  shard key base "<prefix>:{m<k>}:" (for keys ``lib/entry_accept.lua`` derives)
@@ -25,6 +26,8 @@ ARGV[9]  window_ms, ARGV[10] threshold, ARGV[11] hold_ms  (the gate's settings, 
 ARGV[12] "1" if a tripped gate mollifies (the org is enrolled), else "0" (shadow: pass through)
 ARGV[13] request key TTL in ms, or "" (no KEYS request key)
 ARGV[14] idempotency key TTL in ms, or "" (no KEYS idempotency key)
+ARGV[15] the snapshot's created_ms (digits; the caller reads it from the JSON), its env index position;
+         "" when ARGV[12] is not "1"
 
 Returns {status, value, count}; count = the gate's window count after this trigger, -1 if not counted:
   {"REQ_HELD", holder, -1}      the request key is held by another run; nothing written
@@ -95,5 +98,6 @@ end
 if req then redis.call('SET', req, run, 'PX', req_ttl) end
 entry_accept(
   {entry = entry, queue = queue, org_envs = org_envs, orgs = orgs, idem = idem, base = ARGV[7]},
-  {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = now, idem_ttl_ms = idem_ttl})
+  {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = now, idem_ttl_ms = idem_ttl,
+   created_ms = ARGV[15]})
 return {'ACCEPTED', depth + 1, count}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 from prometheus_client import REGISTRY
 
-from buffer.buffer import AcceptStatus, EntryStatus, IdemRef
+from buffer import snapshot_codec
+from buffer.buffer import AcceptStatus, Buffer, EntryStatus, IdemRef
 from tests.buffer.conftest import make_snapshot
 from tests.buffer.invariants import assert_consistent
 
@@ -164,7 +166,12 @@ def test_cap_counts_waiting_entries_not_leased_ones(buffer, put):
     assert accept(buffer, run_id, doc, max_per_env=2).status is AcceptStatus.ACCEPTED
 
 
-def test_payload_with_quotes_backslashes_unicode_and_emoji_round_trips_byte_exact(buffer, redis_client):
+@pytest.mark.parametrize("min_bytes", [0, 1], ids=["plain", "compressed"])
+def test_payload_with_quotes_backslashes_unicode_and_emoji_round_trips_byte_exact(
+    buffer, redis_client, mollifier_settings, min_bytes
+):
+    mollifier_settings(SNAPSHOT_COMPRESS_MIN_BYTES=min_bytes)
+    buffer = Buffer.from_settings()
     payload = json.dumps(
         {"q": 'say "hi"', "b": "C:\\path\\", "u": "zürich — 東京", "e": "🚀👩‍💻", "nl": "a\nb\t\u0000"}
     )
@@ -172,7 +179,11 @@ def test_payload_with_quotes_backslashes_unicode_and_emoji_round_trips_byte_exac
     accept(buffer, run_id, doc)
 
     stored = redis_client.get(buffer.keys_for_org(ORG).snapshot(run_id))
-    assert stored == doc.encode("utf-8")
+    if min_bytes:  # stored compressed (the first byte says so), and the bytes decompress to the very JSON
+        assert stored[:1] == b"\x01" and int.from_bytes(stored[1:5], "big") == len(doc.encode()) > len(stored)
+        assert zlib.decompressobj(-15, zdict=snapshot_codec.DICTIONARY_V1).decompress(stored[5:]) == doc.encode()
+    else:
+        assert stored == doc.encode("utf-8")
     assert buffer.get(run_id, org_id=ORG).snapshot == doc
     (leased,) = buffer.lease(buffer.shard_for(ORG), org_id=ORG, env_id=ENV, n=1, now_ms=2_000, lease_ms=30_000)
     assert leased.snapshot == doc

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from buffer.buffer import Buffer, EntryStatus
+from buffer.buffer import CLIENT_OPTIONS, Buffer, EntryStatus
 from buffer.keys import shard_for
 from tests.buffer.invariants import assert_consistent
 
@@ -75,7 +75,7 @@ def test_parallel_leases_on_separate_connections_get_disjoint_entries(buffer, pu
     from tests.redis_servers import buffer_redis_client
 
     runs = put(ORG, ENV, count=300)
-    clients = [buffer_redis_client(decode_responses=True) for _ in range(2)]
+    clients = [buffer_redis_client(**CLIENT_OPTIONS) for _ in range(2)]
     drainers = [Buffer(client, prefix=buffer.prefix, shards=buffer.shards) for client in clients]
     got: list[list[str]] = [[], []]
     start = threading.Barrier(2)

@@ -9,7 +9,7 @@ import time
 import pytest
 import redis
 
-from buffer.buffer import AcceptStatus, Buffer, NotReplicated
+from buffer.buffer import CLIENT_OPTIONS, AcceptStatus, Buffer, NotReplicated
 from buffer.checks import check_redis_persistence
 from runs import auth
 from runs.tenants import ensure_tenant, issue_api_key
@@ -36,7 +36,7 @@ def test_a_redis_with_aof_passes_the_persistence_check(settings, tmp_path):
 def primary_and_replica(tmp_path):
     with redis_server(tmp_path / "primary") as primary:
         replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port)).start()
-        client = redis.Redis(port=replica.port, decode_responses=True)
+        client = redis.Redis(port=replica.port, **CLIENT_OPTIONS)
         deadline = time.monotonic() + 10
         while client.info("replication").get("master_link_status") != "up":
             assert time.monotonic() < deadline, "the replica never linked"
@@ -56,19 +56,19 @@ def _accept(buffer: Buffer, run_id: str):
 
 def test_with_a_replica_the_accept_is_on_the_replica_when_it_is_answered(primary_and_replica):
     primary, replica = primary_and_replica
-    buffer = Buffer(redis.Redis.from_url(primary.url, decode_responses=True), prefix="dur", shards=1,
+    buffer = Buffer(redis.Redis.from_url(primary.url, **CLIENT_OPTIONS), prefix="dur", shards=1,
                     accept_replicas=1, accept_wait_ms=2_000)  # fmt: skip
 
     assert _accept(buffer, "run_a").status is AcceptStatus.ACCEPTED
 
-    on_replica = Buffer(redis.Redis.from_url(replica.url, decode_responses=True), prefix="dur", shards=1)
+    on_replica = Buffer(redis.Redis.from_url(replica.url, **CLIENT_OPTIONS), prefix="dur", shards=1)
     entry = on_replica.get("run_a", org_id=1)
     assert entry is not None and entry.status == "QUEUED"
 
 
 def test_without_a_replica_the_accept_raises_after_the_wait_and_the_entry_stays_in_the_primary(primary_and_replica):
     primary, replica = primary_and_replica
-    buffer = Buffer(redis.Redis.from_url(primary.url, decode_responses=True), prefix="dur", shards=1,
+    buffer = Buffer(redis.Redis.from_url(primary.url, **CLIENT_OPTIONS), prefix="dur", shards=1,
                     accept_replicas=1, accept_wait_ms=300)  # fmt: skip
     replica.kill()
 

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from buffer.buffer import Buffer
+from buffer.buffer import CLIENT_OPTIONS, Buffer
 from buffer.gate import Action, count_fail_open, count_postgres_diversion, evaluate
 
 ORG, ENV = 1, 10
@@ -51,7 +51,7 @@ def run_gate(buffer, cfg, *, enrolled=True, bypass=False, now_ms=NOW):
 def unreachable_buffer() -> Buffer:
     """A buffer whose Redis refuses connections (nothing listens on port 1); no retries, so it fails at once."""
     client = redis.Redis(
-        host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True, retry=Retry(NoBackoff(), 0)
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, **CLIENT_OPTIONS, retry=Retry(NoBackoff(), 0)
     )
     return Buffer(client, prefix="x", shards=1)
 

@@ -11,14 +11,14 @@ import time
 import pytest
 import redis
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import CLIENT_OPTIONS, AcceptStatus, Buffer
 from tests.redis_servers import RedisServer
 
 ACCEPT_S = 1.5  # accepting for this long before the kill
 
 
 def _stream_until_killed(url: str, answered: list[str]) -> None:
-    client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=2)
+    client = redis.Redis.from_url(url, **CLIENT_OPTIONS, socket_timeout=2)
     buffer = Buffer(client, prefix="crash", shards=1)
     i = 0
     while True:
@@ -46,7 +46,7 @@ def test_answered_accepts_survive_a_sigkill_with_aof(tmp_path, fsync):
         server.kill()
         streamer.join(10)
         server.start()  # same port and data directory: it loads what the AOF holds
-        client = redis.Redis.from_url(server.url, decode_responses=True)
+        client = redis.Redis.from_url(server.url, **CLIENT_OPTIONS)
         restarted = Buffer(client, prefix="crash", shards=1)
         kept = sum(1 for got in restarted.get_many(answered, org_id=1, snapshot=False) if got is not None)
         depth = restarted.depth(0, 1)

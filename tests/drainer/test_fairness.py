@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from buffer.buffer import Buffer
+from buffer.buffer import CLIENT_OPTIONS, Buffer
 from drainer import drain
 from drainer.fairness import max_min_split, rotate_from
 from drainer.limits import DrainLimits
@@ -99,7 +99,7 @@ def test_cursors_survive_a_restart(buffer, park, mollifier_settings):
     assert served_by(buffer) == {second_env.id}
 
     # A new process: its own connection and script registrations; only Redis remembers where we were.
-    client = buffer_redis_client(decode_responses=True)
+    client = buffer_redis_client(**CLIENT_OPTIONS)
     try:
         restarted = Buffer(client, prefix=cfg.KEY_PREFIX, shards=1)
         assert served_by(restarted) == {first_envs[1].id}  # not first_envs[0]: the org and env cursors held

@@ -10,11 +10,13 @@ import psycopg
 import pytest
 from django.db import connection
 
+from buffer.buffer import Buffer
 from drainer import drain
 from drainer.limits import DrainLimits
 from runs import engine
 from runs.models import BatchStatus, RunStatus, TaskRun
 from runs.signals import run_cancelled
+from tests.buffer.invariants import assert_consistent
 from tests.factories import BatchFactory, EnvironmentFactory, SnapshotFactory
 from tests.live import database_url_of_test_db
 
@@ -163,6 +165,50 @@ def test_cancel_that_lands_while_leased_cancels_the_row_after_the_ack(buffer, pa
     assert report.created == 1
     row = TaskRun.objects.get(id=snap.id)
     assert (row.status, row.error["raw"]) == (RunStatus.CANCELED, "too late?")
+
+
+def test_a_corrupt_compressed_snapshot_becomes_a_failure_row_with_its_reason(
+    buffer, park, cfg, env, redis_client, mollifier_settings
+):
+    """A compressed value that no longer decompresses is an unreadable snapshot like any other: a
+    SYSTEM_FAILURE row naming the corruption, the entry acked, the rest of the round written."""
+    mollifier_settings(SNAPSHOT_COMPRESS_MIN_BYTES=1)
+    buffer = Buffer.from_settings()
+    bad, good = SnapshotFactory(env=env, payload="x" * 400), SnapshotFactory(env=env, payload="y" * 400)
+    park(bad, good)
+    key = buffer.keys_for_org(env.org_id).snapshot(bad.id)
+    value = redis_client.get(key)
+    assert value[:1] == b"\x01"
+    redis_client.set(key, value[:-3])  # truncated
+
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
+
+    assert (report.failed, report.created) == (1, 1)
+    row = TaskRun.objects.get(id=bad.id)
+    assert row.status == RunStatus.SYSTEM_FAILURE
+    assert "unreadable snapshot: compressed snapshot is" in row.error["raw"]
+    assert TaskRun.objects.get(id=good.id).payload == "y" * 400
+    assert entry(buffer, bad.id, env).status == "ACKED"
+    assert_consistent(buffer)
+
+
+def test_a_corrupt_snapshot_whose_failure_row_cannot_be_written_is_dead_lettered_with_its_reason(
+    buffer, park, cfg, env, redis_client, mollifier_settings
+):
+    mollifier_settings(SNAPSHOT_COMPRESS_MIN_BYTES=1)
+    buffer = Buffer.from_settings()
+    bad = SnapshotFactory(env=env, payload="x" * 400)
+    park(bad)
+    key = buffer.keys_for_org(env.org_id).snapshot(bad.id)
+    redis_client.set(key, redis_client.get(key)[:-3])
+    env.delete()  # not even the failure row can be written
+
+    report = drain.drain_shard(buffer, shard=0, limits=DrainLimits.from_settings(cfg))
+
+    assert report.dead == 1
+    dead = buffer.get(bad.id, org_id=bad.org_id)
+    assert dead.status == "DEAD" and "compressed snapshot is" in dead.last_error
+    assert_consistent(buffer)
 
 
 @pytest.mark.django_db(transaction=True)

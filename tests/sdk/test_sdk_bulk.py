@@ -21,7 +21,7 @@ import redis as redis_lib
 from celery import Celery
 from django.conf import settings
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import CLIENT_OPTIONS, AcceptStatus, Buffer
 from runs import engine
 from runs.models import RunStatus, TaskRun
 from runs.snapshot import to_snapshot
@@ -159,7 +159,7 @@ def make_runs(stack: Stack, kind: str, env, task: str, count: int) -> None:
             snapshots = [SnapshotFactory(env=env, task_identifier=task) for _ in range(min(2000, count - start))]
             engine.materialise_many(snapshots, buffered=False)
         return
-    client = redis_lib.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    client = redis_lib.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS)
     buffer = Buffer(client, prefix=stack.prefix, shards=1)
     for _ in range(count):
         s = SnapshotFactory(env=env, task_identifier=task)

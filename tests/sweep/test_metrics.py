@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from buffer import gate
-from buffer.buffer import Buffer, Entry, EntryStatus
+from buffer.buffer import CLIENT_OPTIONS, Buffer, Entry, EntryStatus
 from drainer import drain
 from drainer import telemetry as drain_telemetry
 from drainer.limits import DrainLimits
@@ -197,7 +197,7 @@ def test_drain_eta_is_zero_when_empty_and_infinite_when_nothing_drains(two_shard
 
 def test_unreachable_redis_leaves_the_gauges_out_but_still_answers():
     down = Buffer(
-        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True,
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, **CLIENT_OPTIONS,
                     retry=Retry(NoBackoff(), 0)),
         prefix="x", shards=1,
     )  # fmt: skip
@@ -283,7 +283,7 @@ def test_counts_add_up_across_two_worker_processes(client, key_prefix, mollifier
 
 def test_record_round_ignores_a_redis_failure(caplog):
     down = Buffer(
-        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, decode_responses=True,
+        redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2, **CLIENT_OPTIONS,
                     retry=Retry(NoBackoff(), 0)),
         prefix="x", shards=1,
     )  # fmt: skip

@@ -12,7 +12,9 @@ KEYS     none of its own: the caller passes, in table ``k``, key names it declar
            k.base      the shard key base "<prefix>:{m<k>}:" (for keys derived from it)
 ARGV     none: the caller passes, in table ``a``:
            a.run, a.env, a.org   ids (strings)
-           a.snapshot            the snapshot JSON, stored byte-for-byte, never re-encoded
+           a.snapshot            the stored snapshot (plain JSON or compressed bytes, buffer/snapshot_codec.py),
+                                 stored byte-for-byte and never read
+           a.created_ms          the snapshot's created_ms (digit string), its env index position
            a.now_ms              accept time
            a.idem_ttl_ms         PX of k.idem (only with k.idem)
 Returns  nothing; it defines ``entry_accept(k, a)``. The caller has made every check (closed, duplicate,
@@ -27,9 +29,11 @@ local function entry_accept(k, a)
   end
   -- attempts and materialised are left out while 0: every reader takes an absent one as 0 (32 B an entry).
   redis.call('HSET', k.entry, 'env', a.env, 'org', a.org, 'status', 'QUEUED', 'accepted_ms', a.now_ms)
+  -- created_ms only when it is not accepted_ms (ack rebuilds the index member from the hash alone).
+  if a.created_ms ~= a.now_ms then redis.call('HSET', k.entry, 'created_ms', a.created_ms) end
   redis.call('SET', snapshot_key(k.base, a.run), a.snapshot)
   redis.call('RPUSH', k.queue, a.run)
   presence_join(k.orgs, k.org_envs, a.org, a.env)
   queue_moved(k.base, a.org, a.env, 1)
-  index_add(k.base, a.env, a.run, a.snapshot, a.now_ms)
+  index_add(k.base, a.env, a.run, a.created_ms)
 end

@@ -8,34 +8,39 @@ Key, derived from the shard base "<prefix>:{m<k>}:":
                          scores a ZSET orders by member bytes, so ZRANGE … BYLEX walks the entries by
                          (created_ms, run id) — the order of the run list's keyset — from any cursor in
                          O(log N + page), ties included. created_ms is the snapshot's "created_ms": exactly
-                         the created_at its Postgres row gets.
+                         the created_at its Postgres row gets. No script reads it out of the snapshot (a
+                         stored snapshot may be compressed, buffer/snapshot_codec.py): the accepting caller
+                         passes it, and the entry hash keeps it in the field created_ms only when it differs
+                         from accepted_ms (the usual trigger creates the run at its accept time: 0 bytes).
 KEYS     none of its own.
 ARGV     none.
 Returns  nothing; it defines these local functions:
-  snapshot_created_ms(snapshot, fallback)   the snapshot's top-level "created_ms" as a digit string (the
-                                            first key of that name: the snapshot writer puts it before
-                                            payload and metadata, and a JSON string cannot hold an
-                                            unescaped '"created_ms":'), else fallback (accepted_ms)
   index_member(created_ms, run)             the member for a run created at created_ms (a digit string)
-  index_add(base, env, run, snapshot, accepted_ms)   after creating an entry
-  index_remove(base, env, run, entry)       when the entry (hash key ``entry``) leaves the buffer (ack);
-                                            reads its snapshot and accepted_ms to rebuild its member
+  index_add(base, env, run, created_ms)     after creating an entry
+  index_remove(base, env, run, accepted_ms, created_ms)   when the entry leaves the buffer (ack), with its
+                                            hash fields accepted_ms and created_ms (nil when absent): the
+                                            member index_add wrote. Returns how many members it removed.
+  legacy_index_remove(base, env, run, entry, accepted_ms)  for an entry parked before created_ms was passed
+                                            in (its member was cut from its then always plain-JSON snapshot,
+                                            regex '"created_ms":(%d+)'): only called when index_remove removed
+                                            nothing; a compressed or absent snapshot removes nothing.
 Guarantees: called inside the caller's script, so the index changes in the same atomic step as the entry.
 ]]
-local function snapshot_created_ms(snapshot, fallback)
-  return string.match(snapshot, '"created_ms":(%d+)') or fallback
-end
-
 local function index_member(created_ms, run)
   return string.rep('0', 15 - #created_ms) .. created_ms .. run
 end
 
-local function index_add(base, env, run, snapshot, accepted_ms)
-  redis.call('ZADD', base .. 'ix:' .. env, 0, index_member(snapshot_created_ms(snapshot, accepted_ms), run))
+local function index_add(base, env, run, created_ms)
+  redis.call('ZADD', base .. 'ix:' .. env, 0, index_member(created_ms, run))
 end
 
-local function index_remove(base, env, run, entry)
-  local f = redis.call('HMGET', entry, 'accepted_ms', 'snapshot')
-  local snapshot = redis.call('GET', snapshot_key(base, run)) or f[2] or ''
-  redis.call('ZREM', base .. 'ix:' .. env, index_member(snapshot_created_ms(snapshot, f[1] or '0'), run))
+local function index_remove(base, env, run, accepted_ms, created_ms)
+  return redis.call('ZREM', base .. 'ix:' .. env, index_member(created_ms or accepted_ms or '0', run))
+end
+
+local function legacy_index_remove(base, env, run, entry, accepted_ms)
+  local snapshot = redis.call('GET', snapshot_key(base, run)) or redis.call('HGET', entry, 'snapshot') or ''
+  if string.sub(snapshot, 1, 1) ~= '{' then return 0 end
+  local created = string.match(snapshot, '"created_ms":(%d+)') or accepted_ms or '0'
+  return redis.call('ZREM', base .. 'ix:' .. env, index_member(created, run))
 end
