@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from types import UnionType
 from typing import Any
 
-from mollifier_project.clock import EPOCH, to_ms
+from mollifier_project.clock import EPOCH, from_ms, to_ms
 from runs import codec
 
 VERSION = 1
@@ -75,6 +75,12 @@ def normalise_tags(value: object) -> list[str]:
     Lua's cjson encodes an empty table as ``{}``, so ``{}`` and ``null`` mean "no tags"; a bare string is
     one tag; duplicates are dropped keeping first-seen order.
     """
+    if type(value) is list:  # the common shape: a list of strings, de-duplicated in C
+        for item in value:
+            if type(item) is not str:
+                break
+        else:
+            return list(dict.fromkeys(value))
     if value is None:
         return []
     if isinstance(value, str):
@@ -162,13 +168,64 @@ def to_snapshot(snapshot: Snapshot) -> str:
 
 
 def from_snapshot(text: str | bytes) -> Snapshot:
-    """Parse a snapshot document. Raises ``SnapshotError`` with a reason an operator can act on."""
+    """Parse a snapshot document. Raises ``SnapshotError`` with a reason an operator can act on.
+
+    The drain parses every snapshot it writes, so a well-formed document takes ``_read_plain``, one pass
+    over its keys; anything that pass is unsure of goes to ``_read_checked``, which says what is wrong (or,
+    for what the pass only does not handle — a float time, version ``1.0`` — reads it the same way)."""
     try:
         doc = codec.loads(text)
     except (TypeError, ValueError) as exc:
         raise SnapshotError(f"snapshot is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise SnapshotError("snapshot is not a JSON object")
+    snapshot = _read_plain(doc)
+    return snapshot if snapshot is not None else _read_checked(doc)
+
+
+# JSON key → (attribute, the one type a parsed value may have, or None for "any JSON") for ``_read_plain``:
+# a parsed JSON value is exactly ``str``/``int``/``float``/``bool``/…, so ``type(v) is int`` also refuses a bool.
+_PLAIN_FIELDS: dict[str, tuple[str, type | None]] = {key: (attr, kind) for key, attr, kind in _OPTIONAL_FIELDS}
+_PLAIN_TIMES = dict(_OPTIONAL_TIMES)
+
+
+def _read_plain(doc: dict[str, Any]) -> Snapshot | None:
+    """The snapshot of a document whose every field has its plain type (integer times), else None."""
+    get = doc.get
+    version, run_id, env_id, org_id, task = get("v"), get("id"), get("env"), get("org"), get("task")
+    created_ms, tags = get("created_ms"), get("tags")
+    if (
+        type(version) is not int or version != VERSION or type(run_id) is not str or type(env_id) is not int
+        or type(org_id) is not int or type(task) is not str or type(created_ms) is not int
+        or (tags is not None and type(tags) is not list)
+    ):  # fmt: skip
+        return None
+    try:
+        kwargs: dict[str, Any] = {
+            "id": run_id, "env_id": env_id, "org_id": org_id, "task_identifier": task,
+            "created_at": from_ms(created_ms), "tags": normalise_tags(tags),
+        }  # fmt: skip
+        fields = _PLAIN_FIELDS
+        for key, value in doc.items():
+            if value is None:
+                continue
+            spec = fields.get(key)
+            if spec is not None:
+                attr, kind = spec
+                if kind is not None and type(value) is not kind:
+                    return None
+                kwargs[attr] = value
+            elif key in _PLAIN_TIMES:
+                if type(value) is not int:
+                    return None
+                kwargs[_PLAIN_TIMES[key]] = from_ms(value)
+    except (OverflowError, ValueError):  # a time beyond datetime's range: _read_checked names it
+        return None
+    return Snapshot(**kwargs)
+
+
+def _read_checked(doc: dict[str, Any]) -> Snapshot:
+    """Every field checked in turn; the first that cannot be trusted raises ``SnapshotError`` naming it."""
     version = doc.get("v")
     if version != VERSION or isinstance(version, bool):
         raise SnapshotError(f"unsupported snapshot version {version!r} (this build reads {VERSION})")

@@ -321,6 +321,53 @@ def test_materialise_many_marks_a_value_postgres_cannot_store_invalid_without_lo
     assert set(TaskRun.objects.values_list("id", flat=True)) == {before.id, after.id}
 
 
+def _validation_variants() -> list[Snapshot]:
+    """A valid snapshot with every optional field set, and each field in turn at and past its limits."""
+    base = Snapshot(
+        id="run_0000000000aaaaaaaaaaaaaaa", env_id=7, org_id=3, task_identifier="t" * 128, created_at=now_ms_precision(),
+        payload="p", metadata={"a": [1, "x"]}, tags=["a" * 128], idempotency_key="k" * 2048, idempotency_key_user="u",
+        queue="q", concurrency_key="c", ttl="1h", max_attempts=0, max_duration=0, machine="small-1x", priority=0,
+        batch_id="batch_1", batch_index=0, parent_run_id="run_p", root_run_id="run_r", depth=0, trace_id="t",
+        span_id="s",
+    )  # fmt: skip
+    texts = [attr for attr in engine._MAX_LENGTH if getattr(base, attr) is not None]
+    changes: list[dict] = [{}, {"task_identifier": ""}, {"tags": ["a"] * 10}, {"tags": ["a" * 129]}]
+    changes += [{"tags": [str(i) for i in range(11)]}, {"tags": ["ok", "\ud800"]}, {"tags": ["\x00"]}]
+    changes += [{"idempotency_key": "k" * 2049}, {"batch_id": None}, {"batch_index": None}, {"metadata": None}]
+    changes += [{"metadata": {"x": float("inf")}}, {"metadata": ["\x00"]}, {"metadata": {"\ud800": 1}}]
+    for attr in engine._INT_ATTRS:
+        changes += [{attr: v} for v in (-1, -(2**31), -(2**31) - 1, 2**31 - 1, 2**31)]
+    for attr in texts:
+        limit = engine._MAX_LENGTH[attr] or 10
+        changes += [{attr: "x" * limit}, {attr: "x" * (limit + 1)}, {attr: "a\x00b"}, {attr: "é\udc00"}, {attr: "日本"}]
+    changes += [{"queue": "q" * 129, "payload": "\x00"}, {"payload": "\ud800", "machine": "m" * 17}]
+    return [base.replace(**c) for c in changes]
+
+
+@pytest.mark.parametrize("array_oid", [1015, 1009])
+@pytest.mark.parametrize("tags", [[], ["a"], ["user_1", "tenant_9"], ["日本", "Zoë 🚀", ""], ["x" * 128] * 10])
+def test_the_tags_dumper_writes_the_bytes_psycopg_writes(array_oid, tags):
+    """The COPY's own tags dumper (``engine._tags_dumper``) is only a faster psycopg: same bytes, each type."""
+    import psycopg
+    from psycopg import adapt, pq
+
+    ours = engine._tags_dumper(array_oid)(list, None)
+    theirs = psycopg.adapters.get_dumper_by_oid(array_oid, pq.Format.BINARY)(list, adapt.Transformer())
+
+    assert bytes(ours.dump(tags)) == bytes(theirs.dump(tags))
+
+
+@pytest.mark.parametrize("snapshot", _validation_variants())
+def test_the_quick_validation_agrees_with_the_check_of_record(snapshot):
+    """``validate`` passes a snapshot on ``_plainly_valid``'s word only if ``_why_invalid`` finds nothing,
+    and otherwise answers ``_why_invalid``'s reason."""
+    tags = engine.normalise_tags(snapshot.tags)
+    expected = engine._why_invalid(snapshot, tags)
+
+    assert engine._plainly_valid(snapshot, tags) == (expected is None)
+    assert engine.validate(snapshot) == expected
+
+
 @pytest.mark.parametrize("poison", [p for name, p in POISON.items() if name != "run id too long"])
 def test_failure_row_is_written_for_a_snapshot_postgres_cannot_store(env, now, poison):
     bad = SnapshotFactory(env=env, **poison)

@@ -234,3 +234,38 @@ def test_tags_of_an_impossible_shape_are_refused():
 
 def test_empty_tags_written_as_object_by_lua_are_not_serialised_back():
     assert "tags" not in json.loads(to_snapshot(minimal(tags={})))
+
+
+# ------------------------------------------------------------------------------------- the plain read
+
+_ODD_VALUES = [None, True, False, 0, -1, 7, 1.5, 10**20, "", "x", [], ["a", 1], {}, {"k": "v"}, 10**16]
+
+
+def _variants() -> list[dict]:
+    """The full snapshot's document with each field in turn (and one unknown key) set to each odd value."""
+    base = json.loads(to_snapshot(full()))
+    variants = [base, {k: v for k, v in base.items() if k not in ("tags", "metadata")}]
+    for key in [*base, "unknown", "delay_until_ms"]:
+        for value in _ODD_VALUES:
+            variants.append({**base, key: value})
+    return variants
+
+
+@pytest.mark.parametrize("document", _variants())
+def test_the_plain_read_agrees_with_the_checked_read(document):
+    """``from_snapshot``'s fast pass (``_read_plain``) may only give up, never answer differently: whatever it
+    returns, the field-by-field read returns too, and what it refuses is refused with the checked reason."""
+    from runs.snapshot import _read_checked, _read_plain
+
+    try:
+        expected: object = _read_checked(document)
+    except SnapshotError as exc:
+        expected = str(exc)
+    plain = _read_plain(document)
+    if plain is not None:
+        assert plain == expected
+    try:
+        got: object = from_snapshot(json.dumps(document))
+    except SnapshotError as exc:
+        got = str(exc)
+    assert got == expected
