@@ -289,10 +289,13 @@ def parse_leased(run_id: str, values: Sequence[str | None]) -> Entry:
     assert env is not None and org is not None and status is not None, f"entry {run_id} lacks env, org or status"
     text, snapshot_error = _snapshot(snapshot)
     return Entry(
-        run_id, int(env), int(org), EntryStatus(status), text, int(attempts or 0), int(accepted or 0),
+        run_id, int(env), int(org), _STATUSES.get(status) or EntryStatus(status), text, int(attempts or 0), int(accepted or 0),
         _opt_int(lease_until), _opt_int(cancelled), reason, _extra_tags(extra), error, done == "1",
         _opt_int(delay_until), metadata or None, int(version or 0), snapshot_error=snapshot_error,
     )  # fmt: skip
+
+
+_STATUSES = {status.value: status for status in EntryStatus}  # a dict lookup per leased row, not Enum's __call__
 
 
 def _lua_number(value: int | float) -> str:
