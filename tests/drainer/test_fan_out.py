@@ -53,14 +53,15 @@ def test_ticks_send_a_busy_shard_once_until_its_task_starts(key_prefix, mollifie
     assert sorted(first) == [1, 2]
     assert tasks.fan_out() == [] and tasks.fan_out() == []  # a busy worker: ticks pile up no tasks
     assert sorted(shard for shard, _ in sent) == [1, 2]
-    # Several ticks long, and at least a second: a task at the back of a busy tick is run, not dropped.
-    assert {expires for _, expires in sent} == {tasks.send_expiry_s(0.2)} == {1.0}
+    # Ten shard-task budgets long: a task waiting behind other shards' tasks keeps its place in line.
+    assert {expires for _, expires in sent} == {tasks.send_expiry_s(0.2, time_budget_ms=2000)} == {20.0}
 
     with buffer.shard_lock(2, "drain", timeout_s=5):  # shard 2's task runs while another holds its lock
         assert tasks.drain_shard(2) == {"shard": 2, "locked": True}
     assert tasks.fan_out() == [2]  # it started, so the next tick may send shard 2 again; 1 still waits
 
 
-def test_a_slow_tick_sends_tasks_that_outlive_it():
-    assert tasks.send_expiry_s(1.0) == 5.0
-    assert tasks.send_expiry_s(0.05) == 1.0
+def test_a_shard_task_outlives_both_the_tick_and_the_wait_behind_other_shards_tasks():
+    assert tasks.send_expiry_s(1.0, time_budget_ms=2000) == 20.0
+    assert tasks.send_expiry_s(10.0, time_budget_ms=2000) == 50.0
+    assert tasks.send_expiry_s(0.2, time_budget_ms=500) == 5.0
