@@ -19,7 +19,7 @@ compressed bytes arrive as a ``str`` whose undecodable bytes are lone surrogates
 and arrives unchanged.
 
 No Lua script reads a snapshot's content (they cannot decompress): created_ms and tags come from the
-caller, and lease's byte budget counts the stored (compressed) length.
+caller, and lease's byte budget counts the JSON length (a compressed value's header gives it).
 """
 
 from __future__ import annotations
