@@ -411,16 +411,12 @@ def materialise_many(
     rows: list[tuple[int, Snapshot, tuple]] = []
     for i, s in enumerate(snapshots):
         tags = normalise_tags(s.tags)
-        reason = validate(s, tags=tags) or (missing.get(s.id) if missing else None)
+        reason = validate(s, tags=tags) or missing.get(s.id)
         if reason:
             results[i] = Result(s.id, Outcome.INVALID, reason=reason)
         else:
             valid.append((i, s))
-            if flags and s.id in flags:
-                row = _row(s, now=now, buffered=buffered, tags=tags, **_cancelled_fields(flags[s.id]))
-            else:
-                row = _row(s, now=now, buffered=buffered, tags=tags)
-            rows.append((i, s, row))
+            rows.append((i, s, _row(s, now=now, buffered=buffered, tags=tags, **_cancelled_fields(flags.get(s.id)))))
     created_ids: set[str] = set()
     existing_ids: set[str] = set()
     holders: dict[tuple[int, str, str], str] = {}
@@ -714,11 +710,10 @@ def settle_batches(batch_ids: Sequence[str] | set[str], *, now: datetime) -> int
     SYSTEM_FAILURE). Returns how many batches changed. One statement; safe to call repeatedly."""
     if not batch_ids:
         return 0
-    batch_table = BatchTaskRun._meta.db_table
     with connection.cursor() as cur:
         cur.execute(
             f"""
-            UPDATE {batch_table} b
+            UPDATE {_BATCHES} b
                SET status = CASE WHEN c.failed > 0 THEN %s ELSE %s END, completed_at = %s, updated_at = %s
               FROM (SELECT batch_id, count(DISTINCT idx) AS done, count(*) FILTER (WHERE status = %s) AS failed
                       FROM (SELECT batch_id, batch_index AS idx, status FROM {_TABLE} WHERE batch_id = ANY(%s)
