@@ -21,7 +21,11 @@ Race analysis — every crash point and what it costs
 3. A lease that expires while its drainer is still working (Postgres very slow): another drainer
    reclaims and materialises the same entry; both inserts race on the primary key, one wins, the
    other sees EXISTED. ``ack`` of an entry already acked is a no-op. ``mollifier.E001`` keeps
-   ``LEASE_MS`` above the drain time budget so this needs a stall, not just a busy shard.
+   ``LEASE_MS`` above the drain time budget so this needs a stall, not just a busy shard. While the
+   reclaimed entry was QUEUED, a tag, reschedule or metadata set may have been answered on it (the first
+   drainer's row was not visible yet); the row that wins may lack it, so an EXISTED entry that carries
+   overrides has them applied to the row before its ack (``engine.apply_overrides``: tags appended, delay
+   and metadata only onto a row nobody changed since it was written).
 4. Two drainers on one shard: the shard lock admits one. If a lock expired under a stalled holder,
    ``lease`` is still an atomic LPOP, so the two get disjoint entries.
 5. Cancel during drain: a cancel that lands before the lease makes a CANCELED row. One that lands
@@ -470,21 +474,43 @@ def _apply_results(
     state: _Round, normal: list[tuple[Entry, Snapshot]], results: list[engine.Result], failed: list
 ) -> None:
     clashes: list[tuple[Entry, Snapshot, engine.Result]] = []
+    carried: list[tuple[Entry, Snapshot, engine.Overrides]] = []
     for (entry, snapshot), result in zip(normal, results, strict=True):
         if result.outcome is engine.Outcome.CREATED:
             state.report.created += 1
             state.ack(entry)
         elif result.outcome is engine.Outcome.EXISTED:
-            state.report.existed += 1
-            state.ack(entry)
+            changes = overrides.carried(snapshot, entry)
+            if changes is None:
+                state.report.existed += 1
+                state.ack(entry)
+            else:
+                carried.append((entry, snapshot, changes))
         elif result.outcome is engine.Outcome.INVALID:
             failed.append((entry, snapshot, result.reason or "invalid snapshot"))
         else:
             clashes.append((entry, snapshot, result))
+    for entry, snapshot, changes in carried:
+        _guarded(state, entry, snapshot, failed, functools.partial(_existed, state, entry, changes))
     for entry, snapshot, result in clashes:
         _guarded(
             state, entry, snapshot, failed, functools.partial(_resolve_clash, state, entry, snapshot, result, failed)
         )
+
+
+def _existed(state: _Round, entry: Entry, changes: engine.Overrides | None) -> None:
+    """The run's row was there already. If the entry carries overrides, the row may lack them: another
+    drainer wrote it from an earlier lease (crash point 3) while a mutation answered on the reclaimed entry
+    landed in the buffer. Apply them before the ack (``engine.apply_overrides`` merges, never clobbers)."""
+    if changes is not None:
+        skipped = engine.apply_overrides(entry.run_id, entry.env_id, changes, now=from_ms(state.now_ms))
+        if skipped:
+            log.warning(
+                "run %s existed; its buffered %s could not be applied to the row", entry.run_id,
+                ", ".join(skipped), extra=_ids(entry),
+            )  # fmt: skip
+    state.report.existed += 1
+    state.ack(entry)
 
 
 def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engine.Result, failed: list) -> None:
@@ -499,8 +525,7 @@ def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engi
         state.report.created += 1
         state.ack(entry)
     elif retry.outcome is engine.Outcome.EXISTED:
-        state.report.existed += 1
-        state.ack(entry)
+        _existed(state, entry, overrides.carried(snapshot, entry))
     else:
         failed.append(
             (entry, snapshot, retry.reason or f"idempotency key already belongs to run {retry.existing_run_id}")

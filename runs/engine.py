@@ -775,6 +775,58 @@ def add_tags(run_id: str, env_id: int, tags: Sequence[str], *, now: datetime) ->
     return TagsOutcome.ADDED, added
 
 
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """What a buffered run's entry changed after its trigger (``runs.overrides``), to carry onto a row that
+    another drainer wrote: tags to append, the rescheduled delay, the replaced metadata (None: unchanged)."""
+
+    tags: Sequence[str] = ()
+    delay_until: datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def apply_overrides(run_id: str, env_id: int, changes: Overrides, *, now: datetime) -> list[str]:
+    """Carry an entry's overrides onto a row another drainer wrote without them (the EXISTED race,
+    drainer/drain.py crash point 3). Merges, never clobbers: tags are appended (de-duplicated, at most
+    ``MAX_TAGS``); the delay and the metadata replace the row's only while the row is as its writer left it
+    (``updated_at`` still equals ``materialised_at``) — a row changed since got that change after the
+    entry's, since a run is mutated in the buffer only while no row of it is visible — and a delay only
+    while the row is DELAYED (as ``reschedule_run``). One transaction under the row lock. Returns the names
+    of the overrides it could not apply ("tags" past the limit, "delay", "metadata"); a missing row: all."""
+    skipped: list[str] = []
+    with transaction.atomic():
+        row = (
+            TaskRun.objects.select_for_update()
+            .filter(id=run_id, env_id=env_id)
+            .values_list("tags", "status", "delay_until", "metadata", "updated_at", "materialised_at")
+            .first()
+        )
+        if row is None:
+            return ["tags", "delay", "metadata"]
+        tags, status, delay_until, metadata, updated_at, materialised_at = row
+        untouched = updated_at == materialised_at
+        update: dict[str, Any] = {}
+        merged = normalise_tags([*tags, *changes.tags])
+        if len(merged) > max(MAX_TAGS, len(tags)):
+            merged, skipped = merged[: max(MAX_TAGS, len(tags))], ["tags"]
+        if merged != list(tags):
+            update["tags"] = merged
+        if changes.delay_until is not None and changes.delay_until != delay_until:
+            if untouched and status == RunStatus.DELAYED:
+                update["delay_until"] = changes.delay_until
+                update["status"] = RunStatus.DELAYED if changes.delay_until > now else RunStatus.PENDING
+            else:
+                skipped.append("delay")
+        if changes.metadata is not None and changes.metadata != metadata:
+            if untouched:
+                update["metadata"] = changes.metadata
+            else:
+                skipped.append("metadata")
+        if update:
+            TaskRun.objects.filter(id=run_id).update(**update, updated_at=now)
+    return skipped
+
+
 @contextmanager
 def bounded_statements(*, statement_ms: int, lock_ms: int) -> Iterator[None]:
     """Cap every statement and lock wait of this connection for the block: a stalled Postgres then fails a
