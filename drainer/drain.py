@@ -39,6 +39,17 @@ Race analysis — every crash point and what it costs
 8. Killed while the next round was leased ahead (the lease thread): its entries are leased and
    uncommitted, which is case 1 for them, and case 1 or 2 for the round that was committing. An outage in
    round n releases round n + 1 too, behind round n's entries, so each queue keeps its order (case 6).
+9. Frozen (SIGSTOP, a paused VM) inside the materialise transaction, holding the row locks of what it
+   wrote. Its shard lock (``drainer.tasks.shard_lock_ms``) expires before its leases: another task drains
+   the rest of the shard meanwhile. Its session idles in the transaction, and Postgres ends it after
+   ``idle_in_transaction_session_timeout`` (half the lease, ``engine.bounded_statements``): the rows roll
+   back and the locks go before the leases expire, so the reclaim (case 1) writes those entries without
+   waiting on anything. Woken, the worker's COMMIT fails (25P03, classified with outages): nothing is
+   acked — ``state.acks`` holds only what committed — and what is still leased is released (case 6). A
+   freeze late in a slow round can outlast the lease before the session ends; the reclaimed entry's write
+   then waits on the frozen rows until the lock or statement timeout, and is requeued to the tail of its
+   queue (``to_tail``), so it never blocks the entries behind it twice. If it wakes before the session is
+   ended, its commit succeeds: case 3.
 """
 
 from __future__ import annotations
@@ -58,7 +69,7 @@ from drainer.limits import DrainLimits
 from drainer.report import Report
 from mollifier_project.clock import from_ms, now_ms
 from runs import engine, overrides
-from runs.db_errors import Failure, classify
+from runs.db_errors import Failure, classify, timed_out
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot
 
 log = logging.getLogger(__name__)
@@ -278,11 +289,14 @@ class _Round:
         self.pending.pop(entry.run_id, None)
         self.acks.append(entry.run_id)
 
-    def requeue(self, entry: Entry, error: str) -> None:
-        """Transient failure: back off and try again, or give up once attempts are exhausted."""
+    def requeue(self, entry: Entry, error: str, *, to_tail: bool = False) -> None:
+        """Transient failure: back off and try again — behind the rest of its queue (``to_tail``) when the
+        write timed out, so it cannot stand in their way again."""
         self.pending.pop(entry.run_id, None)
         delay = min(RETRY_MAX_MS, RETRY_BASE_MS * 2**entry.attempts)
-        attempts = self.buffer.requeue(self.shard, entry.run_id, now_ms=self.now_ms, delay_ms=delay, error=error)
+        attempts = self.buffer.requeue(
+            self.shard, entry.run_id, now_ms=self.now_ms, delay_ms=delay, error=error, to_tail=to_tail
+        )
         if attempts is not None:
             self.report.requeued += 1
             log.warning("requeued run %s (attempt %s): %s", entry.run_id, attempts, error, extra=_ids(entry))
@@ -415,9 +429,11 @@ def _cancel_late(flagged: list[tuple[str, int, str | None]]) -> None:
             log.exception("could not apply the late cancel of run %s", run_id, extra={"run_id": run_id})
 
 
-def _retry_or_fail(state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list) -> None:
+def _retry_or_fail(
+    state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list, *, to_tail: bool = False
+) -> None:
     if entry.attempts + 1 < state.limits.max_attempts:
-        state.requeue(entry, reason)
+        state.requeue(entry, reason, to_tail=to_tail)
     else:
         failed.append((entry, snapshot, f"gave up after {entry.attempts + 1} attempts: {reason}"))
 
@@ -432,7 +448,7 @@ def _guarded(state: _Round, entry: Entry, snapshot: Snapshot | None, failed: lis
             raise _Outage from exc
         reason = f"{type(exc).__name__}: {exc}".strip()
         if kind is Failure.RETRY:
-            _retry_or_fail(state, entry, snapshot, reason, failed)
+            _retry_or_fail(state, entry, snapshot, reason, failed, to_tail=timed_out(exc))
         else:
             failed.append((entry, snapshot, reason))
 
@@ -456,7 +472,8 @@ def _materialise_normal(
             raise _Outage from exc
         if kind is Failure.RETRY:
             for entry, snapshot in normal:
-                _retry_or_fail(state, entry, snapshot, f"{type(exc).__name__}: {exc}".strip(), failed)
+                reason = f"{type(exc).__name__}: {exc}".strip()
+                _retry_or_fail(state, entry, snapshot, reason, failed, to_tail=timed_out(exc))
             return failed
         log.warning("bulk materialise failed (%s); isolating entries one by one", exc)
         for entry, snapshot in normal:
@@ -585,7 +602,7 @@ def _failure_row(state: _Round, entry: Entry, snapshot: Snapshot | None, reason:
         if kind is Failure.OUTAGE:
             raise _Outage from exc
         if kind is Failure.RETRY:
-            state.requeue(entry, f"{type(exc).__name__}: {exc}".strip())
+            state.requeue(entry, f"{type(exc).__name__}: {exc}".strip(), to_tail=timed_out(exc))
             return
         _dead_letter(state, entry, f"{reason}; {type(exc).__name__}: {exc}")
         return

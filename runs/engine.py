@@ -828,15 +828,21 @@ def apply_overrides(run_id: str, env_id: int, changes: Overrides, *, now: dateti
 
 
 @contextmanager
-def bounded_statements(*, statement_ms: int, lock_ms: int) -> Iterator[None]:
-    """Cap every statement and lock wait of this connection for the block: a stalled Postgres then fails a
-    round (57014 / 55P03: retryable) instead of holding it past its lease. Reset afterwards, so the
-    connection is left as it was found. Postgres unreachable at the start is not this function's to
-    report: the block runs unbounded and the drain meets the outage itself (release, circuit)."""
+def bounded_statements(*, statement_ms: int, lock_ms: int, idle_ms: int) -> Iterator[None]:
+    """Cap every statement, lock wait and idle-in-transaction pause of this connection for the block: a
+    stalled Postgres then fails a round (57014 / 55P03: retryable) instead of holding it past its lease,
+    and a client that stops inside a transaction (a frozen or swapped-out worker) has its session ended by
+    Postgres after ``idle_ms`` (25P03), which rolls the transaction back and frees its row locks, so other
+    drainers' inserts of those ids stop waiting on it. Reset afterwards, so the connection is left as it
+    was found. Postgres unreachable at the start is not this function's to report: the block runs
+    unbounded and the drain meets the outage itself (release, circuit)."""
     try:
         with connection.cursor() as cur:
-            cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
-                        [f"{statement_ms}ms", f"{lock_ms}ms"])  # fmt: skip
+            cur.execute(
+                "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false),"
+                " set_config('idle_in_transaction_session_timeout', %s, false)",
+                [f"{statement_ms}ms", f"{lock_ms}ms", f"{idle_ms}ms"],
+            )
     except DatabaseError:
         discard_connection()
     try:
@@ -844,7 +850,7 @@ def bounded_statements(*, statement_ms: int, lock_ms: int) -> Iterator[None]:
     finally:
         try:
             with connection.cursor() as cur:
-                cur.execute("RESET statement_timeout; RESET lock_timeout")
+                cur.execute("RESET statement_timeout; RESET lock_timeout; RESET idle_in_transaction_session_timeout")
         except Exception:  # the connection broke during the block; it is discarded and reconnects clean
             discard_connection()
 
