@@ -69,7 +69,7 @@ from drainer.limits import DrainLimits
 from drainer.report import Report
 from mollifier_project.clock import from_ms, now_ms
 from runs import engine, overrides
-from runs.db_errors import Failure, classify, timed_out
+from runs.db_errors import Failure, classify, lock_timed_out, timed_out
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ RETRY_BASE_MS = 500
 RETRY_MAX_MS = 30_000
 CIRCUIT_BASE_MS = 100
 CIRCUIT_MAX_MS = 5_000
+ISOLATE_LOCK_MS = 100  # the lock wait of each entry written alone after its round's bulk write timed out on a lock
 
 
 class _Outage(Exception):
@@ -470,6 +471,14 @@ def _materialise_normal(
         kind = classify(exc)
         if kind is Failure.OUTAGE:
             raise _Outage from exc
+        if kind is Failure.RETRY and lock_timed_out(exc) and len(normal) > 1:
+            # One row another session holds (a frozen drainer's, say) must not take its round-mates down:
+            # write them one by one, each waiting at most ISOLATE_LOCK_MS, so only the held ones are requeued.
+            log.warning("bulk materialise waited too long on a lock (%s); writing entries one by one", exc)
+            with engine.lock_wait(ISOLATE_LOCK_MS):
+                for entry, snapshot in normal:
+                    _guarded(state, entry, snapshot, failed, functools.partial(_one, state, entry, snapshot, failed))
+            return failed
         if kind is Failure.RETRY:
             for entry, snapshot in normal:
                 reason = f"{type(exc).__name__}: {exc}".strip()

@@ -68,3 +68,9 @@ def timed_out(exc: BaseException) -> bool:
     often a row another session holds — that may not be over when the entry is tried again."""
     cause = exc.__cause__ if isinstance(exc, db_utils.Error) and exc.__cause__ is not None else exc
     return getattr(cause, "sqlstate", None) in _TIMEOUT_CODES
+
+
+def lock_timed_out(exc: BaseException) -> bool:
+    """A lock timeout (55P03): the write waited on a lock another session holds."""
+    cause = exc.__cause__ if isinstance(exc, db_utils.Error) and exc.__cause__ is not None else exc
+    return getattr(cause, "sqlstate", None) == "55P03"

@@ -855,6 +855,24 @@ def bounded_statements(*, statement_ms: int, lock_ms: int, idle_ms: int) -> Iter
             discard_connection()
 
 
+@contextmanager
+def lock_wait(ms: int) -> Iterator[None]:
+    """Lower this connection's ``lock_timeout`` to ``ms`` for the block, then restore it: the drain writes a
+    round's entries one by one this way after the round's bulk write timed out on a lock, so an entry whose
+    row another session holds costs ``ms``, not a full lock wait, and its round-mates go through."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false)", [f"{ms}ms"])
+        previous = cur.fetchone()[0]
+    try:
+        yield
+    finally:
+        try:
+            with connection.cursor() as cur:
+                cur.execute("SELECT set_config('lock_timeout', %s, false)", [previous])
+        except Exception:  # the connection broke during the block; it is discarded and reconnects clean
+            discard_connection()
+
+
 def discard_connection() -> None:
     """Drop this thread's database connection after it failed, so the next query reconnects instead of
     reusing a broken socket (web requests and drain rounds both outlive a Postgres restart)."""
