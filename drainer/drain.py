@@ -616,6 +616,15 @@ def _failure_row(state: _Round, entry: Entry, snapshot: Snapshot | None, reason:
         _dead_letter(state, entry, f"{reason}; {type(exc).__name__}: {exc}")
         return
     if result.outcome is engine.Outcome.EXISTED:  # e.g. a crash after commit used up the attempts
+        changes = overrides.carried(snapshot, entry) if snapshot is not None else None
+        if changes is not None:  # the live row another drainer wrote may lack them (crash point 3)
+            try:
+                _existed(state, entry, changes)
+                return
+            except Exception as exc:
+                if classify(exc) is Failure.OUTAGE:
+                    raise _Outage from exc
+                log.exception("could not apply the overrides of run %s to its row", entry.run_id, extra=_ids(entry))
         state.report.existed += 1
     else:
         state.report.failed += 1

@@ -77,9 +77,13 @@ class DrainerB(threading.Thread):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("mutation", ["tags", "reschedule", "metadata"])
+@pytest.mark.parametrize("max_attempts", [3, 1], ids=["normal", "attempts-exhausted"])
 def test_a_mutation_answered_on_the_reclaimed_entry_reaches_the_row_the_stalled_drainer_commits(
-    buffer, park, cfg, mutation
+    buffer, park, mollifier_settings, mutation, max_attempts
 ):
+    """With ``max_attempts`` 1 the reclaimed entry has no attempt left: B writes a SYSTEM_FAILURE row, whose
+    insert finds A's row (EXISTED) the same way and must carry the mutation onto it just the same."""
+    cfg = mollifier_settings(MAX_ATTEMPTS=max_attempts)
     env = EnvironmentFactory()
     now = now_ms()
     first_delay = from_ms(now + 3_600_000)

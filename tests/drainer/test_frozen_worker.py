@@ -85,6 +85,9 @@ def test_a_worker_frozen_inside_its_transaction_leaves_the_rest_of_its_shard_dra
     # The rest of the shard drained while the victim was frozen, within one lease of the freeze.
     assert rest_written == len(rest)
     assert rest_done_s is not None and rest_done_s < LEASE_MS / 1000
+    # And the frozen round itself: Postgres ended the frozen session (its rows rolled back, its locks freed)
+    # before the leases expired, so the reclaim wrote them while the victim was still frozen.
+    assert round_written == ROUND
 
     # Then SIGCONT: every answered run has one row, and the victim acked nothing that did not commit.
     cluster.drain_until(lambda: settled(buffer, snaps), shards=[0], timeout=60)
