@@ -45,7 +45,8 @@ Race analysis — every crash point and what it costs
    ``idle_in_transaction_session_timeout`` (half the lease, ``engine.bounded_statements``): the rows roll
    back and the locks go before the leases expire, so the reclaim (case 1) writes those entries without
    waiting on anything. Woken, the worker's COMMIT fails (25P03, classified with outages): nothing is
-   acked — ``state.acks`` holds only what committed — and what is still leased is released (case 6). A
+   acked — ``state.acks`` holds only what committed — and what is still leased is released (case 6; an
+   entry re-leased meanwhile by another drainer is then written twice, one row by ON CONFLICT). A
    freeze late in a slow round can outlast the lease before the session ends; the reclaimed entry's write
    then waits on the frozen rows until the lock or statement timeout, and is requeued to the tail of its
    queue (``to_tail``), so it never blocks the entries behind it twice. If it wakes before the session is
