@@ -779,18 +779,23 @@ class Buffer:
         tagged = [(run, _extra_tags(tags)) for run, _, _, tags in groups if tags]
         return AckResult(int(reply[0]), cancelled, tagged)
 
-    def requeue(self, shard: int, run_id: str, *, now_ms: int, delay_ms: int, error: str) -> int | None:
-        """A retryable failure: attempts + 1, wait in ``retry`` until ``now_ms + delay_ms``.
+    def requeue(
+        self, shard: int, run_id: str, *, now_ms: int, delay_ms: int, error: str, to_tail: bool = False
+    ) -> int | None:
+        """A retryable failure: attempts + 1, wait in ``retry`` until ``now_ms + delay_ms``, then back to the
+        head of its queue — or, ``to_tail``, to its tail (a write that timed out must not hold up the rest).
 
         Returns the new attempts count, or ``None`` if the run was no longer leased (nothing changed).
         """
         _require("delay_ms", delay_ms, 0)
         k = self.keys(shard)
-        attempts = self._scripts.requeue(keys=[k.leases, k.retry], args=[k.base, run_id, now_ms, delay_ms, error])
+        args: list[str | int] = [k.base, run_id, now_ms, delay_ms, error, *(["tail"] if to_tail else [])]
+        attempts = self._scripts.requeue(keys=[k.leases, k.retry], args=args)
         return None if attempts < 0 else attempts
 
     def promote_due(self, shard: int, *, now_ms: int, limit: int) -> int:
-        """Move up to ``limit`` due retries to the head of their queues. Returns how many moved."""
+        """Move up to ``limit`` due retries to the head of their queues (those requeued ``to_tail``: to the
+        tail). Returns how many moved."""
         _require("limit", limit, 1)
         k = self.keys(shard)
         return self._scripts.promote_due(keys=[k.retry, k.orgs], args=[k.base, now_ms, limit])

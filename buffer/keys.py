@@ -80,7 +80,9 @@ Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewrit
 ``extra_tags`` (JSON array of tags appended while buffered), ``last_error``, ``materialised`` (1 once acked; absent: 0),
 ``acked_ms``, ``dead_ms``, ``created_ms`` (the snapshot's, only when it differs from accepted_ms: the env index
 member's key, so ack need not read the snapshot), and the overrides of a reschedule or a metadata write: ``delay_until_ms``,
-``metadata`` (JSON object) and ``metadata_version`` (compare-and-set counter).
+``metadata`` (JSON object) and ``metadata_version`` (compare-and-set counter); ``solo`` (1: its last lease
+expired, so it is leased alone) and ``requeue_tail`` (1: requeued after a lock or statement timeout, so
+promote_due puts it at the tail of its queue; cleared there).
 
 Lua scripts that discover run ids at run time (lease, ack, promote_due, …) derive ``e:<run>``, ``q:<env>``
 and ``org:<org>:envs`` from the shard base ``B`` passed as ``ARGV[1]``, using exactly the shapes above;

@@ -21,7 +21,11 @@ Race analysis — every crash point and what it costs
 3. A lease that expires while its drainer is still working (Postgres very slow): another drainer
    reclaims and materialises the same entry; both inserts race on the primary key, one wins, the
    other sees EXISTED. ``ack`` of an entry already acked is a no-op. ``mollifier.E001`` keeps
-   ``LEASE_MS`` above the drain time budget so this needs a stall, not just a busy shard.
+   ``LEASE_MS`` above the drain time budget so this needs a stall, not just a busy shard. While the
+   reclaimed entry was QUEUED, a tag, reschedule or metadata set may have been answered on it (the first
+   drainer's row was not visible yet); the row that wins may lack it, so an EXISTED entry that carries
+   overrides has them applied to the row before its ack (``engine.apply_overrides``: tags appended, delay
+   and metadata only onto a row nobody changed since it was written).
 4. Two drainers on one shard: the shard lock admits one. If a lock expired under a stalled holder,
    ``lease`` is still an atomic LPOP, so the two get disjoint entries.
 5. Cancel during drain: a cancel that lands before the lease makes a CANCELED row. One that lands
@@ -35,6 +39,18 @@ Race analysis — every crash point and what it costs
 8. Killed while the next round was leased ahead (the lease thread): its entries are leased and
    uncommitted, which is case 1 for them, and case 1 or 2 for the round that was committing. An outage in
    round n releases round n + 1 too, behind round n's entries, so each queue keeps its order (case 6).
+9. Frozen (SIGSTOP, a paused VM) inside the materialise transaction, holding the row locks of what it
+   wrote. Its shard lock (``drainer.tasks.shard_lock_ms``) expires before its leases: another task drains
+   the rest of the shard meanwhile. Its session idles in the transaction, and Postgres ends it after
+   ``idle_in_transaction_session_timeout`` (half the lease, ``engine.bounded_statements``): the rows roll
+   back and the locks go before the leases expire, so the reclaim (case 1) writes those entries without
+   waiting on anything. Woken, the worker's COMMIT fails (25P03, classified with outages): nothing is
+   acked — ``state.acks`` holds only what committed — and what is still leased is released (case 6; an
+   entry re-leased meanwhile by another drainer is then written twice, one row by ON CONFLICT). A
+   freeze late in a slow round can outlast the lease before the session ends; the reclaimed entry's write
+   then waits on the frozen rows until the lock or statement timeout, and is requeued to the tail of its
+   queue (``to_tail``), so it never blocks the entries behind it twice. If it wakes before the session is
+   ended, its commit succeeds: case 3.
 """
 
 from __future__ import annotations
@@ -54,7 +70,7 @@ from drainer.limits import DrainLimits
 from drainer.report import Report
 from mollifier_project.clock import from_ms, now_ms
 from runs import engine, overrides
-from runs.db_errors import Failure, classify
+from runs.db_errors import Failure, classify, lock_timed_out, timed_out
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot
 
 log = logging.getLogger(__name__)
@@ -65,6 +81,7 @@ RETRY_BASE_MS = 500
 RETRY_MAX_MS = 30_000
 CIRCUIT_BASE_MS = 100
 CIRCUIT_MAX_MS = 5_000
+ISOLATE_LOCK_MS = 100  # the lock wait of each entry written alone after its round's bulk write timed out on a lock
 
 
 class _Outage(Exception):
@@ -274,11 +291,14 @@ class _Round:
         self.pending.pop(entry.run_id, None)
         self.acks.append(entry.run_id)
 
-    def requeue(self, entry: Entry, error: str) -> None:
-        """Transient failure: back off and try again, or give up once attempts are exhausted."""
+    def requeue(self, entry: Entry, error: str, *, to_tail: bool = False) -> None:
+        """Transient failure: back off and try again — behind the rest of its queue (``to_tail``) when the
+        write timed out, so it cannot stand in their way again."""
         self.pending.pop(entry.run_id, None)
         delay = min(RETRY_MAX_MS, RETRY_BASE_MS * 2**entry.attempts)
-        attempts = self.buffer.requeue(self.shard, entry.run_id, now_ms=self.now_ms, delay_ms=delay, error=error)
+        attempts = self.buffer.requeue(
+            self.shard, entry.run_id, now_ms=self.now_ms, delay_ms=delay, error=error, to_tail=to_tail
+        )
         if attempts is not None:
             self.report.requeued += 1
             log.warning("requeued run %s (attempt %s): %s", entry.run_id, attempts, error, extra=_ids(entry))
@@ -411,9 +431,11 @@ def _cancel_late(flagged: list[tuple[str, int, str | None]]) -> None:
             log.exception("could not apply the late cancel of run %s", run_id, extra={"run_id": run_id})
 
 
-def _retry_or_fail(state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list) -> None:
+def _retry_or_fail(
+    state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list, *, to_tail: bool = False
+) -> None:
     if entry.attempts + 1 < state.limits.max_attempts:
-        state.requeue(entry, reason)
+        state.requeue(entry, reason, to_tail=to_tail)
     else:
         failed.append((entry, snapshot, f"gave up after {entry.attempts + 1} attempts: {reason}"))
 
@@ -428,7 +450,7 @@ def _guarded(state: _Round, entry: Entry, snapshot: Snapshot | None, failed: lis
             raise _Outage from exc
         reason = f"{type(exc).__name__}: {exc}".strip()
         if kind is Failure.RETRY:
-            _retry_or_fail(state, entry, snapshot, reason, failed)
+            _retry_or_fail(state, entry, snapshot, reason, failed, to_tail=timed_out(exc))
         else:
             failed.append((entry, snapshot, reason))
 
@@ -450,9 +472,18 @@ def _materialise_normal(
         kind = classify(exc)
         if kind is Failure.OUTAGE:
             raise _Outage from exc
+        if kind is Failure.RETRY and lock_timed_out(exc) and len(normal) > 1:
+            # One row another session holds (a frozen drainer's, say) must not take its round-mates down:
+            # write them one by one, each waiting at most ISOLATE_LOCK_MS, so only the held ones are requeued.
+            log.warning("bulk materialise waited too long on a lock (%s); writing entries one by one", exc)
+            with engine.lock_wait(ISOLATE_LOCK_MS):
+                for entry, snapshot in normal:
+                    _guarded(state, entry, snapshot, failed, functools.partial(_one, state, entry, snapshot, failed))
+            return failed
         if kind is Failure.RETRY:
             for entry, snapshot in normal:
-                _retry_or_fail(state, entry, snapshot, f"{type(exc).__name__}: {exc}".strip(), failed)
+                reason = f"{type(exc).__name__}: {exc}".strip()
+                _retry_or_fail(state, entry, snapshot, reason, failed, to_tail=timed_out(exc))
             return failed
         log.warning("bulk materialise failed (%s); isolating entries one by one", exc)
         for entry, snapshot in normal:
@@ -470,21 +501,43 @@ def _apply_results(
     state: _Round, normal: list[tuple[Entry, Snapshot]], results: list[engine.Result], failed: list
 ) -> None:
     clashes: list[tuple[Entry, Snapshot, engine.Result]] = []
+    carried: list[tuple[Entry, Snapshot, engine.Overrides]] = []
     for (entry, snapshot), result in zip(normal, results, strict=True):
         if result.outcome is engine.Outcome.CREATED:
             state.report.created += 1
             state.ack(entry)
         elif result.outcome is engine.Outcome.EXISTED:
-            state.report.existed += 1
-            state.ack(entry)
+            changes = overrides.carried(snapshot, entry)
+            if changes is None:
+                state.report.existed += 1
+                state.ack(entry)
+            else:
+                carried.append((entry, snapshot, changes))
         elif result.outcome is engine.Outcome.INVALID:
             failed.append((entry, snapshot, result.reason or "invalid snapshot"))
         else:
             clashes.append((entry, snapshot, result))
+    for entry, snapshot, changes in carried:
+        _guarded(state, entry, snapshot, failed, functools.partial(_existed, state, entry, changes))
     for entry, snapshot, result in clashes:
         _guarded(
             state, entry, snapshot, failed, functools.partial(_resolve_clash, state, entry, snapshot, result, failed)
         )
+
+
+def _existed(state: _Round, entry: Entry, changes: engine.Overrides | None) -> None:
+    """The run's row was there already. If the entry carries overrides, the row may lack them: another
+    drainer wrote it from an earlier lease (crash point 3) while a mutation answered on the reclaimed entry
+    landed in the buffer. Apply them before the ack (``engine.apply_overrides`` merges, never clobbers)."""
+    if changes is not None:
+        skipped = engine.apply_overrides(entry.run_id, entry.env_id, changes, now=from_ms(state.now_ms))
+        if skipped:
+            log.warning(
+                "run %s existed; its buffered %s could not be applied to the row", entry.run_id,
+                ", ".join(skipped), extra=_ids(entry),
+            )  # fmt: skip
+    state.report.existed += 1
+    state.ack(entry)
 
 
 def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engine.Result, failed: list) -> None:
@@ -499,8 +552,7 @@ def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engi
         state.report.created += 1
         state.ack(entry)
     elif retry.outcome is engine.Outcome.EXISTED:
-        state.report.existed += 1
-        state.ack(entry)
+        _existed(state, entry, overrides.carried(snapshot, entry))
     else:
         failed.append(
             (entry, snapshot, retry.reason or f"idempotency key already belongs to run {retry.existing_run_id}")
@@ -560,11 +612,20 @@ def _failure_row(state: _Round, entry: Entry, snapshot: Snapshot | None, reason:
         if kind is Failure.OUTAGE:
             raise _Outage from exc
         if kind is Failure.RETRY:
-            state.requeue(entry, f"{type(exc).__name__}: {exc}".strip())
+            state.requeue(entry, f"{type(exc).__name__}: {exc}".strip(), to_tail=timed_out(exc))
             return
         _dead_letter(state, entry, f"{reason}; {type(exc).__name__}: {exc}")
         return
     if result.outcome is engine.Outcome.EXISTED:  # e.g. a crash after commit used up the attempts
+        changes = overrides.carried(snapshot, entry) if snapshot is not None else None
+        if changes is not None:  # the live row another drainer wrote may lack them (crash point 3)
+            try:
+                _existed(state, entry, changes)
+                return
+            except Exception as exc:
+                if classify(exc) is Failure.OUTAGE:
+                    raise _Outage from exc
+                log.exception("could not apply the overrides of run %s to its row", entry.run_id, extra=_ids(entry))
         state.report.existed += 1
     else:
         state.report.failed += 1

@@ -52,6 +52,16 @@ def send_expiry_s(interval_s: float, *, time_budget_ms: int) -> float:
     return max(SEND_EXPIRY_TICKS * interval_s, SEND_EXPIRY_BUDGETS * time_budget_ms / 1000)
 
 
+def shard_lock_ms(limits: DrainLimits) -> int:
+    """How long a shard task's lock lives (PX): its time budget plus a margin for the round it finishes past
+    the budget — ``LOCK_MARGIN_MS``, or half the gap between the budget and ``LEASE_MS`` when that is
+    shorter. The lock therefore always expires before the leases its holder took (``mollifier.E001`` keeps
+    the lease above the budget): a holder that froze or hung gives its shard up to the next task while its
+    own leased entries still wait for their lease, and the rest of the shard is drained within one lease
+    (docs/architecture.md#shard-lock). Two holders after an expiry are safe: each lease is an atomic pop."""
+    return limits.time_budget_ms + min(LOCK_MARGIN_MS, (limits.lease_ms - limits.time_budget_ms) // 2)
+
+
 @shared_task(name="drainer.drain_shard", ignore_result=True)
 def drain_shard(shard: int) -> dict | None:
     """Drain one shard while holding its lock; another holder means someone got there first."""
@@ -61,12 +71,16 @@ def drain_shard(shard: int) -> dict | None:
     buffer = Buffer.from_settings()
     buffer.clear_send(shard)  # before the lock: work that arrives while this task drains gets the next tick's task
     limits = DrainLimits.from_settings(cfg)
-    with buffer.shard_lock(shard, "drain", timeout_s=(limits.time_budget_ms + LOCK_MARGIN_MS) / 1000) as held:
+    with buffer.shard_lock(shard, "drain", timeout_s=shard_lock_ms(limits) / 1000) as held:
         if not held:
             return {"shard": shard, "locked": True}
         close_old_connections()
         try:
-            with engine.bounded_statements(statement_ms=limits.lease_ms // 2, lock_ms=LOCK_WAIT_MS):
+            bound = limits.lease_ms // 2  # a frozen transaction ends, and its row locks go, well before its leases
+            # A lock wait ends before the statement's own timeout, so it is told apart (55P03: the round's
+            # other entries are then written one by one, drainer/drain.py).
+            lock_ms = min(LOCK_WAIT_MS, bound // 2)
+            with engine.bounded_statements(statement_ms=bound, lock_ms=lock_ms, idle_ms=bound):
                 report = drain.drain_shard(buffer, shard=shard, limits=limits, clock=buffer.server_time_ms)
         finally:
             close_old_connections()

@@ -775,16 +775,74 @@ def add_tags(run_id: str, env_id: int, tags: Sequence[str], *, now: datetime) ->
     return TagsOutcome.ADDED, added
 
 
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """What a buffered run's entry changed after its trigger (``runs.overrides``), to carry onto a row that
+    another drainer wrote: tags to append, the rescheduled delay, the replaced metadata (None: unchanged)."""
+
+    tags: Sequence[str] = ()
+    delay_until: datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def apply_overrides(run_id: str, env_id: int, changes: Overrides, *, now: datetime) -> list[str]:
+    """Carry an entry's overrides onto a row another drainer wrote without them (the EXISTED race,
+    drainer/drain.py crash point 3). Merges, never clobbers: tags are appended (de-duplicated, at most
+    ``MAX_TAGS``); the delay and the metadata replace the row's only while the row is as its writer left it
+    (``updated_at`` still equals ``materialised_at``) — a row changed since got that change after the
+    entry's, since a run is mutated in the buffer only while no row of it is visible — and a delay only
+    while the row is DELAYED (as ``reschedule_run``). One transaction under the row lock. Returns the names
+    of the overrides it could not apply ("tags" past the limit, "delay", "metadata"); a missing row: all."""
+    skipped: list[str] = []
+    with transaction.atomic():
+        row = (
+            TaskRun.objects.select_for_update()
+            .filter(id=run_id, env_id=env_id)
+            .values_list("tags", "status", "delay_until", "metadata", "updated_at", "materialised_at")
+            .first()
+        )
+        if row is None:
+            return ["tags", "delay", "metadata"]
+        tags, status, delay_until, metadata, updated_at, materialised_at = row
+        untouched = updated_at == materialised_at
+        update: dict[str, Any] = {}
+        merged = normalise_tags([*tags, *changes.tags])
+        if len(merged) > max(MAX_TAGS, len(tags)):
+            merged, skipped = merged[: max(MAX_TAGS, len(tags))], ["tags"]
+        if merged != list(tags):
+            update["tags"] = merged
+        if changes.delay_until is not None and changes.delay_until != delay_until:
+            if untouched and status == RunStatus.DELAYED:
+                update["delay_until"] = changes.delay_until
+                update["status"] = RunStatus.DELAYED if changes.delay_until > now else RunStatus.PENDING
+            else:
+                skipped.append("delay")
+        if changes.metadata is not None and changes.metadata != metadata:
+            if untouched:
+                update["metadata"] = changes.metadata
+            else:
+                skipped.append("metadata")
+        if update:
+            TaskRun.objects.filter(id=run_id).update(**update, updated_at=now)
+    return skipped
+
+
 @contextmanager
-def bounded_statements(*, statement_ms: int, lock_ms: int) -> Iterator[None]:
-    """Cap every statement and lock wait of this connection for the block: a stalled Postgres then fails a
-    round (57014 / 55P03: retryable) instead of holding it past its lease. Reset afterwards, so the
-    connection is left as it was found. Postgres unreachable at the start is not this function's to
-    report: the block runs unbounded and the drain meets the outage itself (release, circuit)."""
+def bounded_statements(*, statement_ms: int, lock_ms: int, idle_ms: int) -> Iterator[None]:
+    """Cap every statement, lock wait and idle-in-transaction pause of this connection for the block: a
+    stalled Postgres then fails a round (57014 / 55P03: retryable) instead of holding it past its lease,
+    and a client that stops inside a transaction (a frozen or swapped-out worker) has its session ended by
+    Postgres after ``idle_ms`` (25P03), which rolls the transaction back and frees its row locks, so other
+    drainers' inserts of those ids stop waiting on it. Reset afterwards, so the connection is left as it
+    was found. Postgres unreachable at the start is not this function's to report: the block runs
+    unbounded and the drain meets the outage itself (release, circuit)."""
     try:
         with connection.cursor() as cur:
-            cur.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
-                        [f"{statement_ms}ms", f"{lock_ms}ms"])  # fmt: skip
+            cur.execute(
+                "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false),"
+                " set_config('idle_in_transaction_session_timeout', %s, false)",
+                [f"{statement_ms}ms", f"{lock_ms}ms", f"{idle_ms}ms"],
+            )
     except DatabaseError:
         discard_connection()
     try:
@@ -792,7 +850,25 @@ def bounded_statements(*, statement_ms: int, lock_ms: int) -> Iterator[None]:
     finally:
         try:
             with connection.cursor() as cur:
-                cur.execute("RESET statement_timeout; RESET lock_timeout")
+                cur.execute("RESET statement_timeout; RESET lock_timeout; RESET idle_in_transaction_session_timeout")
+        except Exception:  # the connection broke during the block; it is discarded and reconnects clean
+            discard_connection()
+
+
+@contextmanager
+def lock_wait(ms: int) -> Iterator[None]:
+    """Lower this connection's ``lock_timeout`` to ``ms`` for the block, then restore it: the drain writes a
+    round's entries one by one this way after the round's bulk write timed out on a lock, so an entry whose
+    row another session holds costs ``ms``, not a full lock wait, and its round-mates go through."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, false)", [f"{ms}ms"])
+        previous = cur.fetchone()[0]
+    try:
+        yield
+    finally:
+        try:
+            with connection.cursor() as cur:
+                cur.execute("SELECT set_config('lock_timeout', %s, false)", [previous])
         except Exception:  # the connection broke during the block; it is discarded and reconnects clean
             discard_connection()
 

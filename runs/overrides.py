@@ -12,6 +12,7 @@ import json
 
 from buffer.buffer import Entry
 from mollifier_project.clock import from_ms
+from runs.engine import Overrides
 from runs.snapshot import Snapshot, SnapshotError, normalise_tags
 
 
@@ -39,3 +40,15 @@ def metadata_of(snapshot: Snapshot, entry: Entry) -> dict:
     """The run's current metadata (``{}`` when it has none)."""
     value = effective(snapshot, entry).metadata
     return value if isinstance(value, dict) else {}
+
+
+def carried(effective_snapshot: Snapshot, entry: Entry) -> Overrides | None:
+    """The overrides ``entry`` holds, as the values ``effective`` gave ``effective_snapshot``, for a row that
+    was written without them (``engine.apply_overrides``); None when the entry holds none."""
+    if not entry.extra_tags and entry.delay_until_ms is None and entry.metadata is None:
+        return None
+    return Overrides(
+        tags=effective_snapshot.tags if entry.extra_tags else (),
+        delay_until=effective_snapshot.delay_until if entry.delay_until_ms is not None else None,
+        metadata=effective_snapshot.metadata if entry.metadata is not None else None,
+    )

@@ -197,6 +197,27 @@ def test_promote_due_keeps_due_order_and_respects_the_limit(buffer, put):
     assert_consistent(buffer)
 
 
+def test_entries_requeued_to_the_tail_go_behind_the_queue_in_due_order_once_each(buffer, put):
+    """A write that timed out (``to_tail``) must not hold up its queue again: promoted behind everything
+    queued, earliest due first, while ordinary retries still go to the head; each id lands exactly once."""
+    a, b, c, d, e = put(ORG, ENV, count=5)
+    lease(buffer, n=3, now_ms=0)  # a, b, c
+    buffer.requeue(SHARD, a, now_ms=0, delay_ms=10, error="lock timeout", to_tail=True)
+    buffer.requeue(SHARD, b, now_ms=0, delay_ms=20, error="deadlock detected")
+    buffer.requeue(SHARD, c, now_ms=0, delay_ms=30, error="statement timeout", to_tail=True)
+
+    assert buffer.promote_due(SHARD, now_ms=100, limit=10) == 3
+    assert buffer._client.lrange(buffer.keys(SHARD).queue(ENV), 0, -1) == [b, d, e, a, c]
+    assert_consistent(buffer)
+    assert buffer.get(a, org_id=ORG).attempts == 1
+    # The mark is spent: a later ordinary retry of the same entry goes to the head again.
+    assert ids(lease(buffer, n=5, now_ms=200)) == [b, d, e, a, c]
+    buffer.requeue(SHARD, a, now_ms=200, delay_ms=0, error="deadlock detected")
+    assert buffer.promote_due(SHARD, now_ms=200, limit=10) == 1
+    assert buffer._client.lrange(buffer.keys(SHARD).queue(ENV), 0, -1) == [a]
+    assert_consistent(buffer)
+
+
 def test_requeue_of_a_run_that_is_not_leased_changes_nothing(buffer, put):
     run_id = put(ORG, ENV)
 

@@ -10,7 +10,8 @@ from buffer.buffer import Buffer
 from tests.drainer.processes import Cluster, settings_env
 
 # Short timings, as in tests/drainer/test_processes.py, so that a crash costs seconds: a 1 s drain budget,
-# 2.5 s leases (mollifier.E001 wants the lease above the budget) and so a 6 s shard lock (budget + 5 s).
+# 2.5 s leases (mollifier.E001 wants the lease above the budget) and so a 1.75 s shard lock (budget + half
+# the gap to the lease: drainer.tasks.shard_lock_ms).
 # ACK_GRACE_S keeps acked entries readable long enough for the assertions on their attempts.
 CHAOS_SETTINGS = {
     "DRAINER_ENABLED": True,

@@ -138,12 +138,13 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def start_worker(self, name: str, *, crash: str = "") -> Process:
-        """A solo-pool worker on the ``drain`` queue: the task runs in the process we start, so SIGKILL
-        of that pid is a crash of the drain itself, and one process executes one task at a time."""
+    def start_worker(self, name: str, *, crash: str = "", queues: str = "drain") -> Process:
+        """A solo-pool worker on the ``drain`` queue (or ``queues``: a private one lets the test hand one task
+        to this very process): the task runs in the process we start, so SIGKILL or SIGSTOP of that pid
+        hits the drain itself, and one process executes one task at a time."""
         return self._start(
             name,
-            ["worker", "--pool", "solo", "--concurrency", "1", "--queues", "drain", "--hostname", f"{name}@drain-test",
+            ["worker", "--pool", "solo", "--concurrency", "1", "--queues", queues, "--hostname", f"{name}@drain-test",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
             {"DRAINTEST_CRASH": crash} if crash else {},
         )  # fmt: skip
@@ -187,9 +188,9 @@ class Cluster:
 
     # -- tasks and what they did -----------------------------------------------------------------------
 
-    def send_drain(self, shard: int, *, expires: float | None = None) -> None:
+    def send_drain(self, shard: int, *, expires: float | None = None, queue: str = "drain") -> None:
         """Send ``drain_shard(shard)`` through the broker, as beat's fan-out does."""
-        self.sender.send_task("drainer.drain_shard", args=(shard,), queue="drain", expires=expires)
+        self.sender.send_task("drainer.drain_shard", args=(shard,), queue=queue, expires=expires)
 
     def drain_until(self, done: Callable[[], Any], *, shards: list[int], timeout: float, every: float = 0.5) -> None:
         """Send a tick per shard every ``every`` s (expiring like beat's) until ``done()`` holds."""
@@ -257,6 +258,14 @@ def other_sessions() -> int:
             " AND backend_type = 'client backend'"
         )
         return cur.fetchone()[0]
+
+
+def backend_state(pid: int) -> str | None:
+    """``pg_stat_activity.state`` of a backend ("active", "idle in transaction", …), None once it is gone."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", [pid])
+        row = cur.fetchone()
+        return None if row is None else row[0]
 
 
 def backend_alive(pid: int) -> bool:

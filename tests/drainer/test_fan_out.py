@@ -9,6 +9,7 @@ import pytest
 
 from buffer.buffer import Buffer
 from drainer import tasks
+from drainer.limits import DrainLimits
 from runs.ids import new_run_id
 
 
@@ -65,3 +66,17 @@ def test_a_shard_task_outlives_both_the_tick_and_the_wait_behind_other_shards_ta
     assert tasks.send_expiry_s(1.0, time_budget_ms=2000) == 20.0
     assert tasks.send_expiry_s(10.0, time_budget_ms=2000) == 50.0
     assert tasks.send_expiry_s(0.2, time_budget_ms=500) == 5.0
+
+
+@pytest.mark.parametrize(
+    ("budget_ms", "lease_ms", "lock_ms"),
+    [(2000, 30_000, 7000), (1000, 2500, 1750), (1000, 5000, 3000), (2000, 2001, 2000), (100, 600_000, 5100)],
+)
+def test_the_shard_lock_outlives_the_budget_and_never_the_leases_of_its_holder(budget_ms, lease_ms, lock_ms):
+    """A frozen holder's shard goes to the next task before its own leases expire (docs/architecture.md#shard-lock)."""
+    limits = DrainLimits(
+        time_budget_ms=budget_ms, round_budget=1, round_max_bytes=1, max_orgs_per_round=1, lease_ms=lease_ms,
+        max_attempts=1, ack_grace_ms=0,
+    )  # fmt: skip
+    assert tasks.shard_lock_ms(limits) == lock_ms
+    assert budget_ms <= tasks.shard_lock_ms(limits) < lease_ms

@@ -10,8 +10,9 @@ session (``RowLock``) holds a drain inside its transaction — after the lease, 
 as long as the test needs to observe a second process acting meanwhile.
 
 Settings are short so each test takes seconds: a 1 s drain budget, 2.5 s leases (``mollifier.E001``
-wants the lease above the budget), and so a 6 s shard lock (budget + ``LOCK_MARGIN_MS``): after a
-crash, the next drain of that shard starts once the dead holder's lock has expired.
+wants the lease above the budget), and so a 1.75 s shard lock (budget + half the gap to the lease,
+``drainer.tasks.shard_lock_ms``): after a crash, the next drain of that shard starts once the dead holder's
+lock has expired.
 """
 
 from __future__ import annotations

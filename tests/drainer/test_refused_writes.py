@@ -51,6 +51,7 @@ def read_only_postgres():
         psycopg.errors.SystemError,  # 58000
         psycopg.errors.IoError,  # 58030
         psycopg.errors.AdminShutdown,  # 57P01
+        psycopg.errors.IdleInTransactionSessionTimeout,  # 25P03: a frozen drain's session, ended by Postgres
     ],
 )
 def test_refused_writes_are_an_outage_as_django_raises_them(error):
