@@ -93,7 +93,11 @@ def packet_object(request: HttpRequest, token: str) -> HttpResponseBase:
     if opened is None:
         return error(404, "Packet not found")
     body, content_type = opened
-    return FileResponse(body, content_type=content_type)
+    name = grant.path.rsplit("/", 1)[-1]
+    response = FileResponse(body, content_type=content_type, as_attachment=True, filename=name)
+    for header, value in packets.DOWNLOAD_HEADERS.items():
+        response[header] = value
+    return response
 
 
 # -------------------------------------------------------------------------------- reschedule, replay

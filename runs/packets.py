@@ -12,6 +12,10 @@ Reads go the other way: a retrieve answers ``payloadPresignedUrl``, which the SD
    the SDK's plain ``fetch`` of it works, and it cannot be turned into another operation, env or path.
 3. The body is streamed into a spooled temporary file, refused past ``MAX_PACKET_BYTES`` (413), then saved;
    its content type goes beside it (``<env>/type/<path>``), since the SDK decodes a download by it.
+4. A packet is a tenant's bytes served from the app's own origin, so it is never active content there
+   (``DOWNLOAD_HEADERS``): it is answered with one of the types the SDK decodes (``SERVED_TYPES``) or as
+   ``application/octet-stream``, as an attachment, under ``nosniff`` and a sandboxing CSP. An HTML or SVG
+   packet opened by a logged-in staff member is a file to save, never a page that runs with their session.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_.=+@-]{1,128}$")
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+$")
 _CHUNK = 64 * 1024
 _SPOOL_BYTES = 1024 * 1024
+# The types a download keeps: the ones the SDK's parsePacket decodes (JSON, superjson, text); any other stored
+# type is answered as application/octet-stream, which the SDK hands back as the raw text, as it did before.
+SERVED_TYPES = frozenset({"application/json", "application/super+json", "text/plain"})
+DOWNLOAD_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox; default-src 'none'",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
 
 
 class PacketError(ValueError):
@@ -150,8 +162,14 @@ def store(grant: Grant, body: Readable, *, content_type: str | None, limit: int)
     return size
 
 
+def served_type(stored: str) -> str:
+    """The Content-Type a download is answered with: the stored type if the SDK decodes it, else octet-stream."""
+    return stored if stored in SERVED_TYPES else "application/octet-stream"
+
+
 def open_packet(grant: Grant) -> tuple[Any, str] | None:
-    """(an open binary file, its content type) of the grant's packet, or None when it is not stored."""
+    """(an open binary file, the content type to serve it with) of the grant's packet, or None when it is not
+    stored."""
     store_ = storage()
     key = _data_key(grant.env_id, grant.path)
     if not store_.exists(key):
@@ -161,4 +179,4 @@ def open_packet(grant: Grant) -> tuple[Any, str] | None:
             kind = f.read(256).decode("ascii", "replace")
     except (FileNotFoundError, OSError):
         kind = "application/octet-stream"
-    return store_.open(key, "rb"), kind
+    return store_.open(key, "rb"), served_type(kind.strip())

@@ -96,6 +96,29 @@ def test_an_uploaded_packet_downloads_with_its_bytes_and_content_type(api):
     assert got["Content-Type"] == "application/super+json"
 
 
+@pytest.mark.parametrize(
+    ("uploaded", "served"),
+    [("text/html", "application/octet-stream"), ("image/svg+xml", "application/octet-stream"),
+     ("application/xhtml+xml", "application/octet-stream"), ("text/plain", "text/plain"),
+     ("application/json", "application/json"), (None, "application/octet-stream")],
+)  # fmt: skip
+def test_a_packet_downloads_as_an_inert_attachment_whatever_type_it_was_uploaded_with(api, uploaded, served):
+    path = "evil/page.html"
+    url = object_path(api.call("put", f"/api/v2/packets/{path}").json()["presignedUrl"])
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    headers = {"content_type": uploaded} if uploaded else {"content_type": ""}
+    assert api.call("put", url, raw=page, who=None, **headers).status_code == 200
+    got = api.call("get", object_path(api.call("get", f"/api/v1/packets/{path}").json()["presignedUrl"]), who=None)
+
+    assert got.status_code == 200
+    assert b"".join(got.streaming_content) == page  # the bytes are the tenant's, unchanged
+    assert got["Content-Type"] == served
+    assert got["Content-Disposition"] == 'attachment; filename="page.html"'
+    assert got["X-Content-Type-Options"] == "nosniff"
+    assert got["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    assert got["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
 def test_a_packet_over_the_limit_is_413_and_nothing_is_stored(api, mollifier_settings):
     mollifier_settings(MAX_PACKET_BYTES=1000)
     url = api.call("put", "/api/v2/packets/p/x.json").json()["presignedUrl"]
