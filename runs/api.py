@@ -135,7 +135,13 @@ def trigger_task(request: HttpRequest, env: EnvContext, task: str) -> HttpRespon
     clock = now_ms()
     body = _json_body(request, TriggerBody, limit=_body_limit(cfg.MAX_PAYLOAD_BYTES))
     snapshot = trigger.prepare(
-        env, task, body.options, body.payload, now_ms=clock, max_payload_bytes=cfg.MAX_PAYLOAD_BYTES
+        env,
+        task,
+        body.options,
+        body.payload,
+        now_ms=clock,
+        max_payload_bytes=cfg.MAX_PAYLOAD_BYTES,
+        max_metadata_bytes=cfg.MAX_METADATA_BYTES,
     )
     result = trigger.trigger(
         env, snapshot, buffer=_buffer(), cfg=cfg, now_ms=clock, bypass=trigger.is_bypass(body.options),

@@ -24,6 +24,7 @@ from runs.models import RunStatus, TaskRun
 from runs.schemas import MetadataOperation
 from runs.snapshot import from_snapshot
 from runs.tenants import ensure_tenant, issue_api_key
+from tests.factories import trigger_run
 
 pytestmark = pytest.mark.django_db
 
@@ -410,3 +411,64 @@ def test_an_increment_that_overflows_is_422_and_a_huge_list_index_is_not_applied
     huge = {"operations": [{"type": "set", "key": "$.list[99999999]", "value": 1}]}
     doc = api.call("put", path, huge, who=who).json()["metadata"]
     assert doc["list"] == [] and float(doc["big"]) == pytest.approx(1e308)  # jsonb may answer 1e308 as an integer
+
+
+# ------------------------------------------------------------------------------ metadata limit at trigger
+
+
+LIMIT = 256 * 1024  # MAX_METADATA_BYTES' default: the limit a metadata `set` already enforces (413)
+
+
+def metadata_of(size: int) -> dict[str, str]:
+    """Metadata whose compact JSON encoding is exactly ``size`` UTF-8 bytes."""
+    doc = {"k": "x" * (size - len('{"k":""}'))}
+    assert len(json.dumps(doc, separators=(",", ":")).encode()) == size
+    return doc
+
+
+def listed(api, who: str) -> list[str]:
+    return [run["id"] for run in api.call("get", "/api/v1/runs", who=who).json()["data"]]
+
+
+@pytest.mark.parametrize("who", ["direct", "buffered"])
+def test_a_trigger_with_metadata_over_the_limit_is_413_naming_options_metadata(api, who):
+    body = {"payload": '{"json":{}}', "options": {"payloadType": "application/super+json", "metadata": None}}
+    body["options"]["metadata"] = metadata_of(1024 * 1024)  # the 1 MiB of issue 16
+
+    assert_error(api.call("post", "/api/v1/tasks/hello/trigger", body, who=who), 413,
+                 "options.metadata: 1048576 bytes exceeds the limit of 262144 bytes")  # fmt: skip
+    body["options"]["metadata"] = metadata_of(LIMIT + 1)
+    assert_error(api.call("post", "/api/v1/tasks/hello/trigger", body, who=who), 413, "options.metadata")
+    assert listed(api, who) == []  # nothing was written or buffered
+
+    at_limit = api.trigger(who, metadata=metadata_of(LIMIT))  # the limit itself is allowed, as for `set`
+    assert listed(api, who) == [at_limit]
+
+
+@pytest.mark.parametrize("who", ["direct", "buffered"])
+def test_a_batch_item_with_metadata_over_the_limit_refuses_the_stream(api, who):
+    batch = api.call("post", "/api/v3/batches", {"runCount": 2}, who=who).json()
+    lines = [
+        {"index": 0, "task": "hello", "options": {"metadata": {"ok": 1}}},
+        {"index": 1, "task": "hello", "options": {"metadata": metadata_of(LIMIT + 1)}},
+    ]
+    body = "".join(json.dumps(line) + "\n" for line in lines)
+
+    response = api.call("post", f"/api/v3/batches/{batch['id']}/items", raw=body.encode(),
+                        content_type="application/x-ndjson", who=who)  # fmt: skip
+
+    assert_error(response, 413, "options.metadata", "exceeds the limit of 262144 bytes")
+    assert listed(api, who) == []  # validated before anything was written
+
+
+def test_a_replay_whose_metadata_is_over_the_limit_is_413(api):
+    original = api.trigger("buffered", metadata={"small": True})
+    too_big = {"metadata": metadata_of(LIMIT + 1)}
+
+    assert_error(api.call("post", f"/api/v1/runs/{original}/replay", too_big, who="buffered"), 413,
+                 "options.metadata")  # fmt: skip
+    # An original stored before the limit applied at trigger time: its replay copies the metadata, and is refused.
+    old = trigger_run(api.envs["direct"], metadata=metadata_of(1024 * 1024))
+    assert_error(api.call("post", f"/api/v1/runs/{old.id}/replay"), 413, "options.metadata: 1048576 bytes")
+    assert set(listed(api, "buffered")) == {original}
+    assert set(listed(api, "direct")) == {old.id}
