@@ -67,9 +67,12 @@ class MollifierSettings(BaseModel):
     # stored snapshot stays readable, so the setting can change at any time.
     SNAPSHOT_COMPRESS_MIN_BYTES: int = Field(256, ge=0)
     MAX_BUFFERED_PER_ENV: int = Field(1_000_000, ge=1)
-    # Packets (docs/api.md#packets): the largest body one upload may store, and how long a presigned URL lives.
+    # Packets (docs/api.md#packets): the largest body one upload may store, how long a presigned download URL
+    # lives, and how long an upload URL does: the SDK PUTs at once (its retries take well under a minute), and
+    # a leaked upload URL for a path never written should not stay usable for an hour.
     MAX_PACKET_BYTES: int = Field(100 * 1024 * 1024, ge=1)
     PACKET_URL_TTL_S: int = Field(3600, ge=1)
+    PACKET_PUT_URL_TTL_S: int = Field(600, ge=1)
     # Run metadata (docs/api.md#metadata): the JSON-encoded size a run's metadata may reach.
     MAX_METADATA_BYTES: int = Field(256 * 1024, ge=2)
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).

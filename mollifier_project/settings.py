@@ -116,8 +116,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "packets": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
-        # A retried upload of one path replaces it, as an object store's PUT does.
-        "OPTIONS": {"location": PACKETS_ROOT, "allow_overwrite": True},
+        # Packets are written once (runs/packets.py store): created exclusively, so of two first uploads of one
+        # path only one lands; a retry of the same bytes is answered without writing (docs/api.md#packets).
+        "OPTIONS": {"location": PACKETS_ROOT, "allow_overwrite": False},
     },
 }
 if os.environ.get("PACKETS_S3_BUCKET"):  # needs django-storages[s3] installed (docs/operations.md#packet-storage)

@@ -74,7 +74,11 @@ def packet_object(request: HttpRequest, token: str) -> HttpResponseBase:
         return error(405, f"Method {request.method} not allowed")
     cfg = settings.MOLLIFIER
     try:
-        grant = packets.verify(token, op="put" if request.method == "PUT" else "get", max_age_s=cfg.PACKET_URL_TTL_S)
+        grant = (
+            packets.verify(token, op="put", max_age_s=cfg.PACKET_PUT_URL_TTL_S)
+            if request.method == "PUT"
+            else packets.verify(token, op="get", max_age_s=cfg.PACKET_URL_TTL_S)
+        )
     except packets.PacketError as exc:
         return error(404, str(exc))
     if request.method == "PUT":
@@ -86,6 +90,8 @@ def packet_object(request: HttpRequest, token: str) -> HttpResponseBase:
             size = packets.store(grant, stream, content_type=request.content_type, limit=cfg.MAX_PACKET_BYTES)
         except packets.TooLarge as exc:
             return error(413, str(exc))
+        except packets.AlreadyStored as exc:  # retrying cannot help: the SDK retries a 409 unless told not to
+            return error(409, str(exc), {"x-should-retry": "false"})
         except packets.PacketError as exc:
             return error(500, str(exc))
         return JsonResponse({"size": size})

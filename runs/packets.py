@@ -11,7 +11,8 @@ Reads go the other way: a retrieve answers ``payloadPresignedUrl``, which the SD
    (operation, env, path) with a timestamp, checked against ``PACKET_URL_TTL_S``. It carries no API key, so
    the SDK's plain ``fetch`` of it works, and it cannot be turned into another operation, env or path.
 3. The body is streamed into a spooled temporary file, refused past ``MAX_PACKET_BYTES`` (413), then saved;
-   its content type goes beside it (``<env>/type/<path>``), since the SDK decodes a download by it.
+   its content type goes beside it (``<env>/type/<path>``), since the SDK decodes a download by it. A packet
+   is written once (``store``): the same bytes again are a harmless retry, other bytes are refused (409).
 4. A packet is a tenant's bytes served from the app's own origin, so it is never active content there
    (``DOWNLOAD_HEADERS``): it is answered with one of the types the SDK decodes (``SERVED_TYPES``) or as
    ``application/octet-stream``, as an attachment, under ``nosniff`` and a sandboxing CSP. An HTML or SVG
@@ -51,6 +52,15 @@ DOWNLOAD_HEADERS = {
 
 class PacketError(ValueError):
     """A path or token no packet can have; the message is for ``{"error": …}``."""
+
+
+class AlreadyStored(Exception):
+    """Other bytes than the stored packet's were PUT to its path: packets are written once."""
+
+    def __init__(self, path: str):
+        super().__init__(
+            f"A packet is already stored at {path!r} with other bytes; packets are written once: upload to a new path"
+        )
 
 
 class TooLarge(Exception):
@@ -142,7 +152,14 @@ class Readable(Protocol):
 
 def store(grant: Grant, body: Readable, *, content_type: str | None, limit: int) -> int:
     """Save the body read from ``body`` as the grant's packet; returns its size. Raises ``TooLarge`` past
-    ``limit`` bytes (nothing is stored then)."""
+    ``limit`` bytes (nothing is stored then).
+
+    Write-once: a run holds only the packet's path, so bytes changed under it would change the run's payload
+    (and its replays') after it was triggered. A path already stored answers its size when the same bytes come
+    again (the SDK's retry of a PUT whose answer was lost), and ``AlreadyStored`` for any other bytes. Two
+    first uploads racing for one path: the file-system storage creates exclusively, so the loser's copy is
+    renamed, removed here and compared like a retry; a backend that overwrites silently (S3) leaves that race
+    to whichever write lands last, before any trigger could name the path."""
     size = 0
     with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES) as spool:
         while chunk := body.read(_CHUNK):
@@ -150,16 +167,34 @@ def store(grant: Grant, body: Readable, *, content_type: str | None, limit: int)
             if size > limit:
                 raise TooLarge(limit)
             spool.write(chunk)
-        spool.seek(0)
         kind = content_type if content_type and _CONTENT_TYPE.match(content_type) else "application/octet-stream"
         store_ = storage()
         key = _data_key(grant.env_id, grant.path)
-        saved = store_.save(key, File(spool, name=key))
-        if saved != key:  # a backend that renames instead of replacing would lose the path the client holds
-            store_.delete(saved)
-            raise PacketError(f"the packet storage renamed {key!r} to {saved!r}; configure it to overwrite")
-        store_.save(_type_key(grant.env_id, grant.path), ContentFile(kind.encode()))
+        if not store_.exists(key):
+            spool.seek(0)
+            saved = store_.save(key, File(spool, name=key))
+            if saved == key:
+                type_key = _type_key(grant.env_id, grant.path)
+                if store_.exists(type_key):  # left by an upload that failed between its two saves
+                    store_.delete(type_key)
+                store_.save(type_key, ContentFile(kind.encode()))
+                return size
+            store_.delete(saved)  # another upload created the path first: compare with it below
+        if not _same_bytes(store_, key, spool, size):
+            raise AlreadyStored(grant.path)
     return size
+
+
+def _same_bytes(store_: Storage, key: str, spool: Any, size: int) -> bool:
+    """Whether the stored object ``key`` holds exactly the ``size`` bytes of ``spool``."""
+    if store_.size(key) != size:
+        return False
+    spool.seek(0)
+    with store_.open(key, "rb") as stored:
+        while chunk := spool.read(_CHUNK):
+            if stored.read(len(chunk)) != chunk:
+                return False
+        return not stored.read(1)
 
 
 def served_type(stored: str) -> str:

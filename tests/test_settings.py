@@ -45,6 +45,7 @@ DESIGN_DEFAULTS = {
     "SNAPSHOT_COMPRESS_MIN_BYTES": 256,  # not in §14: snapshot compression (issue 11), docs/operations.md#redis
     "MAX_PACKET_BYTES": 100 * 1024 * 1024,
     "PACKET_URL_TTL_S": 3600,
+    "PACKET_PUT_URL_TTL_S": 600,  # not in §14: upload URLs live shorter than downloads (issue 16), docs/api.md#packets
     "MAX_METADATA_BYTES": 256 * 1024,
     "MAX_BUFFERED_PER_ENV": 1_000_000,
     "METRICS_TOKEN": SecretStr(""),  # not in §14: the optional /metrics bearer token (§12), off by default

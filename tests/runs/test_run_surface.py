@@ -35,7 +35,7 @@ def packet_dir(settings, tmp_path):
         **settings.STORAGES,
         "packets": {
             "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path), "allow_overwrite": True},
+            "OPTIONS": {"location": str(tmp_path), "allow_overwrite": False},
         },
     }
     return tmp_path
@@ -148,11 +148,104 @@ def test_a_presigned_url_is_bound_to_its_method_and_cannot_be_forged(api):
 
 
 def test_a_presigned_url_expires(api, mollifier_settings, monkeypatch):
-    mollifier_settings(PACKET_URL_TTL_S=60)
+    mollifier_settings(PACKET_URL_TTL_S=60, PACKET_PUT_URL_TTL_S=30)
     url = object_path(api.call("put", "/api/v2/packets/e.json").json()["presignedUrl"])
+    api.call("put", object_path(api.call("put", "/api/v2/packets/f.json").json()["presignedUrl"]), raw=b"{}", who=None)
+    get_url = object_path(api.call("get", "/api/v1/packets/f.json").json()["presignedUrl"])
     later = time.time() + 61
     monkeypatch.setattr(signing.time, "time", lambda: later)
     assert_error(api.call("put", url, raw=b"{}", who=None), 404, "expired")
+    assert_error(api.call("get", get_url, who=None), 404, "expired")
+
+
+def test_an_upload_url_lives_packet_put_url_ttl_s_a_download_url_longer(api, monkeypatch):
+    put_url = object_path(api.call("put", "/api/v2/packets/t.json").json()["presignedUrl"])
+    early_put = object_path(api.call("put", "/api/v2/packets/t2.json").json()["presignedUrl"])
+    assert api.call("put", early_put, raw=b"{}", who=None).status_code == 200
+    get_url = object_path(api.call("get", "/api/v1/packets/t2.json").json()["presignedUrl"])
+    now = time.time()
+    monkeypatch.setattr(signing.time, "time", lambda: now + 590)
+    assert api.call("put", object_path(api.call("put", "/api/v2/packets/t3.json").json()["presignedUrl"]), raw=b"{}",
+                    who=None).status_code == 200  # fmt: skip
+    monkeypatch.setattr(signing.time, "time", lambda: now + 601)  # past the upload TTL (600 s by default)
+
+    assert_error(api.call("put", put_url, raw=b"{}", who=None), 404, "expired")
+    got = api.call("get", get_url, who=None)
+    got.close()  # the streamed file
+    assert got.status_code == 200  # a download URL still lives (3600 s)
+
+
+def test_a_packet_is_written_once_a_retried_put_of_the_same_bytes_is_harmless(api):
+    presign = api.call("put", "/api/v2/packets/trigger/packet_w/payload.json").json()
+    put_url = object_path(presign["presignedUrl"])
+    original = b'{"json":{"amount":10}}'
+    assert api.call("put", put_url, raw=original, who=None, content_type="application/super+json").status_code == 200
+    run_id = api.call("post", "/api/v1/tasks/hello/trigger", {"payload": presign["storagePath"],
+                      "options": {"payloadType": "application/store"}}).json()["id"]  # fmt: skip
+
+    # The SDK's retry of a PUT whose answer was lost: the same bytes, the same URL → 200, nothing changes.
+    retried = api.call("put", put_url, raw=original, who=None, content_type="application/super+json")
+    assert (retried.status_code, retried.json()) == (200, {"size": len(original)})
+    # Other bytes, through the same URL or a fresh one for the same path: refused, and the SDK is told not to retry.
+    again = object_path(api.call("put", "/api/v2/packets/trigger/packet_w/payload.json").json()["presignedUrl"])
+    for url, body in [(put_url, b'{"json":{"amount":99999}}'), (again, b"x"), (put_url, original + b" ")]:
+        refused = assert_error(api.call("put", url, raw=body, who=None), 409, "already stored", "new path")
+        assert refused is not None
+        assert api.call("put", url, raw=body, who=None)["x-should-retry"] == "false"
+
+    get_url = object_path(api.call("get", f"/api/v1/runs/{run_id}/packets/payload").json()["presignedUrl"])
+    got = api.call("get", get_url, who=None)
+    assert b"".join(got.streaming_content) == original  # the run's payload is what it was triggered with
+    assert got["Content-Type"] == "application/super+json"
+
+
+def test_a_refused_overwrite_of_a_packet_leaves_no_file_behind(api, packet_dir):
+    grant = packets.Grant("put", api.envs["direct"].id, "w/once.json")
+    assert packets.store(grant, io.BytesIO(b"first"), content_type="application/json", limit=4096) == 5
+    before = sorted(p.relative_to(packet_dir) for p in packet_dir.rglob("*") if p.is_file())
+    with pytest.raises(packets.AlreadyStored):
+        packets.store(grant, io.BytesIO(b"second"), content_type="text/html", limit=4096)
+    assert sorted(p.relative_to(packet_dir) for p in packet_dir.rglob("*") if p.is_file()) == before
+    opened = packets.open_packet(packets.Grant("get", grant.env_id, grant.path))
+    assert opened is not None
+    body, kind = opened
+    with body:
+        assert (body.read(), kind) == (b"first", "application/json")
+
+
+def test_of_two_first_uploads_racing_for_one_path_exactly_one_lands(api):
+    """Both bodies are read in full before either is saved (a barrier at their end), so both find the path
+    free; the exclusive create lets one land and the other is compared and refused."""
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Body(io.BytesIO):
+        def read(self, size=-1):
+            chunk = super().read(size)
+            if not chunk:
+                barrier.wait()
+            return chunk
+
+    grant = packets.Grant("put", api.envs["direct"].id, "race/p.json")
+    outcomes: dict[bytes, object] = {}
+
+    def upload(data: bytes) -> None:
+        try:
+            outcomes[data] = packets.store(grant, Body(data), content_type="application/json", limit=4096)
+        except packets.AlreadyStored as exc:
+            outcomes[data] = exc
+
+    threads = [threading.Thread(target=upload, args=(data,)) for data in (b'{"a":1}', b'{"b":22}')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+
+    landed = [data for data, outcome in outcomes.items() if isinstance(outcome, int)]
+    assert len(outcomes) == 2 and len(landed) == 1, outcomes
+    opened = packets.open_packet(packets.Grant("get", grant.env_id, grant.path))
+    assert opened is not None
+    with opened[0] as f:
+        assert f.read() == landed[0]
 
 
 @pytest.mark.parametrize("filename", ["a//b.json", "a/%2E%2E/b.json", "x" * 600, "a/b c.json"])
