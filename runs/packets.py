@@ -32,8 +32,10 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, storages
 
+from mollifier_project.logs import PACKET_OBJECT_ROUTE
+
 STORE_TYPE = "application/store"  # the payloadType of a payload that is a packet path
-OBJECT_ROUTE = "/api/v1/packet-objects/"
+OBJECT_ROUTE = PACKET_OBJECT_ROUTE  # the logs mask the token after it (mollifier_project.logs)
 MAX_PATH_LENGTH = 512
 _SALT = "mollifier.packets"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.=+@-]{1,128}$")
