@@ -60,11 +60,4 @@ def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[Che
                 id="mollifier.W002",
             )
         )
-    if not settings.DEBUG and settings.SECRET_KEY.startswith("dev-insecure-"):
-        problems.append(
-            Warning(
-                "DJANGO_SECRET_KEY is not set: the development secret key is in use.",
-                id="mollifier.W010",
-            )
-        )
     return problems

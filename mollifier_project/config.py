@@ -156,3 +156,25 @@ def check_broker_redis_url(url: str) -> None:
             f"REDIS_URL={url!r}: REDIS_URL is also the Celery broker (CELERY_BROKER_URL's default), which cannot "
             "be a Redis Cluster; put the cluster in BUFFER_REDIS_URL and keep REDIS_URL a single server"
         )
+
+
+DEVELOPMENT_SECRET_KEY = "dev-insecure-mollifier-secret-key-change-me"  # public: in the repository
+
+
+def check_secret_key(key: str, *, debug: bool) -> str:
+    """The ``SECRET_KEY`` to use: ``key`` (``DJANGO_SECRET_KEY``), or the repository's development key when
+    ``debug`` is on and none is set. With ``debug`` off, a missing key or a development one (``dev-insecure-…``)
+    is refused here, at settings import, since gunicorn and celery run no system checks: whoever knows a
+    public key can sign session cookies and presigned packet URLs (docs/operations.md#secret-key)."""
+    if key and not key.startswith("dev-insecure-"):
+        return key
+    if debug:
+        return key or DEVELOPMENT_SECRET_KEY
+    problem = "is not set" if not key else "is the repository's public development key"
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY {problem} and DJANGO_DEBUG is off: refusing to start, since anyone could sign "
+        "sessions and presigned packet URLs with it. Set DJANGO_SECRET_KEY to a long random secret, the same on "
+        "every process (python -c 'import secrets; print(secrets.token_urlsafe(50))'); for local runs, "
+        "`make services` generates one in .data/secret_key and exports it in .data/services.env "
+        "(`. .data/services.env`), or set DJANGO_DEBUG=1 for development."
+    )

@@ -147,6 +147,21 @@ def test_a_presigned_url_is_bound_to_its_method_and_cannot_be_forged(api):
     assert_error(api.call("get", packets.OBJECT_ROUTE + forged, who=None), 404, "not valid")
 
 
+def test_a_packet_url_signed_with_the_repositorys_old_fallback_key_is_refused(api):
+    """Before issue 16 a deployment without DJANGO_SECRET_KEY signed with this public key, so anyone could mint
+    a URL for any env's packet; now no process starts with it (DEBUG off), and such a URL is refused."""
+    api.call("put", object_path(api.call("put", "/api/v2/packets/victim.json").json()["presignedUrl"]),
+             raw=b'{"secret":1}', who=None)  # fmt: skip
+    env_id = api.envs["direct"].id
+    for op in ("get", "put"):
+        minted = signing.dumps({"o": op, "e": env_id, "p": "victim.json"}, key="dev-insecure-mollifier-secret-key-change-me",
+                               salt="mollifier.packets")  # fmt: skip
+        response = api.call(op, packets.OBJECT_ROUTE + minted, raw=b"{}" if op == "put" else None, who=None)
+        response.close()
+        assert response.status_code == 404, f"a {op} URL minted with the public key answered {response.status_code}"
+        assert_error(response, 404, "not valid")
+
+
 def test_a_presigned_url_expires(api, mollifier_settings, monkeypatch):
     mollifier_settings(PACKET_URL_TTL_S=60, PACKET_PUT_URL_TTL_S=30)
     url = object_path(api.call("put", "/api/v2/packets/e.json").json()["presignedUrl"])
