@@ -172,18 +172,22 @@ def store(grant: Grant, body: Readable, *, content_type: str | None, limit: int)
         kind = content_type if content_type and _CONTENT_TYPE.match(content_type) else "application/octet-stream"
         store_ = storage()
         key = _data_key(grant.env_id, grant.path)
+        type_key = _type_key(grant.env_id, grant.path)
         if not store_.exists(key):
             spool.seek(0)
             saved = store_.save(key, File(spool, name=key))
             if saved == key:
-                type_key = _type_key(grant.env_id, grant.path)
-                if store_.exists(type_key):  # left by an upload that failed between its two saves
+                if store_.exists(type_key):  # left by an earlier upload of this path, whose data is gone
                     store_.delete(type_key)
                 store_.save(type_key, ContentFile(kind.encode()))
                 return size
             store_.delete(saved)  # another upload created the path first: compare with it below
         if not _same_bytes(store_, key, spool, size):
             raise AlreadyStored(grant.path)
+        if not store_.exists(type_key):  # the first upload stopped between its two saves: the retry completes it
+            saved = store_.save(type_key, ContentFile(kind.encode()))
+            if saved != type_key:  # a concurrent retry wrote it first
+                store_.delete(saved)
     return size
 
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core import signing
+from django.core.files.base import ContentFile
 from django.db import connection
 
 from buffer.buffer import Buffer
@@ -226,6 +227,18 @@ def test_a_refused_overwrite_of_a_packet_leaves_no_file_behind(api, packet_dir):
     body, kind = opened
     with body:
         assert (body.read(), kind) == (b"first", "application/json")
+
+
+def test_a_retry_completes_an_upload_that_stopped_between_its_bytes_and_its_type(api):
+    grant = packets.Grant("put", api.envs["direct"].id, "half/p.json")
+    packets.storage().save(f"{grant.env_id}/data/{grant.path}", ContentFile(b'{"a":1}'))  # the type never written
+
+    assert packets.store(grant, io.BytesIO(b'{"a":1}'), content_type="application/json", limit=4096) == 7
+
+    opened = packets.open_packet(packets.Grant("get", grant.env_id, grant.path))
+    assert opened is not None
+    with opened[0] as f:
+        assert (f.read(), opened[1]) == (b'{"a":1}', "application/json")
 
 
 def test_of_two_first_uploads_racing_for_one_path_exactly_one_lands(api):
