@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -73,6 +74,10 @@ class MollifierSettings(BaseModel):
     MAX_PACKET_BYTES: int = Field(100 * 1024 * 1024, ge=1)
     PACKET_URL_TTL_S: int = Field(3600, ge=1)
     PACKET_PUT_URL_TTL_S: int = Field(600, ge=1)
+    # A host of its own for the presigned packet URLs (e.g. https://packets.example.com), on which the browser
+    # holds none of the app's cookies; empty: the request's own host. It must reach these same web processes
+    # (in ALLOWED_HOSTS: check mollifier.E004) under a hostname that is not the app's (docs/api.md#packets).
+    PACKET_ORIGIN: str = ""
     # Run metadata (docs/api.md#metadata): the JSON-encoded size a run's metadata may reach.
     MAX_METADATA_BYTES: int = Field(256 * 1024, ge=2)
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
@@ -90,6 +95,24 @@ class MollifierSettings(BaseModel):
         if text in _FALSE:
             return False
         raise ValueError(f"expected one of true/false/1/0/yes/no/on/off, got {value!r}")
+
+    @field_validator("PACKET_ORIGIN")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        """An origin only (scheme, host, optional port): the URL's path is the packet route's."""
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username
+        ):
+            raise ValueError("expected an origin such as https://packets.example.com (scheme and host, no path)")
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> MollifierSettings:

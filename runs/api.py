@@ -44,6 +44,11 @@ class HttpError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+def packet_uri(request: HttpRequest) -> Callable[[str], str]:
+    """Makes a presigned packet URL's path absolute: on ``PACKET_ORIGIN`` if set (docs/api.md#packets)."""
+    return packets.url_builder(request.build_absolute_uri, settings.MOLLIFIER.PACKET_ORIGIN)
+
+
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
     response = JsonResponse({"error": message}, status=status)
     for name, value in (headers or {}).items():
@@ -219,7 +224,7 @@ def retrieve_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResp
     found = queries.retrieve(env, run_id, buffer=_buffer(), now=from_ms(now_ms()))
     if found.doc is None:
         return error(404, "Run not found", {"x-should-retry": "true" if found.maybe_in_flight else "false"})
-    return JsonResponse(packets.absolute(found.doc, request.build_absolute_uri))
+    return JsonResponse(packets.absolute(found.doc, packet_uri(request)))
 
 
 @endpoint("GET")

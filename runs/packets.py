@@ -26,11 +26,13 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from django.core import signing
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, storages
+from django.http.request import split_domain_port
 
 from mollifier_project.logs import PACKET_OBJECT_ROUTE
 
@@ -118,6 +120,22 @@ def absolute(doc: dict[str, Any], build_absolute_uri: Callable[[str], str]) -> d
     if "payloadPresignedUrl" in doc:
         doc["payloadPresignedUrl"] = build_absolute_uri(doc["payloadPresignedUrl"])
     return doc
+
+
+def url_builder(build_absolute_uri: Callable[[str], str], origin: str) -> Callable[[str], str]:
+    """What makes a presigned URL's path absolute: ``PACKET_ORIGIN`` when one is set, else the request's host."""
+    if not origin:
+        return build_absolute_uri
+    return lambda path: origin + path
+
+
+def served_here(host: str, origin: str) -> bool:
+    """Whether a request to ``host`` (``request.get_host()``) may use a presigned URL: any host without a
+    ``PACKET_ORIGIN``; with one, only its hostname (cookies ignore ports, so a port alone is no separation)."""
+    if not origin:
+        return True
+    domain, _port = split_domain_port(host)
+    return domain == (urlsplit(origin).hostname or "")
 
 
 def object_url(op: str, env_id: int, path: str) -> str:

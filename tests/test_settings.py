@@ -45,7 +45,8 @@ DESIGN_DEFAULTS = {
     "SNAPSHOT_COMPRESS_MIN_BYTES": 256,  # not in §14: snapshot compression (issue 11), docs/operations.md#redis
     "MAX_PACKET_BYTES": 100 * 1024 * 1024,
     "PACKET_URL_TTL_S": 3600,
-    "PACKET_PUT_URL_TTL_S": 600,  # not in §14: upload URLs live shorter than downloads (issue 16), docs/api.md#packets
+    "PACKET_PUT_URL_TTL_S": 600,
+    "PACKET_ORIGIN": "",  # not in §14: an optional host of its own for packet URLs (issue 16), docs/api.md#packets  # not in §14: upload URLs live shorter than downloads (issue 16), docs/api.md#packets
     "MAX_METADATA_BYTES": 256 * 1024,
     "MAX_BUFFERED_PER_ENV": 1_000_000,
     "METRICS_TOKEN": SecretStr(""),  # not in §14: the optional /metrics bearer token (§12), off by default
@@ -79,6 +80,9 @@ def test_values_are_read_from_prefixed_variables():
         ("MOLLIFIER_SNAPSHOT_COMPRESS_MIN_BYTES", "-1"),
         ("MOLLIFIER_KEY_PREFIX", "has space"),
         ("MOLLIFIER_SHADOW_MODE", "ture"),
+        ("MOLLIFIER_PACKET_ORIGIN", "packets.example.com"),
+        ("MOLLIFIER_PACKET_ORIGIN", "https://packets.example.com/path"),
+        ("MOLLIFIER_PACKET_ORIGIN", "ftp://packets.example.com"),
     ],
 )
 def test_bad_value_raises_improperly_configured_naming_the_variable(variable, value):
@@ -181,6 +185,8 @@ def test_default_settings_pass_every_combination_check(mollifier_settings):
         ({"ENABLED": True, "DRAINER_ENABLED": True}, set()),
         ({"ENABLED": False, "DRAINER_ENABLED": True}, set()),
         ({"SHADOW_MODE": True, "ENABLED": True, "DRAINER_ENABLED": False}, {"mollifier.W002"}),
+        ({"PACKET_ORIGIN": "https://packets.elsewhere.example"}, {"mollifier.E004"}),  # not in ALLOWED_HOSTS
+        ({"PACKET_ORIGIN": "http://localhost:8001"}, set()),
     ],
 )
 def test_each_check_fires_exactly_on_its_combination(mollifier_settings, overrides, expected):

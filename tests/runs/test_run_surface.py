@@ -55,10 +55,10 @@ def api(client, key_prefix, mollifier_settings, packet_dir):
     class Api:
         envs = {name: t.env for name, t in tenants.items()}
 
-        def call(self, method, path, body=None, *, who="direct", content_type="application/json", raw=None):
+        def call(self, method, path, body=None, *, who="direct", content_type="application/json", raw=None, **meta):
             data = raw if raw is not None else ("" if body is None else json.dumps(body))
             auth = {"HTTP_AUTHORIZATION": f"Bearer {secrets[who]}"} if who else {}
-            return getattr(client, method)(path, data=data, content_type=content_type, **auth)
+            return getattr(client, method)(path, data=data, content_type=content_type, **auth, **meta)
 
         def trigger(self, who, **options):
             response = self.call("post", "/api/v1/tasks/hello/trigger", {"payload": '{"json":{"a":1}}',
@@ -172,6 +172,32 @@ def test_a_presigned_url_expires(api, mollifier_settings, monkeypatch):
     monkeypatch.setattr(signing.time, "time", lambda: later)
     assert_error(api.call("put", url, raw=b"{}", who=None), 404, "expired")
     assert_error(api.call("get", get_url, who=None), 404, "expired")
+
+
+def test_with_a_packet_origin_packet_urls_point_there_and_the_app_host_serves_no_packet(api, mollifier_settings,
+                                                                                       settings):  # fmt: skip
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "packets.testserver"]
+    mollifier_settings(PACKET_ORIGIN="http://packets.testserver")
+    put = api.call("put", "/api/v2/packets/o/p.json").json()["presignedUrl"]
+    assert put.startswith("http://packets.testserver/api/v1/packet-objects/")
+    on_packet_host = {"HTTP_HOST": "packets.testserver"}
+
+    # The app's own host neither takes nor serves packets any more: its cookies never go with one.
+    assert_error(api.call("put", object_path(put), raw=b"{}", who=None), 404, "packets.testserver")
+    assert api.call("put", object_path(put), raw=b"{}", who=None, **on_packet_host).status_code == 200
+    get = api.call("get", "/api/v1/packets/o/p.json").json()["presignedUrl"]
+    assert get.startswith("http://packets.testserver/api/v1/packet-objects/")
+    assert_error(api.call("get", object_path(get), who=None), 404, "packets.testserver")
+    got = api.call("get", object_path(get), who=None, **on_packet_host)
+    assert b"".join(got.streaming_content) == b"{}"
+    assert got["Content-Disposition"].startswith("attachment")  # still inert there too
+    # A run's document and its packet URL point there as well.
+    run_id = api.call("post", "/api/v1/tasks/hello/trigger", {"payload": "o/p.json",
+                      "options": {"payloadType": "application/store"}}).json()["id"]  # fmt: skip
+    doc = api.call("get", f"/api/v3/runs/{run_id}").json()
+    assert doc["payloadPresignedUrl"].startswith("http://packets.testserver/api/v1/packet-objects/")
+    url = api.call("get", f"/api/v1/runs/{run_id}/packets/payload").json()["presignedUrl"]
+    assert url.startswith("http://packets.testserver/api/v1/packet-objects/")
 
 
 def test_an_upload_url_lives_packet_put_url_ttl_s_a_download_url_longer(api, monkeypatch):
