@@ -8,8 +8,10 @@ Reads go the other way: a retrieve answers ``payloadPresignedUrl``, which the SD
 1. Paths are the client's, but always inside its env: ``<path>`` is stored as ``<env id>/data/<path>``, so
    no key can name another env's packet — tenancy by construction, not by a check that could be forgotten.
 2. A presigned URL is ``/api/v1/packet-objects/<token>``: the token is ``django.core.signing`` over
-   (operation, env, path) with a timestamp, checked against ``PACKET_URL_TTL_S``. It carries no API key, so
-   the SDK's plain ``fetch`` of it works, and it cannot be turned into another operation, env or path.
+   (operation, env, path) with a timestamp, checked against ``PACKET_URL_TTL_S`` (GET) or
+   ``PACKET_PUT_URL_TTL_S`` (PUT). It carries no API key, so the SDK's plain ``fetch`` of it works, and it
+   cannot be turned into another operation, env or path. With ``PACKET_ORIGIN`` set it is built on, and only
+   answered on, that host of its own (``url_builder``, ``served_here``).
 3. The body is streamed into a spooled temporary file, refused past ``MAX_PACKET_BYTES`` (413), then saved;
    its content type goes beside it (``<env>/type/<path>``), since the SDK decodes a download by it. A packet
    is written once (``store``): the same bytes again are a harmless retry, other bytes are refused (409).
