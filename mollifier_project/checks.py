@@ -6,9 +6,11 @@ Registered by ``runs.apps.RunsConfig.ready``. IDs: ``mollifier.E00x`` errors, ``
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
+from django.http.request import validate_host
 
 
 @register("mollifier")
@@ -43,6 +45,15 @@ def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[Che
                 id="mollifier.E003",
             )
         )
+    packet_host = urlsplit(cfg.PACKET_ORIGIN).hostname if cfg.PACKET_ORIGIN else None
+    if packet_host and not validate_host(packet_host, settings.ALLOWED_HOSTS):
+        problems.append(
+            Error(
+                f"MOLLIFIER_PACKET_ORIGIN ({cfg.PACKET_ORIGIN}) names a host DJANGO_ALLOWED_HOSTS does not allow.",
+                hint="Every presigned packet URL would answer 400; add the packet host to DJANGO_ALLOWED_HOSTS.",
+                id="mollifier.E004",
+            )
+        )
     if cfg.SHADOW_MODE and not cfg.ENABLED:
         problems.append(
             Warning(
@@ -58,13 +69,6 @@ def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[Che
                 "until a drainer is enabled somewhere.",
                 hint="Fine if another deployment runs the drainer; otherwise enable it.",
                 id="mollifier.W002",
-            )
-        )
-    if not settings.DEBUG and settings.SECRET_KEY.startswith("dev-insecure-"):
-        problems.append(
-            Warning(
-                "DJANGO_SECRET_KEY is not set: the development secret key is in use.",
-                id="mollifier.W010",
             )
         )
     return problems

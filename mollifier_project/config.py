@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -67,9 +68,16 @@ class MollifierSettings(BaseModel):
     # stored snapshot stays readable, so the setting can change at any time.
     SNAPSHOT_COMPRESS_MIN_BYTES: int = Field(256, ge=0)
     MAX_BUFFERED_PER_ENV: int = Field(1_000_000, ge=1)
-    # Packets (docs/api.md#packets): the largest body one upload may store, and how long a presigned URL lives.
+    # Packets (docs/api.md#packets): the largest body one upload may store, how long a presigned download URL
+    # lives, and how long an upload URL does: the SDK PUTs at once (its retries take well under a minute), and
+    # a leaked upload URL for a path never written should not stay usable for an hour.
     MAX_PACKET_BYTES: int = Field(100 * 1024 * 1024, ge=1)
     PACKET_URL_TTL_S: int = Field(3600, ge=1)
+    PACKET_PUT_URL_TTL_S: int = Field(600, ge=1)
+    # A host of its own for the presigned packet URLs (e.g. https://packets.example.com), on which the browser
+    # holds none of the app's cookies; empty: the request's own host. It must reach these same web processes
+    # (in ALLOWED_HOSTS: check mollifier.E004) under a hostname that is not the app's (docs/api.md#packets).
+    PACKET_ORIGIN: str = ""
     # Run metadata (docs/api.md#metadata): the JSON-encoded size a run's metadata may reach.
     MAX_METADATA_BYTES: int = Field(256 * 1024, ge=2)
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
@@ -87,6 +95,24 @@ class MollifierSettings(BaseModel):
         if text in _FALSE:
             return False
         raise ValueError(f"expected one of true/false/1/0/yes/no/on/off, got {value!r}")
+
+    @field_validator("PACKET_ORIGIN")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        """An origin only (scheme, host, optional port): the URL's path is the packet route's."""
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username
+        ):
+            raise ValueError("expected an origin such as https://packets.example.com (scheme and host, no path)")
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> MollifierSettings:
@@ -153,3 +179,25 @@ def check_broker_redis_url(url: str) -> None:
             f"REDIS_URL={url!r}: REDIS_URL is also the Celery broker (CELERY_BROKER_URL's default), which cannot "
             "be a Redis Cluster; put the cluster in BUFFER_REDIS_URL and keep REDIS_URL a single server"
         )
+
+
+DEVELOPMENT_SECRET_KEY = "dev-insecure-mollifier-secret-key-change-me"  # public: in the repository
+
+
+def check_secret_key(key: str, *, debug: bool) -> str:
+    """The ``SECRET_KEY`` to use: ``key`` (``DJANGO_SECRET_KEY``), or the repository's development key when
+    ``debug`` is on and none is set. With ``debug`` off, a missing key or a development one (``dev-insecure-…``)
+    is refused here, at settings import, since gunicorn and celery run no system checks: whoever knows a
+    public key can sign session cookies and presigned packet URLs (docs/operations.md#secret-key)."""
+    if key and not key.startswith("dev-insecure-"):
+        return key
+    if debug:
+        return key or DEVELOPMENT_SECRET_KEY
+    problem = "is not set" if not key else "is the repository's public development key"
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY {problem} and DJANGO_DEBUG is off: refusing to start, since anyone could sign "
+        "sessions and presigned packet URLs with it. Set DJANGO_SECRET_KEY to a long random secret, the same on "
+        "every process (python -c 'import secrets; print(secrets.token_urlsafe(50))'); for local runs, "
+        "`make services` generates one in .data/secret_key and exports it in .data/services.env "
+        "(`. .data/services.env`), or set DJANGO_DEBUG=1 for development."
+    )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+logger_class = "mollifier_project.gunicorn_logging.MaskingLogger"  # masks packet tokens (docs/operations.md#logs)
+
 
 def child_exit(server: Any, worker: Any) -> None:
     """A worker exited: remove its live-gauge files so a dead process is not reported. Its counter and

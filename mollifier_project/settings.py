@@ -14,13 +14,16 @@ from pathlib import Path
 import dj_database_url
 from kombu import Exchange, Queue
 
-from mollifier_project.config import check_broker_redis_url, load_settings, redis_location
+from mollifier_project.config import check_broker_redis_url, check_secret_key, load_settings, redis_location
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = os.environ.get("DJANGO_DEBUG", "0").lower() in {"1", "true", "yes", "on"}
-# A development default only: production sets DJANGO_SECRET_KEY (system check mollifier.W010 reminds).
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-insecure-mollifier-secret-key-change-me")
+# The key signs sessions, CSRF tokens and presigned packet URLs, so a key anyone can read lets anyone mint
+# them. The repository's fallback is for DJANGO_DEBUG only; without DEBUG every process (gunicorn and celery
+# run no system checks) refuses to load these settings. `make services` generates a key once in
+# .data/secret_key and exports it in .data/services.env (docs/operations.md#secret-key).
+SECRET_KEY = check_secret_key(os.environ.get("DJANGO_SECRET_KEY", ""), debug=DEBUG)
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 
 INSTALLED_APPS = [
@@ -116,8 +119,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "packets": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
-        # A retried upload of one path replaces it, as an object store's PUT does.
-        "OPTIONS": {"location": PACKETS_ROOT, "allow_overwrite": True},
+        # Packets are written once (runs/packets.py store): created exclusively, so of two first uploads of one
+        # path only one lands; a retry of the same bytes is answered without writing (docs/api.md#packets).
+        "OPTIONS": {"location": PACKETS_ROOT, "allow_overwrite": False},
     },
 }
 if os.environ.get("PACKETS_S3_BUCKET"):  # needs django-storages[s3] installed (docs/operations.md#packet-storage)
@@ -191,7 +195,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "json": {"()": "mollifier_project.logs.JsonFormatter"},
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "mollifier_project.logs.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
     },
     "handlers": {
         "console": {

@@ -44,6 +44,11 @@ class HttpError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+def packet_uri(request: HttpRequest) -> Callable[[str], str]:
+    """Makes a presigned packet URL's path absolute: on ``PACKET_ORIGIN`` if set (docs/api.md#packets)."""
+    return packets.url_builder(request.build_absolute_uri, settings.MOLLIFIER.PACKET_ORIGIN)
+
+
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
     response = JsonResponse({"error": message}, status=status)
     for name, value in (headers or {}).items():
@@ -135,7 +140,13 @@ def trigger_task(request: HttpRequest, env: EnvContext, task: str) -> HttpRespon
     clock = now_ms()
     body = _json_body(request, TriggerBody, limit=_body_limit(cfg.MAX_PAYLOAD_BYTES))
     snapshot = trigger.prepare(
-        env, task, body.options, body.payload, now_ms=clock, max_payload_bytes=cfg.MAX_PAYLOAD_BYTES
+        env,
+        task,
+        body.options,
+        body.payload,
+        now_ms=clock,
+        max_payload_bytes=cfg.MAX_PAYLOAD_BYTES,
+        max_metadata_bytes=cfg.MAX_METADATA_BYTES,
     )
     result = trigger.trigger(
         env, snapshot, buffer=_buffer(), cfg=cfg, now_ms=clock, bypass=trigger.is_bypass(body.options),
@@ -213,7 +224,7 @@ def retrieve_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResp
     found = queries.retrieve(env, run_id, buffer=_buffer(), now=from_ms(now_ms()))
     if found.doc is None:
         return error(404, "Run not found", {"x-should-retry": "true" if found.maybe_in_flight else "false"})
-    return JsonResponse(packets.absolute(found.doc, request.build_absolute_uri))
+    return JsonResponse(packets.absolute(found.doc, packet_uri(request)))
 
 
 @endpoint("GET")

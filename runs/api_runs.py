@@ -13,7 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from mollifier_project.clock import from_ms, now_ms
 from runs import mutations, packets, queries, replay
-from runs.api import HttpError, _buffer, _json_body, _mutation_response, endpoint, error
+from runs.api import HttpError, _buffer, _json_body, _mutation_response, endpoint, error, packet_uri
 from runs.auth import EnvContext
 from runs.durations import DurationError, parse_delay
 from runs.locate import Where, locate
@@ -41,7 +41,7 @@ def _has_body(request: HttpRequest) -> bool:
 def create_upload_url(request: HttpRequest, env: EnvContext, filename: str) -> JsonResponse:
     """``PUT /api/v2/packets/<path>``: where to upload the packet, and the path to trigger with."""
     path = _packet_path(filename)
-    url = request.build_absolute_uri(packets.object_url("put", env.env_id, path))
+    url = packet_uri(request)(packets.object_url("put", env.env_id, path))
     return JsonResponse({"presignedUrl": url, "storagePath": path})
 
 
@@ -51,7 +51,7 @@ def get_download_url(request: HttpRequest, env: EnvContext, filename: str) -> Js
     path = _packet_path(filename)
     if not packets.exists(env.env_id, path):
         return error(404, "Packet not found")
-    return JsonResponse({"presignedUrl": request.build_absolute_uri(packets.object_url("get", env.env_id, path))})
+    return JsonResponse({"presignedUrl": packet_uri(request)(packets.object_url("get", env.env_id, path))})
 
 
 @endpoint("GET")
@@ -63,7 +63,7 @@ def get_run_packet_url(request: HttpRequest, env: EnvContext, run_id: str, field
     url = (found.doc or {}).get("payloadPresignedUrl")
     if not url:
         return error(404, "Run not found" if found.doc is None else "Run has no stored payload")
-    return JsonResponse({"presignedUrl": request.build_absolute_uri(url)})
+    return JsonResponse({"presignedUrl": packet_uri(request)(url)})
 
 
 @csrf_exempt
@@ -73,8 +73,14 @@ def packet_object(request: HttpRequest, token: str) -> HttpResponseBase:
     if request.method not in ("PUT", "GET", "HEAD"):
         return error(405, f"Method {request.method} not allowed")
     cfg = settings.MOLLIFIER
+    if not packets.served_here(request.get_host(), cfg.PACKET_ORIGIN):  # never on the app's host, its cookies
+        return error(404, f"Packets are served from {cfg.PACKET_ORIGIN} only")
     try:
-        grant = packets.verify(token, op="put" if request.method == "PUT" else "get", max_age_s=cfg.PACKET_URL_TTL_S)
+        grant = (
+            packets.verify(token, op="put", max_age_s=cfg.PACKET_PUT_URL_TTL_S)
+            if request.method == "PUT"
+            else packets.verify(token, op="get", max_age_s=cfg.PACKET_URL_TTL_S)
+        )
     except packets.PacketError as exc:
         return error(404, str(exc))
     if request.method == "PUT":
@@ -86,6 +92,8 @@ def packet_object(request: HttpRequest, token: str) -> HttpResponseBase:
             size = packets.store(grant, stream, content_type=request.content_type, limit=cfg.MAX_PACKET_BYTES)
         except packets.TooLarge as exc:
             return error(413, str(exc))
+        except packets.AlreadyStored as exc:  # retrying cannot help: the SDK retries a 409 unless told not to
+            return error(409, str(exc), {"x-should-retry": "false"})
         except packets.PacketError as exc:
             return error(500, str(exc))
         return JsonResponse({"size": size})
@@ -93,7 +101,11 @@ def packet_object(request: HttpRequest, token: str) -> HttpResponseBase:
     if opened is None:
         return error(404, "Packet not found")
     body, content_type = opened
-    return FileResponse(body, content_type=content_type)
+    name = grant.path.rsplit("/", 1)[-1]
+    response = FileResponse(body, content_type=content_type, as_attachment=True, filename=name)
+    for header, value in packets.DOWNLOAD_HEADERS.items():
+        response[header] = value
+    return response
 
 
 # -------------------------------------------------------------------------------- reschedule, replay
@@ -120,7 +132,7 @@ def reschedule_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonRe
     found = queries.retrieve(env, run_id, buffer=buffer, now=from_ms(now_ms()))
     if found.doc is None:  # rescheduled, and materialised in between: the row is not visible yet
         return error(503, f"Run {run_id} is being created right now; retry in a moment.", {"x-should-retry": "true"})
-    return JsonResponse(packets.absolute(found.doc, request.build_absolute_uri))
+    return JsonResponse(packets.absolute(found.doc, packet_uri(request)))
 
 
 @endpoint("POST")

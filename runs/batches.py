@@ -151,6 +151,7 @@ def ingest(
     for item in seen.values():
         snapshot = trigger.prepare(
             env, item.task, item.options, item.payload, now_ms=now_ms, max_payload_bytes=cfg.MAX_PAYLOAD_BYTES,
+            max_metadata_bytes=cfg.MAX_METADATA_BYTES,
             batch=trigger.BatchRef(batch.id, item.index), idempotency_key=_item_key(item, batch),
         )  # fmt: skip
         snapshots.append((item, snapshot))

@@ -329,13 +329,22 @@ def _packet_object(method: str) -> dict[str, Any]:
     ok: dict[str, Any] = (
         {"description": "Stored.", "headers": _HEADERS, "content": {"application/json": {"schema": _ref("PacketStored")}}}
         if method == "put"
-        else {"description": "The packet, with the content type it was uploaded with.", "headers": _HEADERS,
+        else {"description": "The packet as an inert attachment: its uploaded content type if the SDK decodes it "
+                             "(JSON, superjson, text/plain), else application/octet-stream.", "headers": _HEADERS,
               "content": {"*/*": {"schema": {}}}}
     )  # fmt: skip
     errors = {
-        "404": "The token is forged, expired or for another method, or (GET) nothing was uploaded under it.",
+        "404": "The token is forged, expired or for another method, or (GET) nothing was uploaded under it, or "
+        "the request is not on PACKET_ORIGIN.",
         "405": "Another method.",
-        **({"413": "The body passes MAX_PACKET_BYTES."} if method == "put" else {}),
+        **(
+            {
+                "409": "Other bytes are already stored at the path: packets are written once.",
+                "413": "The body passes MAX_PACKET_BYTES.",
+            }
+            if method == "put"
+            else {}
+        ),
     }
     responses = {"200": ok} | {
         code: {"description": text, "headers": _HEADERS, "content": {"application/json": {"schema": _ref("Error")}}}

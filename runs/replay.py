@@ -114,7 +114,13 @@ def replay_from(
     except ValidationError as exc:
         raise trigger.InvalidTrigger(describe(exc)) from None
     snapshot = trigger.prepare(
-        env, src.task_identifier, options, payload, now_ms=now_ms, max_payload_bytes=cfg.MAX_PAYLOAD_BYTES
+        env,
+        src.task_identifier,
+        options,
+        payload,
+        now_ms=now_ms,
+        max_payload_bytes=cfg.MAX_PAYLOAD_BYTES,
+        max_metadata_bytes=cfg.MAX_METADATA_BYTES,
     )
     return trigger.trigger(
         env, snapshot, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=trigger.is_bypass(options), request_key=request_key

@@ -49,6 +49,7 @@ from buffer.buffer import (
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
 from runs import codec, engine, ids
+from runs import metadata as metadata_codec
 from runs.auth import EnvContext
 from runs.db_errors import Failure, classify
 from runs.durations import DurationError, idempotency_ttl, parse_delay, parse_ttl
@@ -169,6 +170,7 @@ def prepare(
     *,
     now_ms: int,
     max_payload_bytes: int,
+    max_metadata_bytes: int,
     batch: BatchRef | None = None,
     idempotency_key: str | None = None,
     run_id: str | None = None,
@@ -185,6 +187,15 @@ def prepare(
     size = 0 if packet is None else len(packet.encode())
     if size > max_payload_bytes:
         raise PayloadTooLarge(f"payload: {size} bytes exceeds the limit of {max_payload_bytes} bytes")
+    if options.metadata is not None:  # the limit a metadata `set` enforces later holds from the start
+        try:
+            metadata_codec.checked(options.metadata, limit=max_metadata_bytes)
+        except metadata_codec.MetadataTooLarge as exc:
+            raise PayloadTooLarge(
+                f"options.metadata: {exc.size} bytes exceeds the limit of {exc.limit} bytes"
+            ) from None
+        except metadata_codec.MetadataInvalid:
+            pass  # not JSON at all (NaN…): engine.validate below names it
     tags = normalise_tags(options.tags)
     if len(tags) > MAX_TAGS:
         raise Unprocessable(f"Runs can only have {MAX_TAGS} tags, you're trying to set {len(tags)}.")

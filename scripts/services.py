@@ -15,6 +15,11 @@ Each service is resolved on its own, by the first source that answers (README "S
 real ``psycopg.connect`` (creating the URL's database when missing) and a Redis ``PING``. The result is
 written to ``.data/services.env`` as ``export`` lines, which the Makefile sources for every later command.
 
+It also brings a ``DJANGO_SECRET_KEY``, as an operator's deploy would: no process starts with DEBUG off
+without one (docs/operations.md#secret-key). A random key is generated once into ``.data/secret_key``
+(mode 0600) and kept, so sessions and presigned URLs survive a re-run; ``services.env`` exports it unless
+``DJANGO_SECRET_KEY`` is already set where the file is sourced (the operator's own key wins).
+
 Usage: ``python scripts/services.py`` (resolve and write) or ``python scripts/services.py --stop``
 (stop the embedded servers, if running).
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -40,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
 ENV_FILE = DATA / "services.env"
+SECRET_KEY_FILE = DATA / "secret_key"
 PG_DATA = DATA / "pg"
 REDIS_DIR = DATA / "redis"
 
@@ -285,13 +292,34 @@ def stop_embedded() -> list[str]:
 # -------------------------------------------------------------------------------------------- main
 
 
-def write_env_file(urls: Mapping[str, str], path: Path = ENV_FILE) -> None:
-    """Write ``export NAME='value'`` lines atomically, so a half-written file is never sourced."""
+def ensure_secret_key(path: Path = SECRET_KEY_FILE) -> str:
+    """The key in ``path``, generated there (random, mode 0600) on first use and kept from then on."""
+    if path.exists() and (key := path.read_text().strip()):
+        return key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)  # 67 characters of [A-Za-z0-9_-]
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # a leftover .tmp keeps its mode through os.open
+        f.write(key + "\n")
+    tmp.replace(path)
+    return key
+
+
+def write_env_file(urls: Mapping[str, str], path: Path = ENV_FILE, *, secret_key: str | None = None) -> None:
+    """Write ``export NAME='value'`` lines atomically, so a half-written file is never sourced; with
+    ``secret_key``, a line exporting it unless ``DJANGO_SECRET_KEY`` is set already. The file is made
+    readable by its owner only when it carries the key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Written by scripts/services.py; sourced by the Makefile. Re-run `make services` to refresh."]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in urls.items()]
+    if secret_key is not None:
+        lines.append(f'export DJANGO_SECRET_KEY="${{DJANGO_SECRET_KEY:-{secret_key}}}"  # .data/secret_key')
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret_key is not None else 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
     tmp.replace(path)
 
 
@@ -353,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as exc:
         print(f"services: {exc}", file=sys.stderr)
         return 1
-    write_env_file(urls)
+    key = ensure_secret_key()
+    where = "the environment's, over " if os.environ.get("DJANGO_SECRET_KEY") else ""
+    print(
+        f"secret:   DJANGO_SECRET_KEY: {where}the key generated once in {SECRET_KEY_FILE.relative_to(ROOT)}", flush=True
+    )
+    write_env_file(urls, secret_key=key)
     return 0
 
 

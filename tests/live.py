@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 from django.conf import settings
 
@@ -38,15 +40,22 @@ def database_url_of_test_db() -> str:
 
 
 class Gunicorn:
-    def __init__(self, env_overrides: dict[str, str], *, workers: int = 2):
+    def __init__(
+        self,
+        env_overrides: dict[str, str],
+        *,
+        workers: int = 2,
+        args: Sequence[str] = (),
+        stderr: IO[bytes] | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOLLIFIER_")}
         env.update(DATABASE_URL=database_url_of_test_db(), REDIS_URL=settings.REDIS_URL, **env_overrides)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "mollifier_project.wsgi", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--log-level", "warning", "--timeout", "60", "--no-control-socket"],
-            cwd=ROOT, env=env,
+             "--workers", str(workers), "--log-level", "warning", "--timeout", "60", "--no-control-socket", *args],
+            cwd=ROOT, env=env, stderr=stderr,
         )  # fmt: skip
         self._wait()
 

@@ -6,6 +6,7 @@ by ``SERVICES=embedded make demo``.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import uuid
@@ -94,3 +95,27 @@ def test_env_file_round_trips_urls_through_the_shell(tmp_path):
 
 def test_printed_urls_hide_the_password():
     assert services.redact("postgres://user:secret@host:5432/db") == "postgres://user:***@host:5432/db"
+
+
+def _sourced_key(path, environ: dict[str, str]) -> str:
+    shell = subprocess.run(["sh", "-c", f'. "{path}" && printf %s "$DJANGO_SECRET_KEY"'], env=environ,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    return shell.stdout
+
+
+def test_a_secret_key_is_generated_once_and_exported_unless_the_operator_set_one(tmp_path):
+    secret = tmp_path / "secret_key"
+    env_file = tmp_path / "services.env"
+    bare = {"PATH": os.environ["PATH"]}
+
+    key = services.ensure_secret_key(secret)
+    assert len(key) >= 50 and not key.startswith("dev-insecure-")
+    assert secret.stat().st_mode & 0o777 == 0o600  # readable by its owner only
+    assert services.ensure_secret_key(secret) == key  # the same key on every later run: sessions and URLs live on
+    services.write_env_file({"DATABASE_URL": "postgres://x"}, env_file, secret_key=key)
+
+    assert _sourced_key(env_file, bare) == key
+    assert _sourced_key(env_file, {**bare, "DJANGO_SECRET_KEY": "the-operators-own"}) == "the-operators-own"
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    other = services.ensure_secret_key(tmp_path / "another")
+    assert other != key  # random, not a constant

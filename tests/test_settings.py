@@ -45,6 +45,8 @@ DESIGN_DEFAULTS = {
     "SNAPSHOT_COMPRESS_MIN_BYTES": 256,  # not in §14: snapshot compression (issue 11), docs/operations.md#redis
     "MAX_PACKET_BYTES": 100 * 1024 * 1024,
     "PACKET_URL_TTL_S": 3600,
+    "PACKET_PUT_URL_TTL_S": 600,
+    "PACKET_ORIGIN": "",  # not in §14: an optional host of its own for packet URLs (issue 16), docs/api.md#packets  # not in §14: upload URLs live shorter than downloads (issue 16), docs/api.md#packets
     "MAX_METADATA_BYTES": 256 * 1024,
     "MAX_BUFFERED_PER_ENV": 1_000_000,
     "METRICS_TOKEN": SecretStr(""),  # not in §14: the optional /metrics bearer token (§12), off by default
@@ -78,6 +80,9 @@ def test_values_are_read_from_prefixed_variables():
         ("MOLLIFIER_SNAPSHOT_COMPRESS_MIN_BYTES", "-1"),
         ("MOLLIFIER_KEY_PREFIX", "has space"),
         ("MOLLIFIER_SHADOW_MODE", "ture"),
+        ("MOLLIFIER_PACKET_ORIGIN", "packets.example.com"),
+        ("MOLLIFIER_PACKET_ORIGIN", "https://packets.example.com/path"),
+        ("MOLLIFIER_PACKET_ORIGIN", "ftp://packets.example.com"),
     ],
 )
 def test_bad_value_raises_improperly_configured_naming_the_variable(variable, value):
@@ -152,8 +157,8 @@ def _ids(messages) -> set[str]:
 
 
 def _mollifier_ids() -> set[str]:
-    """Check ids from the settings checks, without the secret-key reminder (tests run with the dev key)."""
-    return _ids(check_mollifier_settings()) - {"mollifier.W010"}
+    """Check ids from the settings checks."""
+    return _ids(check_mollifier_settings())
 
 
 def test_default_settings_pass_every_combination_check(mollifier_settings):
@@ -180,6 +185,8 @@ def test_default_settings_pass_every_combination_check(mollifier_settings):
         ({"ENABLED": True, "DRAINER_ENABLED": True}, set()),
         ({"ENABLED": False, "DRAINER_ENABLED": True}, set()),
         ({"SHADOW_MODE": True, "ENABLED": True, "DRAINER_ENABLED": False}, {"mollifier.W002"}),
+        ({"PACKET_ORIGIN": "https://packets.elsewhere.example"}, {"mollifier.E004"}),  # not in ALLOWED_HOSTS
+        ({"PACKET_ORIGIN": "http://localhost:8001"}, set()),
     ],
 )
 def test_each_check_fires_exactly_on_its_combination(mollifier_settings, overrides, expected):
@@ -197,13 +204,68 @@ def test_errors_name_both_variables(mollifier_settings):
     assert "MOLLIFIER_DRAIN_TIME_BUDGET_MS" in error.msg
 
 
-def test_development_secret_key_warns_outside_debug(settings):
-    settings.DEBUG = False
-    settings.SECRET_KEY = "dev-insecure-anything"
-    assert "mollifier.W010" in _ids(check_mollifier_settings())
+# ------------------------------------------------------------------------------------- the secret key
 
-    settings.SECRET_KEY = "a-real-secret"
-    assert "mollifier.W010" not in _ids(check_mollifier_settings())
+DEV_KEY = "dev-insecure-mollifier-secret-key-change-me"  # the repository's fallback, before issue 16
+LOAD_SETTINGS = "import django; django.setup(); from django.conf import settings; print('started', settings.DEBUG)"
+
+
+def _without_key(**extra: str) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SECRET_KEY", "DJANGO_DEBUG")}
+    return {**environ, "DJANGO_SETTINGS_MODULE": "mollifier_project.settings", **extra}
+
+
+def _run(argv: list[str], environ: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=django_settings.BASE_DIR, env=environ, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [{}, {"DJANGO_SECRET_KEY": ""}, {"DJANGO_SECRET_KEY": DEV_KEY}, {"DJANGO_SECRET_KEY": "dev-insecure-x"},
+     {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": DEV_KEY}],
+)  # fmt: skip
+def test_settings_refuse_a_missing_or_development_secret_key_when_debug_is_off(variables):
+    done = _run([sys.executable, "-c", LOAD_SETTINGS], _without_key(**variables))
+
+    assert done.returncode != 0, done.stdout
+    assert "ImproperlyConfigured" in done.stderr
+    assert "DJANGO_SECRET_KEY" in done.stderr and "DJANGO_DEBUG" in done.stderr
+    assert "started" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("variables", "debug"),
+    [({"DJANGO_SECRET_KEY": "k" * 50}, "False"), ({"DJANGO_DEBUG": "1"}, "True"),
+     ({"DJANGO_DEBUG": "1", "DJANGO_SECRET_KEY": DEV_KEY}, "True")],
+)  # fmt: skip
+def test_settings_start_with_a_key_of_their_own_or_in_debug(variables, debug):
+    done = _run([sys.executable, "-c", LOAD_SETTINGS], _without_key(**variables))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"started {debug}"
+
+
+@pytest.mark.slow
+def test_gunicorn_and_celery_refuse_to_start_without_a_secret_key():
+    """They run no system checks, so the refusal is at settings import: every process refuses."""
+    environ = _without_key()
+    gunicorn = _run([sys.executable, "-m", "gunicorn", "mollifier_project.wsgi", "-c", "mollifier_project/gunicorn.conf.py",
+                     "--bind", "127.0.0.1:0", "--workers", "1", "--no-control-socket"], environ)  # fmt: skip
+    celery = _run([sys.executable, "-m", "celery", "-A", "mollifier_project", "worker", "--pool", "solo",
+                   "--concurrency", "1", "-Q", "nothing-here"], environ)  # fmt: skip
+
+    for done in (gunicorn, celery):
+        assert done.returncode != 0
+        assert "DJANGO_SECRET_KEY" in done.stderr, done.stderr[-2000:]
+
+
+def test_the_test_processes_bring_a_key_of_their_own():
+    """``make test`` exports the key ``scripts/services.py`` generated (``.data/services.env``), as an operator's
+    deploy would: the tests run, and spawn every subprocess, with it."""
+    assert os.environ.get("DJANGO_SECRET_KEY")
+    assert django_settings.SECRET_KEY == os.environ["DJANGO_SECRET_KEY"]
+    assert not django_settings.SECRET_KEY.startswith("dev-insecure-")
 
 
 def test_redis_with_noeviction_policy_passes_the_eviction_check(redis_client):

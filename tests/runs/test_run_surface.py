@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core import signing
+from django.core.files.base import ContentFile
 from django.db import connection
 
 from buffer.buffer import Buffer
@@ -24,6 +25,7 @@ from runs.models import RunStatus, TaskRun
 from runs.schemas import MetadataOperation
 from runs.snapshot import from_snapshot
 from runs.tenants import ensure_tenant, issue_api_key
+from tests.factories import trigger_run
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +36,7 @@ def packet_dir(settings, tmp_path):
         **settings.STORAGES,
         "packets": {
             "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path), "allow_overwrite": True},
+            "OPTIONS": {"location": str(tmp_path), "allow_overwrite": False},
         },
     }
     return tmp_path
@@ -53,10 +55,10 @@ def api(client, key_prefix, mollifier_settings, packet_dir):
     class Api:
         envs = {name: t.env for name, t in tenants.items()}
 
-        def call(self, method, path, body=None, *, who="direct", content_type="application/json", raw=None):
+        def call(self, method, path, body=None, *, who="direct", content_type="application/json", raw=None, **meta):
             data = raw if raw is not None else ("" if body is None else json.dumps(body))
             auth = {"HTTP_AUTHORIZATION": f"Bearer {secrets[who]}"} if who else {}
-            return getattr(client, method)(path, data=data, content_type=content_type, **auth)
+            return getattr(client, method)(path, data=data, content_type=content_type, **auth, **meta)
 
         def trigger(self, who, **options):
             response = self.call("post", "/api/v1/tasks/hello/trigger", {"payload": '{"json":{"a":1}}',
@@ -96,6 +98,29 @@ def test_an_uploaded_packet_downloads_with_its_bytes_and_content_type(api):
     assert got["Content-Type"] == "application/super+json"
 
 
+@pytest.mark.parametrize(
+    ("uploaded", "served"),
+    [("text/html", "application/octet-stream"), ("image/svg+xml", "application/octet-stream"),
+     ("application/xhtml+xml", "application/octet-stream"), ("text/plain", "text/plain"),
+     ("application/json", "application/json"), (None, "application/octet-stream")],
+)  # fmt: skip
+def test_a_packet_downloads_as_an_inert_attachment_whatever_type_it_was_uploaded_with(api, uploaded, served):
+    path = "evil/page.html"
+    url = object_path(api.call("put", f"/api/v2/packets/{path}").json()["presignedUrl"])
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    headers = {"content_type": uploaded} if uploaded else {"content_type": ""}
+    assert api.call("put", url, raw=page, who=None, **headers).status_code == 200
+    got = api.call("get", object_path(api.call("get", f"/api/v1/packets/{path}").json()["presignedUrl"]), who=None)
+
+    assert got.status_code == 200
+    assert b"".join(got.streaming_content) == page  # the bytes are the tenant's, unchanged
+    assert got["Content-Type"] == served
+    assert got["Content-Disposition"] == 'attachment; filename="page.html"'
+    assert got["X-Content-Type-Options"] == "nosniff"
+    assert got["Content-Security-Policy"] == "sandbox; default-src 'none'"
+    assert got["Cross-Origin-Resource-Policy"] == "same-origin"
+
+
 def test_a_packet_over_the_limit_is_413_and_nothing_is_stored(api, mollifier_settings):
     mollifier_settings(MAX_PACKET_BYTES=1000)
     url = api.call("put", "/api/v2/packets/p/x.json").json()["presignedUrl"]
@@ -123,12 +148,158 @@ def test_a_presigned_url_is_bound_to_its_method_and_cannot_be_forged(api):
     assert_error(api.call("get", packets.OBJECT_ROUTE + forged, who=None), 404, "not valid")
 
 
+def test_a_packet_url_signed_with_the_repositorys_old_fallback_key_is_refused(api):
+    """Before issue 16 a deployment without DJANGO_SECRET_KEY signed with this public key, so anyone could mint
+    a URL for any env's packet; now no process starts with it (DEBUG off), and such a URL is refused."""
+    api.call("put", object_path(api.call("put", "/api/v2/packets/victim.json").json()["presignedUrl"]),
+             raw=b'{"secret":1}', who=None)  # fmt: skip
+    env_id = api.envs["direct"].id
+    for op in ("get", "put"):
+        minted = signing.dumps({"o": op, "e": env_id, "p": "victim.json"}, key="dev-insecure-mollifier-secret-key-change-me",
+                               salt="mollifier.packets")  # fmt: skip
+        response = api.call(op, packets.OBJECT_ROUTE + minted, raw=b"{}" if op == "put" else None, who=None)
+        response.close()
+        assert response.status_code == 404, f"a {op} URL minted with the public key answered {response.status_code}"
+        assert_error(response, 404, "not valid")
+
+
 def test_a_presigned_url_expires(api, mollifier_settings, monkeypatch):
-    mollifier_settings(PACKET_URL_TTL_S=60)
+    mollifier_settings(PACKET_URL_TTL_S=60, PACKET_PUT_URL_TTL_S=30)
     url = object_path(api.call("put", "/api/v2/packets/e.json").json()["presignedUrl"])
+    api.call("put", object_path(api.call("put", "/api/v2/packets/f.json").json()["presignedUrl"]), raw=b"{}", who=None)
+    get_url = object_path(api.call("get", "/api/v1/packets/f.json").json()["presignedUrl"])
     later = time.time() + 61
     monkeypatch.setattr(signing.time, "time", lambda: later)
     assert_error(api.call("put", url, raw=b"{}", who=None), 404, "expired")
+    assert_error(api.call("get", get_url, who=None), 404, "expired")
+
+
+def test_with_a_packet_origin_packet_urls_point_there_and_the_app_host_serves_no_packet(api, mollifier_settings,
+                                                                                       settings):  # fmt: skip
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "packets.testserver"]
+    mollifier_settings(PACKET_ORIGIN="http://packets.testserver")
+    put = api.call("put", "/api/v2/packets/o/p.json").json()["presignedUrl"]
+    assert put.startswith("http://packets.testserver/api/v1/packet-objects/")
+    on_packet_host = {"HTTP_HOST": "packets.testserver"}
+
+    # The app's own host neither takes nor serves packets any more: its cookies never go with one.
+    assert_error(api.call("put", object_path(put), raw=b"{}", who=None), 404, "packets.testserver")
+    assert api.call("put", object_path(put), raw=b"{}", who=None, **on_packet_host).status_code == 200
+    get = api.call("get", "/api/v1/packets/o/p.json").json()["presignedUrl"]
+    assert get.startswith("http://packets.testserver/api/v1/packet-objects/")
+    assert_error(api.call("get", object_path(get), who=None), 404, "packets.testserver")
+    got = api.call("get", object_path(get), who=None, **on_packet_host)
+    assert b"".join(got.streaming_content) == b"{}"
+    assert got["Content-Disposition"].startswith("attachment")  # still inert there too
+    # A run's document and its packet URL point there as well.
+    run_id = api.call("post", "/api/v1/tasks/hello/trigger", {"payload": "o/p.json",
+                      "options": {"payloadType": "application/store"}}).json()["id"]  # fmt: skip
+    doc = api.call("get", f"/api/v3/runs/{run_id}").json()
+    assert doc["payloadPresignedUrl"].startswith("http://packets.testserver/api/v1/packet-objects/")
+    url = api.call("get", f"/api/v1/runs/{run_id}/packets/payload").json()["presignedUrl"]
+    assert url.startswith("http://packets.testserver/api/v1/packet-objects/")
+
+
+def test_an_upload_url_lives_packet_put_url_ttl_s_a_download_url_longer(api, monkeypatch):
+    put_url = object_path(api.call("put", "/api/v2/packets/t.json").json()["presignedUrl"])
+    early_put = object_path(api.call("put", "/api/v2/packets/t2.json").json()["presignedUrl"])
+    assert api.call("put", early_put, raw=b"{}", who=None).status_code == 200
+    get_url = object_path(api.call("get", "/api/v1/packets/t2.json").json()["presignedUrl"])
+    now = time.time()
+    monkeypatch.setattr(signing.time, "time", lambda: now + 590)
+    assert api.call("put", object_path(api.call("put", "/api/v2/packets/t3.json").json()["presignedUrl"]), raw=b"{}",
+                    who=None).status_code == 200  # fmt: skip
+    monkeypatch.setattr(signing.time, "time", lambda: now + 601)  # past the upload TTL (600 s by default)
+
+    assert_error(api.call("put", put_url, raw=b"{}", who=None), 404, "expired")
+    got = api.call("get", get_url, who=None)
+    got.close()  # the streamed file
+    assert got.status_code == 200  # a download URL still lives (3600 s)
+
+
+def test_a_packet_is_written_once_a_retried_put_of_the_same_bytes_is_harmless(api):
+    presign = api.call("put", "/api/v2/packets/trigger/packet_w/payload.json").json()
+    put_url = object_path(presign["presignedUrl"])
+    original = b'{"json":{"amount":10}}'
+    assert api.call("put", put_url, raw=original, who=None, content_type="application/super+json").status_code == 200
+    run_id = api.call("post", "/api/v1/tasks/hello/trigger", {"payload": presign["storagePath"],
+                      "options": {"payloadType": "application/store"}}).json()["id"]  # fmt: skip
+
+    # The SDK's retry of a PUT whose answer was lost: the same bytes, the same URL → 200, nothing changes.
+    retried = api.call("put", put_url, raw=original, who=None, content_type="application/super+json")
+    assert (retried.status_code, retried.json()) == (200, {"size": len(original)})
+    # Other bytes, through the same URL or a fresh one for the same path: refused, and the SDK is told not to retry.
+    again = object_path(api.call("put", "/api/v2/packets/trigger/packet_w/payload.json").json()["presignedUrl"])
+    for url, body in [(put_url, b'{"json":{"amount":99999}}'), (again, b"x"), (put_url, original + b" ")]:
+        refused = assert_error(api.call("put", url, raw=body, who=None), 409, "already stored", "new path")
+        assert refused is not None
+        assert api.call("put", url, raw=body, who=None)["x-should-retry"] == "false"
+
+    get_url = object_path(api.call("get", f"/api/v1/runs/{run_id}/packets/payload").json()["presignedUrl"])
+    got = api.call("get", get_url, who=None)
+    assert b"".join(got.streaming_content) == original  # the run's payload is what it was triggered with
+    assert got["Content-Type"] == "application/super+json"
+
+
+def test_a_refused_overwrite_of_a_packet_leaves_no_file_behind(api, packet_dir):
+    grant = packets.Grant("put", api.envs["direct"].id, "w/once.json")
+    assert packets.store(grant, io.BytesIO(b"first"), content_type="application/json", limit=4096) == 5
+    before = sorted(p.relative_to(packet_dir) for p in packet_dir.rglob("*") if p.is_file())
+    with pytest.raises(packets.AlreadyStored):
+        packets.store(grant, io.BytesIO(b"second"), content_type="text/html", limit=4096)
+    assert sorted(p.relative_to(packet_dir) for p in packet_dir.rglob("*") if p.is_file()) == before
+    opened = packets.open_packet(packets.Grant("get", grant.env_id, grant.path))
+    assert opened is not None
+    body, kind = opened
+    with body:
+        assert (body.read(), kind) == (b"first", "application/json")
+
+
+def test_a_retry_completes_an_upload_that_stopped_between_its_bytes_and_its_type(api):
+    grant = packets.Grant("put", api.envs["direct"].id, "half/p.json")
+    packets.storage().save(f"{grant.env_id}/data/{grant.path}", ContentFile(b'{"a":1}'))  # the type never written
+
+    assert packets.store(grant, io.BytesIO(b'{"a":1}'), content_type="application/json", limit=4096) == 7
+
+    opened = packets.open_packet(packets.Grant("get", grant.env_id, grant.path))
+    assert opened is not None
+    with opened[0] as f:
+        assert (f.read(), opened[1]) == (b'{"a":1}', "application/json")
+
+
+def test_of_two_first_uploads_racing_for_one_path_exactly_one_lands(api):
+    """Both bodies are read in full before either is saved (a barrier at their end), so both find the path
+    free; the exclusive create lets one land and the other is compared and refused."""
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Body(io.BytesIO):
+        def read(self, size=-1):
+            chunk = super().read(size)
+            if not chunk:
+                barrier.wait()
+            return chunk
+
+    grant = packets.Grant("put", api.envs["direct"].id, "race/p.json")
+    outcomes: dict[bytes, object] = {}
+
+    def upload(data: bytes) -> None:
+        try:
+            outcomes[data] = packets.store(grant, Body(data), content_type="application/json", limit=4096)
+        except packets.AlreadyStored as exc:
+            outcomes[data] = exc
+
+    threads = [threading.Thread(target=upload, args=(data,)) for data in (b'{"a":1}', b'{"b":22}')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+
+    landed = [data for data, outcome in outcomes.items() if isinstance(outcome, int)]
+    assert len(outcomes) == 2 and len(landed) == 1, outcomes
+    opened = packets.open_packet(packets.Grant("get", grant.env_id, grant.path))
+    assert opened is not None
+    with opened[0] as f:
+        assert f.read() == landed[0]
 
 
 @pytest.mark.parametrize("filename", ["a//b.json", "a/%2E%2E/b.json", "x" * 600, "a/b c.json"])
@@ -387,3 +558,64 @@ def test_an_increment_that_overflows_is_422_and_a_huge_list_index_is_not_applied
     huge = {"operations": [{"type": "set", "key": "$.list[99999999]", "value": 1}]}
     doc = api.call("put", path, huge, who=who).json()["metadata"]
     assert doc["list"] == [] and float(doc["big"]) == pytest.approx(1e308)  # jsonb may answer 1e308 as an integer
+
+
+# ------------------------------------------------------------------------------ metadata limit at trigger
+
+
+LIMIT = 256 * 1024  # MAX_METADATA_BYTES' default: the limit a metadata `set` already enforces (413)
+
+
+def metadata_of(size: int) -> dict[str, str]:
+    """Metadata whose compact JSON encoding is exactly ``size`` UTF-8 bytes."""
+    doc = {"k": "x" * (size - len('{"k":""}'))}
+    assert len(json.dumps(doc, separators=(",", ":")).encode()) == size
+    return doc
+
+
+def listed(api, who: str) -> list[str]:
+    return [run["id"] for run in api.call("get", "/api/v1/runs", who=who).json()["data"]]
+
+
+@pytest.mark.parametrize("who", ["direct", "buffered"])
+def test_a_trigger_with_metadata_over_the_limit_is_413_naming_options_metadata(api, who):
+    body = {"payload": '{"json":{}}', "options": {"payloadType": "application/super+json", "metadata": None}}
+    body["options"]["metadata"] = metadata_of(1024 * 1024)  # the 1 MiB of issue 16
+
+    assert_error(api.call("post", "/api/v1/tasks/hello/trigger", body, who=who), 413,
+                 "options.metadata: 1048576 bytes exceeds the limit of 262144 bytes")  # fmt: skip
+    body["options"]["metadata"] = metadata_of(LIMIT + 1)
+    assert_error(api.call("post", "/api/v1/tasks/hello/trigger", body, who=who), 413, "options.metadata")
+    assert listed(api, who) == []  # nothing was written or buffered
+
+    at_limit = api.trigger(who, metadata=metadata_of(LIMIT))  # the limit itself is allowed, as for `set`
+    assert listed(api, who) == [at_limit]
+
+
+@pytest.mark.parametrize("who", ["direct", "buffered"])
+def test_a_batch_item_with_metadata_over_the_limit_refuses_the_stream(api, who):
+    batch = api.call("post", "/api/v3/batches", {"runCount": 2}, who=who).json()
+    lines = [
+        {"index": 0, "task": "hello", "options": {"metadata": {"ok": 1}}},
+        {"index": 1, "task": "hello", "options": {"metadata": metadata_of(LIMIT + 1)}},
+    ]
+    body = "".join(json.dumps(line) + "\n" for line in lines)
+
+    response = api.call("post", f"/api/v3/batches/{batch['id']}/items", raw=body.encode(),
+                        content_type="application/x-ndjson", who=who)  # fmt: skip
+
+    assert_error(response, 413, "options.metadata", "exceeds the limit of 262144 bytes")
+    assert listed(api, who) == []  # validated before anything was written
+
+
+def test_a_replay_whose_metadata_is_over_the_limit_is_413(api):
+    original = api.trigger("buffered", metadata={"small": True})
+    too_big = {"metadata": metadata_of(LIMIT + 1)}
+
+    assert_error(api.call("post", f"/api/v1/runs/{original}/replay", too_big, who="buffered"), 413,
+                 "options.metadata")  # fmt: skip
+    # An original stored before the limit applied at trigger time: its replay copies the metadata, and is refused.
+    old = trigger_run(api.envs["direct"], metadata=metadata_of(1024 * 1024))
+    assert_error(api.call("post", f"/api/v1/runs/{old.id}/replay"), 413, "options.metadata: 1048576 bytes")
+    assert set(listed(api, "buffered")) == {original}
+    assert set(listed(api, "direct")) == {old.id}
