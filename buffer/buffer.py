@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ from typing import Any, Literal
 import redis
 from django.conf import settings
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import LockError
 from redis.retry import Retry
 
 from buffer import metrics, operators, snapshot_codec, stats, sweep_state
@@ -931,22 +931,22 @@ class Buffer:
         """
         k = self.keys(shard)
         name = k.drain_lock if kind == "drain" else k.sweep_lock
-        lock = self._client.lock(name, timeout=timeout_s, blocking=False, thread_local=False)
-        if not lock.acquire():
+        token = uuid.uuid4().hex
+        # A script, not a plain SET NX: it runs at maxmemory too (lua/take_lock.lua), as the drain must.
+        if self._scripts.take_lock(keys=[name], args=[token, max(1, int(timeout_s * 1000))]) != 1:
             yield False
             return
         try:
             yield True
         finally:
-            try:
-                lock.release()
-            except LockError:
+            if self._scripts.release_claim(keys=[name], args=[token]) != 1:
                 log.warning("%s lock of shard %s expired before release", kind, shard, extra={"shard": shard})
 
     def count_drained(self, shard: int, count: int, *, now_ms: int) -> None:
         """Count ``count`` entries that left the buffer (acked or dead-lettered) in the shard's drain rate."""
         _require("count", count, 0)
-        stats.count_drained(self._client, self.keys(shard), count, now_ms=now_ms)
+        key = self.keys(shard).drained(stats.bucket_of(now_ms))
+        self._scripts.count_drained(keys=[key], args=[count, stats.BUCKET_TTL_MS])  # runs at maxmemory too
 
     # -- reads for operators, the sweep and the gauges --------------------------------------------------------
 
@@ -1089,15 +1089,16 @@ class Buffer:
         """Of ``shards``, in order, those with no drain task waiting in the broker, now marked as having one
         (SET NX PX ``ttl_ms`` each, one pipelined round trip). The fan-out sends a task only for these, so
         the broker holds at most one task per shard however short the tick (docs/architecture.md#fan-out);
-        the mark lapses with the task's expiry if the task is never run."""
+        the mark lapses with the task's expiry if the task is never run. Each mark is a script
+        (``lua/claim_send.lua``), so the fan-out runs when Redis is at maxmemory too."""
         _require("ttl_ms", ttl_ms, 1)
         shard_list = list(shards)
         if not shard_list:
             return []
         pipe = self._client.pipeline(transaction=False)
         for shard in shard_list:
-            pipe.set(self.keys(shard).drain_sent, 1, nx=True, px=ttl_ms)
-        return [shard for shard, claimed in zip(shard_list, pipe.execute(), strict=True) if claimed]
+            self._scripts.claim_send(keys=[self.keys(shard).drain_sent], args=[ttl_ms], client=pipe)
+        return [shard for shard, claimed in zip(shard_list, pipe.execute(), strict=True) if claimed == 1]
 
     def clear_send(self, shard: int) -> None:
         """The shard's drain task has left the broker (it is running): the next tick may send another."""

@@ -52,12 +52,15 @@ key                                            type    holds / written by
 ``B cursor:orgs``                              STRING  drain fairness cursor over the shard's orgs. candidates
 ``B cursor:envs``                              HASH    org → drain fairness cursor over its envs. candidates
 ``B drain:lock``                               STRING  owner token of the shard task draining the shard (NX PX).
-                                                       ``Buffer.shard_lock`` (redis-py Lock)
+                                                       take_lock, released by release_claim (``Buffer.shard_lock``)
+``B drain:sent``                               STRING  set while a drain task of the shard waits in the broker (NX PX).
+                                                       claim_send; deleted by ``Buffer.clear_send``
 ``B drain:circuit``                            HASH    Postgres-outage circuit: ``until_ms``, ``failures``. open_circuit,
                                                        ``Buffer.close_circuit``
 ``B drained:<bucket ms>``                      STRING  entries that left the buffer (acked or dead-lettered) in the
                                                10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
-                                               time for the drain rate and ETA. ``buffer.stats``
+                                               time for the drain rate and ETA. count_drained; read by
+                                               ``buffer.stats``
 ``B sweep:orgs``                               LIST    the stale sweep's frozen org list: a sorted copy of ``orgs``
                                                taken when a cycle starts, deleted when it wraps. sweep
 ``B sweep:cursor``                             STRING  index in ``sweep:orgs`` of the next org to visit. sweep
@@ -71,7 +74,7 @@ key                                            type    holds / written by
                                                        (429), the gate diverts them. ``Buffer.close_intake``/
                                                        ``open_intake``; read by accept, trip
 ``B sweep:lock``                               STRING  owner token of the shard's sweep task (NX PX). sweep
-                                               ``Buffer.shard_lock`` (redis-py Lock)
+                                               take_lock, released by release_claim (``Buffer.shard_lock``)
 =============================================  ======  ==============================================================
 
 Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewritten): ``env``, ``org``,

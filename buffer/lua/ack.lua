@@ -25,6 +25,7 @@ org/env sets equal to queue presence and the shard counters exact) and its env i
 and its snapshot s:<run> stay, with status ACKED, materialised 1 and a TTL of grace_ms, so a read that raced the drain still finds it and a re-accept of the same run id is refused
 as DUPLICATE during the grace. Idempotency keys are not touched.
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local leases, retry, dead, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, now, grace = ARGV[1], ARGV[2], tonumber(ARGV[3])
 

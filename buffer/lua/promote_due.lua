@@ -12,6 +12,7 @@ Guarantees: due entries leave retry and are pushed to the queue head so that, wi
 due is served first and before anything accepted later; their env and org are (re-)added to the sets and the shard counters follow (queue_moved).
 An id without a QUEUED hash is dropped from retry.
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local retry, orgs = KEYS[1], KEYS[2]
 local base = ARGV[1]
 
