@@ -91,6 +91,16 @@ class MutationStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class AckedClaim:
+    """The task-level idempotency key of a run being acked (``Buffer.ack`` cuts its claim)."""
+
+    run_id: str
+    env_id: int
+    task: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class IdemRef:
     """A task-level idempotency key to bind to the run atomically with its acceptance."""
 
@@ -117,6 +127,7 @@ class TriggerStatus(StrEnum):
     DUPLICATE = "DUPLICATE"  # the run id already has an entry (a retried call whose first one ran)
     CLOSED = "CLOSED"  # an operator closed the env's intake; no key written
     FULL = "FULL"  # the queue holds ``depth`` >= max_per_env entries; no key written
+    IDEM_UNCLAIMED = "IDEM_UNCLAIMED"  # to be accepted, its idempotency key claimed by none; the request key is ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,9 +508,15 @@ class Buffer:
         gate: GateArgs | None,
         snapshot: str,
         max_per_env: int,
+        idem_pass_ttl_ms: int | None = None,
+        check_unclaimed: bool = False,
     ) -> TriggerReply:
         """A trigger's Redis steps in one round trip (``lua/trigger.lua``): request key, idempotency claim,
-        gate (``gate`` None: not counted, pass through) and accept. ``snapshot`` is needed only when the
+        gate (``gate`` None: not counted, pass through) and accept.
+
+        The idempotency claim of a passed-through trigger lasts ``idem_pass_ttl_ms`` (None: the key is only
+        checked, never written); ``check_unclaimed`` stops an accept whose key nobody claims
+        (``IDEM_UNCLAIMED``: Postgres may hold it, docs/architecture.md#idempotency). ``snapshot`` is needed only when the
         call can accept (``gate.enrolled``); pass ``""`` otherwise, so a passed-through trigger does not
         ship its payload to Redis. Accepts are counted in ``mollifier_accepted_total{result}``.
 
@@ -520,7 +537,7 @@ class Buffer:
         stored, created_ms = self._stored(snapshot, now_ms) if can_accept else ("", "")
         args: list[str | bytes | int] = [
             run_id, env_id, org_id, stored, now_ms, max_per_env, k.base, "skip", 0, 0, 0,
-            "1" if can_accept else "0", "", "", created_ms,
+            "1" if can_accept else "0", "", "", created_ms, "", "1" if check_unclaimed else "0",
         ]  # fmt: skip
         if gate is not None:
             _require("window_ms", gate.window_ms, 1)
@@ -533,6 +550,9 @@ class Buffer:
         if idempotency is not None:
             keys.append(_idem_key(k, env_id, idempotency))
             args[13] = idempotency.ttl_ms
+            if idem_pass_ttl_ms is not None:
+                _require("idem_pass_ttl_ms", idem_pass_ttl_ms, 1)
+                args[15] = idem_pass_ttl_ms
         replicas = None
         if self._accept_replicas and can_accept:
             pipe = self._client.pipeline(transaction=False)
@@ -765,15 +785,24 @@ class Buffer:
         )
         return parse_leased(flat[1], flat[2]) if len(flat) > 1 else None
 
-    def ack(self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int) -> AckResult:
+    def ack(
+        self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int, claims: Sequence[AckedClaim] = ()
+    ) -> AckResult:
         """Rows committed: entries become ACKED with a ``grace_ms`` TTL. Returns how many changed, which of
         them carry a cancel flag (their rows must be cancelled: the flag came too late) and which carry
-        appended tags (the rows must have them: they may have come too late too)."""
+        appended tags (the rows must have them: they may have come too late too).
+
+        ``claims``: the idempotency keys of acked runs; each claim still held by its run is cut to
+        ``grace_ms`` in the same script — its row answers for the key from now on (``lua/ack.lua``)."""
         _require("grace_ms", grace_ms, 0)
         if not run_ids:
             return AckResult(0)
         k = self.keys(shard)
-        reply = self._scripts.ack(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, grace_ms, *run_ids])
+        claim_keys = [k.idem(c.env_id, c.task, c.key) for c in claims]
+        reply = self._scripts.ack(
+            keys=[k.leases, k.retry, k.dead, k.orgs, *claim_keys],
+            args=[k.base, now_ms, grace_ms, len(run_ids), *run_ids, *(c.run_id for c in claims)],
+        )
         groups = [reply[i : i + 4] for i in range(1, len(reply), 4)]
         cancelled = [(run, int(at), reason or None) for run, at, reason, _ in groups if at]
         tagged = [(run, _extra_tags(tags)) for run, _, _, tags in groups if tags]
@@ -1166,7 +1195,7 @@ def _trigger_reply(status: TriggerStatus, value: str | int, count: int) -> Trigg
         return TriggerReply(status, holder=str(value))
     if status is TriggerStatus.PASS:
         return TriggerReply(status, tripped=int(value) == 1, count=counted)
-    depth = int(value) if status in (TriggerStatus.ACCEPTED, TriggerStatus.FULL) else None
+    depth = int(value) if status in (TriggerStatus.ACCEPTED, TriggerStatus.FULL, TriggerStatus.IDEM_UNCLAIMED) else None
     return TriggerReply(status, depth=depth, tripped=True, count=counted)
 
 
