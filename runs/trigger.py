@@ -279,7 +279,11 @@ def trigger(
         result = _trigger(env, snapshot, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass,
                           request_key=request_key)  # fmt: skip
         if result.run_id == snapshot.id:
-            claims.held.clear()  # our run exists: the claims now point at it for good
+            # Our run exists: the claims now point at it for good — except the idempotency claim of a run
+            # written directly, which covered the write only: its committed row answers from now on.
+            key = snapshot.idempotency_key
+            direct = result.path == "direct" and key is not None and ("idem", key) in claims.held
+            claims.held = [("idem", key)] if direct and key is not None else []  # released below
         return result
     except MaybeWritten:
         claims.held.clear()  # see MaybeWritten: the retry must find this run, not make another
