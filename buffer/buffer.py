@@ -39,7 +39,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from buffer import metrics, operators, snapshot_codec, stats, sweep_state
-from buffer.cluster import BufferCluster
+from buffer.cluster import BufferCluster, primaries
 from buffer.keys import ClaimKind, ShardKeys, shard_for
 from buffer.operators import EnvCensus, ShardTop
 from buffer.scripts import Scripts
@@ -88,6 +88,15 @@ class MutationStatus(StrEnum):
     NOT_FOUND = "NOT_FOUND"  # no entry, or another env's
     TOO_MANY = "TOO_MANY"  # append_tags only: ``count`` would exceed the cap; nothing changed
     CONFLICT = "CONFLICT"  # set_metadata only: another writer changed the version first; nothing changed
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMemory:
+    """``INFO memory`` of one master of the buffer's Redis."""
+
+    node: str  # host:port
+    used_bytes: int  # used_memory
+    max_bytes: int  # maxmemory; 0 = no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -982,6 +991,23 @@ class Buffer:
     def shard_stats(self, *, now_ms: int) -> list[ShardStats]:
         """Every shard's depth, leased, retrying, dead, oldest age, stale count and drain rate (``buffer.stats``)."""
         return stats.read(self._client, self._scripts, [self.keys(s) for s in range(self.shards)], now_ms=now_ms)
+
+    def memory(self) -> list[NodeMemory]:
+        """Used and max memory of every master (one ``INFO memory`` each), for the gauges and the dashboard: at
+        ``maxmemory`` with ``noeviction`` every trigger fails open and only the drain's scripts still write
+        (docs/operations.md#buffer-memory). A cluster's masters are asked one by one: each holds its own slots."""
+        nodes = []
+        for node in primaries(self._client):
+            info = node.info("memory")
+            kwargs = node.connection_pool.connection_kwargs
+            nodes.append(
+                NodeMemory(
+                    f"{kwargs.get('host', '')}:{kwargs.get('port', '')}",
+                    int(info["used_memory"]),
+                    int(info.get("maxmemory", 0)),
+                )
+            )
+        return nodes
 
     def recount(self, shard: int) -> tuple[int, int]:
         """Rebuild the shard's counters from its queues (``lua/recount.lua``): for a buffer filled before the
