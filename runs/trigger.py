@@ -377,7 +377,12 @@ def _accept_unclaimed(
     except DatabaseError as exc:
         engine.discard_connection()
         log.warning("idempotency lookup failed, accepting: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
-    return _accept(buffer, env, s, cfg, now_ms=now_ms, text=text)
+    try:
+        return _accept(buffer, env, s, cfg, now_ms=now_ms, text=text)
+    except BufferUnavailable as exc:  # Redis went away after the script answered: fail open, as _settle does
+        log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
+        gate.count_fail_open()
+        return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False)
 
 
 def _settle(

@@ -18,9 +18,10 @@ import pytest
 
 from buffer.buffer import Buffer
 from drainer import tasks
-from runs import auth
+from runs import auth, engine
 from runs.models import RunStatus, TaskRun
 from runs.tenants import ensure_tenant, issue_api_key
+from tests.redis_servers import redis_server
 
 TRIGGER = "/api/v1/tasks/hello/trigger"
 DAY_MS = 24 * 3600 * 1000
@@ -141,3 +142,27 @@ def test_a_failed_holders_key_is_reused_by_a_new_buffered_run_after_its_claim_is
     assert again["id"] != first["id"] and again["isCached"] is False
     assert claim_ttl_ms(tenant, "k-reuse") > 29 * DAY_MS  # buffered: the new run holds the key
     assert TaskRun.objects.get(id=first["id"]).idempotency_key is None  # given up by the failed run
+
+
+def test_redis_lost_between_the_key_lookup_and_the_accept_fails_open_to_a_direct_write(
+    client, transactional_db, settings, mollifier_settings, tmp_path, monkeypatch
+):
+    """The worst moment for the two-step keyed accept: Redis dies after the script stopped for the lookup."""
+    with redis_server(tmp_path / "r") as server:
+        settings.REDIS_URL = server.url
+        settings.BUFFER_REDIS_URL = ""
+        mollifier_settings(KEY_PREFIX="lost", ENABLED=True, TRIP_THRESHOLD=0)
+        tenant = ensure_tenant("cl-lost", "prod", enrol=True)
+        auth.clear_cache()
+        secret = issue_api_key(tenant.env)[1]
+        lookup = engine.idempotency_holder
+
+        def lookup_then_lose_redis(*args, **kwargs):
+            server.kill()
+            return lookup(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "idempotency_holder", lookup_then_lose_redis)
+        answer = post(client, secret, "k-lost")
+
+    assert answer["isCached"] is False
+    assert TaskRun.objects.filter(id=answer["id"], buffered=False, idempotency_key="k-lost").exists()
