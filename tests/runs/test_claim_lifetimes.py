@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from django.db import connection
 
 from buffer.buffer import Buffer
 from drainer import tasks
@@ -166,3 +167,22 @@ def test_redis_lost_between_the_key_lookup_and_the_accept_fails_open_to_a_direct
 
     assert answer["isCached"] is False
     assert TaskRun.objects.filter(id=answer["id"], buffered=False, idempotency_key="k-lost").exists()
+
+
+def test_postgres_unreachable_during_the_key_lookup_still_buffers_the_keyed_trigger(client, env_of):
+    """An outage must not fail triggers: the lookup cannot answer, so the run is accepted (and claims the key)."""
+    tenant, secret = env_of("cl-pg-down", enrol=True)
+    post(client, secret, "k-warm")  # the API key is cached in process
+    saved = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # nothing listens there: every connect is refused
+    try:
+        answer = post(client, secret, "k-pg-down")
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = saved
+
+    assert answer["isCached"] is False
+    entry = Buffer.from_settings().get(answer["id"], org_id=tenant.org.id)
+    assert entry is not None and entry.status == "QUEUED"
+    assert claim_ttl_ms(tenant, "k-pg-down") > 29 * DAY_MS
