@@ -6,9 +6,12 @@ in that order.
    is raised here, before any de-duplication state or the gate is touched.
 3. Request-level de-duplication: ``x-trigger-request-idempotency-key`` → run id (Redis, 24 h), so a
    client retrying after a lost response gets the same run.
-4. Task-level idempotency: the key is claimed in Redis (compare-and-set) before deciding, so
-   concurrent same-key triggers yield one run; a live holder is returned with ``isCached: true``.
-   The Postgres unique index is the backstop when Redis has lost the claim.
+4. Task-level idempotency: a live holder is returned with ``isCached: true``. The key is claimed in Redis
+   (compare-and-set) only while Redis alone knows its run: for a buffered run, until its row is committed,
+   and for a direct write that could have been buffered, until that write commits. A trigger that can
+   never be buffered only checks the key; the Postgres unique index keeps it to one run
+   (docs/architecture.md#idempotency). A trigger to be buffered whose key no claim holds asks that index
+   first (``_accept_unclaimed``).
 5. The gate decides: pass through → ``engine.trigger``; mollify → ``buffer.accept``. Redis unreachable
    → pass through (fail open). Postgres unreachable on the pass-through path → buffer instead, for
    enrolled orgs.
