@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import threading
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,11 +36,10 @@ from typing import Any, Literal
 import redis
 from django.conf import settings
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import LockError
 from redis.retry import Retry
 
 from buffer import metrics, operators, snapshot_codec, stats, sweep_state
-from buffer.cluster import BufferCluster
+from buffer.cluster import BufferCluster, primaries
 from buffer.keys import ClaimKind, ShardKeys, shard_for
 from buffer.operators import EnvCensus, ShardTop
 from buffer.scripts import Scripts
@@ -91,6 +91,25 @@ class MutationStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeMemory:
+    """``INFO memory`` of one master of the buffer's Redis."""
+
+    node: str  # host:port
+    used_bytes: int  # used_memory
+    max_bytes: int  # maxmemory; 0 = no limit
+
+
+@dataclass(frozen=True, slots=True)
+class AckedClaim:
+    """The task-level idempotency key of a run being acked (``Buffer.ack`` cuts its claim)."""
+
+    run_id: str
+    env_id: int
+    task: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class IdemRef:
     """A task-level idempotency key to bind to the run atomically with its acceptance."""
 
@@ -117,6 +136,7 @@ class TriggerStatus(StrEnum):
     DUPLICATE = "DUPLICATE"  # the run id already has an entry (a retried call whose first one ran)
     CLOSED = "CLOSED"  # an operator closed the env's intake; no key written
     FULL = "FULL"  # the queue holds ``depth`` >= max_per_env entries; no key written
+    IDEM_UNCLAIMED = "IDEM_UNCLAIMED"  # to be accepted, its idempotency key claimed by none; the request key is ours
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,9 +517,15 @@ class Buffer:
         gate: GateArgs | None,
         snapshot: str,
         max_per_env: int,
+        idem_pass_ttl_ms: int | None = None,
+        check_unclaimed: bool = False,
     ) -> TriggerReply:
         """A trigger's Redis steps in one round trip (``lua/trigger.lua``): request key, idempotency claim,
-        gate (``gate`` None: not counted, pass through) and accept. ``snapshot`` is needed only when the
+        gate (``gate`` None: not counted, pass through) and accept.
+
+        The idempotency claim of a passed-through trigger lasts ``idem_pass_ttl_ms`` (None: the key is only
+        checked, never written); ``check_unclaimed`` stops an accept whose key nobody claims
+        (``IDEM_UNCLAIMED``: Postgres may hold it, docs/architecture.md#idempotency). ``snapshot`` is needed only when the
         call can accept (``gate.enrolled``); pass ``""`` otherwise, so a passed-through trigger does not
         ship its payload to Redis. Accepts are counted in ``mollifier_accepted_total{result}``.
 
@@ -520,7 +546,7 @@ class Buffer:
         stored, created_ms = self._stored(snapshot, now_ms) if can_accept else ("", "")
         args: list[str | bytes | int] = [
             run_id, env_id, org_id, stored, now_ms, max_per_env, k.base, "skip", 0, 0, 0,
-            "1" if can_accept else "0", "", "", created_ms,
+            "1" if can_accept else "0", "", "", created_ms, "", "1" if check_unclaimed else "0",
         ]  # fmt: skip
         if gate is not None:
             _require("window_ms", gate.window_ms, 1)
@@ -533,6 +559,9 @@ class Buffer:
         if idempotency is not None:
             keys.append(_idem_key(k, env_id, idempotency))
             args[13] = idempotency.ttl_ms
+            if idem_pass_ttl_ms is not None:
+                _require("idem_pass_ttl_ms", idem_pass_ttl_ms, 1)
+                args[15] = idem_pass_ttl_ms
         replicas = None
         if self._accept_replicas and can_accept:
             pipe = self._client.pipeline(transaction=False)
@@ -765,15 +794,24 @@ class Buffer:
         )
         return parse_leased(flat[1], flat[2]) if len(flat) > 1 else None
 
-    def ack(self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int) -> AckResult:
+    def ack(
+        self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int, claims: Sequence[AckedClaim] = ()
+    ) -> AckResult:
         """Rows committed: entries become ACKED with a ``grace_ms`` TTL. Returns how many changed, which of
         them carry a cancel flag (their rows must be cancelled: the flag came too late) and which carry
-        appended tags (the rows must have them: they may have come too late too)."""
+        appended tags (the rows must have them: they may have come too late too).
+
+        ``claims``: the idempotency keys of acked runs; each claim still held by its run is cut to
+        ``grace_ms`` in the same script — its row answers for the key from now on (``lua/ack.lua``)."""
         _require("grace_ms", grace_ms, 0)
         if not run_ids:
             return AckResult(0)
         k = self.keys(shard)
-        reply = self._scripts.ack(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, now_ms, grace_ms, *run_ids])
+        claim_keys = [k.idem(c.env_id, c.task, c.key) for c in claims]
+        reply = self._scripts.ack(
+            keys=[k.leases, k.retry, k.dead, k.orgs, *claim_keys],
+            args=[k.base, now_ms, grace_ms, len(run_ids), *run_ids, *(c.run_id for c in claims)],
+        )
         groups = [reply[i : i + 4] for i in range(1, len(reply), 4)]
         cancelled = [(run, int(at), reason or None) for run, at, reason, _ in groups if at]
         tagged = [(run, _extra_tags(tags)) for run, _, _, tags in groups if tags]
@@ -936,28 +974,45 @@ class Buffer:
         """
         k = self.keys(shard)
         name = k.drain_lock if kind == "drain" else k.sweep_lock
-        lock = self._client.lock(name, timeout=timeout_s, blocking=False, thread_local=False)
-        if not lock.acquire():
+        token = uuid.uuid4().hex
+        # A script, not a plain SET NX: it runs at maxmemory too (lua/take_lock.lua), as the drain must.
+        if self._scripts.take_lock(keys=[name], args=[token, max(1, int(timeout_s * 1000))]) != 1:
             yield False
             return
         try:
             yield True
         finally:
-            try:
-                lock.release()
-            except LockError:
+            if self._scripts.release_claim(keys=[name], args=[token]) != 1:
                 log.warning("%s lock of shard %s expired before release", kind, shard, extra={"shard": shard})
 
     def count_drained(self, shard: int, count: int, *, now_ms: int) -> None:
         """Count ``count`` entries that left the buffer (acked or dead-lettered) in the shard's drain rate."""
         _require("count", count, 0)
-        stats.count_drained(self._client, self.keys(shard), count, now_ms=now_ms)
+        key = self.keys(shard).drained(stats.bucket_of(now_ms))
+        self._scripts.count_drained(keys=[key], args=[count, stats.BUCKET_TTL_MS])  # runs at maxmemory too
 
     # -- reads for operators, the sweep and the gauges --------------------------------------------------------
 
     def shard_stats(self, *, now_ms: int) -> list[ShardStats]:
         """Every shard's depth, leased, retrying, dead, oldest age, stale count and drain rate (``buffer.stats``)."""
         return stats.read(self._client, self._scripts, [self.keys(s) for s in range(self.shards)], now_ms=now_ms)
+
+    def memory(self) -> list[NodeMemory]:
+        """Used and max memory of every master (one ``INFO memory`` each), for the gauges and the dashboard: at
+        ``maxmemory`` with ``noeviction`` every trigger fails open and only the drain's scripts still write
+        (docs/operations.md#buffer-memory). A cluster's masters are asked one by one: each holds its own slots."""
+        nodes = []
+        for node in primaries(self._client):
+            info = node.info("memory")
+            kwargs = node.connection_pool.connection_kwargs
+            nodes.append(
+                NodeMemory(
+                    f"{kwargs.get('host', '')}:{kwargs.get('port', '')}",
+                    int(info["used_memory"]),
+                    int(info.get("maxmemory", 0)),
+                )
+            )
+        return nodes
 
     def recount(self, shard: int) -> tuple[int, int]:
         """Rebuild the shard's counters from its queues (``lua/recount.lua``): for a buffer filled before the
@@ -1094,15 +1149,16 @@ class Buffer:
         """Of ``shards``, in order, those with no drain task waiting in the broker, now marked as having one
         (SET NX PX ``ttl_ms`` each, one pipelined round trip). The fan-out sends a task only for these, so
         the broker holds at most one task per shard however short the tick (docs/architecture.md#fan-out);
-        the mark lapses with the task's expiry if the task is never run."""
+        the mark lapses with the task's expiry if the task is never run. Each mark is a script
+        (``lua/claim_send.lua``), so the fan-out runs when Redis is at maxmemory too."""
         _require("ttl_ms", ttl_ms, 1)
         shard_list = list(shards)
         if not shard_list:
             return []
         pipe = self._client.pipeline(transaction=False)
         for shard in shard_list:
-            pipe.set(self.keys(shard).drain_sent, 1, nx=True, px=ttl_ms)
-        return [shard for shard, claimed in zip(shard_list, pipe.execute(), strict=True) if claimed]
+            self._scripts.claim_send(keys=[self.keys(shard).drain_sent], args=[ttl_ms], client=pipe)
+        return [shard for shard, claimed in zip(shard_list, pipe.execute(), strict=True) if claimed == 1]
 
     def clear_send(self, shard: int) -> None:
         """The shard's drain task has left the broker (it is running): the next tick may send another."""
@@ -1170,7 +1226,7 @@ def _trigger_reply(status: TriggerStatus, value: str | int, count: int) -> Trigg
         return TriggerReply(status, holder=str(value))
     if status is TriggerStatus.PASS:
         return TriggerReply(status, tripped=int(value) == 1, count=counted)
-    depth = int(value) if status in (TriggerStatus.ACCEPTED, TriggerStatus.FULL) else None
+    depth = int(value) if status in (TriggerStatus.ACCEPTED, TriggerStatus.FULL, TriggerStatus.IDEM_UNCLAIMED) else None
     return TriggerReply(status, depth=depth, tripped=True, count=counted)
 
 

@@ -42,9 +42,13 @@ key                                            type    holds / written by
                                                        requeue, reclaim_expired, promote_due, ack, dead_letter
 ``B dead``                                     ZSET    run id → dead-letter time ms, kept for operators. dead_letter,
                                                        redrive, ack
-``B idem:<env>:<b64u(task)>:<b64u(key)>``      STRING  run id holding a task-level idempotency key (PX = key TTL).
-                                                       accept, trigger, claim, release_claim
-``B req:<env>:<b64u(task)>:<b64u(key)>``       STRING  run id for a request-level idempotency key (client retries).
+``B idem:<env>:<b64u(task)>:<name(key)>``      STRING  run id holding a task-level idempotency key: PX = the key's TTL
+                                                       while its run is buffered, 60 s for a direct write (released
+                                                       at commit), cut to the ack grace by ack; none for a trigger
+                                                       that can never be buffered. accept, trigger, claim,
+                                                       release_claim, ack. name(key) = ``claim_name``: b64u(key),
+                                                       or ``~`` + b64u(sha256(key)) beyond 64 bytes
+``B req:<env>:<b64u(task)>:<name(key)>``       STRING  run id for a request-level idempotency key (client retries).
                                                        trigger, claim, release_claim
 ``B rate:<env>``                               HASH    gate fixed window: ``window`` (start ms), ``count``. trip,
                                                        trigger
@@ -52,12 +56,15 @@ key                                            type    holds / written by
 ``B cursor:orgs``                              STRING  drain fairness cursor over the shard's orgs. candidates
 ``B cursor:envs``                              HASH    org → drain fairness cursor over its envs. candidates
 ``B drain:lock``                               STRING  owner token of the shard task draining the shard (NX PX).
-                                                       ``Buffer.shard_lock`` (redis-py Lock)
+                                                       take_lock, released by release_claim (``Buffer.shard_lock``)
+``B drain:sent``                               STRING  set while a drain task of the shard waits in the broker (NX PX).
+                                                       claim_send; deleted by ``Buffer.clear_send``
 ``B drain:circuit``                            HASH    Postgres-outage circuit: ``until_ms``, ``failures``. open_circuit,
                                                        ``Buffer.close_circuit``
 ``B drained:<bucket ms>``                      STRING  entries that left the buffer (acked or dead-lettered) in the
                                                10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
-                                               time for the drain rate and ETA. ``buffer.stats``
+                                               time for the drain rate and ETA. count_drained; read by
+                                               ``buffer.stats``
 ``B sweep:orgs``                               LIST    the stale sweep's frozen org list: a sorted copy of ``orgs``
                                                taken when a cycle starts, deleted when it wraps. sweep
 ``B sweep:cursor``                             STRING  index in ``sweep:orgs`` of the next org to visit. sweep
@@ -71,7 +78,7 @@ key                                            type    holds / written by
                                                        (429), the gate diverts them. ``Buffer.close_intake``/
                                                        ``open_intake``; read by accept, trip
 ``B sweep:lock``                               STRING  owner token of the shard's sweep task (NX PX). sweep
-                                               ``Buffer.shard_lock`` (redis-py Lock)
+                                               take_lock, released by release_claim (``Buffer.shard_lock``)
 =============================================  ======  ==============================================================
 
 Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewritten): ``env``, ``org``,
@@ -92,6 +99,7 @@ and ``org:<org>:envs`` from the shard base ``B`` passed as ``ARGV[1]``, using ex
 from __future__ import annotations
 
 import base64
+import hashlib
 import zlib
 from dataclasses import dataclass
 from typing import Literal
@@ -107,6 +115,20 @@ def shard_for(org_id: int, shards: int) -> int:
 def b64u(text: str) -> str:
     """URL-safe base64 without padding: task ids and user keys may contain ``:`` or anything else."""
     return base64.urlsafe_b64encode(text.encode()).rstrip(b"=").decode("ascii")
+
+
+LITERAL_KEY_MAX_BYTES = 64
+"""A claimed key up to this many UTF-8 bytes is named by itself (``b64u``, readable in ``redis-cli``); a longer
+one by ``~`` + b64u(SHA-256), 44 characters. So a claim costs ≈150 B whatever the key's length (a 2,048-character
+key's claim was 3.2 KB), which with the count bounds of docs/operations.md#buffer-memory caps what an env's
+claims may cost. ``~`` is outside the base64url alphabet: a hashed name can never equal a literal one."""
+
+
+def claim_name(key: str) -> str:
+    raw = key.encode()
+    if len(raw) <= LITERAL_KEY_MAX_BYTES:
+        return b64u(key)
+    return "~" + base64.urlsafe_b64encode(hashlib.sha256(raw).digest()).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +190,7 @@ class ShardKeys:
         """``idem:…`` (task-level idempotency key) or ``req:…`` (request-level dedupe key)."""
         if kind not in ("idem", "req"):
             raise ValueError(f"claim kind must be 'idem' or 'req', got {kind!r}")
-        return f"{self.base}{kind}:{env_id}:{b64u(task)}:{b64u(key)}"
+        return f"{self.base}{kind}:{env_id}:{b64u(task)}:{claim_name(key)}"
 
     def idem(self, env_id: int, task: str, key: str) -> str:
         return self.claim("idem", env_id, task, key)

@@ -10,7 +10,8 @@ that order (a later file may call an earlier one's functions). ``presence.lua`` 
 scripts keep (an env is in its org's set iff its queue is non-empty); ``snapshot.lua`` names the snapshot's
 own key; ``shard_counts.lua`` keeps the shard counters the gauges read; ``env_index.lua`` keeps the env index
 run lists page over; ``entry_accept.lua`` writes a new entry (accept, trigger) and calls the three before it;
-``gate_trip.lua`` counts a trigger in the gate's window (trip, trigger). Each is written once, there.
+``gate_trip.lua`` counts a trigger in the gate's window (trip, trigger); ``full_memory.lua`` lets the drain's
+scripts run when Redis is at ``maxmemory`` (they free memory). Each is written once, there.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ LIB = tuple(
         "env_index",
         "entry_accept",
         "gate_trip",
+        "full_memory",
     )
 )
 """The shared Lua files, in registration order (Lua locals must be defined before they are called)."""
@@ -91,6 +93,9 @@ class Scripts:
     env_census: Script
     dead_letter_env: Script
     cancel_many: Script  # bulk actions (runs.bulk)
+    claim_send: Script  # the drain's own writes outside its scripts, runnable at maxmemory (lib/full_memory.lua)
+    take_lock: Script
+    count_drained: Script
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

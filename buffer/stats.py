@@ -45,15 +45,6 @@ def bucket_of(now_ms: int) -> int:
     return now_ms - now_ms % BUCKET_MS
 
 
-def count_drained(client: redis.Redis, keys: ShardKeys, count: int, *, now_ms: int) -> None:
-    """Add ``count`` entries that left the buffer to the shard's current rate bucket."""
-    key = keys.drained(bucket_of(now_ms))
-    pipe = client.pipeline(transaction=False)
-    pipe.incrby(key, count)
-    pipe.pexpire(key, BUCKET_TTL_MS)
-    pipe.execute()
-
-
 def read(client: redis.Redis, scripts: Scripts, shard_keys: list[ShardKeys], *, now_ms: int) -> list[ShardStats]:
     """Every shard's numbers in one pipelined round trip (a ``shard_stats`` call and the rate buckets each)."""
     first_bucket = bucket_of(now_ms) - RATE_WINDOW_MS

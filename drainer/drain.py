@@ -64,7 +64,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from buffer.buffer import Buffer, Entry, LeasedRound
+from buffer.buffer import AckedClaim, Buffer, Entry, LeasedRound
 from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report
@@ -357,6 +357,7 @@ def materialise(
     """
     state = _Round(buffer, shard, limits, now_ms, Report(leased=len(entries)))
     state.pending = {e.run_id: e for e in entries}
+    keyed: dict[str, Snapshot] = {}  # runs with an idempotency key: the ack cuts their claims
     normal: list[tuple[Entry, Snapshot]] = []
     cancelled: list[tuple[Entry, Snapshot]] = []
     failed: list[tuple[Entry, Snapshot | None, str]] = []
@@ -369,6 +370,8 @@ def materialise(
         except Exception as exc:  # e.g. RecursionError on deep nesting: still unreadable, never a crash loop
             failed.append((entry, None, f"unreadable snapshot: {type(exc).__name__}: {exc}"))
             continue
+        if snapshot.idempotency_key:
+            keyed[entry.run_id] = snapshot
         if fail_with is not None:  # an operator's "fail": a SYSTEM_FAILURE row whatever the entry holds
             failed.append((entry, snapshot, fail_with))
         elif entry.cancelled_at_ms is not None:
@@ -394,7 +397,12 @@ def materialise(
             state.pending.clear()
     finally:
         if state.acks:
-            acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=limits.ack_grace_ms)
+            claims = [
+                AckedClaim(run, keyed[run].env_id, keyed[run].task_identifier, keyed[run].idempotency_key or "")
+                for run in state.acks
+                if run in keyed
+            ]
+            acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=limits.ack_grace_ms, claims=claims)
             resolved = {entry.run_id for entry, _ in cancelled}  # their rows are CANCELED already
             _cancel_late([flag for flag in acked.cancelled if flag[0] not in resolved])
             _tag_late(acked.tagged, {e.run_id: e for e in entries}, now_ms=now_ms)

@@ -732,6 +732,26 @@ def settle_batches(batch_ids: Sequence[str] | set[str], *, now: datetime) -> int
         return cur.rowcount
 
 
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    run_id: str
+    reusable: bool  # its run ended in REUSABLE_KEY_STATUSES or its key expired: a new run may take the key
+
+
+def idempotency_holder(env_id: int, task_identifier: str, key: str, *, now: datetime) -> KeyHolder | None:
+    """The row holding ``key`` (one lookup on the unique index), or ``None``: asked when no Redis claim holds a
+    key a trigger is about to buffer (runs.trigger, docs/architecture.md#idempotency)."""
+    row = (
+        TaskRun.objects.filter(env_id=env_id, task_identifier=task_identifier, idempotency_key=key)
+        .values_list("id", "status", "idempotency_key_expires_at")
+        .first()
+    )
+    if row is None:
+        return None
+    run_id, status, expires_at = row
+    return KeyHolder(run_id, status in REUSABLE_KEY_STATUSES or (expires_at is not None and expires_at <= now))
+
+
 def release_idempotency_key(
     env_id: int, task_identifier: str, key: str, *, now: datetime, statuses: frozenset[str] | None = None
 ) -> list[str]:

@@ -6,9 +6,12 @@ in that order.
    is raised here, before any de-duplication state or the gate is touched.
 3. Request-level de-duplication: ``x-trigger-request-idempotency-key`` → run id (Redis, 24 h), so a
    client retrying after a lost response gets the same run.
-4. Task-level idempotency: the key is claimed in Redis (compare-and-set) before deciding, so
-   concurrent same-key triggers yield one run; a live holder is returned with ``isCached: true``.
-   The Postgres unique index is the backstop when Redis has lost the claim.
+4. Task-level idempotency: a live holder is returned with ``isCached: true``. The key is claimed in Redis
+   (compare-and-set) only while Redis alone knows its run: for a buffered run, until its row is committed,
+   and for a direct write that could have been buffered, until that write commits. A trigger that can
+   never be buffered only checks the key; the Postgres unique index keeps it to one run
+   (docs/architecture.md#idempotency). A trigger to be buffered whose key no claim holds asks that index
+   first (``_accept_unclaimed``).
 5. The gate decides: pass through → ``engine.trigger``; mollify → ``buffer.accept``. Redis unreachable
    → pass through (fail open). Postgres unreachable on the pass-through path → buffer instead, for
    enrolled orgs.
@@ -64,6 +67,10 @@ REQUEST_KEY_TTL_MS = 24 * 3600 * 1000
 # A claim whose run exists nowhere is taken over only when it is older than any trigger request can
 # last (gunicorn's timeout is 30 s): before that, its trigger may simply not have written yet.
 CLAIM_STALE_MS = 60_000
+# How long the idempotency claim of a passed-through trigger of an env that could be buffered lives: its direct
+# write, however slow (a request lasts at most gunicorn's 30 s), is covered; after that its row and the unique
+# index answer for the key, and the claim stops costing Redis memory (docs/architecture.md#idempotency).
+DIRECT_CLAIM_MS = CLAIM_STALE_MS
 IN_FLIGHT_WAIT_S = 1.0
 IN_FLIGHT_POLL_S = 0.025
 REUSABLE_KEY_STATUSES = engine.REUSABLE_KEY_STATUSES
@@ -286,7 +293,11 @@ def trigger(
         result = _trigger(env, snapshot, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass,
                           request_key=request_key)  # fmt: skip
         if result.run_id == snapshot.id:
-            claims.held.clear()  # our run exists: the claims now point at it for good
+            # Our run exists: the claims now point at it for good — except the idempotency claim of a run
+            # written directly, which covered the write only: its committed row answers from now on.
+            key = snapshot.idempotency_key
+            direct = result.path == "direct" and key is not None and ("idem", key) in claims.held
+            claims.held = [("idem", key)] if direct and key is not None else []  # released below
         return result
     except MaybeWritten:
         claims.held.clear()  # see MaybeWritten: the retry must find this run, not make another
@@ -315,14 +326,20 @@ def _trigger(
     precheck = gate.precheck(enrolled=env.enrolled, bypass=bypass, cfg=cfg)
     can_accept = precheck is None and env.enrolled
     text = to_snapshot(s) if can_accept else ""
+    idem = _idem_ref(env, s, now_ms)
+    # A trigger that can never be buffered only checks its key (a buffered run may hold it); its row's unique
+    # index alone keeps the key to one run, so it costs Redis nothing. One that could be buffered claims the
+    # key for its direct write only, and the script stops a to-be-accepted one whose key nobody claims.
+    pass_ttl = min(idem.ttl_ms, DIRECT_CLAIM_MS) if idem is not None and can_accept else None
     gate_args = (
         None if precheck is not None else GateArgs(cfg.TRIP_WINDOW_MS, cfg.TRIP_THRESHOLD, cfg.HOLD_MS, env.enrolled)
     )
     try:
         reply = buffer.trigger(
             run_id=s.id, env_id=env.env_id, org_id=env.org_id, task=s.task_identifier, now_ms=now_ms,
-            request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS, idempotency=_idem_ref(env, s, now_ms),
-            gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV,
+            request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS, idempotency=idem,
+            gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV, idem_pass_ttl_ms=pass_ttl,
+            check_unclaimed=can_accept,
         )  # fmt: skip
     except BufferUnavailable as exc:  # Redis is unreachable: fail open
         log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
@@ -336,7 +353,7 @@ def _trigger(
     if reply.status is TriggerStatus.IDEM_HELD:
         return _settle(env, s, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass, request_key=None,
                        first={"idem": reply.holder})  # fmt: skip
-    if s.idempotency_key and reply.status is TriggerStatus.PASS:
+    if s.idempotency_key and reply.status is TriggerStatus.PASS and pass_ttl is not None:
         claims.hold("idem", s.idempotency_key)
     decision = precheck
     if decision is None:
@@ -348,7 +365,38 @@ def _trigger(
         return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=True, text=text)
     if reply.status is TriggerStatus.FULL or reply.status is TriggerStatus.CLOSED:
         raise _refusal(reply.status is TriggerStatus.FULL, reply.depth, cfg, now_ms=now_ms)
+    if reply.status is TriggerStatus.IDEM_UNCLAIMED:
+        return _accept_unclaimed(buffer, env, s, cfg, now_ms=now_ms, text=text)
     return Triggered(s.id, False, "buffered")  # ACCEPTED, or DUPLICATE: a retried call whose first one ran
+
+
+def _accept_unclaimed(
+    buffer: Buffer, env: EnvContext, s: Snapshot, cfg: MollifierSettings, *, now_ms: int, text: str
+) -> Triggered:
+    """A trigger to be buffered whose key no claim holds: a row may still hold it — a run written directly or
+    drained, whose claim was cut or lapsed. One indexed Postgres lookup answers: a live holder → ``isCached``;
+    a reusable one (failed, or its key expired) gives the key up; none → accept, which claims the key
+    atomically (another trigger that got there first is answered as the holder). Postgres unreachable: accept
+    (an outage must not fail triggers); a row that held the key then makes the drain write this run without
+    it (docs/architecture.md#idempotency)."""
+    assert s.idempotency_key is not None
+    try:
+        holder = engine.idempotency_holder(env.env_id, s.task_identifier, s.idempotency_key, now=s.created_at)
+        if holder is not None and not holder.reusable:
+            return Triggered(holder.run_id, True, "cached")
+        if holder is not None:
+            engine.release_idempotency_key(
+                env.env_id, s.task_identifier, s.idempotency_key, now=s.created_at, statuses=REUSABLE_KEY_STATUSES
+            )
+    except DatabaseError as exc:
+        engine.discard_connection()
+        log.warning("idempotency lookup failed, accepting: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
+    try:
+        return _accept(buffer, env, s, cfg, now_ms=now_ms, text=text)
+    except BufferUnavailable as exc:  # Redis went away after the script answered: fail open, as _settle does
+        log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
+        gate.count_fail_open()
+        return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False)
 
 
 def _settle(
@@ -434,7 +482,8 @@ def _claim_idempotency(
     """The live run holding the task-level key (→ ``isCached``), or None once this call holds the key.
     ``first`` may hold the holder the trigger script saw (``_settle``)."""
     assert s.idempotency_key is not None
-    ttl_ms = _idem_ttl_ms(s, now_ms)
+    # The claim covers this call's write; an accept re-binds the key for its whole TTL (lua/lib/entry_accept.lua).
+    ttl_ms = min(_idem_ttl_ms(s, now_ms), DIRECT_CLAIM_MS)
     stale = None
     for _ in range(3):
         if "idem" in first:

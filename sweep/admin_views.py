@@ -58,6 +58,7 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         stats = buffer.shard_stats(now_ms=now)
         circuits = buffer.circuits_until_ms()
         switches = buffer.switch_counts()
+        memory = dashboard.memory_rows(buffer.memory())
     except BufferUnavailable as exc:
         return _unavailable(request, "dashboard.html", title, exc)
     rows = dashboard.rows(stats, circuits, now_ms=now, paused=[dashboard.Paused(*c) for c in switches])
@@ -69,7 +70,7 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
     return _render(
         request, "dashboard.html", title,
         flags=current, verdict=verdict, totals=totals, rows=shown, idle=len(rows) - len(shown), show_all=show_all,
-        shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s),
+        shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s), memory=memory,
     )  # fmt: skip
 
 

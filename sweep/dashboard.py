@@ -21,8 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from buffer.buffer import ShardStats
+from buffer.buffer import NodeMemory, ShardStats
 
+MEMORY_HIGH = 0.8  # used / maxmemory above which a master is "high" (alert MollifierBufferMemoryHigh)
+MEMORY_FULL = 0.95  # … and "full" (alert MollifierBufferMemoryFull): triggers fail open at maxmemory
 STUCK_AFTER_MS = 60_000  # an entry this old on a shard that drained nothing in the rate window: stuck
 BACKLOG_ETA_S = 60.0  # a backlog that needs longer than this at the current rate is a backlog
 
@@ -315,3 +317,45 @@ def _count(n: int, singular: str, plural: str | None = None) -> str:
 def _ids(shards: Sequence[ShardRow], at_most: int = 10) -> str:
     ids = [str(r.shard) for r in shards[:at_most]]
     return ", ".join(ids) + (", …" if len(shards) > at_most else "")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRow:
+    """One master of the buffer's Redis on the dashboard: how full it is (docs/operations.md#buffer-memory)."""
+
+    node: str
+    used_bytes: int
+    max_bytes: int
+
+    @property
+    def fraction(self) -> float | None:
+        return self.used_bytes / self.max_bytes if self.max_bytes else None
+
+    @property
+    def level(self) -> str:
+        """``ok``, ``high``, ``full`` (the alerts' thresholds) or ``no limit`` (no maxmemory: nothing to fill)."""
+        fraction = self.fraction
+        if fraction is None:
+            return "no limit"
+        return "full" if fraction > MEMORY_FULL else "high" if fraction > MEMORY_HIGH else "ok"
+
+    @property
+    def used_text(self) -> str:
+        return _mib(self.used_bytes)
+
+    @property
+    def max_text(self) -> str:
+        return _mib(self.max_bytes) if self.max_bytes else "no maxmemory"
+
+    @property
+    def percent_text(self) -> str:
+        fraction = self.fraction
+        return "—" if fraction is None else f"{fraction:.0%}"
+
+
+def memory_rows(nodes: Sequence[NodeMemory]) -> list[MemoryRow]:
+    return [MemoryRow(n.node, n.used_bytes, n.max_bytes) for n in nodes]
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"

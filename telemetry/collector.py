@@ -12,13 +12,14 @@ Two kinds of numbers, kept apart on purpose:
   gunicorn and Celery they live in many processes, so they run in prometheus-client's multiprocess mode:
   each process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the scrape sums them.
 * **Gauges** are read from Redis at scrape time (``BufferCollector``): depth, oldest age, leased, dead,
-  stale total, drain rate and ETA (overall, the worst shard's, and rate and ETA per shard). Redis is the
+  stale total, drain rate and ETA (overall, the worst shard's, and rate and ETA per shard), and the memory
+  of every master (used and max bytes, labelled ``node``). Redis is the
   truth shared by every process, so any web worker answers the same; a per-process gauge would be wrong
   the moment a second worker exists.
 
 No label carries an env or org id (the series count would grow with the tenants); per-tenant detail goes
-to the JSON logs and the admin. The only gauge label is ``shard``, on the per-shard series: its values are
-0 … SHARDS − 1, fixed by configuration.
+to the JSON logs and the admin. The gauge labels are ``shard``, on the per-shard series (0 … SHARDS − 1, fixed by
+configuration), and ``node``, on the memory series (host:port of each master, fixed by the deployment).
 """
 
 from __future__ import annotations
@@ -118,6 +119,29 @@ class BufferCollector:
             "This shard's backlog (depth + leased) divided by its recent drain rate; +Inf when it does not drain.",
             etas,
         )
+        yield from _memory(self.buffer)
+
+
+def _memory(buffer: Buffer) -> Iterator[Metric]:
+    """Used and max bytes of every master of the buffer's Redis, labelled ``node`` (host:port: a set bounded by
+    the deployment, never a tenant). At ``maxmemory`` with ``noeviction`` every trigger fails open to a direct
+    write; the alerts read used / max per node (docs/operations.md#buffer-memory)."""
+    try:
+        nodes = buffer.memory()
+    except BufferUnavailable:
+        log.warning("metrics: INFO memory failed, memory gauges left out", exc_info=True)
+        return
+    used = GaugeMetricFamily(
+        "mollifier_buffer_memory_used_bytes", "used_memory of the buffer's Redis.", labels=["node"]
+    )
+    top = GaugeMetricFamily(
+        "mollifier_buffer_memory_max_bytes", "maxmemory of the buffer's Redis (0: no limit).", labels=["node"]
+    )
+    for n in nodes:
+        used.add_metric([n.node], n.used_bytes)
+        top.add_metric([n.node], n.max_bytes)
+    yield used
+    yield top
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

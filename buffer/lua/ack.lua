@@ -5,10 +5,13 @@ KEYS[1]  leases
 KEYS[2]  retry
 KEYS[3]  dead
 KEYS[4]  orgs
+KEYS[5…] idem:<env>:…  the task-level idempotency claims of some of the acked runs (any number, maybe none)
 ARGV[1]  shard key base "<prefix>:{m<k>}:"
 ARGV[2]  now_ms (stored as acked_ms)
 ARGV[3]  grace_ms: how long the acked hash stays readable (0 deletes it at once)
-ARGV[4…] run ids
+ARGV[4]  n: how many run ids follow
+ARGV[5 … 4+n]  run ids
+ARGV[5+n …]    for each KEYS[5…], in order, the run id whose claim it is
 
 Returns {n, run, cancelled_at, cancel_reason, extra_tags, run, …}: n = how many entries became ACKED
 (already-acked or missing ids are not counted), then each of those entries that carries a cancel flag or
@@ -23,10 +26,15 @@ member is rebuilt from the hash (``lib/env_index.lua``), never from the snapshot
 Guarantees: each entry leaves leases (and, if a reclaim raced the drain, retry or its queue, keeping the
 org/env sets equal to queue presence and the shard counters exact) and its env index ix:<env>; its hash
 and its snapshot s:<run> stay, with status ACKED, materialised 1 and a TTL of grace_ms, so a read that raced the drain still finds it and a re-accept of the same run id is refused
-as DUPLICATE during the grace. Idempotency keys are not touched.
+as DUPLICATE during the grace. An idempotency claim of KEYS[5…] still held by its run is cut to grace_ms
+(deleted with 0; left alone if it lapses sooner): the run's row is committed, so from now on the Postgres
+unique index answers for its key, and the claim stops costing memory (docs/architecture.md#idempotency).
+A claim held by another run is never touched.
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local leases, retry, dead, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, now, grace = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local n_runs = tonumber(ARGV[4])
 
 local function leave_queue(run, env, org)
   local queue = base .. 'q:' .. env
@@ -40,7 +48,7 @@ end
 local acked = 0
 local cancelled = {}
 local runs = {}
-for i = 4, #ARGV do
+for i = 5, 4 + n_runs do
   local run = ARGV[i]
   runs[#runs + 1] = run
   local entry = base .. 'e:' .. run
@@ -76,6 +84,17 @@ for i = 4, #ARGV do
 end
 for i = 1, #runs, 1000 do
   redis.call('ZREM', leases, unpack(runs, i, math.min(i + 999, #runs)))
+end
+for j = 5, #KEYS do
+  local claim = KEYS[j]
+  if redis.call('GET', claim) == ARGV[4 + n_runs + j - 4] then
+    local left = redis.call('PTTL', claim)
+    if grace <= 0 then
+      redis.call('DEL', claim)
+    elseif left < 0 or left > grace then
+      redis.call('PEXPIRE', claim, grace)
+    end
+  end
 end
 table.insert(cancelled, 1, acked)
 return cancelled

@@ -23,6 +23,7 @@ Guarantees: reads and cursor moves are one atomic step: the org cursor becomes t
 is written; entries are not touched (``lease`` takes them). Cost O(orgs of the shard + envs of the
 chosen orgs), all in one round trip.
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local orgs_key, cursor_orgs, cursor_envs, paused_orgs, paused_envs = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local base, max_orgs = ARGV[1], tonumber(ARGV[2])
 

@@ -15,6 +15,7 @@ Returns 1 if the entry became DEAD, 0 if it is missing, already DEAD or already 
 Guarantees: the entry leaves leases, retry or its queue (keeping the org/env sets equal to queue
 presence and the shard counters exact; it stays in its env index), gets status DEAD, dead_ms and last_error, is added to dead, and has no TTL.
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local leases, retry, dead, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, run, now = ARGV[1], ARGV[2], ARGV[3]
 local entry = base .. 'e:' .. run

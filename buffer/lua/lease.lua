@@ -38,6 +38,7 @@ Cost: the queue is read with LRANGE and cut once with LTRIM (not an LINDEX and L
 one HMGET (every returned field and solo), one GET (the snapshot) and one HSET; the deadlines go to leases in
 one ZADD per 1000 entries.
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local queue, org_envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, env, org = ARGV[1], ARGV[2], ARGV[3]
 local lease_until = string.format('%d', tonumber(ARGV[5]) + tonumber(ARGV[6]))

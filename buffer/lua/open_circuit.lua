@@ -12,6 +12,7 @@ Guarantees: the failure count and the deadline change in one atomic step, so two
 saw the outage (a lock that expired under a stalled holder) count two failures, never lose one. The
 hash is deleted by the first round that succeeds (``Buffer.close_circuit``).
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
 local delay = math.min(tonumber(ARGV[3]), tonumber(ARGV[2]) * 2 ^ (failures - 1))
 redis.call('HSET', KEYS[1], 'until_ms', string.format('%d', tonumber(ARGV[1]) + delay))

@@ -14,6 +14,7 @@ An entry requeued with "tail" (its write timed out: requeue_tail 1, cleared here
 instead, earliest due first, behind everything queued: it cannot hold up the entries behind it twice.
 An id without a QUEUED hash is dropped from retry.
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local retry, orgs = KEYS[1], KEYS[2]
 local base = ARGV[1]
 

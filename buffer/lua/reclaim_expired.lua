@@ -15,6 +15,7 @@ queue head. If the original drainer did commit, the second insert is a no-op. ``
 worker may have died of it (out of memory on a huge snapshot, a crash): a normal lease stops before it and
 the drain leases it alone, so it cannot take a round of other tenants' entries down with it again.
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local leases, retry = KEYS[1], KEYS[2]
 local base, now = ARGV[1], ARGV[2]
 

@@ -12,6 +12,7 @@ Guarantees: each entry goes back to the head of its queue so that, within an env
 restored ahead of anything accepted meanwhile; attempts are unchanged; status QUEUED; env and org are
 (re-)added to the sets; the shard counters follow (queue_moved).
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local leases, orgs = KEYS[1], KEYS[2]
 local base = ARGV[1]
 

@@ -19,6 +19,7 @@ Guarantees: the entry moves atomically from leases to retry with status QUEUED; 
 org/env sets are untouched until promote_due puts it back at the head of its queue (at the tail with
 ARGV[6] "tail": the hash field requeue_tail 1, which promote_due consumes).
 ]]
+full_memory_ok(KEYS[1])  -- the drain frees memory: it runs at maxmemory too (lib/full_memory.lua)
 local leases, retry = KEYS[1], KEYS[2]
 local base, run = ARGV[1], ARGV[2]
 local entry = base .. 'e:' .. run

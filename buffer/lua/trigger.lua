@@ -28,12 +28,20 @@ ARGV[13] request key TTL in ms, or "" (no KEYS request key)
 ARGV[14] idempotency key TTL in ms, or "" (no KEYS idempotency key)
 ARGV[15] the snapshot's created_ms (digits; the caller reads it from the JSON), its env index position;
          "" when ARGV[12] is not "1"
+ARGV[16] with ARGV[14]: the idempotency claim's PX when the gate passes the trigger through (long enough to
+         cover its direct write; its row answers after that), or "" to check the key without ever writing
+         it (a trigger that can never be buffered: the Postgres unique index alone keeps it to one run)
+ARGV[17] "1": a free idempotency key of a trigger about to be accepted stops the script (IDEM_UNCLAIMED),
+         because a row may hold the key in Postgres with its claim gone (cut or lapsed); "0": accept it
 
 Returns {status, value, count}; count = the gate's window count after this trigger, -1 if not counted:
   {"REQ_HELD", holder, -1}      the request key is held by another run; nothing written
   {"IDEM_HELD", holder, -1}     the idempotency key is held by another run; the request key (if any) is
                                 now held by ARGV[1], nothing else written
   {"PASS", tripped 1/0, count}  the gate passes it through: both keys (if any) are now held by ARGV[1]
+                                (the idempotency key only with ARGV[16] ~= "", for ARGV[16] ms)
+  {"IDEM_UNCLAIMED", depth, count}  (ARGV[17] = "1") the gate mollifies and nothing claims the key: only the
+                                request key (if any) is now held by ARGV[1]; Python asks Postgres, then accepts
   {"ACCEPTED", depth, count}    parked: entry, queue, keys written (``entry_accept``)
   {"DUPLICATE", status, count}  the run id already has an entry (a retried call whose first one ran)
   {"CLOSED", 0, count}          an operator closed the env's intake; no key written
@@ -45,7 +53,7 @@ exact. Every check comes before every write, so a refusal or a stop writes only 
 ]]
 local entry, queue, org_envs, orgs, closed, rate, tripped = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local run, env, org, now = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
-local req_ttl, idem_ttl = ARGV[13], ARGV[14]
+local req_ttl, idem_ttl, idem_pass_ttl = ARGV[13], ARGV[14], ARGV[16]
 local req, idem
 local n = 8
 if req_ttl ~= '' then req = KEYS[n]; n = n + 1 end
@@ -63,8 +71,11 @@ if req then
   if holder then return {'REQ_HELD', holder, -1} end
 end
 -- 4. task-level idempotency
+local idem_free = false
 if idem then
-  local holder = held_by_other(idem)
+  local current = redis.call('GET', idem)
+  idem_free = not current
+  local holder = current and current ~= run and current or nil
   if holder then
     if req then redis.call('SET', req, run, 'PX', req_ttl) end
     return {'IDEM_HELD', holder, -1}
@@ -81,7 +92,7 @@ if ARGV[8] == 'count' then
 end
 if not (is_tripped and ARGV[12] == '1') then
   if req then redis.call('SET', req, run, 'PX', req_ttl) end
-  if idem then redis.call('SET', idem, run, 'PX', idem_ttl) end
+  if idem and idem_pass_ttl ~= '' then redis.call('SET', idem, run, 'PX', idem_pass_ttl) end
   return {'PASS', is_tripped and 1 or 0, count}
 end
 -- 5. mollify: the accept's checks, then its writes
@@ -96,6 +107,9 @@ if depth >= tonumber(ARGV[6]) then
   return {'FULL', depth, count}
 end
 if req then redis.call('SET', req, run, 'PX', req_ttl) end
+if idem_free and ARGV[17] == '1' then
+  return {'IDEM_UNCLAIMED', depth, count}
+end
 entry_accept(
   {entry = entry, queue = queue, org_envs = org_envs, orgs = orgs, idem = idem, base = ARGV[7]},
   {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = now, idem_ttl_ms = idem_ttl,

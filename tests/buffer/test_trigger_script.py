@@ -16,12 +16,13 @@ ALWAYS = GateArgs(window_ms=1_000, threshold=0, hold_ms=5_000, enrolled=True)
 
 
 def call(buffer: Buffer, run_id: str | None = None, *, req="r-1", idem="k-1", gate=ALWAYS, max_per_env=100,
-         now_ms=NOW, env=ENV):  # fmt: skip
+         now_ms=NOW, env=ENV, idem_pass_ttl_ms=None, check_unclaimed=False):  # fmt: skip
     run_id, doc = make_snapshot(ORG, env, run_id=run_id)
     reply = buffer.trigger(
         run_id=run_id, env_id=env, org_id=ORG, task=TASK, now_ms=now_ms, request_key=req, request_ttl_ms=60_000,
         idempotency=IdemRef(env, TASK, idem, 30_000) if idem else None, gate=gate,
         snapshot=doc if gate is not None and gate.enrolled else "", max_per_env=max_per_env,
+        idem_pass_ttl_ms=idem_pass_ttl_ms, check_unclaimed=check_unclaimed,
     )  # fmt: skip
     return run_id, reply
 
@@ -75,11 +76,35 @@ def test_keys_already_held_by_the_same_run_are_ours_and_a_repeat_is_a_duplicate(
     assert buffer.depth(buffer.shard_for(ORG), ENV) == 1
 
 
-def test_a_skipped_gate_passes_through_uncounted_holding_both_keys(buffer):
+def test_a_skipped_gate_passes_through_uncounted_holding_the_request_key_and_only_checking_the_idempotency_key(
+    buffer,
+):
+    """A trigger that can never be buffered writes no idempotency claim: its row's unique index answers."""
     run_id, reply = call(buffer, gate=None)
     assert (reply.status, reply.tripped, reply.count) == (TriggerStatus.PASS, False, None)
-    assert holder(buffer, "req", "r-1") == run_id and holder(buffer, "idem", "k-1") == run_id
+    assert holder(buffer, "req", "r-1") == run_id and holder(buffer, "idem", "k-1") is None
     assert counted(buffer) == 0 and entries(buffer) == []
+    # a key a buffered run holds is still seen
+    buffer._client.set(buffer.keys_for_org(ORG).claim("idem", ENV, TASK, "k-1"), "run_other")
+    assert call(buffer, req="r-2", gate=None)[1].status is TriggerStatus.IDEM_HELD
+
+
+def test_a_passed_through_trigger_that_could_be_buffered_claims_its_key_for_its_write_only(buffer):
+    gate = GateArgs(window_ms=1_000, threshold=5, hold_ms=5_000, enrolled=True)
+    run_id, reply = call(buffer, gate=gate, idem_pass_ttl_ms=5_000)
+    assert reply.status is TriggerStatus.PASS and holder(buffer, "idem", "k-1") == run_id
+    assert 0 < buffer._client.pttl(buffer.keys_for_org(ORG).claim("idem", ENV, TASK, "k-1")) <= 5_000
+
+
+def test_a_trigger_to_be_buffered_whose_key_nobody_claims_stops_for_postgres_holding_only_the_request_key(buffer):
+    run_id, reply = call(buffer, check_unclaimed=True)
+    assert (reply.status, reply.depth, reply.count) == (TriggerStatus.IDEM_UNCLAIMED, 0, 1)
+    assert holder(buffer, "req", "r-1") == run_id and holder(buffer, "idem", "k-1") is None
+    assert entries(buffer) == []
+    # without a key, or with the key claimed by this run already, it is accepted at once
+    assert call(buffer, req="r-2", idem=None, check_unclaimed=True)[1].status is TriggerStatus.ACCEPTED
+    buffer._client.set(buffer.keys_for_org(ORG).claim("idem", ENV, TASK, "k-3"), run_id)
+    assert call(buffer, run_id, req="r-1", idem="k-3", check_unclaimed=True)[1].status is TriggerStatus.ACCEPTED
 
 
 def test_below_the_threshold_the_gate_passes_through_then_trips(buffer):
@@ -97,9 +122,9 @@ def test_below_the_threshold_the_gate_passes_through_then_trips(buffer):
 
 
 def test_a_tripped_gate_of_an_org_not_enrolled_passes_through_as_shadow(buffer):
-    run_id, reply = call(buffer, gate=GateArgs(window_ms=1_000, threshold=0, hold_ms=5_000, enrolled=False))
+    _, reply = call(buffer, gate=GateArgs(window_ms=1_000, threshold=0, hold_ms=5_000, enrolled=False))
     assert (reply.status, reply.tripped, reply.count) == (TriggerStatus.PASS, True, 1)
-    assert holder(buffer, "idem", "k-1") == run_id and entries(buffer) == []
+    assert holder(buffer, "idem", "k-1") is None and entries(buffer) == []  # never buffered: checked, not claimed
 
 
 def test_a_closed_intake_refuses_and_binds_no_key(buffer):
@@ -116,7 +141,7 @@ def test_a_closed_intake_of_an_org_not_enrolled_reads_as_tripped_and_passes_thro
     gate = GateArgs(window_ms=1_000, threshold=5, hold_ms=5_000, enrolled=False)
     run_id, reply = call(buffer, gate=gate)
     assert (reply.status, reply.tripped, reply.count) == (TriggerStatus.PASS, True, 1)
-    assert holder(buffer, "idem", "k-1") == run_id
+    assert holder(buffer, "idem", "k-1") is None and holder(buffer, "req", "r-1") == run_id
 
 
 def test_a_closed_intake_does_not_matter_to_a_trigger_the_gate_skips(buffer):

@@ -55,22 +55,26 @@ def post(client, secret, *, idempotency_key: str | None = None, request_key: str
 
 @pytest.mark.parametrize("keys", [(True, True), (True, False), (False, True), (False, False)],
                          ids=["both-keys", "request-key", "idempotency-key", "no-key"])  # fmt: skip
-def test_a_warm_buffered_trigger_is_one_redis_round_trip_and_no_postgres_query(
+def test_a_warm_buffered_trigger_is_one_redis_round_trip_and_no_postgres_query_unless_a_new_key_is_looked_up(
     client, db, key_prefix, mollifier_settings, round_trips, django_assert_num_queries, keys
 ):
     mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
     tenant, secret = tenant_and_secret("rt-buffered", enrol=True)
     auth.clear_cache()
     assert post(client, secret, request_key=str(uuid.uuid4())).status_code == 200  # warms key cache and scripts
+    assert post(client, secret, idempotency_key=uuid.uuid4().hex).status_code == 200  # and the accept script
     with_request, with_idem = keys
     round_trips.clear()
-    with django_assert_num_queries(0):
+    # A new idempotency key nobody claims may still be held by a row whose claim was cut (drained, or written
+    # directly): one lookup on the unique index, then the accept — the price of claims that do not outlive
+    # their use (docs/architecture.md#idempotency). An unkeyed trigger stays at one round trip, no query.
+    with django_assert_num_queries(1 if with_idem else 0):
         response = post(
             client, secret, idempotency_key=uuid.uuid4().hex if with_idem else None,
             request_key=str(uuid.uuid4()) if with_request else None,
         )  # fmt: skip
     assert response.status_code == 200, response.content
-    assert len(round_trips) == 1
+    assert len(round_trips) == (2 if with_idem else 1)
     entry = Buffer.from_settings().get(response.json()["id"], org_id=tenant.org.id)
     assert entry is not None and entry.status == "QUEUED"
 
@@ -78,7 +82,8 @@ def test_a_warm_buffered_trigger_is_one_redis_round_trip_and_no_postgres_query(
 def test_a_warm_direct_trigger_is_one_redis_round_trip_before_its_insert(
     client, db, key_prefix, mollifier_settings, round_trips
 ):
-    """Not enrolled: the script claims both keys and says pass through; no count, no snapshot sent."""
+    """Not enrolled: the script claims the request key, checks the idempotency key without claiming it, and
+    says pass through; no count, no snapshot sent."""
     mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
     _, secret = tenant_and_secret("rt-direct", enrol=False)
     assert post(client, secret, request_key=str(uuid.uuid4())).status_code == 200
