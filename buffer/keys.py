@@ -72,6 +72,10 @@ key                                            type    holds / written by
                                                        ``open_intake``; read by accept, trip
 ``B sweep:lock``                               STRING  owner token of the shard's sweep task (NX PX). sweep
                                                ``Buffer.shard_lock`` (redis-py Lock)
+``B epoch``                                    STRING  the shard's buffer epoch, ``<random id>:<started ms>``: started
+                                               by the epoch check when missing (a first start, or a Redis that
+                                               lost its data), never deleted or expired. epoch
+                                               (``drainer.epochs`` compares it with Postgres' record)
 =============================================  ======  ==============================================================
 
 Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewritten): ``env``, ``org``,
@@ -236,6 +240,11 @@ class ShardKeys:
     @property
     def closed_envs(self) -> str:
         return self.base + "closed:envs"
+
+    @property
+    def epoch(self) -> str:
+        """The shard's buffer epoch: gone or different means this Redis lost the shard's data."""
+        return self.base + "epoch"
 
     @property
     def sweep_state(self) -> tuple[str, ...]:

@@ -91,6 +91,7 @@ class Scripts:
     env_census: Script
     dead_letter_env: Script
     cancel_many: Script  # bulk actions (runs.bulk)
+    epoch: Script  # the buffer epoch (drainer.epochs)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
