@@ -11,6 +11,7 @@ import logging
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.test import Client
 
 from buffer.buffer import Buffer
 from buffer.models import BufferDataLoss, BufferEpoch
@@ -52,7 +53,8 @@ def tenant(db):
 @pytest.fixture
 def operator(client):
     user = User.objects.create_user("oncall", password="pw", is_staff=True)
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="sweep", codename="repair_buffer"))
+    for app, codename in (("sweep", "repair_buffer"), ("buffer", "view_bufferdataloss")):
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
     client.force_login(user)
     return client
 
@@ -93,7 +95,7 @@ def test_a_redis_restarted_empty_is_logged_recorded_measured_and_shown_until_ack
         before = metrics(client)
         counted_before = before.get("mollifier_buffer_data_loss_events_total", {}).get((), 0.0)
 
-        private_redis.stop()  # a clean shutdown, and still empty on start: no AOF, no RDB
+        private_redis.kill()  # a crash; no AOF, no RDB (--save ""): it starts empty
         private_redis.start()
         tasks.fan_out()  # the next tick
         tasks.fan_out()  # and the one after: the loss is recorded once
@@ -117,6 +119,16 @@ def test_a_redis_restarted_empty_is_logged_recorded_measured_and_shown_until_ack
     assert page.status_code == 200
     html = page.content.decode()
     assert f'id="data-loss-{loss.pk}"' in html and "lost the data of 4 shards" in html and "Acknowledge" in html
+    # Staff without the repair permission see the banner but may not acknowledge it.
+    User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer = Client()
+    viewer.login(username="viewer", password="pw")
+    seen = viewer.get("/admin/buffer/").content.decode()
+    assert f'id="data-loss-{loss.pk}"' in seen and "Acknowledge" not in seen
+    assert viewer.post(f"/admin/buffer/data-loss/{loss.pk}/acknowledge/").status_code == 403
+    assert operator.get(f"/admin/buffer/data-loss/{loss.pk}/acknowledge/").status_code == 405
+    history = operator.get("/admin/buffer/bufferdataloss/")
+    assert history.status_code == 200 and "0, 1, 2, 3" in history.content.decode()
     # 5. A lost run's retrieve says what happened (still 404, and not worth retrying).
     response = client.get(f"/api/v3/runs/{answered[0]}", HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert response.status_code == 404 and response["x-should-retry"] == "false"
