@@ -14,15 +14,18 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from buffer.buffer import Buffer
+from buffer.cluster import primaries
 from buffer.models import BufferDataLoss, BufferEpoch
 from drainer import epochs, tasks
 from runs import auth
 from runs.ids import minted_ms, new_run_id
 from runs.tenants import ensure_tenant, issue_api_key
+from tests.conftest import on_cluster
 from tests.redis_servers import RedisServer
 from tests.sweep.test_metrics import parse
 
-pytestmark = [pytest.mark.django_db, pytest.mark.single_redis("points REDIS_URL at a redis-server of its own")]
+pytestmark = pytest.mark.django_db
+own_server = pytest.mark.single_redis("points REDIS_URL at a redis-server of its own")
 
 RUNS = 200
 TRIGGER = "/api/v1/tasks/hello/trigger"
@@ -81,6 +84,7 @@ def loss_lines(caplog) -> list[str]:
 
 
 @pytest.mark.slow
+@own_server
 def test_a_redis_restarted_empty_is_logged_recorded_measured_and_shown_until_acknowledged(
     private_redis, tenant, client, operator, caplog
 ):
@@ -150,6 +154,7 @@ def test_a_redis_restarted_empty_is_logged_recorded_measured_and_shown_until_ack
 
 
 @pytest.mark.slow
+@own_server
 def test_a_fresh_empty_redis_with_no_history_and_one_that_keeps_its_data_raise_nothing(
     private_redis, tenant, client, caplog
 ):
@@ -166,6 +171,7 @@ def test_a_fresh_empty_redis_with_no_history_and_one_that_keeps_its_data_raise_n
     assert gauge(metrics(client), "mollifier_buffer_data_losses_unacknowledged") == 0
 
 
+@own_server
 def test_a_plain_restart_that_keeps_the_data_raises_nothing(tmp_path, settings, mollifier_settings, monkeypatch):
     """With AOF the epoch survives the restart with the runs: same epoch, no loss."""
     server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always").start()
@@ -231,3 +237,23 @@ def test_an_idle_tick_asks_redis_once_and_postgres_only_once_a_minute(
 def test_minted_ms_reads_back_the_time_of_a_run_id():
     assert minted_ms(new_run_id(now_ms=1_765_000_000_123)) == 1_765_000_000_123
     assert minted_ms("run_short") is None and minted_ms("nope") is None and minted_ms("run_" + "I" * 25) is None
+
+
+def test_a_master_that_lost_its_data_loses_only_the_shards_it_holds(key_prefix, mollifier_settings, redis_client):
+    """Per shard, so it works on a Redis Cluster: the keys of one master's shards vanish (its data lost), the
+    loss names exactly those shards. On a single server that master holds every shard (``make test-cluster``
+    runs it on 3 masters)."""
+    mollifier_settings(SHARDS=16)
+    buffer = Buffer.from_settings()
+    epochs.check(buffer, now_ms=1_000)
+    node = primaries(redis_client)[0]
+    on_node = [key.decode() for key in node.scan_iter(match=f"{buffer.prefix}:*", count=1000)]  # its slots only
+    held = sorted(s for s in range(16) if buffer.keys(s).epoch in on_node)
+    assert held, "the first master holds no shard"
+    for key in on_node:
+        node.delete(key)  # everything of this buffer on that master: what a restart without AOF leaves
+
+    loss = epochs.check(buffer, now_ms=2_000).loss
+
+    assert loss is not None and loss.shards == held
+    assert (len(held) == 16) is not on_cluster()
