@@ -133,12 +133,13 @@ def _record_loss(prefix: str, lost: list[tuple[BufferEpoch, str, bool]], *, now:
     )
 
 
-def unacknowledged() -> list[BufferDataLoss]:
-    """Losses no operator has acknowledged yet, newest first: the dashboard's banner and the gauge."""
-    return list(BufferDataLoss.objects.filter(acknowledged_at__isnull=True).order_by("-detected_at"))
+def unacknowledged(*, limit: int) -> list[BufferDataLoss]:
+    """The ``limit`` newest losses no operator has acknowledged yet: the dashboard's banners."""
+    return list(BufferDataLoss.objects.filter(acknowledged_at__isnull=True).order_by("-detected_at")[:limit])
 
 
 def unacknowledged_count() -> int:
+    """How many losses no operator has acknowledged: the gauge ``MollifierBufferDataLost`` reads."""
     return BufferDataLoss.objects.filter(acknowledged_at__isnull=True).count()
 
 

@@ -34,14 +34,17 @@ from sweep.models import StuckEntry
 TOP_N = 50  # orgs and envs listed on a shard page
 HEAD_N = 50  # queue entries listed on an env page
 STUCK_N = 200  # stuck entries listed on an env page
+LOSSES_N = 10  # unacknowledged data losses shown as banners (a flapping Redis may leave many)
 
 
 def _render(request: HttpRequest, template: str, title: str, status: int = 200, **context: Any) -> HttpResponse:
     """Every buffer page, with the banner of unacknowledged data losses (from Postgres: shown while Redis is
     unreachable too)."""
+    losses = epochs.unacknowledged(limit=LOSSES_N)
+    more = epochs.unacknowledged_count() - len(losses) if len(losses) == LOSSES_N else 0
     ctx = {
         **admin.site.each_context(request), "title": title,
-        "data_losses": epochs.unacknowledged(), "can_acknowledge": request.user.has_perm(REPAIR_PERMISSION),
+        "data_losses": losses, "data_losses_more": more, "can_acknowledge": request.user.has_perm(REPAIR_PERMISSION),
         **context,
     }  # fmt: skip
     return TemplateResponse(request, f"admin/buffer/{template}", ctx, status=status)

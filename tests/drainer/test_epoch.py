@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -20,6 +21,7 @@ from drainer import epochs, tasks
 from runs import auth
 from runs.ids import minted_ms, new_run_id
 from runs.tenants import ensure_tenant, issue_api_key
+from sweep import admin_views
 from tests.conftest import on_cluster
 from tests.redis_servers import RedisServer
 from tests.sweep.test_metrics import parse
@@ -257,3 +259,19 @@ def test_a_master_that_lost_its_data_loses_only_the_shards_it_holds(key_prefix, 
 
     assert loss is not None and loss.shards == held
     assert (len(held) == 16) is not on_cluster()
+
+
+def test_a_flapping_redis_shows_the_newest_losses_and_counts_the_rest(key_prefix, mollifier_settings, admin_client):
+    mollifier_settings(SHARDS=1)
+    buffer = Buffer.from_settings()
+    epochs.check(buffer, now_ms=1_000)
+    for restart in range(12):  # twelve restarts without AOF, each noticed by a tick
+        buffer._client.delete(buffer.keys(0).epoch)
+        assert epochs.check(buffer, now_ms=2_000 + restart * 1_000).loss is not None
+
+    html = admin_client.get("/admin/buffer/").content.decode()
+
+    assert len(re.findall(r'class="buffer-data-loss" id="data-loss-\d+"', html)) == admin_views.LOSSES_N
+    assert "…and 2 older unacknowledged\n  data losses" in html
+    newest = BufferDataLoss.objects.order_by("-detected_at").first()
+    assert f'id="data-loss-{newest.pk}"' in html
