@@ -12,6 +12,7 @@ import re
 
 import pytest
 from django.contrib.auth.models import Permission, User
+from django.db import connection
 from django.test import Client
 
 from buffer.buffer import Buffer
@@ -275,3 +276,36 @@ def test_a_flapping_redis_shows_the_newest_losses_and_counts_the_rest(key_prefix
     assert "…and 2 older unacknowledged\n  data losses" in html
     newest = BufferDataLoss.objects.order_by("-detected_at").first()
     assert f'id="data-loss-{newest.pk}"' in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_postgres_outage_skips_the_check_not_the_fan_out_and_the_next_tick_finds_the_loss(
+    key_prefix, mollifier_settings, monkeypatch, caplog
+):
+    mollifier_settings(SHARDS=2, DRAINER_ENABLED=True)
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.drain_shard, "apply_async", lambda args, expires: sent.append(args[0]))
+    buffer = Buffer.from_settings()
+    tasks.fan_out()
+    org = next(o for o in range(1, 1000) if buffer.shard_for(o) == 1)
+    buffer.accept(run_id=new_run_id(), env_id=org, org_id=org, snapshot="{}", now_ms=0, idempotency=None,
+                  max_per_env=10)  # fmt: skip
+    for shard in range(2):
+        buffer._client.delete(buffer.keys(shard).epoch)  # Redis lost its data …
+    saved = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # … while Postgres refuses connections
+    try:
+        with caplog.at_level(logging.WARNING, logger="drainer.tasks"):
+            assert tasks.fan_out() == [1]  # the shard with work is still sent
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = saved
+    assert sent == [1]
+    assert any("epoch check skipped: Postgres unreachable" in r.getMessage() for r in caplog.records)
+    assert not BufferDataLoss.objects.exists()
+
+    tasks.fan_out()  # Postgres is back: the epochs started during the outage differ from the record
+
+    (loss,) = BufferDataLoss.objects.all()
+    assert loss.shards == [0, 1] and loss.found.startswith("epoch ")
