@@ -110,7 +110,7 @@ def _compare(prefix: str, found: list[tuple[str, bool]], *, now_ms: int) -> Epoc
         log.error(
             "buffer data loss: the buffer's Redis lost the data of %s (prefix %s), detected %s; the data was still "
             "there at %s. Buffered runs accepted since %s and not yet written to Postgres are gone; their "
-            "retrieves answer 404. Found instead: %s. See docs/runbook.md#bufferdatalost and acknowledge on "
+            "retrieves answer 404. Found instead: %s. See docs/runbook.md#mollifierbufferdatalost and acknowledge on "
             "/admin/buffer/.",
             _shard_list(loss.shards), prefix, _iso(loss.detected_at), _iso(loss.lost_after), _iso(loss.lost_since),
             loss.found,
@@ -144,7 +144,7 @@ def unacknowledged_count() -> int:
 
 
 def acknowledge(loss_id: int, *, by: str, now: datetime) -> bool:
-    """An operator has seen the loss (and done what docs/runbook.md#bufferdatalost says). Returns whether
+    """An operator has seen the loss (and done what docs/runbook.md#mollifierbufferdatalost says). Returns whether
     this call acknowledged it: ``False`` when it was already acknowledged or does not exist."""
     return bool(
         BufferDataLoss.objects.filter(pk=loss_id, acknowledged_at__isnull=True).update(

@@ -52,7 +52,7 @@ def _render(request: HttpRequest, template: str, title: str, status: int = 200, 
 
 @require_POST
 def acknowledge_data_loss(request: HttpRequest, loss_id: int) -> HttpResponse:
-    """An operator has seen a buffer data loss (docs/runbook.md#bufferdatalost): the banner and the
+    """An operator has seen a buffer data loss (docs/runbook.md#mollifierbufferdatalost): the banner and the
     ``BufferDataLost`` alert go once none is left unacknowledged. Needs ``sweep.repair_buffer``."""
     if not request.user.has_perm(REPAIR_PERMISSION):
         raise PermissionDenied("acknowledging a data loss needs the sweep.repair_buffer permission")
