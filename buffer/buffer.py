@@ -945,6 +945,17 @@ class Buffer:
         seconds, micros = self._client.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
+    def epochs(self, candidate: str) -> list[tuple[str, bool]]:
+        """Every shard's buffer epoch, in shard order, as ``(epoch, started)``: ``candidate`` is written to each
+        shard that has none and ``started`` says so (``lua/epoch.lua``). One pipelined round trip; what
+        ``drainer.epochs.check`` compares with its record in Postgres (docs/architecture.md#buffer-epoch)."""
+        if not candidate:
+            raise ValueError("candidate must be a non-empty epoch")
+        pipe = self._client.pipeline(transaction=False)
+        for shard in range(self.shards):
+            self._scripts.epoch(keys=[self.keys(shard).epoch], args=[candidate], client=pipe)
+        return [(str(epoch), bool(int(started))) for epoch, started in pipe.execute()]
+
     def circuit_until_ms(self, shard: int) -> int:
         """Until when the shard's Postgres-outage circuit is open (0: closed)."""
         return int(self._client.hget(self.keys(shard).drain_circuit, "until_ms") or 0)

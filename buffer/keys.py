@@ -79,6 +79,10 @@ key                                            type    holds / written by
                                                        ``open_intake``; read by accept, trip
 ``B sweep:lock``                               STRING  owner token of the shard's sweep task (NX PX). sweep
                                                take_lock, released by release_claim (``Buffer.shard_lock``)
+``B epoch``                                    STRING  the shard's buffer epoch, ``<random id>:<started ms>``: started
+                                               by the epoch check when missing (a first start, or a Redis that
+                                               lost its data), never deleted or expired. epoch
+                                               (``drainer.epochs`` compares it with Postgres' record)
 =============================================  ======  ==============================================================
 
 Entry hash fields (``e:<run>``; the snapshot itself is ``s:<run>``, never rewritten): ``env``, ``org``,
@@ -260,6 +264,11 @@ class ShardKeys:
     @property
     def closed_envs(self) -> str:
         return self.base + "closed:envs"
+
+    @property
+    def epoch(self) -> str:
+        """The shard's buffer epoch: gone or different means this Redis lost the shard's data."""
+        return self.base + "epoch"
 
     @property
     def sweep_state(self) -> tuple[str, ...]:

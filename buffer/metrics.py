@@ -20,6 +20,9 @@ ACCEPTED = Counter(
     "buffer.accept calls by result (accepted | duplicate | idempotent | full).",
     ["result"],
 )
+# Exported at 0 from the first scrape: the accepted/drained/buffered balance (ops/prometheus) reads it
+# before the first accept, and increase() needs the series to exist before its first increment.
+ACCEPTED.labels(result="accepted")
 
 FAIL_OPEN = Counter(
     "mollifier_fail_open_total",

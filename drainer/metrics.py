@@ -13,6 +13,11 @@ DRAINED = Counter(
     "Leased entries by drain outcome (created | existed | cancelled | failed | dead | requeued | released).",
     ["outcome"],
 )
+# The outcomes by which an entry leaves the buffer, exported at 0 from the first scrape (the balance rule in
+# ops/prometheus reads them; see buffer.metrics.ACCEPTED).
+LEFT_BUFFER_OUTCOMES = ("created", "existed", "cancelled", "failed")
+for _outcome in (*LEFT_BUFFER_OUTCOMES, "dead"):
+    DRAINED.labels(outcome=_outcome)
 
 RECLAIMED = Counter(
     "mollifier_reclaimed_total",
@@ -23,4 +28,9 @@ DWELL = Histogram(
     "mollifier_dwell_seconds",
     "Time from accept to materialisation of entries that left the buffer through a row.",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+
+DATA_LOSSES = Counter(
+    "mollifier_buffer_data_loss_events_total",
+    "Checks that found a shard's buffer epoch gone or replaced: the buffer's Redis lost its data (drainer.epochs).",
 )

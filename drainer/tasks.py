@@ -9,10 +9,10 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import DatabaseError, close_old_connections
 
 from buffer.buffer import Buffer
-from drainer import drain
+from drainer import drain, epochs
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
 from runs import engine
@@ -39,7 +39,19 @@ def fan_out() -> list[int]:
     shards = buffer.claim_sends(drain.shards_with_work(buffer, offset=tick), ttl_ms=int(expires_s * 1000))
     for shard in shards:
         drain_shard.apply_async((shard,), expires=expires_s)
+    check_epochs(buffer)
     return shards
+
+
+def check_epochs(buffer: Buffer) -> None:
+    """Notice a Redis that lost its data (``drainer.epochs``), after the tick's sends so the drain never waits
+    for it. One Redis round trip per tick; Postgres only when an epoch changed, and once a minute. A Postgres
+    outage skips the check (the next tick after it retries; the drain has its own circuit)."""
+    try:
+        epochs.check(buffer, now_ms=now_ms())
+    except DatabaseError:
+        log.warning("buffer epoch check skipped: Postgres unreachable", exc_info=True)
+        close_old_connections()
 
 
 def send_expiry_s(interval_s: float, *, time_budget_ms: int) -> float:

@@ -222,6 +222,13 @@ def retrieve_batch(request: HttpRequest, env: EnvContext, batch_id: str) -> Json
 @endpoint("GET")
 def retrieve_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonResponse:
     found = queries.retrieve(env, run_id, buffer=_buffer(), now=from_ms(now_ms()))
+    if found.lost_at is not None:  # retrying cannot bring it back: say what happened, so the client triggers again
+        lost = found.lost_at.isoformat(timespec="seconds")
+        message = (
+            f"Run not found: the buffer lost runs that were waiting to be written (a data loss detected {lost}); "
+            "this run may have been one of them. Trigger it again."
+        )
+        return error(404, message, {"x-should-retry": "false"})
     if found.doc is None:
         return error(404, "Run not found", {"x-should-retry": "true" if found.maybe_in_flight else "false"})
     return JsonResponse(packets.absolute(found.doc, packet_uri(request)))

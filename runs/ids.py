@@ -30,6 +30,17 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     return f"{prefix}_{_encode(now_ms, _TIME_CHARS)}{_encode(secrets.randbits(5 * _RANDOM_CHARS), _RANDOM_CHARS)}"
 
 
+def minted_ms(friendly_id: str) -> int | None:
+    """When an id of ``new_id`` was minted (its timestamp characters), ``None`` for anything else."""
+    _, sep, body = friendly_id.partition("_")
+    if not sep or len(body) != _TIME_CHARS + _RANDOM_CHARS or any(c not in ALPHABET for c in body):
+        return None
+    value = 0
+    for c in body[:_TIME_CHARS]:
+        value = value * 32 + ALPHABET.index(c)
+    return value
+
+
 def new_run_id(now_ms: int | None = None) -> str:
     return new_id("run", now_ms)
 

@@ -12,6 +12,11 @@ urlpatterns = [
     path("", admin.site.admin_view(admin_views.buffer_dashboard), name="dashboard"),
     path("shard/<int:shard>/", admin.site.admin_view(admin_views.shard_detail), name="shard"),
     path(
+        "data-loss/<int:loss_id>/acknowledge/",
+        admin.site.admin_view(admin_views.acknowledge_data_loss),
+        name="acknowledge_data_loss",
+    ),
+    path(
         "org/<int:org_id>/env/<int:env_id>/",
         admin.site.admin_view(admin_views.env_detail),
         name="env",

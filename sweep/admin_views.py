@@ -16,24 +16,51 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.contrib import admin
-from django.http import Http404, HttpRequest, HttpResponse
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.views.decorators.http import require_POST
 
 from buffer.buffer import Buffer, BufferUnavailable, Entry
-from mollifier_project.clock import now_ms
+from drainer import epochs
+from mollifier_project.clock import from_ms, now_ms
 from runs.models import Environment, Organization
 from sweep import dashboard
+from sweep.admin import REPAIR_PERMISSION
 from sweep.models import StuckEntry
 
 TOP_N = 50  # orgs and envs listed on a shard page
 HEAD_N = 50  # queue entries listed on an env page
 STUCK_N = 200  # stuck entries listed on an env page
+LOSSES_N = 10  # unacknowledged data losses shown as banners (a flapping Redis may leave many)
 
 
 def _render(request: HttpRequest, template: str, title: str, status: int = 200, **context: Any) -> HttpResponse:
-    ctx = {**admin.site.each_context(request), "title": title, **context}
+    """Every buffer page, with the banner of unacknowledged data losses (from Postgres: shown while Redis is
+    unreachable too)."""
+    losses = epochs.unacknowledged(limit=LOSSES_N)
+    more = epochs.unacknowledged_count() - len(losses) if len(losses) == LOSSES_N else 0
+    ctx = {
+        **admin.site.each_context(request), "title": title,
+        "data_losses": losses, "data_losses_more": more, "can_acknowledge": request.user.has_perm(REPAIR_PERMISSION),
+        **context,
+    }  # fmt: skip
     return TemplateResponse(request, f"admin/buffer/{template}", ctx, status=status)
+
+
+@require_POST
+def acknowledge_data_loss(request: HttpRequest, loss_id: int) -> HttpResponse:
+    """An operator has seen a buffer data loss (docs/runbook.md#mollifierbufferdatalost): the banner and the
+    ``BufferDataLost`` alert go once none is left unacknowledged. Needs ``sweep.repair_buffer``."""
+    if not request.user.has_perm(REPAIR_PERMISSION):
+        raise PermissionDenied("acknowledging a data loss needs the sweep.repair_buffer permission")
+    if epochs.acknowledge(loss_id, by=request.user.get_username(), now=from_ms(now_ms())):
+        messages.success(request, f"Acknowledged buffer data loss {loss_id}.")
+    else:
+        messages.warning(request, f"Buffer data loss {loss_id} was already acknowledged (or does not exist).")
+    return HttpResponseRedirect(reverse("buffer_admin:dashboard"))
 
 
 def _unavailable(request: HttpRequest, template: str, title: str, exc: Exception) -> HttpResponse:

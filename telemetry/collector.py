@@ -168,12 +168,20 @@ class _Delegate:
 
 
 def exposition(
-    buffer: Buffer, *, now_ms: int, stale_threshold_s: int, sweep_enabled: bool, multiproc_dir: str = ""
+    buffer: Buffer,
+    *,
+    now_ms: int,
+    stale_threshold_s: int,
+    sweep_enabled: bool,
+    multiproc_dir: str = "",
+    data_losses: int | None = None,
 ) -> bytes:
     """The Prometheus text for one scrape.
 
     With ``multiproc_dir`` the counters and histograms are the sums over every process's files there;
-    without it (tests, ``runserver``) they are this process's own. The gauges come from Redis either way.
+    without it (tests, ``runserver``) they are this process's own. The gauges come from Redis either way,
+    except ``data_losses``: the buffer data losses no operator has acknowledged, read from Postgres by the
+    caller (``drainer.epochs``; Redis is what lost the data). ``None`` (Postgres unreachable) leaves it out.
     """
     registry = CollectorRegistry(auto_describe=False)
     if multiproc_dir:
@@ -183,4 +191,22 @@ def exposition(
     registry.register(
         BufferCollector(buffer, now_ms=now_ms, stale_threshold_s=stale_threshold_s, sweep_enabled=sweep_enabled)
     )
+    if data_losses is not None:
+        registry.register(_Fixed(_gauge(DATA_LOSSES_UNACKNOWLEDGED, DATA_LOSSES_HELP, data_losses)))
     return generate_latest(registry)
+
+
+DATA_LOSSES_UNACKNOWLEDGED = "mollifier_buffer_data_losses_unacknowledged"
+DATA_LOSSES_HELP = (
+    "Buffer data losses (a shard's epoch gone or replaced: Redis lost buffered runs) no operator has acknowledged."
+)
+
+
+class _Fixed:
+    """One metric family computed before the scrape."""
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterable[Metric]:
+        return [self.family]

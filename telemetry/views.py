@@ -4,15 +4,20 @@ optional bearer token and hands over to ``telemetry.collector``."""
 from __future__ import annotations
 
 import hmac
+import logging
 
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from buffer.buffer import Buffer
+from drainer import epochs
 from mollifier_project.clock import now_ms
 from telemetry import collector
+
+log = logging.getLogger(__name__)
 
 
 @require_GET
@@ -29,8 +34,19 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         stale_threshold_s=cfg.STALE_THRESHOLD_S,
         sweep_enabled=cfg.STALE_SWEEP_ENABLED,
         multiproc_dir=settings.PROMETHEUS_MULTIPROC_DIR,
+        data_losses=_data_losses(),
     )
     return HttpResponse(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)  # what generate_latest writes
+
+
+def _data_losses() -> int | None:
+    """Unacknowledged buffer data losses (one indexed count), or ``None`` when Postgres does not answer: the
+    scrape still reports the buffer, and the Postgres outage has alerts of its own."""
+    try:
+        return epochs.unacknowledged_count()
+    except DatabaseError:
+        log.warning("metrics: Postgres unreachable, data-loss gauge left out", exc_info=True)
+        return None
 
 
 def _bearer_matches(request: HttpRequest, token: str) -> bool:

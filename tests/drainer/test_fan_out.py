@@ -44,6 +44,7 @@ def test_claim_sends_marks_each_shard_once_until_its_task_runs_or_the_mark_lapse
         buffer.claim_sends([1], ttl_ms=0)
 
 
+@pytest.mark.django_db  # each tick also checks the buffer epochs against Postgres (drainer.epochs)
 def test_ticks_send_a_busy_shard_once_until_its_task_starts(key_prefix, mollifier_settings, sent):
     mollifier_settings(SHARDS=4, DRAINER_ENABLED=True, DRAIN_INTERVAL_S=0.2)
     buffer = Buffer.from_settings()

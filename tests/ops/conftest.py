@@ -25,5 +25,8 @@ def exported_names(text: str) -> set[str]:
 @pytest.fixture
 def exported(key_prefix, mollifier_settings) -> set[str]:
     mollifier_settings(SHARDS=2)
-    text = collector.exposition(Buffer.from_settings(), now_ms=1_000_000, stale_threshold_s=300, sweep_enabled=True)
+    # data_losses: what the view reads from Postgres and passes in (tests/drainer/test_epoch.py scrapes the view).
+    text = collector.exposition(
+        Buffer.from_settings(), now_ms=1_000_000, stale_threshold_s=300, sweep_enabled=True, data_losses=0
+    )
     return exported_names(text.decode())
