@@ -34,18 +34,19 @@ from typing import Any, Literal
 
 import redis
 from django.conf import settings
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import LockError
 from redis.retry import Retry
 
 from buffer import metrics, operators, snapshot_codec, stats, sweep_state
+from buffer.breaker import Breaker, guarded_connection_class
 from buffer.cluster import BufferCluster
 from buffer.keys import ClaimKind, ShardKeys, shard_for
 from buffer.operators import EnvCensus, ShardTop
 from buffer.scripts import Scripts
 from buffer.stats import ShardStats
 from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
-from mollifier_project.config import redis_location
+from mollifier_project.config import MollifierSettings, redis_location
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +323,13 @@ def uses_client_options(client: redis.Redis) -> bool:
     return bool(encoder.decode_responses) and encoder.encoding_errors == CLIENT_OPTIONS["encoding_errors"]
 
 
-_clients: dict[str, tuple[redis.Redis, Scripts]] = {}
+Profile = Literal["request", "operator", "worker"]
+"""Whose calls a client carries (docs/operations.md#redis-timeouts-and-the-circuit-breaker): ``request`` — an API
+request's (short timeouts, no retry, a circuit breaker); ``operator`` — the admin's pages and actions (scans of
+every shard: a longer timeout, no retry, a breaker of its own); ``worker`` — the drain's and the sweep's (a
+longer timeout, one quick retry, no breaker: the drain has its own outage circuit)."""
+
+_clients: dict[tuple[str, Profile, tuple[int, ...]], tuple[redis.Redis, Scripts]] = {}
 _clients_lock = threading.Lock()
 
 
@@ -340,31 +347,54 @@ def _idem_key(k: ShardKeys, env_id: int, idempotency: IdemRef) -> str:
     return k.idem(env_id, idempotency.task, idempotency.key)
 
 
-def client_for(url: str) -> tuple[redis.Redis, Scripts]:
-    """The process-wide client for ``url`` (str replies) and its registered scripts; a ``BufferCluster``
-    for a ``redis+cluster://`` URL (``buffer.cluster``).
+def client_for(
+    url: str, profile: Profile = "worker", cfg: MollifierSettings | None = None
+) -> tuple[redis.Redis, Scripts]:
+    """The process-wide client of ``profile`` for ``url`` (str replies) and its registered scripts; a
+    ``BufferCluster`` for a ``redis+cluster://`` URL (``buffer.cluster``). ``cfg``: the MOLLIFIER settings
+    (default: the current ones), whose timeouts and breaker shape the client.
 
-    Short connect timeout and a single quick retry (redis-py's default retries three times with up to
-    seconds of backoff) so an unreachable Redis fails the trigger path fast and it fails open. A retried
-    ``accept`` whose first attempt did run answers DUPLICATE for its own run id: that means "accepted".
+    ``request``: connect and reply timeout ``REDIS_REQUEST_TIMEOUT_MS`` (plus ``ACCEPT_WAIT_MS`` when accepts
+    wait for a replica), no retry, and a circuit breaker (``buffer.breaker``) in its connections — a hung Redis
+    costs a web request a fraction of a second, then nothing while the breaker is open. ``operator``: the same
+    with reply timeout ``REDIS_OPERATOR_TIMEOUT_MS`` and a breaker of its own. ``worker``: reply
+    timeout ``REDIS_WORKER_TIMEOUT_MS``, connect timeout 1 s and one quick retry (redis-py's default retries
+    three times with up to seconds of backoff). A retried ``accept`` whose first attempt did run answers
+    DUPLICATE for its own run id: that means "accepted".
     """
+    cfg = cfg or settings.MOLLIFIER
+    breaker = (cfg.REDIS_BREAKER_FAILURES, cfg.REDIS_BREAKER_OPEN_MS)
+    if profile == "request":
+        wait_ms = cfg.ACCEPT_WAIT_MS if cfg.ACCEPT_DURABILITY == "replica" else 0
+        shape: tuple[int, ...] = (cfg.REDIS_REQUEST_TIMEOUT_MS + wait_ms, *breaker)
+    elif profile == "operator":
+        shape = (cfg.REDIS_OPERATOR_TIMEOUT_MS, *breaker)
+    else:
+        shape = (cfg.REDIS_WORKER_TIMEOUT_MS,)
     with _clients_lock:
-        if url not in _clients:
+        cache_key = (url, profile, shape)
+        if cache_key not in _clients:
             location = redis_location(url)
-            options = dict(
-                CLIENT_OPTIONS,
-                socket_connect_timeout=1.0,
-                socket_timeout=5.0,
-                health_check_interval=30,
-                retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-            )
+            options: dict[str, Any] = dict(CLIENT_OPTIONS, health_check_interval=30)
+            if profile != "worker":
+                timeout_s = shape[0] / 1000
+                options.update(
+                    socket_connect_timeout=min(timeout_s, cfg.REDIS_REQUEST_TIMEOUT_MS / 1000), socket_timeout=timeout_s,
+                    retry=Retry(NoBackoff(), retries=0),
+                    connection_class=guarded_connection_class(location.url, Breaker(failures=shape[1], open_ms=shape[2])),
+                )  # fmt: skip
+            else:
+                options.update(
+                    socket_connect_timeout=1.0, socket_timeout=shape[0] / 1000,
+                    retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+                )  # fmt: skip
             client: redis.Redis = (
                 BufferCluster.from_url(location.url, **options)  # type: ignore[assignment]  # same command API
                 if location.cluster
                 else redis.Redis.from_url(location.url, **options)
             )
-            _clients[url] = (client, Scripts.register(client))
-        return _clients[url]
+            _clients[cache_key] = (client, Scripts.register(client))
+        return _clients[cache_key]
 
 
 class Buffer:
@@ -405,10 +435,11 @@ class Buffer:
         self.shards = shards
 
     @classmethod
-    def from_settings(cls) -> Buffer:
-        """A buffer on the process-wide client for ``buffer_redis_url()``, with the current MOLLIFIER settings."""
+    def from_settings(cls, profile: Profile = "worker") -> Buffer:
+        """A buffer on the process-wide ``profile`` client for ``buffer_redis_url()``, with the current MOLLIFIER
+        settings. Web requests pass ``"request"`` (``client_for``)."""
         cfg = settings.MOLLIFIER
-        client, scripts = client_for(buffer_redis_url())
+        client, scripts = client_for(buffer_redis_url(), profile, cfg)
         return cls(
             client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts,
             accept_replicas=1 if cfg.ACCEPT_DURABILITY == "replica" else 0, accept_wait_ms=cfg.ACCEPT_WAIT_MS,

@@ -98,7 +98,7 @@ def _service(exc: BaseException) -> str:
 
 
 def _buffer() -> Buffer:
-    return Buffer.from_settings()
+    return Buffer.from_settings("request")
 
 
 def _json_body(request: HttpRequest, model: type[M], *, limit: int) -> M:
