@@ -49,8 +49,8 @@ class Breaker:
         self._clock = clock
         self._lock = threading.Lock()
         self._failures = 0
+        self._failing_since: float | None = None  # the first failure since the last answer
         self._open_until: float | None = None  # None: closed
-        self._listeners: list[Callable[[], None]] = []
 
     @property
     def state(self) -> str:
@@ -59,9 +59,12 @@ class Breaker:
                 return "closed"
             return "open" if self._clock() < self._open_until else "half-open"
 
-    def on_close(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` (in the caller's thread, errors logged) whenever the breaker closes after being open."""
-        self._listeners.append(listener)
+    def failing_for_ms(self) -> int | None:
+        """Milliseconds since the first of the failures not followed by any answer; None after an answer."""
+        with self._lock:
+            if self._failing_since is None:
+                return None
+            return int((self._clock() - self._failing_since) * 1000)
 
     def allow(self) -> bool:
         """Whether a call may go to Redis now (closed, or half-open: a probe). Counts the calls refused."""
@@ -75,14 +78,10 @@ class Breaker:
         with self._lock:
             reopened = self._open_until is not None
             self._failures = 0
+            self._failing_since = None
             self._open_until = None
         if reopened:
             log.warning("buffer Redis answered again: circuit breaker closed")
-            for listener in self._listeners:
-                try:
-                    listener()
-                except Exception:
-                    log.exception("breaker close listener failed")
 
     def failure(self) -> None:
         with self._lock:
@@ -90,6 +89,8 @@ class Breaker:
             if self._open_until is not None and now < self._open_until:
                 return  # already open: a call that was sent before it opened failed too
             self._failures += 1
+            if self._failing_since is None:
+                self._failing_since = now
             was_open = self._open_until is not None  # half-open: the probe failed
             if self._failures < self.threshold and not was_open:
                 return
