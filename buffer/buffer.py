@@ -118,6 +118,19 @@ class TriggerStatus(StrEnum):
     DUPLICATE = "DUPLICATE"  # the run id already has an entry (a retried call whose first one ran)
     CLOSED = "CLOSED"  # an operator closed the env's intake; no key written
     FULL = "FULL"  # the queue holds ``depth`` >= max_per_env entries; no key written
+    UNFENCED = "UNFENCED"  # the request key is not in Redis and the shard's fence is gone; nothing written
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredKey:
+    """A request key recorded in Postgres while Redis was unreachable, to put back into Redis."""
+
+    org_id: int
+    env_id: int
+    task: str
+    key: str
+    run_id: str
+    ttl_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +360,12 @@ def _idem_key(k: ShardKeys, env_id: int, idempotency: IdemRef) -> str:
     return k.idem(env_id, idempotency.task, idempotency.key)
 
 
+def breaker_of(client: redis.Redis) -> Breaker | None:
+    """The circuit breaker in ``client``'s connections (request and operator clients of ``client_for``), else None."""
+    found = getattr(client, "mollifier_breaker", None)
+    return found if isinstance(found, Breaker) else None
+
+
 def client_for(
     url: str, profile: Profile = "worker", cfg: MollifierSettings | None = None
 ) -> tuple[redis.Redis, Scripts]:
@@ -363,12 +382,12 @@ def client_for(
     DUPLICATE for its own run id: that means "accepted".
     """
     cfg = cfg or settings.MOLLIFIER
-    breaker = (cfg.REDIS_BREAKER_FAILURES, cfg.REDIS_BREAKER_OPEN_MS)
+    trips = (cfg.REDIS_BREAKER_FAILURES, cfg.REDIS_BREAKER_OPEN_MS)
     if profile == "request":
         wait_ms = cfg.ACCEPT_WAIT_MS if cfg.ACCEPT_DURABILITY == "replica" else 0
-        shape: tuple[int, ...] = (cfg.REDIS_REQUEST_TIMEOUT_MS + wait_ms, *breaker)
+        shape: tuple[int, ...] = (cfg.REDIS_REQUEST_TIMEOUT_MS + wait_ms, *trips)
     elif profile == "operator":
-        shape = (cfg.REDIS_OPERATOR_TIMEOUT_MS, *breaker)
+        shape = (cfg.REDIS_OPERATOR_TIMEOUT_MS, *trips)
     else:
         shape = (cfg.REDIS_WORKER_TIMEOUT_MS,)
     with _clients_lock:
@@ -376,12 +395,13 @@ def client_for(
         if cache_key not in _clients:
             location = redis_location(url)
             options: dict[str, Any] = dict(CLIENT_OPTIONS, health_check_interval=30)
+            breaker: Breaker | None = None
             if profile != "worker":
                 timeout_s = shape[0] / 1000
+                breaker = Breaker(failures=shape[1], open_ms=shape[2])
                 options.update(
                     socket_connect_timeout=min(timeout_s, cfg.REDIS_REQUEST_TIMEOUT_MS / 1000), socket_timeout=timeout_s,
-                    retry=Retry(NoBackoff(), retries=0),
-                    connection_class=guarded_connection_class(location.url, Breaker(failures=shape[1], open_ms=shape[2])),
+                    retry=Retry(NoBackoff(), retries=0), connection_class=guarded_connection_class(location.url, breaker),
                 )  # fmt: skip
             else:
                 options.update(
@@ -393,6 +413,7 @@ def client_for(
                 if location.cluster
                 else redis.Redis.from_url(location.url, **options)
             )
+            client.mollifier_breaker = breaker  # type: ignore[attr-defined]  # read by breaker_of
             _clients[cache_key] = (client, Scripts.register(client))
         return _clients[cache_key]
 
@@ -418,6 +439,7 @@ class Buffer:
         accept_replicas: int = 0,
         accept_wait_ms: int = 0,
         compress_min_bytes: int = 0,
+        breaker: Breaker | None = None,
     ) -> None:
         """``accept_replicas`` > 0: every accept waits (``WAIT``, at most ``accept_wait_ms``) for that many
         replicas to have it before it counts as accepted (``ACCEPT_DURABILITY=replica``)."""
@@ -430,6 +452,7 @@ class Buffer:
         self._accept_replicas = accept_replicas
         self._accept_wait_ms = accept_wait_ms
         self._client = client
+        self._breaker = breaker  # the client's, if it has one (``client_for``): read by ``unreachable_ms``
         self._scripts = scripts or Scripts.register(client)
         self.prefix = prefix
         self.shards = shards
@@ -441,7 +464,7 @@ class Buffer:
         cfg = settings.MOLLIFIER
         client, scripts = client_for(buffer_redis_url(), profile, cfg)
         return cls(
-            client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts,
+            client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts, breaker=breaker_of(client),
             accept_replicas=1 if cfg.ACCEPT_DURABILITY == "replica" else 0, accept_wait_ms=cfg.ACCEPT_WAIT_MS,
             compress_min_bytes=cfg.SNAPSHOT_COMPRESS_MIN_BYTES,
         )  # fmt: skip
@@ -528,6 +551,7 @@ class Buffer:
         gate: GateArgs | None,
         snapshot: str,
         max_per_env: int,
+        request_fence_ms: int = 0,
     ) -> TriggerReply:
         """A trigger's Redis steps in one round trip (``lua/trigger.lua``): request key, idempotency claim,
         gate (``gate`` None: not counted, pass through) and accept. ``snapshot`` is needed only when the
@@ -537,6 +561,10 @@ class Buffer:
         With ``accept_replicas``, a call that can accept carries a ``WAIT`` in the same pipeline (one
         round trip; WAIT counts this connection's writes) and an unconfirmed accept raises
         ``NotReplicated``. A call that cannot accept never waits.
+
+        ``request_fence_ms`` > 0 (with ``request_key``): a request key Redis does not hold counts as new only
+        while the shard's fence exists (refreshed for that long); without it the reply is UNFENCED and nothing
+        is written (``restore_request_keys``, docs/api.md#request-idempotency).
         """
         _require("max_per_env", max_per_env, 0)
         _require("request_ttl_ms", request_ttl_ms, 1)
@@ -564,6 +592,9 @@ class Buffer:
         if idempotency is not None:
             keys.append(_idem_key(k, env_id, idempotency))
             args[13] = idempotency.ttl_ms
+        if request_key and request_fence_ms > 0:
+            keys.append(k.req_fence)
+            args.append(request_fence_ms)
         replicas = None
         if self._accept_replicas and can_accept:
             pipe = self._client.pipeline(transaction=False)
@@ -709,6 +740,27 @@ class Buffer:
         """Delete the key only if ``run_id`` holds it; ``True`` if it did."""
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
         return self._scripts.release_claim(keys=[key_name], args=[run_id]) == 1
+
+    def restore_request_keys(self, restored: Sequence[RestoredKey], *, fence_org_id: int, fence_ms: int) -> None:
+        """Put request keys recorded in Postgres during a Redis outage back (``SET NX``: a key Redis holds keeps
+        its run), then raise the fence of ``fence_org_id``'s shard for ``fence_ms``. One pipeline; on a cluster
+        each shard's keys and fence go to their own master, in this order."""
+        _require("fence_ms", fence_ms, 1)
+        pipe = self._client.pipeline(transaction=False)
+        for r in restored:
+            pipe.set(self.keys_for_org(r.org_id).req(r.env_id, r.task, r.key), r.run_id, nx=True, px=max(1, r.ttl_ms))
+        pipe.set(self.keys_for_org(fence_org_id).req_fence, "1", px=fence_ms)
+        pipe.execute()
+
+    def drop_request_fence(self, *, org_id: int) -> None:
+        """Delete the request-key fence of the org's shard: the next keyed trigger there restores from Postgres
+        first. DEL is allowed on a full Redis (``maxmemory``), so this works when a write was refused."""
+        self._client.delete(self.keys_for_org(org_id).req_fence)
+
+    def unreachable_ms(self) -> int | None:
+        """How long this process' request-path calls have failed without a single answer (``buffer.breaker``),
+        or None: the last call was answered, or this client has no breaker."""
+        return self._breaker.failing_for_ms() if self._breaker is not None else None
 
     def reset_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str) -> bool:
         """Delete the key whoever holds it (an operator or API reset of an idempotency key). ``True`` if it existed."""

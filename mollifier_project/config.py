@@ -81,6 +81,10 @@ class MollifierSettings(BaseModel):
     # (every call fails at once: triggers fail open, reads answer 503), then lets one probe through.
     REDIS_BREAKER_FAILURES: int = Field(2, ge=1)
     REDIS_BREAKER_OPEN_MS: int = Field(2000, ge=1)
+    # A request key Redis does not hold is trusted to be new only while the shard's fence (refreshed by every
+    # keyed trigger) is younger than this; a web process writes keyed triggers to Postgres (with the key) only
+    # after Redis has failed it this long, and answers them 503 before (docs/api.md#request-idempotency).
+    REQUEST_KEY_FENCE_MS: int = Field(2000, ge=1)
     # The admin's pages and actions (every shard's stats, a search over every shard, a selection's requeue): the
     # same breaker as the request path (one of its own), a longer timeout. A hung Redis costs a page this long.
     REDIS_OPERATOR_TIMEOUT_MS: int = Field(3000, ge=10, le=30_000)

@@ -49,6 +49,7 @@ DESIGN_DEFAULTS = {
     "REDIS_BREAKER_OPEN_MS": 2000,
     "REDIS_OPERATOR_TIMEOUT_MS": 3000,
     "REDIS_WORKER_TIMEOUT_MS": 5000,
+    "REQUEST_KEY_FENCE_MS": 2000,  # not in §14: request keys across a Redis outage (issue 16), docs/api.md
     "MAX_PACKET_BYTES": 100 * 1024 * 1024,
     "PACKET_URL_TTL_S": 3600,
     "MAX_METADATA_BYTES": 256 * 1024,
