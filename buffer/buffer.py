@@ -741,16 +741,18 @@ class Buffer:
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
         return self._scripts.release_claim(keys=[key_name], args=[run_id]) == 1
 
-    def restore_request_keys(self, restored: Sequence[RestoredKey], *, fence_org_id: int, fence_ms: int) -> None:
+    def restore_request_keys(self, restored: Sequence[RestoredKey], *, fence_org_id: int | None, fence_ms: int) -> None:
         """Put request keys recorded in Postgres during a Redis outage back (``SET NX``: a key Redis holds keeps
-        its run), then raise the fence of ``fence_org_id``'s shard for ``fence_ms``. One pipeline; on a cluster
-        each shard's keys and fence go to their own master, in this order."""
+        its run), then raise the fence of ``fence_org_id``'s shard for ``fence_ms`` (None: not yet, more keys
+        wait). One pipeline; on a cluster each shard's keys and fence go to their own master, in this order."""
         _require("fence_ms", fence_ms, 1)
         pipe = self._client.pipeline(transaction=False)
         for r in restored:
             pipe.set(self.keys_for_org(r.org_id).req(r.env_id, r.task, r.key), r.run_id, nx=True, px=max(1, r.ttl_ms))
-        pipe.set(self.keys_for_org(fence_org_id).req_fence, "1", px=fence_ms)
-        pipe.execute()
+        if fence_org_id is not None:
+            pipe.set(self.keys_for_org(fence_org_id).req_fence, "1", px=fence_ms)
+        if restored or fence_org_id is not None:
+            pipe.execute()
 
     def drop_request_fence(self, *, org_id: int) -> None:
         """Delete the request-key fence of the org's shard: the next keyed trigger there restores from Postgres

@@ -261,7 +261,10 @@ class RequestKey(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["env", "task_identifier", "key"], name="requestkey_unique_per_env_task")
         ]
-        indexes = [models.Index(fields=["created_at"], name="requestkey_not_restored", condition=Q(restored=False))]
+        indexes = [
+            models.Index(fields=["created_at"], name="requestkey_created_at"),  # expiry
+            models.Index(fields=["id"], name="requestkey_not_restored", condition=Q(restored=False)),
+        ]
 
     def __str__(self) -> str:
         return f"{self.key} → {self.run_id}"

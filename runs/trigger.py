@@ -319,7 +319,11 @@ def _trigger(
             )  # fmt: skip
             if reply.status is not TriggerStatus.UNFENCED:
                 break
-            fence_ms = _restore_request_keys(buffer, env, cfg, now_ms=now_ms)
+            fence_ms = _restore_request_keys(buffer, env, s, request_key, cfg, now_ms=now_ms)
+        else:  # the fence went up and lapsed again at once: do not guess
+            raise Unavailable(
+                "The buffer is recovering from an outage; retry shortly.", headers={"x-should-retry": "true"}
+            )
     except BufferUnavailable as exc:  # Redis is unreachable: fail open
         if request_key:
             _check_fallback(buffer, env, cfg)  # or 503: the key cannot be recorded safely yet
@@ -388,23 +392,26 @@ def _settle(
     return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=redis_up, request_key=unclaimed)
 
 
-def _restore_request_keys(buffer: Buffer, env: EnvContext, cfg: MollifierSettings, *, now_ms: int) -> int:
+def _restore_request_keys(
+    buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str | None, cfg: MollifierSettings, *, now_ms: int
+) -> int:
     """The shard's request-key fence is gone (UNFENCED): put the keys Postgres recorded during a Redis outage
-    back into Redis and raise the fence (``runs.request_keys``). Returns the fence TTL for the script's second
-    call, or 0 when Postgres cannot answer: the request key is then checked in Redis alone, as before the
-    fence existed (a retry of a run written during a Redis outage, arriving during a Postgres outage, may make
-    a second run)."""
+    back into Redis — this request's own among them — and raise the fence (``runs.request_keys``). Returns the
+    fence TTL for the script's second call, or 0 when that call should not ask for the fence: more keys are
+    left to restore (this request's key is in Redis if it was recorded, so its answer is right), or Postgres
+    cannot answer (the key is then checked in Redis alone, as before the fence existed: a retry of a run
+    written during a Redis outage, arriving during a Postgres outage, may make a second run)."""
+    assert request_key is not None
     try:
-        restored = request_keys.restore(
-            buffer, org_id=env.org_id, now_ms=now_ms, ttl_ms=REQUEST_KEY_TTL_MS, fence_ms=cfg.REQUEST_KEY_FENCE_MS
-        )
+        fenced = request_keys.restore(
+            buffer, org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=request_key, now_ms=now_ms,
+            ttl_ms=REQUEST_KEY_TTL_MS, fence_ms=cfg.REQUEST_KEY_FENCE_MS,
+        )  # fmt: skip
     except DatabaseError as exc:
         engine.discard_connection()
         log.warning("request keys not restored, Postgres unavailable: %r", exc, extra={"org_id": env.org_id})
         return 0
-    if restored:
-        log.warning("restored %d request keys recorded during a Redis outage", restored, extra={"org_id": env.org_id})
-    return cfg.REQUEST_KEY_FENCE_MS
+    return cfg.REQUEST_KEY_FENCE_MS if fenced else 0
 
 
 def _check_fallback(buffer: Buffer, env: EnvContext, cfg: MollifierSettings) -> None:
