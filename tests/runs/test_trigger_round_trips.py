@@ -184,3 +184,16 @@ def test_the_first_keyed_trigger_of_a_shard_without_a_fence_restores_request_key
     with django_assert_num_queries(0):
         assert post(client, secret, request_key=str(uuid.uuid4())).status_code == 200
     assert len(round_trips) == 1
+
+
+def test_a_request_key_longer_than_postgres_records_is_a_400_naming_the_header(
+    client, db, key_prefix, mollifier_settings, round_trips
+):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    _, secret = tenant_and_secret("rt-long-key", enrol=True)
+    round_trips.clear()
+    response = post(client, secret, request_key="k" * 257)
+    assert response.status_code == 400
+    assert response.json()["error"] == "x-trigger-request-idempotency-key: at most 256 characters"
+    assert round_trips == []  # refused before Redis
+    assert post(client, secret, request_key="k" * 256).status_code == 200
