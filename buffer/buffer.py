@@ -35,17 +35,18 @@ from typing import Any, Literal
 
 import redis
 from django.conf import settings
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from buffer import metrics, operators, snapshot_codec, stats, sweep_state
+from buffer.breaker import Breaker, guarded_connection_class
 from buffer.cluster import BufferCluster, primaries
 from buffer.keys import ClaimKind, ShardKeys, shard_for
 from buffer.operators import EnvCensus, ShardTop
 from buffer.scripts import Scripts
 from buffer.stats import ShardStats
 from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
-from mollifier_project.config import redis_location
+from mollifier_project.config import MollifierSettings, redis_location
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,19 @@ class TriggerStatus(StrEnum):
     CLOSED = "CLOSED"  # an operator closed the env's intake; no key written
     FULL = "FULL"  # the queue holds ``depth`` >= max_per_env entries; no key written
     IDEM_UNCLAIMED = "IDEM_UNCLAIMED"  # to be accepted, its idempotency key claimed by none; the request key is ours
+    UNFENCED = "UNFENCED"  # the request key is not in Redis and the shard's fence is gone; nothing written
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredKey:
+    """A request key recorded in Postgres while Redis was unreachable, to put back into Redis."""
+
+    org_id: int
+    env_id: int
+    task: str
+    key: str
+    run_id: str
+    ttl_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +356,13 @@ def uses_client_options(client: redis.Redis) -> bool:
     return bool(encoder.decode_responses) and encoder.encoding_errors == CLIENT_OPTIONS["encoding_errors"]
 
 
-_clients: dict[str, tuple[redis.Redis, Scripts]] = {}
+Profile = Literal["request", "operator", "worker"]
+"""Whose calls a client carries (docs/operations.md#redis-timeouts-and-the-circuit-breaker): ``request`` — an API
+request's (short timeouts, no retry, a circuit breaker); ``operator`` — the admin's pages and actions (scans of
+every shard: a longer timeout, no retry, a breaker of its own); ``worker`` — the drain's and the sweep's (a
+longer timeout, one quick retry, no breaker: the drain has its own outage circuit)."""
+
+_clients: dict[tuple[str, Profile, tuple[int, ...]], tuple[redis.Redis, Scripts]] = {}
 _clients_lock = threading.Lock()
 
 
@@ -360,31 +380,62 @@ def _idem_key(k: ShardKeys, env_id: int, idempotency: IdemRef) -> str:
     return k.idem(env_id, idempotency.task, idempotency.key)
 
 
-def client_for(url: str) -> tuple[redis.Redis, Scripts]:
-    """The process-wide client for ``url`` (str replies) and its registered scripts; a ``BufferCluster``
-    for a ``redis+cluster://`` URL (``buffer.cluster``).
+def breaker_of(client: redis.Redis) -> Breaker | None:
+    """The circuit breaker in ``client``'s connections (request and operator clients of ``client_for``), else None."""
+    found = getattr(client, "mollifier_breaker", None)
+    return found if isinstance(found, Breaker) else None
 
-    Short connect timeout and a single quick retry (redis-py's default retries three times with up to
-    seconds of backoff) so an unreachable Redis fails the trigger path fast and it fails open. A retried
-    ``accept`` whose first attempt did run answers DUPLICATE for its own run id: that means "accepted".
+
+def client_for(
+    url: str, profile: Profile = "worker", cfg: MollifierSettings | None = None
+) -> tuple[redis.Redis, Scripts]:
+    """The process-wide client of ``profile`` for ``url`` (str replies) and its registered scripts; a
+    ``BufferCluster`` for a ``redis+cluster://`` URL (``buffer.cluster``). ``cfg``: the MOLLIFIER settings
+    (default: the current ones), whose timeouts and breaker shape the client.
+
+    ``request``: connect and reply timeout ``REDIS_REQUEST_TIMEOUT_MS`` (plus ``ACCEPT_WAIT_MS`` when accepts
+    wait for a replica), no retry, and a circuit breaker (``buffer.breaker``) in its connections — a hung Redis
+    costs a web request a fraction of a second, then nothing while the breaker is open. ``operator``: the same
+    with reply timeout ``REDIS_OPERATOR_TIMEOUT_MS`` and a breaker of its own. ``worker``: reply
+    timeout ``REDIS_WORKER_TIMEOUT_MS``, connect timeout 1 s and one quick retry (redis-py's default retries
+    three times with up to seconds of backoff). A retried ``accept`` whose first attempt did run answers
+    DUPLICATE for its own run id: that means "accepted".
     """
+    cfg = cfg or settings.MOLLIFIER
+    trips = (cfg.REDIS_BREAKER_FAILURES, cfg.REDIS_BREAKER_OPEN_MS)
+    if profile == "request":
+        wait_ms = cfg.ACCEPT_WAIT_MS if cfg.ACCEPT_DURABILITY == "replica" else 0
+        shape: tuple[int, ...] = (cfg.REDIS_REQUEST_TIMEOUT_MS + wait_ms, *trips)
+    elif profile == "operator":
+        shape = (cfg.REDIS_OPERATOR_TIMEOUT_MS, *trips)
+    else:
+        shape = (cfg.REDIS_WORKER_TIMEOUT_MS,)
     with _clients_lock:
-        if url not in _clients:
+        cache_key = (url, profile, shape)
+        if cache_key not in _clients:
             location = redis_location(url)
-            options = dict(
-                CLIENT_OPTIONS,
-                socket_connect_timeout=1.0,
-                socket_timeout=5.0,
-                health_check_interval=30,
-                retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
-            )
+            options: dict[str, Any] = dict(CLIENT_OPTIONS, health_check_interval=30)
+            breaker: Breaker | None = None
+            if profile != "worker":
+                timeout_s = shape[0] / 1000
+                breaker = Breaker(failures=shape[1], open_ms=shape[2])
+                options.update(
+                    socket_connect_timeout=min(timeout_s, cfg.REDIS_REQUEST_TIMEOUT_MS / 1000), socket_timeout=timeout_s,
+                    retry=Retry(NoBackoff(), retries=0), connection_class=guarded_connection_class(location.url, breaker),
+                )  # fmt: skip
+            else:
+                options.update(
+                    socket_connect_timeout=1.0, socket_timeout=shape[0] / 1000,
+                    retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+                )  # fmt: skip
             client: redis.Redis = (
                 BufferCluster.from_url(location.url, **options)  # type: ignore[assignment]  # same command API
                 if location.cluster
                 else redis.Redis.from_url(location.url, **options)
             )
-            _clients[url] = (client, Scripts.register(client))
-        return _clients[url]
+            client.mollifier_breaker = breaker  # type: ignore[attr-defined]  # read by breaker_of
+            _clients[cache_key] = (client, Scripts.register(client))
+        return _clients[cache_key]
 
 
 class Buffer:
@@ -408,6 +459,7 @@ class Buffer:
         accept_replicas: int = 0,
         accept_wait_ms: int = 0,
         compress_min_bytes: int = 0,
+        breaker: Breaker | None = None,
     ) -> None:
         """``accept_replicas`` > 0: every accept waits (``WAIT``, at most ``accept_wait_ms``) for that many
         replicas to have it before it counts as accepted (``ACCEPT_DURABILITY=replica``)."""
@@ -420,17 +472,19 @@ class Buffer:
         self._accept_replicas = accept_replicas
         self._accept_wait_ms = accept_wait_ms
         self._client = client
+        self._breaker = breaker  # the client's, if it has one (``client_for``): read by ``unreachable_ms``
         self._scripts = scripts or Scripts.register(client)
         self.prefix = prefix
         self.shards = shards
 
     @classmethod
-    def from_settings(cls) -> Buffer:
-        """A buffer on the process-wide client for ``buffer_redis_url()``, with the current MOLLIFIER settings."""
+    def from_settings(cls, profile: Profile = "worker") -> Buffer:
+        """A buffer on the process-wide ``profile`` client for ``buffer_redis_url()``, with the current MOLLIFIER
+        settings. Web requests pass ``"request"`` (``client_for``)."""
         cfg = settings.MOLLIFIER
-        client, scripts = client_for(buffer_redis_url())
+        client, scripts = client_for(buffer_redis_url(), profile, cfg)
         return cls(
-            client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts,
+            client, prefix=cfg.KEY_PREFIX, shards=cfg.SHARDS, scripts=scripts, breaker=breaker_of(client),
             accept_replicas=1 if cfg.ACCEPT_DURABILITY == "replica" else 0, accept_wait_ms=cfg.ACCEPT_WAIT_MS,
             compress_min_bytes=cfg.SNAPSHOT_COMPRESS_MIN_BYTES,
         )  # fmt: skip
@@ -519,6 +573,7 @@ class Buffer:
         max_per_env: int,
         idem_pass_ttl_ms: int | None = None,
         check_unclaimed: bool = False,
+        request_fence_ms: int = 0,
     ) -> TriggerReply:
         """A trigger's Redis steps in one round trip (``lua/trigger.lua``): request key, idempotency claim,
         gate (``gate`` None: not counted, pass through) and accept.
@@ -532,6 +587,10 @@ class Buffer:
         With ``accept_replicas``, a call that can accept carries a ``WAIT`` in the same pipeline (one
         round trip; WAIT counts this connection's writes) and an unconfirmed accept raises
         ``NotReplicated``. A call that cannot accept never waits.
+
+        ``request_fence_ms`` > 0 (with ``request_key``): a request key Redis does not hold counts as new only
+        while the shard's fence exists (refreshed for that long); without it the reply is UNFENCED and nothing
+        is written (``restore_request_keys``, docs/api.md#request-idempotency).
         """
         _require("max_per_env", max_per_env, 0)
         _require("request_ttl_ms", request_ttl_ms, 1)
@@ -562,6 +621,9 @@ class Buffer:
             if idem_pass_ttl_ms is not None:
                 _require("idem_pass_ttl_ms", idem_pass_ttl_ms, 1)
                 args[15] = idem_pass_ttl_ms
+        if request_key and request_fence_ms > 0:
+            keys.append(k.req_fence)
+            args.append(request_fence_ms)
         replicas = None
         if self._accept_replicas and can_accept:
             pipe = self._client.pipeline(transaction=False)
@@ -707,6 +769,29 @@ class Buffer:
         """Delete the key only if ``run_id`` holds it; ``True`` if it did."""
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
         return self._scripts.release_claim(keys=[key_name], args=[run_id]) == 1
+
+    def restore_request_keys(self, restored: Sequence[RestoredKey], *, fence_org_id: int | None, fence_ms: int) -> None:
+        """Put request keys recorded in Postgres during a Redis outage back (``SET NX``: a key Redis holds keeps
+        its run), then raise the fence of ``fence_org_id``'s shard for ``fence_ms`` (None: not yet, more keys
+        wait). One pipeline; on a cluster each shard's keys and fence go to their own master, in this order."""
+        _require("fence_ms", fence_ms, 1)
+        pipe = self._client.pipeline(transaction=False)
+        for r in restored:
+            pipe.set(self.keys_for_org(r.org_id).req(r.env_id, r.task, r.key), r.run_id, nx=True, px=max(1, r.ttl_ms))
+        if fence_org_id is not None:
+            pipe.set(self.keys_for_org(fence_org_id).req_fence, "1", px=fence_ms)
+        if restored or fence_org_id is not None:
+            pipe.execute()
+
+    def drop_request_fence(self, *, org_id: int) -> None:
+        """Delete the request-key fence of the org's shard: the next keyed trigger there restores from Postgres
+        first. DEL is allowed on a full Redis (``maxmemory``), so this works when a write was refused."""
+        self._client.delete(self.keys_for_org(org_id).req_fence)
+
+    def unreachable_ms(self) -> int | None:
+        """How long this process' request-path calls have failed without a single answer (``buffer.breaker``),
+        or None: the last call was answered, or this client has no breaker."""
+        return self._breaker.failing_for_ms() if self._breaker is not None else None
 
     def reset_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str) -> bool:
         """Delete the key whoever holds it (an operator or API reset of an idempotency key). ``True`` if it existed."""

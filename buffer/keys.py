@@ -50,6 +50,11 @@ key                                            type    holds / written by
                                                        or ``~`` + b64u(sha256(key)) beyond 64 bytes
 ``B req:<env>:<b64u(task)>:<name(key)>``       STRING  run id for a request-level idempotency key (client retries).
                                                        trigger, claim, release_claim
+``B fence:req``                                 STRING  "1" while every request key this shard should know is in it
+                                                       (PX = REQUEST_KEY_FENCE_MS, refreshed by each keyed trigger;
+                                                       absent: a Redis outage may have left keys only in Postgres).
+                                                       trigger reads and refreshes it; ``Buffer.restore_request_keys``
+                                                       sets it, ``Buffer.drop_request_fence`` deletes it
 ``B rate:<env>``                               HASH    gate fixed window: ``window`` (start ms), ``count``. trip,
                                                        trigger
 ``B tripped:<env>``                            STRING  ms until which the env is tripped. trip, trigger
@@ -201,6 +206,11 @@ class ShardKeys:
 
     def req(self, env_id: int, task: str, key: str) -> str:
         return self.claim("req", env_id, task, key)
+
+    @property
+    def req_fence(self) -> str:
+        """Present while the shard's request keys are complete in Redis (docs/api.md#request-idempotency)."""
+        return self.base + "fence:req"
 
     def rate(self, env_id: int) -> str:
         return f"{self.base}rate:{env_id}"

@@ -33,3 +33,13 @@ POSTGRES_DIVERSIONS = Counter(
     "mollifier_postgres_diversions_total",
     "Pass-through triggers accepted into the buffer because Postgres was unreachable.",
 )
+
+REDIS_BREAKER_OPENED = Counter(
+    "mollifier_redis_breaker_opened_total",
+    "Times a web process' circuit breaker opened (or re-opened after a failed probe) on the buffer's Redis.",
+)
+
+REDIS_BREAKER_REJECTED = Counter(
+    "mollifier_redis_breaker_rejected_total",
+    "Redis calls of the request path failed at once, without touching Redis, because the breaker was open.",
+)

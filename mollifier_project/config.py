@@ -80,6 +80,25 @@ class MollifierSettings(BaseModel):
     PACKET_ORIGIN: str = ""
     # Run metadata (docs/api.md#metadata): the JSON-encoded size a run's metadata may reach.
     MAX_METADATA_BYTES: int = Field(256 * 1024, ge=2)
+    # The buffer's Redis as the web tier sees it (docs/operations.md#redis-timeouts-and-the-circuit-breaker):
+    # connect and reply timeout of one call on the request path (triggers, API reads and mutations, /metrics,
+    # the admin). A hung Redis costs a request this long, then the trigger fails open; ACCEPT_WAIT_MS is
+    # added when ACCEPT_DURABILITY=replica (the WAIT shares the call).
+    REDIS_REQUEST_TIMEOUT_MS: int = Field(250, ge=10, le=10_000)
+    # After this many consecutive failed calls a web process stops calling Redis for REDIS_BREAKER_OPEN_MS
+    # (every call fails at once: triggers fail open, reads answer 503), then lets one probe through.
+    REDIS_BREAKER_FAILURES: int = Field(2, ge=1)
+    REDIS_BREAKER_OPEN_MS: int = Field(2000, ge=1)
+    # A request key Redis does not hold is trusted to be new only while the shard's fence (refreshed by every
+    # keyed trigger) is younger than this; a web process writes keyed triggers to Postgres (with the key) only
+    # after Redis has failed it this long, and answers them 503 before (docs/api.md#request-idempotency).
+    REQUEST_KEY_FENCE_MS: int = Field(2000, ge=1)
+    # The admin's pages and actions (every shard's stats, a search over every shard, a selection's requeue): the
+    # same breaker as the request path (one of its own), a longer timeout. A hung Redis costs a page this long.
+    REDIS_OPERATOR_TIMEOUT_MS: int = Field(3000, ge=10, le=30_000)
+    # The drain's and the sweep's commands: a lease of a 1,000-entry round or an env's
+    # dead-lettering may take longer than a request's call; one quick retry after a broken connection.
+    REDIS_WORKER_TIMEOUT_MS: int = Field(5000, ge=100)
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
     METRICS_TOKEN: SecretStr = SecretStr("")
 

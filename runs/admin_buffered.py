@@ -61,7 +61,7 @@ class BufferedRunAdminMixin(_Base):
         if TaskRun.objects.filter(id=term).exists():
             return response
         try:
-            match = Buffer.from_settings().find_entry(term)
+            match = Buffer.from_settings("operator").find_entry(term)
         except BufferUnavailable as exc:
             response.context_data["buffered_error"] = f"The buffer's Redis is unreachable: {exc}"
             return response
@@ -86,7 +86,7 @@ class BufferedRunAdminMixin(_Base):
         if not self.has_view_permission(request):
             raise PermissionDenied
         try:
-            entry = Buffer.from_settings().find_entry(run_id)
+            entry = Buffer.from_settings("operator").find_entry(run_id)
         except BufferUnavailable as exc:
             return TemplateResponse(
                 request, "admin/runs/taskrun/buffered_run.html",
@@ -99,7 +99,7 @@ class BufferedRunAdminMixin(_Base):
         if row is not None:
             context["row_url"] = reverse("admin:runs_taskrun_change", args=[quote(row.pk)])
         if entry is not None:
-            context.update(_describe(entry, shard=Buffer.from_settings().shard_for(entry.org_id)))
+            context.update(_describe(entry, shard=Buffer.from_settings("operator").shard_for(entry.org_id)))
         return TemplateResponse(request, "admin/runs/taskrun/buffered_run.html", context)
 
     def _context(self, request: HttpRequest, run_id: str) -> dict[str, Any]:

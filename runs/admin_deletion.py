@@ -121,7 +121,7 @@ class BufferedEntriesDeletionMixin(_Base):
         if not envs:
             return deleted, model_count, perms_needed, protected
         try:
-            stranded = count_stranded(Buffer.from_settings(), envs)
+            stranded = count_stranded(Buffer.from_settings("operator"), envs)
         except BufferUnavailable as exc:
             deleted = [f"Warning: the buffer's Redis is unreachable ({exc}), so its runs were not counted.", *deleted]
             return deleted, model_count, perms_needed, protected
@@ -147,7 +147,7 @@ class BufferedEntriesDeletionMixin(_Base):
 
         def bury() -> None:
             try:
-                n = dead_letter(Buffer.from_settings(), envs, user=user, now_ms=now_ms())
+                n = dead_letter(Buffer.from_settings("operator"), envs, user=user, now_ms=now_ms())
             except BufferUnavailable as exc:
                 log.error(
                     "could not dead-letter the buffered runs of deleted envs %s: %s", [e.env_id for e in envs], exc

@@ -20,6 +20,7 @@ from mollifier_project.clock import from_ms, now_ms
 from runs import batches, codec, engine, mutations, openapi, packets, queries, trigger
 from runs.auth import EnvContext, authenticate
 from runs.middleware import request_id
+from runs.models import MAX_REQUEST_KEY_LENGTH
 from runs.schemas import (
     CreateBatchBody,
     ResetIdempotencyBody,
@@ -103,7 +104,7 @@ def _service(exc: BaseException) -> str:
 
 
 def _buffer() -> Buffer:
-    return Buffer.from_settings()
+    return Buffer.from_settings("request")
 
 
 def _json_body(request: HttpRequest, model: type[M], *, limit: int) -> M:
@@ -125,6 +126,15 @@ def _json_body(request: HttpRequest, model: type[M], *, limit: int) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise HttpError(422 if is_unstorable(exc) else 400, describe(exc)) from None
+
+
+def _request_key(request: HttpRequest) -> str | None:
+    """The ``x-trigger-request-idempotency-key`` header (the SDK sends a UUID), bounded so Postgres can record it
+    during a Redis outage (docs/api.md#request-idempotency)."""
+    key = request.headers.get("x-trigger-request-idempotency-key") or None
+    if key is not None and len(key) > MAX_REQUEST_KEY_LENGTH:
+        raise HttpError(400, f"x-trigger-request-idempotency-key: at most {MAX_REQUEST_KEY_LENGTH} characters")
+    return key
 
 
 def _body_limit(max_payload_bytes: int) -> int:
@@ -150,7 +160,7 @@ def trigger_task(request: HttpRequest, env: EnvContext, task: str) -> HttpRespon
     )
     result = trigger.trigger(
         env, snapshot, buffer=_buffer(), cfg=cfg, now_ms=clock, bypass=trigger.is_bypass(body.options),
-        request_key=request.headers.get("x-trigger-request-idempotency-key") or None,
+        request_key=_request_key(request),
     )  # fmt: skip
     # The same document as JsonResponse, compact and written by orjson (runs.codec): the hot path's answer.
     return HttpResponse(codec.dumps_bytes({"id": result.run_id, "isCached": result.is_cached}),

@@ -13,7 +13,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from mollifier_project.clock import from_ms, now_ms
 from runs import mutations, packets, queries, replay
-from runs.api import HttpError, _buffer, _json_body, _mutation_response, endpoint, error, packet_uri
+from runs.api import HttpError, _buffer, _json_body, _mutation_response, _request_key, endpoint, error, packet_uri
 from runs.auth import EnvContext
 from runs.durations import DurationError, parse_delay
 from runs.locate import Where, locate
@@ -141,7 +141,7 @@ def replay_run(request: HttpRequest, env: EnvContext, run_id: str) -> JsonRespon
     try:
         result = replay.replay(
             env, run_id, body, buffer=_buffer(), cfg=settings.MOLLIFIER, now_ms=now_ms(),
-            request_key=request.headers.get("x-trigger-request-idempotency-key") or None,
+            request_key=_request_key(request),
         )  # fmt: skip
     except replay.OriginalUnavailable:
         return error(503, f"Run {run_id} is being created right now; retry in a moment.", {"x-should-retry": "true"})

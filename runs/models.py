@@ -241,6 +241,35 @@ class RunAlert(models.Model):
         return f"{self.channel} alert for {self.run_id}"
 
 
+MAX_REQUEST_KEY_LENGTH = 256
+
+
+class RequestKey(models.Model):
+    """A request key (``x-trigger-request-idempotency-key``) answered while the buffer's Redis was unreachable,
+    written in the transaction of the run's row (docs/api.md#request-idempotency): a retry during the outage
+    finds it here, and ``restored`` turns true once it is back in Redis. Rows live as long as the Redis key
+    would (24 h) and are deleted after that by the restore that finds them expired."""
+
+    env = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    task_identifier = models.CharField(max_length=128)
+    key = models.CharField(max_length=MAX_REQUEST_KEY_LENGTH)
+    run_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField()
+    restored = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["env", "task_identifier", "key"], name="requestkey_unique_per_env_task")
+        ]
+        indexes = [
+            models.Index(fields=["created_at"], name="requestkey_created_at"),  # expiry
+            models.Index(fields=["id"], name="requestkey_not_restored", condition=Q(restored=False)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} → {self.run_id}"
+
+
 class BatchItem(models.Model):
     """Which run each index of a batch became. Unique per (batch, index): the SDK may resend the whole
     item stream, and a resent index must not make a second run."""

@@ -94,4 +94,4 @@ def list_runs(
     env: EnvContext, params: dict[str, str], *, now: datetime, buffer: Buffer | None = None
 ) -> dict[str, Any]:
     """``GET /api/v1/runs``: rows and buffered runs in one newest-first list with one cursor (``runs.listing``)."""
-    return listing.list_runs(env, params, buffer=buffer or Buffer.from_settings(), now=now)
+    return listing.list_runs(env, params, buffer=buffer or Buffer.from_settings("request"), now=now)

@@ -5,7 +5,9 @@ in that order.
 2. ``prepare`` validates what needs settings or the clock and builds the snapshot; a validation error
    is raised here, before any de-duplication state or the gate is touched.
 3. Request-level de-duplication: ``x-trigger-request-idempotency-key`` → run id (Redis, 24 h), so a
-   client retrying after a lost response gets the same run.
+   client retrying after a lost response gets the same run. While Redis is unreachable the key is recorded
+   in Postgres with a directly written row, and put back into Redis after the outage (``runs.request_keys``,
+   docs/api.md#request-idempotency-during-a-redis-outage).
 4. Task-level idempotency: a live holder is returned with ``isCached: true``. The key is claimed in Redis
    (compare-and-set) only while Redis alone knows its run: for a buffered run, until its row is committed,
    and for a direct write that could have been buffered, until that write commits. A trigger that can
@@ -35,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 
 from buffer import gate
 from buffer.buffer import (
@@ -51,7 +53,7 @@ from buffer.buffer import (
 )
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
-from runs import codec, engine, ids
+from runs import codec, engine, ids, request_keys
 from runs import metadata as metadata_codec
 from runs.auth import EnvContext
 from runs.db_errors import Failure, classify
@@ -334,17 +336,28 @@ def _trigger(
     gate_args = (
         None if precheck is not None else GateArgs(cfg.TRIP_WINDOW_MS, cfg.TRIP_THRESHOLD, cfg.HOLD_MS, env.enrolled)
     )
+    fence_ms = cfg.REQUEST_KEY_FENCE_MS if request_key else 0
     try:
-        reply = buffer.trigger(
-            run_id=s.id, env_id=env.env_id, org_id=env.org_id, task=s.task_identifier, now_ms=now_ms,
-            request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS, idempotency=idem,
-            gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV, idem_pass_ttl_ms=pass_ttl,
-            check_unclaimed=can_accept,
-        )  # fmt: skip
+        for _ in range(2):
+            reply = buffer.trigger(
+                run_id=s.id, env_id=env.env_id, org_id=env.org_id, task=s.task_identifier, now_ms=now_ms,
+                request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS, idempotency=idem,
+                gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV, idem_pass_ttl_ms=pass_ttl,
+                check_unclaimed=can_accept, request_fence_ms=fence_ms,
+            )  # fmt: skip
+            if reply.status is not TriggerStatus.UNFENCED:
+                break
+            fence_ms = _restore_request_keys(buffer, env, s, request_key, cfg, now_ms=now_ms)
+        else:  # the fence went up and lapsed again at once: do not guess
+            raise Unavailable(
+                "The buffer is recovering from an outage; retry shortly.", headers={"x-should-retry": "true"}
+            )
     except BufferUnavailable as exc:  # Redis is unreachable: fail open
+        if request_key:
+            _check_fallback(buffer, env, cfg)  # or 503: the key cannot be recorded safely yet
         log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
-        return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False, text=text)
+        return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False, text=text, request_key=request_key)
     if reply.status is TriggerStatus.REQ_HELD:
         return _settle(env, s, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass, request_key=request_key,
                        first={"req": reply.holder})  # fmt: skip
@@ -408,12 +421,15 @@ def _settle(
     reused idempotency key. ``first`` holds the holder the script saw; ``request_key`` is None once the
     request key is settled (ours)."""
     redis_up = True
+    unclaimed = None  # the request key, if Redis failed before this call held it
     if request_key:
         try:
             replay = _claim_request(buffer, env, s, request_key, claims, first)
         except BufferUnavailable:
             redis_up = False
             replay = None
+            unclaimed = request_key
+            _check_fallback(buffer, env, cfg)
         if replay is not None:
             return Triggered(replay, False, "replayed")
     if s.idempotency_key and redis_up:
@@ -432,7 +448,50 @@ def _settle(
             log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
             gate.count_fail_open()
             return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False)
-    return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=redis_up)
+    return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=redis_up, request_key=unclaimed)
+
+
+def _restore_request_keys(
+    buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str | None, cfg: MollifierSettings, *, now_ms: int
+) -> int:
+    """The shard's request-key fence is gone (UNFENCED): put the keys Postgres recorded during a Redis outage
+    back into Redis — this request's own among them — and raise the fence (``runs.request_keys``). Returns the
+    fence TTL for the script's second call, or 0 when that call should not ask for the fence: more keys are
+    left to restore (this request's key is in Redis if it was recorded, so its answer is right), or Postgres
+    cannot answer (the key is then checked in Redis alone, as before the fence existed: a retry of a run
+    written during a Redis outage, arriving during a Postgres outage, may make a second run)."""
+    assert request_key is not None
+    try:
+        fenced = request_keys.restore(
+            buffer, org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=request_key, now_ms=now_ms,
+            ttl_ms=REQUEST_KEY_TTL_MS, fence_ms=cfg.REQUEST_KEY_FENCE_MS,
+        )  # fmt: skip
+    except DatabaseError as exc:
+        engine.discard_connection()
+        log.warning("request keys not restored, Postgres unavailable: %r", exc, extra={"org_id": env.org_id})
+        return 0
+    return cfg.REQUEST_KEY_FENCE_MS if fenced else 0
+
+
+def _check_fallback(buffer: Buffer, env: EnvContext, cfg: MollifierSettings) -> None:
+    """May a keyed trigger fail open (its key recorded in Postgres) now? Only once no process can still trust
+    the shard's fence, i.e. no retry of it can be taken for new by Redis later (docs/api.md#request-idempotency):
+    Redis has failed this process for ``REQUEST_KEY_FENCE_MS`` (so nobody refreshed the fence for that long,
+    and it has expired), or Redis answered with an error and the fence could be deleted. Else 503: retry."""
+    unreachable = buffer.unreachable_ms()
+    if unreachable is not None and unreachable >= cfg.REQUEST_KEY_FENCE_MS:
+        return
+    if unreachable is None:  # Redis answered (an error reply: full, read-only…), or this client has no breaker
+        try:
+            buffer.drop_request_fence(org_id=env.org_id)
+            return
+        except BufferUnavailable:
+            pass
+    raise Unavailable(
+        "The buffer (Redis) is unreachable and this request's x-trigger-request-idempotency-key cannot be "
+        "checked yet; retry shortly.",
+        headers={"x-should-retry": "true"},
+    )
 
 
 def _idem_ref(env: EnvContext, s: Snapshot, now_ms: int) -> IdemRef | None:
@@ -590,18 +649,21 @@ def _write(
     now_ms: int,
     redis_up: bool,
     text: str = "",
+    request_key: str | None = None,
 ) -> Triggered:
-    """Pass through to Postgres; an outage diverts enrolled orgs into the buffer instead."""
+    """Pass through to Postgres; an outage diverts enrolled orgs into the buffer instead. ``request_key``: Redis
+    could not record it, so it is recorded with the row, in its transaction (``runs.request_keys``)."""
     try:
-        result = engine.trigger(s, now=s.created_at)
-        if result.outcome == engine.Outcome.IDEMPOTENCY_CLASH:
-            # Redis had no claim (lost, or Redis down) but Postgres holds the key: reuse it if allowed.
-            result = engine.resolve_key_clash(
-                s, result, now=s.created_at, policy=engine.ClashPolicy.ANSWER_HOLDER, buffered=False
-            )
-            if result.outcome == engine.Outcome.IDEMPOTENCY_CLASH:
-                return Triggered(result.existing_run_id or s.id, True, "cached")
-        return Triggered(s.id, False, "direct")
+        if request_key is None:
+            return _insert(s)
+        with transaction.atomic():
+            holder = request_keys.record(env.env_id, s.task_identifier, request_key, run_id=s.id, now=s.created_at)
+            if holder is not None:
+                return Triggered(holder, False, "replayed")
+            answer = _insert(s)
+            if answer.run_id != s.id:
+                request_keys.point(env.env_id, s.task_identifier, request_key, run_id=answer.run_id)
+            return answer
     except engine.InvalidRun as exc:
         raise Unprocessable(str(exc)) from None
     except DatabaseError as exc:
@@ -617,3 +679,16 @@ def _write(
         log.warning("postgres unavailable, buffering", extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_postgres_diversion()
         return _accept(buffer, env, s, cfg, now_ms=now_ms, text=text)
+
+
+def _insert(s: Snapshot) -> Triggered:
+    """``engine.trigger``, answering the holder of the idempotency key if Postgres has one."""
+    result = engine.trigger(s, now=s.created_at)
+    if result.outcome == engine.Outcome.IDEMPOTENCY_CLASH:
+        # Redis had no claim (lost, or Redis down) but Postgres holds the key: reuse it if allowed.
+        result = engine.resolve_key_clash(
+            s, result, now=s.created_at, policy=engine.ClashPolicy.ANSWER_HOLDER, buffered=False
+        )
+        if result.outcome == engine.Outcome.IDEMPOTENCY_CLASH:
+            return Triggered(result.existing_run_id or s.id, True, "cached")
+    return Triggered(s.id, False, "direct")

@@ -270,7 +270,7 @@ class StuckEntryAdmin(admin.ModelAdmin):
     def _repair(self, request: HttpRequest, queryset: QuerySet[StuckEntry], verb: str, fn: Repair) -> None:
         rows = list(queryset.order_by("accepted_at", "run_id"))
         try:
-            done = fn(Buffer.from_settings(), rows, now_ms())
+            done = fn(Buffer.from_settings("operator"), rows, now_ms())
         except BufferUnavailable as exc:
             self.message_user(request, f"The buffer's Redis is unreachable: {exc}", messages.ERROR)
             return
@@ -323,7 +323,7 @@ def _entry(obj: StuckEntry) -> Entry | str:
     """The buffer's entry for the row, read once per instance; a sentence when there is none to show."""
     if not hasattr(obj, "_buffer_entry"):
         try:
-            entry: Entry | str | None = Buffer.from_settings().get(obj.run_id, org_id=obj.org_id)
+            entry: Entry | str | None = Buffer.from_settings("operator").get(obj.run_id, org_id=obj.org_id)
         except BufferUnavailable as exc:
             entry = f"unknown: the buffer's Redis is unreachable ({exc})"
         if entry is None:

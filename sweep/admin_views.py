@@ -78,7 +78,7 @@ def flags() -> dashboard.Flags:
 
 
 def buffer_dashboard(request: HttpRequest) -> HttpResponse:
-    buffer = Buffer.from_settings()
+    buffer = Buffer.from_settings("operator")
     now = now_ms()
     title = "Buffer"
     try:
@@ -102,7 +102,7 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
 
 
 def shard_detail(request: HttpRequest, shard: int) -> HttpResponse:
-    buffer = Buffer.from_settings()
+    buffer = Buffer.from_settings("operator")
     if not 0 <= shard < buffer.shards:
         raise Http404(f"no shard {shard}: there are {buffer.shards}")
     now = now_ms()
@@ -142,7 +142,7 @@ def shard_detail(request: HttpRequest, shard: int) -> HttpResponse:
 
 
 def env_detail(request: HttpRequest, org_id: int, env_id: int) -> HttpResponse:
-    buffer = Buffer.from_settings()
+    buffer = Buffer.from_settings("operator")
     shard = buffer.shard_for(org_id)
     now = now_ms()
     env = Environment.objects.select_related("org").filter(pk=env_id, org_id=org_id).first()

@@ -29,7 +29,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     body = collector.exposition(
-        Buffer.from_settings(),
+        Buffer.from_settings("request"),
         now_ms=now_ms(),
         stale_threshold_s=cfg.STALE_THRESHOLD_S,
         sweep_enabled=cfg.STALE_SWEEP_ENABLED,

@@ -43,6 +43,13 @@ DESIGN_DEFAULTS = {
     "ACCEPT_WAIT_MS": 500,
     "MAX_PAYLOAD_BYTES": 3 * 1024 * 1024,
     "SNAPSHOT_COMPRESS_MIN_BYTES": 256,  # not in §14: snapshot compression (issue 11), docs/operations.md#redis
+    # not in §14: the web tier's Redis timeouts and circuit breaker (issue 16), docs/operations.md#redis-timeouts-and-the-circuit-breaker
+    "REDIS_REQUEST_TIMEOUT_MS": 250,
+    "REDIS_BREAKER_FAILURES": 2,
+    "REDIS_BREAKER_OPEN_MS": 2000,
+    "REDIS_OPERATOR_TIMEOUT_MS": 3000,
+    "REDIS_WORKER_TIMEOUT_MS": 5000,
+    "REQUEST_KEY_FENCE_MS": 2000,  # not in §14: request keys across a Redis outage (issue 16), docs/api.md
     "MAX_PACKET_BYTES": 100 * 1024 * 1024,
     "PACKET_URL_TTL_S": 3600,
     "PACKET_PUT_URL_TTL_S": 600,

@@ -12,6 +12,7 @@ KEYS[6]  rate:<env>         the gate's window counter (``lib/gate_trip.lua``)
 KEYS[7]  tripped:<env>      the gate's tripped marker
 KEYS[8]  req:<env>:…        only with ARGV[13]: the request key (x-trigger-request-idempotency-key)
 KEYS[8 or 9]  idem:<env>:…  only with ARGV[14]: the task-level idempotency key (KEYS[9] when KEYS[8] is req)
+KEYS[last] fence:req        only with ARGV[18]: the shard's request-key fence (after req and idem)
 ARGV[1]  run id
 ARGV[2]  env id
 ARGV[3]  org id
@@ -33,9 +34,13 @@ ARGV[16] with ARGV[14]: the idempotency claim's PX when the gate passes the trig
          it (a trigger that can never be buffered: the Postgres unique index alone keeps it to one run)
 ARGV[17] "1": a free idempotency key of a trigger about to be accepted stops the script (IDEM_UNCLAIMED),
          because a row may hold the key in Postgres with its claim gone (cut or lapsed); "0": accept it
+ARGV[18] (optional) the fence's TTL in ms, with a request key: a request key Redis does not hold is trusted
+         to be new only while the fence exists (docs/api.md#request-idempotency); each such trigger refreshes it
 
 Returns {status, value, count}; count = the gate's window count after this trigger, -1 if not counted:
   {"REQ_HELD", holder, -1}      the request key is held by another run; nothing written
+  {"UNFENCED", "", -1}          the request key is not held and the fence is gone: Postgres may hold the key
+                                (written during a Redis outage); nothing written, the caller restores and retries
   {"IDEM_HELD", holder, -1}     the idempotency key is held by another run; the request key (if any) is
                                 now held by ARGV[1], nothing else written
   {"PASS", tripped 1/0, count}  the gate passes it through: both keys (if any) are now held by ARGV[1]
@@ -57,7 +62,10 @@ local req_ttl, idem_ttl, idem_pass_ttl = ARGV[13], ARGV[14], ARGV[16]
 local req, idem
 local n = 8
 if req_ttl ~= '' then req = KEYS[n]; n = n + 1 end
-if idem_ttl ~= '' then idem = KEYS[n] end
+if idem_ttl ~= '' then idem = KEYS[n]; n = n + 1 end
+local fence_ttl = ARGV[18] or ''
+local fence
+if fence_ttl ~= '' then fence = KEYS[n] end
 
 local function held_by_other(key)
   local holder = redis.call('GET', key)
@@ -69,6 +77,12 @@ end
 if req then
   local holder = held_by_other(req)
   if holder then return {'REQ_HELD', holder, -1} end
+  -- A key Redis does not hold is new only if no Redis outage may have left it in Postgres alone: the fence
+  -- exists only while Redis has answered without a gap longer than its TTL.
+  if fence then
+    if redis.call('EXISTS', fence) == 0 then return {'UNFENCED', '', -1} end
+    redis.call('PEXPIRE', fence, fence_ttl)
+  end
 end
 -- 4. task-level idempotency
 local idem_free = false

@@ -8,6 +8,7 @@ pipeline, then its replies. The counter wraps that method and calls through: the
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -16,7 +17,7 @@ from redis.connection import AbstractConnection
 from buffer import metrics
 from buffer.buffer import Buffer
 from runs import auth
-from runs.models import TaskRun
+from runs.models import RequestKey, TaskRun
 from runs.tenants import ensure_tenant, issue_api_key
 from tests.live import free_port
 
@@ -110,10 +111,35 @@ def test_redis_unreachable_fails_open_to_a_direct_write(client, db, key_prefix, 
     _, secret = tenant_and_secret("rt-redis-down", enrol=True)
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     before = metrics.FAIL_OPEN._value.get()
-    response = post(client, secret, idempotency_key="k-down", request_key=str(uuid.uuid4()))
+    response = post(client, secret, idempotency_key="k-down")  # no request key: fails open at once
     assert response.status_code == 200, response.content
     assert TaskRun.objects.filter(id=response.json()["id"], buffered=False).exists()
     assert metrics.FAIL_OPEN._value.get() == before + 1
+
+
+def test_a_keyed_trigger_fails_open_once_the_fence_has_lapsed_and_its_key_is_recorded_in_postgres(
+    client, db, key_prefix, mollifier_settings, settings
+):
+    """docs/api.md#request-idempotency: while the fence may still stand (the first REQUEST_KEY_FENCE_MS of the
+    outage, as this process sees it) a keyed trigger is answered 503; after that it is written with its key, and
+    a retry during the outage gets the same run."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0, REQUEST_KEY_FENCE_MS=300)
+    _, secret = tenant_and_secret("rt-redis-down-keyed", enrol=True)
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    key = str(uuid.uuid4())
+    early = post(client, secret, request_key=key)
+    assert early.status_code == 503 and early["x-should-retry"] == "true", early.content
+    assert "x-trigger-request-idempotency-key" in early.json()["error"]
+    assert not TaskRun.objects.exists() and not RequestKey.objects.exists()
+    time.sleep(0.4)  # > REQUEST_KEY_FENCE_MS: the fence has expired, whoever refreshed it last
+    first = post(client, secret, request_key=key)
+    assert first.status_code == 200, first.content
+    run_id = first.json()["id"]
+    assert TaskRun.objects.filter(id=run_id, buffered=False).exists()
+    assert RequestKey.objects.get(key=key).run_id == run_id
+    retry = post(client, secret, request_key=key)
+    assert retry.status_code == 200 and retry.json()["id"] == run_id
+    assert TaskRun.objects.count() == 1
 
 
 def test_a_closed_intake_answers_429_with_its_reset_and_binds_no_key(client, db, key_prefix, mollifier_settings):
@@ -140,3 +166,39 @@ def test_an_integer_beyond_64_bits_in_metadata_keeps_every_digit_in_the_snapshot
     assert response.status_code == 200, response.content
     entry = Buffer.from_settings().get(response.json()["id"], org_id=tenant.org.id)
     assert entry is not None and json.loads(entry.snapshot)["metadata"] == {"n": 123456789012345678901234567890}
+
+
+def test_the_first_keyed_trigger_of_a_shard_without_a_fence_restores_request_keys_then_one_round_trip_again(
+    client, db, key_prefix, mollifier_settings, round_trips, django_assert_num_queries
+):
+    """The fence's cost (docs/api.md#request-idempotency): once per shard after it lapsed (an outage, or no keyed
+    trigger for REQUEST_KEY_FENCE_MS), the trigger script says UNFENCED, Postgres is asked for keys to restore
+    (three queries: expired rows, the rows not restored yet, this request's own key), one pipeline restores
+    them and raises the fence, and
+    the script runs again; the next keyed trigger is back to one round trip and no query."""
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    _, secret = tenant_and_secret("rt-fence", enrol=True)
+    auth.clear_cache()
+    assert post(client, secret).status_code == 200  # warms the key cache and the scripts; no request key: no fence
+    round_trips.clear()
+    with django_assert_num_queries(3):
+        response = post(client, secret, request_key=str(uuid.uuid4()))
+    assert response.status_code == 200, response.content
+    assert len(round_trips) == 3
+    round_trips.clear()
+    with django_assert_num_queries(0):
+        assert post(client, secret, request_key=str(uuid.uuid4())).status_code == 200
+    assert len(round_trips) == 1
+
+
+def test_a_request_key_longer_than_postgres_records_is_a_400_naming_the_header(
+    client, db, key_prefix, mollifier_settings, round_trips
+):
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    _, secret = tenant_and_secret("rt-long-key", enrol=True)
+    round_trips.clear()
+    response = post(client, secret, request_key="k" * 257)
+    assert response.status_code == 400
+    assert response.json()["error"] == "x-trigger-request-idempotency-key: at most 256 characters"
+    assert round_trips == []  # refused before Redis
+    assert post(client, secret, request_key="k" * 256).status_code == 200
