@@ -7,15 +7,15 @@
    ``select``. A new connection is read at once (a normal client's head is usually there already); an
    incomplete head is kept, non-blocking, until the rest arrives. Only a connection with a whole head is served,
    by gunicorn's own ``SyncWorker.handle``: the request is parsed and answered exactly as before.
-2. Heads still incomplete after ``WEB_HEAD_TIMEOUT_S`` get a 408 and are closed. At most
-   ``worker_connections`` heads (gunicorn's setting, 1000 by default) are held per worker; a new connection
-   beyond that closes the oldest one, so a flood of slow heads cannot stop new clients from being accepted.
+2. Heads still incomplete after ``WEB_HEAD_TIMEOUT_S`` get a 408 and are closed, heads over 64 KiB a 431.
+   At most ``worker_connections`` heads (gunicorn's setting, 1000 by default) are held per worker; a new
+   connection beyond that closes the oldest one, so a flood of slow heads cannot stop new clients being accepted.
 3. The served connection is wrapped in a ``_DeadlineSocket``: reads of the body wait under the body allowance
    and raise ``RequestReadTimeout`` when it runs out (the API middleware answers 408); writes wait at most
    ``WEB_IDLE_TIMEOUT_S`` per send. A cut connection is closed without lingering for the rest of its body.
 
-TLS is not inspected: with gunicorn's own ``certfile`` a connection is served as soon as it has data, without
-rule 2. Terminate TLS in front of gunicorn (docs/operations.md#slow-clients).
+TLS is not inspected: with gunicorn's own ``certfile``, gunicorn's own sync loop serves connections, without
+these rules. Terminate TLS in front of gunicorn (docs/operations.md#slow-clients).
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ from gunicorn.workers.sync import SyncWorker
 
 from mollifier_project.config import load_settings
 from mollifier_project.slow_clients import (
+    MAX_HEAD_BYTES,
     BodyAllowance,
+    Head,
     RequestReadTimeout,
     SlowClientLimits,
-    head_complete,
-    timeout_response,
+    head_state,
+    raw_response,
 )
 
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the arbiter stops instead of respawning
@@ -57,6 +59,10 @@ class _Pending:
     listener: socket.socket
     deadline: float
     head: bytearray = field(default_factory=bytearray)
+
+
+def late(message: str) -> bytes:
+    return raw_response(408, "Request Timeout", message)
 
 
 class _DeadlineSocket:
@@ -182,23 +188,24 @@ class DeadlineWorker(SyncWorker):
         return wait
 
     def _accept(self, listener: socket.socket) -> None:
-        """Accept every waiting connection; serve those whose head is already complete, keep the others."""
-        while self.alive:
-            try:
-                client, addr = listener.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                    return
-                raise
-            util.close_on_exec(client)
-            client.setblocking(False)
-            if len(self.pending) >= self.cfg.worker_connections:
-                oldest = next(iter(self.pending.values()))
-                self._answer_late(oldest, "Too many connections are sending their request head; try again")
-            pending = _Pending(client, addr, listener, deadline=time.monotonic() + self.limits.head_timeout_s)
-            self.pending[client] = pending
-            self.selector.register(client, selectors.EVENT_READ, pending)
-            self._read_head(pending)
+        """Accept one connection: serve it if its head is already complete, else keep it. One per event, so
+        the loop's next ``select`` also sees the kept heads that completed meanwhile: under a steady stream of
+        new connections, a kept head must not wait for the listen queue to run dry."""
+        try:
+            client, addr = listener.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                return
+            raise
+        util.close_on_exec(client)
+        client.setblocking(False)
+        if len(self.pending) >= self.cfg.worker_connections:
+            oldest = next(iter(self.pending.values()))
+            self._answer(oldest, late("Too many connections are sending their request head; try again"))
+        pending = _Pending(client, addr, listener, deadline=time.monotonic() + self.limits.head_timeout_s)
+        self.pending[client] = pending
+        self.selector.register(client, selectors.EVENT_READ, pending)
+        self._read_head(pending)
 
     def _read_head(self, pending: _Pending) -> None:
         try:
@@ -212,10 +219,15 @@ class DeadlineWorker(SyncWorker):
             self._forget(pending)
             return
         pending.head += data
-        if head_complete(bytes(pending.head)):
+        state = head_state(bytes(pending.head))
+        if state is Head.COMPLETE:
             self._serve(pending)
+        elif state is Head.TOO_LARGE:
+            self._answer(pending, raw_response(431, "Request Header Fields Too Large",
+                                               f"Request head longer than {MAX_HEAD_BYTES} bytes"))  # fmt: skip
 
     def _serve(self, pending: _Pending) -> None:
+        self.notify()  # the arbiter's heartbeat, once per request as in SyncWorker: a busy worker is alive
         del self.pending[pending.sock]
         self.selector.unregister(pending.sock)
         pending.sock.setblocking(True)
@@ -232,11 +244,13 @@ class DeadlineWorker(SyncWorker):
 
     def _expire(self, now: float) -> None:
         for pending in [p for p in self.pending.values() if p.deadline <= now]:
-            self._answer_late(pending, f"Request head not complete within {self.limits.head_timeout_s:g} s")
+            self._read_head(pending)  # what arrived while this worker was serving others counts
+            if pending.sock in self.pending:
+                self._answer(pending, late(f"Request head not complete within {self.limits.head_timeout_s:g} s"))
 
-    def _answer_late(self, pending: _Pending, message: str) -> None:
+    def _answer(self, pending: _Pending, response: bytes) -> None:
         try:
-            pending.sock.send(timeout_response(message))  # non-blocking: a few hundred bytes always fit
+            pending.sock.send(response)  # non-blocking: a few hundred bytes always fit
             pending.sock.shutdown(socket.SHUT_WR)
             for _ in range(16):  # read what is already here, so closing sends no reset over the 408
                 if not pending.sock.recv(65536):

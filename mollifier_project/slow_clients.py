@@ -5,8 +5,9 @@ one else is served. ``mollifier_project.gunicorn_worker.DeadlineWorker`` applies
 
 1. **Request head.** The worker collects heads of several connections at once without blocking on any of
    them, and serves a connection only once its head is complete. A head still incomplete
-   ``WEB_HEAD_TIMEOUT_S`` after the connection was accepted is answered 408 and closed. A slow head therefore
-   costs a file descriptor and a few kilobytes, never a worker.
+   ``WEB_HEAD_TIMEOUT_S`` after the connection was accepted is answered 408 and closed; a head longer than
+   ``MAX_HEAD_BYTES`` is answered 431. A slow head therefore costs a file descriptor and at most 64 KiB,
+   never a worker.
 2. **Request body.** Once a request is being served, its body must keep arriving: each read waits at most
    ``WEB_IDLE_TIMEOUT_S``, and the whole body must have arrived by ``WEB_IDLE_TIMEOUT_S + received /
    WEB_BODY_MIN_RATE`` seconds after the head (every ``WEB_BODY_MIN_RATE`` bytes buy one more second, the
@@ -19,14 +20,15 @@ Time is passed in (``now``: ``time.monotonic()`` seconds), so the rules are test
 
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import dataclass
 
 from mollifier_project.config import MollifierSettings
 
-# Bytes of an incomplete head the worker holds per connection. A longer head (far beyond any real one) is
-# handed to gunicorn's parser, which reads the rest under the body's rules and rejects what is over its limits.
-MAX_HEAD_BUFFER = 64 * 1024
+# The longest request head the worker accepts (nginx's default header buffers hold 32 KiB). A longer one is
+# answered 431 without being served: handed to gunicorn's parser, its rest would be read on a worker's time.
+MAX_HEAD_BYTES = 64 * 1024
 HEAD_END = b"\r\n\r\n"
 
 
@@ -77,16 +79,25 @@ class BodyAllowance:
         )
 
 
-def head_complete(buffered: bytes) -> bool:
-    """Whether the bytes received so far hold a whole request head (or as much as the worker will hold)."""
-    return HEAD_END in buffered or len(buffered) >= MAX_HEAD_BUFFER
+class Head(enum.Enum):
+    INCOMPLETE = "incomplete"
+    COMPLETE = "complete"
+    TOO_LARGE = "too large"
 
 
-def timeout_response(message: str) -> bytes:
-    """The raw 408 the worker writes itself for a head that never completed (no request object exists yet)."""
+def head_state(buffered: bytes) -> Head:
+    """Whether the bytes received so far hold a whole request head (within ``MAX_HEAD_BYTES``)."""
+    end = buffered.find(HEAD_END)
+    if end == -1:
+        return Head.TOO_LARGE if len(buffered) >= MAX_HEAD_BYTES else Head.INCOMPLETE
+    return Head.COMPLETE if end + len(HEAD_END) <= MAX_HEAD_BYTES else Head.TOO_LARGE
+
+
+def raw_response(status: int, reason: str, message: str) -> bytes:
+    """An answer the worker writes itself, before any request object exists (a 408 or 431 for a head)."""
     body = json.dumps({"error": message}).encode()
     head = (
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nConnection: close\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body

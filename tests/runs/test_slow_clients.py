@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mollifier_project.slow_clients import BodyAllowance, SlowClientLimits
+from mollifier_project.slow_clients import MAX_HEAD_BYTES, BodyAllowance, Head, SlowClientLimits, head_state
 from runs.tenants import ensure_tenant, issue_api_key
 from tests.live import Gunicorn
-
 
 TRIGGER = "/api/v1/tasks/hello/trigger"
 WORKERS = 2  # the Procfile's --workers
@@ -233,7 +232,7 @@ def test_a_body_that_stops_halfway_is_answered_408_naming_the_body(key_prefix):
             started = time.monotonic()
             sock.sendall(
                 f"POST {TRIGGER} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {secret}\r\n"
-                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"payload\"".encode()
+                'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"payload"'.encode()
             )
             answer = b""
             while chunk := sock.recv(65536):
@@ -245,3 +244,66 @@ def test_a_body_that_stops_halfway_is_answered_408_naming_the_body(key_prefix):
     assert head.startswith(b"HTTP/1.1 408 "), answer
     assert json.loads(body)["error"].startswith("Request body too slow: ")
     assert elapsed < 1 + 5
+
+
+def test_a_head_is_complete_at_its_blank_line_and_too_large_past_64_kib():
+    assert head_state(b"GET / HTTP/1.1\r\nHost: x\r\n") is Head.INCOMPLETE
+    assert head_state(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n{") is Head.COMPLETE
+    assert head_state(b"GET / HTTP/1.1\r\nX: " + b"y" * MAX_HEAD_BYTES) is Head.TOO_LARGE
+    assert head_state(b"GET / HTTP/1.1\r\nX: " + b"y" * MAX_HEAD_BYTES + b"\r\n\r\n") is Head.TOO_LARGE
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_head_over_64_kib_is_answered_431_at_once(key_prefix):
+    """Handed to gunicorn's parser, the rest of an endless head would be read on a worker's time (it held one
+    for the whole idle timeout before this rule); the worker answers 431 as soon as the head passes 64 KiB."""
+    server = Gunicorn({"MOLLIFIER_KEY_PREFIX": key_prefix}, timeout=None)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /api/v1/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"y" * 70_000)
+            answer = sock.recv(65536)
+            elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer
+    assert elapsed < 5  # the default idle timeout is 10 s: well before it, with margin for the loaded box
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_busy_without_pause_for_longer_than_its_timeout_is_not_killed(key_prefix):
+    """16 clients keep the listen queue from ever running dry for 12 s, more than twice a 5 s worker timeout.
+    The worker's heartbeat goes with every request served (as in gunicorn's sync worker), so the arbiter
+    never takes a busy worker for a stuck one: every request is answered and the workers stay the same."""
+    server = Gunicorn(
+        {"MOLLIFIER_KEY_PREFIX": key_prefix, "MOLLIFIER_WEB_IDLE_TIMEOUT_S": "2", "MOLLIFIER_WEB_BODY_MAX_S": "4"},
+        timeout=5,
+    )  # fmt: skip
+    statuses: list[int | str] = []
+    deadline = time.monotonic() + 12
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{server.url}/api/v1/runs", timeout=10).close()
+                statuses.append(200)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+            except OSError as exc:
+                statuses.append(type(exc).__name__)
+
+    try:
+        workers_before = server.worker_pids()
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        workers_after = server.worker_pids()
+    finally:
+        server.stop()
+    assert len(statuses) > 100
+    assert set(statuses) == {401}, sorted(set(map(str, statuses)))  # no key: answered through the whole stack
+    assert workers_after == workers_before
