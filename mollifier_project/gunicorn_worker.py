@@ -89,17 +89,16 @@ class _DeadlineSocket:
                 return b""
             self._sock.settimeout(min(left, self._sock.gettimeout() or left))
             return self._sock.recv(size)
-        now = time.monotonic()
-        wait = self._allowance.wait_s(now)
-        if wait > 0:
-            self._sock.settimeout(wait)
-            try:
-                data = self._sock.recv(size)
-            except TimeoutError:
-                pass
-            else:
-                self._allowance.received += len(data)
-                return data
+        # Past the deadline the read does not wait (timeout 0), but bytes already here still count: a view that
+        # was slow to start reading must not cut a client that sent its body in time.
+        self._sock.settimeout(max(0.0, self._allowance.wait_s(time.monotonic())))
+        try:
+            data = self._sock.recv(size)
+        except (TimeoutError, BlockingIOError):
+            pass
+        else:
+            self._allowance.received += len(data)
+            return data
         self._late = True
         raise RequestReadTimeout(errno.ETIMEDOUT, self._allowance.late_message(time.monotonic()))
 
@@ -246,6 +245,8 @@ class DeadlineWorker(SyncWorker):
         for pending in [p for p in self.pending.values() if p.deadline <= now]:
             self._read_head(pending)  # what arrived while this worker was serving others counts
             if pending.sock in self.pending:
+                self.log.info("slow request head cut after %g s: %s bytes from %s", self.limits.head_timeout_s,
+                              len(pending.head), pending.addr)  # fmt: skip
                 self._answer(pending, late(f"Request head not complete within {self.limits.head_timeout_s:g} s"))
 
     def _answer(self, pending: _Pending, response: bytes) -> None:
