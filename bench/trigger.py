@@ -3,7 +3,8 @@
     python -m bench.trigger [--seconds 10] [--repeat 3] [--connections 16] [--threads 1] [--no-idempotency-key]
                             [--profile DIR]
 
-One gunicorn (2 sync workers, ``--no-control-socket``, as in the Procfile but without the access log)
+One gunicorn (2 workers of the Procfile's worker class from ``gunicorn.conf.py``, ``--no-control-socket``, as
+in the Procfile but without the access log; ``GUNICORN_CMD_ARGS="--worker-class sync"`` measures gunicorn's own)
 serves ``bench.settings`` — the project plus a bench-only ``bench/noop`` view — and ``wrk`` on loopback
 drives it with ``bench/trigger.lua`` (a realistic SDK v4 trigger body and headers, fresh request and
 idempotency keys on every request) for ``--seconds`` per scenario:
@@ -184,7 +185,8 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "mollifier_project.wsgi", "--workers", str(WORKERS),
+            [sys.executable, "-m", "gunicorn", "mollifier_project.wsgi", "-c", "mollifier_project/gunicorn.conf.py",
+             "--workers", str(WORKERS),
              "--bind", f"127.0.0.1:{self.port}", "--no-control-socket", "--log-level", "warning",
              "--timeout", "60"],
             cwd=PROJECT_ROOT, env=env,

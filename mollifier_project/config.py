@@ -99,6 +99,14 @@ class MollifierSettings(BaseModel):
     # The drain's and the sweep's commands: a lease of a 1,000-entry round or an env's
     # dead-lettering may take longer than a request's call; one quick retry after a broken connection.
     REDIS_WORKER_TIMEOUT_MS: int = Field(5000, ge=100)
+    # Slow clients (docs/operations.md#slow-clients), applied by gunicorn's worker class: the whole request head
+    # must arrive within HEAD_TIMEOUT_S of the connection; each body read and response write waits at most
+    # IDLE_TIMEOUT_S; after the first IDLE_TIMEOUT_S the body must keep up BODY_MIN_RATE bytes/s, and it must be
+    # complete within BODY_MAX_S, which the worker requires to be shorter than gunicorn's --timeout.
+    WEB_HEAD_TIMEOUT_S: float = Field(10.0, gt=0)
+    WEB_IDLE_TIMEOUT_S: float = Field(10.0, gt=0)
+    WEB_BODY_MIN_RATE: int = Field(1024, ge=1)
+    WEB_BODY_MAX_S: float = Field(20.0, gt=0)
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
     METRICS_TOKEN: SecretStr = SecretStr("")
 

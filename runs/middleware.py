@@ -6,8 +6,10 @@
   ``500 {"error": "Internal server error", "requestId": …}``, in DEBUG too.
 * Django's own error pages (the 404 of an unknown route, the 400 of a suspicious request, the 500 of a
   failing middleware) become ``{"error": "<reason>"}`` with the same status.
+* A body that arrived too slowly (``RequestReadTimeout``, raised by the gunicorn worker's socket,
+  docs/operations.md#slow-clients) is answered ``408 {"error": "Request body too slow: …"}``, on every path.
 
-Paths outside ``/api/`` (the admin, ``/metrics``) are left exactly as Django answers them.
+Paths outside ``/api/`` (the admin, ``/metrics``) are otherwise left exactly as Django answers them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from http import HTTPStatus
 
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+
+from mollifier_project.slow_clients import RequestReadTimeout
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,17 @@ def internal_error(rid: str) -> JsonResponse:
     return JsonResponse({"error": "Internal server error", "requestId": rid}, status=500)
 
 
+def slow_body(exception: BaseException) -> RequestReadTimeout | None:
+    """The body timeout behind ``exception``: raised as is by a ``wsgi.input`` read, or wrapped by Django's
+    ``request.read`` in an ``UnreadablePostError`` (and that again by ``request.body``) whose cause it is."""
+    candidate: BaseException | None = exception
+    for _ in range(4):
+        if candidate is None or isinstance(candidate, RequestReadTimeout):
+            return candidate
+        candidate = candidate.__cause__
+    return None
+
+
 class ApiErrorsMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
@@ -58,6 +73,11 @@ class ApiErrorsMiddleware:
         return response
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        late = slow_body(exception)
+        if late is not None:
+            log.warning("slow request body cut: %s %s: %s", request.method, request.path, late.strerror,
+                     extra={"request_id": request_id(request)})  # fmt: skip
+            return JsonResponse({"error": late.strerror}, status=408)
         rid = request_id(request)
         if rid is None or isinstance(exception, _DJANGO_CLIENT_ERRORS):
             return None

@@ -40,11 +40,16 @@ def database_url_of_test_db() -> str:
 
 
 class Gunicorn:
+    """gunicorn as the Procfile runs it (``-c mollifier_project/gunicorn.conf.py``: its worker class and hooks).
+    ``timeout`` is gunicorn's worker timeout; None leaves gunicorn's default (30 s), as the Procfile does. ``args``
+    are added to the command line; ``stderr`` takes gunicorn's own output."""
+
     def __init__(
         self,
         env_overrides: dict[str, str],
         *,
         workers: int = 2,
+        timeout: int | None = 60,
         args: Sequence[str] = (),
         stderr: IO[bytes] | None = None,
     ):
@@ -52,9 +57,11 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOLLIFIER_")}
         env.update(DATABASE_URL=database_url_of_test_db(), REDIS_URL=settings.REDIS_URL, **env_overrides)
+        timeout_args = ["--timeout", str(timeout)] if timeout is not None else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "mollifier_project.wsgi", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--log-level", "warning", "--timeout", "60", "--no-control-socket", *args],
+            [sys.executable, "-m", "gunicorn", "mollifier_project.wsgi", "-c", "mollifier_project/gunicorn.conf.py",
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), "--log-level", "warning",
+             *timeout_args, "--no-control-socket", *args],
             cwd=ROOT, env=env, stderr=stderr,
         )  # fmt: skip
         self._wait()
@@ -73,6 +80,11 @@ class Gunicorn:
                 continue
             return
         raise RuntimeError("gunicorn did not answer in time")
+
+    def worker_pids(self) -> set[int]:
+        """The master's live worker processes (a worker killed on timeout and respawned changes this set)."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return {int(pid) for pid in children}
 
     def stop(self) -> None:
         self.process.terminate()

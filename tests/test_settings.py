@@ -57,6 +57,11 @@ DESIGN_DEFAULTS = {
     "MAX_METADATA_BYTES": 256 * 1024,
     "MAX_BUFFERED_PER_ENV": 1_000_000,
     "METRICS_TOKEN": SecretStr(""),  # not in §14: the optional /metrics bearer token (§12), off by default
+    # not in §14: how long the web tier waits for a slow client (docs/operations.md#slow-clients)
+    "WEB_HEAD_TIMEOUT_S": 10.0,
+    "WEB_IDLE_TIMEOUT_S": 10.0,
+    "WEB_BODY_MIN_RATE": 1024,
+    "WEB_BODY_MAX_S": 20.0,
 }
 
 
@@ -90,6 +95,8 @@ def test_values_are_read_from_prefixed_variables():
         ("MOLLIFIER_PACKET_ORIGIN", "packets.example.com"),
         ("MOLLIFIER_PACKET_ORIGIN", "https://packets.example.com/path"),
         ("MOLLIFIER_PACKET_ORIGIN", "ftp://packets.example.com"),
+        ("MOLLIFIER_WEB_BODY_MIN_RATE", "0"),
+        ("MOLLIFIER_WEB_HEAD_TIMEOUT_S", "-1"),
     ],
 )
 def test_bad_value_raises_improperly_configured_naming_the_variable(variable, value):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from runs.tenants import ensure_tenant, issue_api_key
-from tests.live import ROOT, Gunicorn
+from tests.live import Gunicorn
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -33,8 +33,7 @@ def server(transactional_db, tmp_path, logs) -> Iterator[Gunicorn]:
     with (logs / "stderr.log").open("wb") as stderr:
         live = Gunicorn(
             {"PACKETS_ROOT": str(tmp_path / "packets")},
-            args=["-c", str(ROOT / "mollifier_project" / "gunicorn.conf.py"),
-                  "--access-logfile", str(logs / "access.log")],
+            args=["--access-logfile", str(logs / "access.log")],
             stderr=stderr,
         )  # fmt: skip
         yield live
