@@ -50,6 +50,7 @@ class Breaker:
         self._lock = threading.Lock()
         self._failures = 0
         self._failing_since: float | None = None  # the first failure since the last answer
+        self._failed_last: float | None = None  # the latest failed call since the last answer
         self._open_until: float | None = None  # None: closed
 
     @property
@@ -60,11 +61,14 @@ class Breaker:
             return "open" if self._clock() < self._open_until else "half-open"
 
     def failing_for_ms(self) -> int | None:
-        """Milliseconds since the first of the failures not followed by any answer; None after an answer."""
+        """How long calls have been seen failing: milliseconds from the first of the failures not followed by
+        any answer to the latest of them; None after an answer. Time while the breaker is open does not count
+        until a probe fails too: no call was made, and Redis may have answered every other process meanwhile
+        (a keyed trigger's fallback relies on this, ``runs.trigger._check_fallback``)."""
         with self._lock:
-            if self._failing_since is None:
+            if self._failing_since is None or self._failed_last is None:
                 return None
-            return int((self._clock() - self._failing_since) * 1000)
+            return int((self._failed_last - self._failing_since) * 1000)
 
     def allow(self) -> bool:
         """Whether a call may go to Redis now (closed, or half-open: a probe). Counts the calls refused."""
@@ -79,6 +83,7 @@ class Breaker:
             reopened = self._open_until is not None
             self._failures = 0
             self._failing_since = None
+            self._failed_last = None
             self._open_until = None
         if reopened:
             log.warning("buffer Redis answered again: circuit breaker closed")
@@ -86,11 +91,12 @@ class Breaker:
     def failure(self) -> None:
         with self._lock:
             now = self._clock()
+            if self._failing_since is None:
+                self._failing_since = now
+            self._failed_last = now
             if self._open_until is not None and now < self._open_until:
                 return  # already open: a call that was sent before it opened failed too
             self._failures += 1
-            if self._failing_since is None:
-                self._failing_since = now
             was_open = self._open_until is not None  # half-open: the probe failed
             if self._failures < self.threshold and not was_open:
                 return

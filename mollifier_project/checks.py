@@ -54,6 +54,17 @@ def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[Che
                 id="mollifier.E004",
             )
         )
+    if cfg.REQUEST_KEY_FENCE_MS <= cfg.REDIS_REQUEST_TIMEOUT_MS:
+        problems.append(
+            Error(
+                f"MOLLIFIER_REQUEST_KEY_FENCE_MS ({cfg.REQUEST_KEY_FENCE_MS}) must exceed "
+                f"MOLLIFIER_REDIS_REQUEST_TIMEOUT_MS ({cfg.REDIS_REQUEST_TIMEOUT_MS}).",
+                hint="A keyed trigger that restores the request-key fence calls Redis again at once; a fence that "
+                "can lapse within one call answers it 503, and every keyed trigger after a pause that long "
+                "restores from Postgres first (docs/api.md#request-idempotency-during-a-redis-outage).",
+                id="mollifier.E005",
+            )
+        )
     if cfg.SHADOW_MODE and not cfg.ENABLED:
         problems.append(
             Warning(

@@ -3,9 +3,12 @@ worker and beat, becomes exactly one row per answered run — within the time th
 
 Everything is a real process: gunicorn (2 sync workers) serving the API, ``celery -A mollifier_project
 worker`` (prefork, 2 processes, queue ``drain``) and ``celery beat`` with ``MOLLIFIER_DRAINER_ENABLED=true``,
-Postgres and Redis. Nothing is patched. The worker's broker is a Redis database of its own
-(``E2E_BROKER_URL``, default db 10 on ``REDIS_URL``'s server), whose project queues are emptied before
-and after; every process is killed by its process group id when the test ends, pass or fail.
+Postgres and Redis. Nothing is patched. The worker's broker is a private ``redis-server`` the test starts
+(``tests/redis_servers.py``), or ``E2E_BROKER_URL`` if set (its project queues are emptied before and after):
+a broker shared with another checkout's storm hands each worker the other's ``drain_shard`` tasks, which
+drain the wrong buffer and leave this one's shard marks held for the send expiry (20 s), so shards stall
+and rows appear before beat starts. Every process is killed by its process group id when the test ends,
+pass or fail.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import sys
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,6 +35,7 @@ from buffer.buffer import Buffer
 from runs.models import RunStatus, TaskRun
 from runs.tenants import ensure_tenant, issue_api_key
 from tests.live import ROOT, Gunicorn, database_url_of_test_db
+from tests.redis_servers import redis_server
 
 TRIGGERS = int(os.environ.get("E2E_TRIGGERS", "20000"))  # a smaller storm for a quick look: E2E_TRIGGERS=500
 ORGS = 3
@@ -47,8 +53,15 @@ WORKER_START_S = 30.0
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
-def broker_url() -> str:
-    return os.environ.get("E2E_BROKER_URL") or urllib.parse.urlsplit(settings.REDIS_URL)._replace(path="/10").geturl()
+@contextmanager
+def private_broker(data_dir: Path) -> Iterator[str]:
+    """``E2E_BROKER_URL`` (it must be this run's alone), else a ``redis-server`` of this test's own."""
+    explicit = os.environ.get("E2E_BROKER_URL")
+    if explicit:
+        yield explicit
+        return
+    with redis_server(data_dir) as server:
+        yield server.url
 
 
 def clear_broker(url: str) -> None:
@@ -135,6 +148,11 @@ def fire(url: str, secrets: list[str], count: int) -> list[tuple[int, int, str]]
 
 
 def test_twenty_thousand_buffered_triggers_become_exactly_twenty_thousand_rows(key_prefix, tmp_path):
+    with private_broker(tmp_path / "broker") as broker:
+        storm(broker, key_prefix, tmp_path)
+
+
+def storm(broker: str, key_prefix: str, tmp_path: Path) -> None:
     started = time.monotonic()
     tenants = [ensure_tenant(f"e2e-org-{i}", "prod", enrol=True) for i in range(ORGS)]
     secrets = [issue_api_key(t.env)[1] for t in tenants]
@@ -144,7 +162,6 @@ def test_twenty_thousand_buffered_triggers_become_exactly_twenty_thousand_rows(k
         "MOLLIFIER_DRAINER_ENABLED": "true",
         "MOLLIFIER_KEY_PREFIX": key_prefix,
     }
-    broker = broker_url()
     clear_broker(broker)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MOLLIFIER_")}
     env.update(

@@ -201,6 +201,10 @@ def test_default_settings_pass_every_combination_check(mollifier_settings):
         ({"SHADOW_MODE": True, "ENABLED": True, "DRAINER_ENABLED": False}, {"mollifier.W002"}),
         ({"PACKET_ORIGIN": "https://packets.elsewhere.example"}, {"mollifier.E004"}),  # not in ALLOWED_HOSTS
         ({"PACKET_ORIGIN": "http://localhost:8001"}, set()),
+        # A fence that can lapse within one Redis call: a keyed trigger that just restored it finds it gone (503).
+        ({"REQUEST_KEY_FENCE_MS": 250, "REDIS_REQUEST_TIMEOUT_MS": 250}, {"mollifier.E005"}),
+        ({"REQUEST_KEY_FENCE_MS": 1, "REDIS_REQUEST_TIMEOUT_MS": 250}, {"mollifier.E005"}),
+        ({"REQUEST_KEY_FENCE_MS": 251, "REDIS_REQUEST_TIMEOUT_MS": 250}, set()),
     ],
 )
 def test_each_check_fires_exactly_on_its_combination(mollifier_settings, overrides, expected):
