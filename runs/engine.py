@@ -43,7 +43,7 @@ from runs.models import (
     RunStatus,
     TaskRun,
 )
-from runs.signals import run_cancelled, run_created, run_failed
+from runs.signals import run_cancelled, run_created, run_failed, run_failure_committed
 from runs.snapshot import Snapshot, normalise_tags
 
 log = logging.getLogger(__name__)
@@ -676,19 +676,10 @@ def create_failed_run(
             return Result(s.id, Outcome.EXISTED)
         if s.batch_id:
             settle_batches([s.batch_id], now=now)
-        transaction.on_commit(lambda: _enqueue_alert(s.id))
+        transaction.on_commit(lambda: run_failure_committed.send(sender=TaskRun, run_id=s.id))
     if emit_event:
         run_failed.send(sender=TaskRun, run_id=s.id, error=error)
     return Result(s.id, Outcome.CREATED)
-
-
-def _enqueue_alert(run_id: str) -> None:
-    from runs.tasks import record_run_alert
-
-    try:
-        record_run_alert.delay(run_id)
-    except Exception:  # the broker is down: the row exists and says SYSTEM_FAILURE; the alert is lost, loudly
-        log.exception("could not enqueue the alert for failed run %s", run_id)
 
 
 def cancel_run(run_id: str, reason: str, at: datetime) -> CancelOutcome:
