@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.materialise import build_snapshots
     from buffer.buffer import Buffer, client_for
     from buffer.keys import shard_for
-    from runs import engine
+    from runs import engine, rows
     from runs.models import RunStatus, TaskRun
     from runs.snapshot import from_snapshot
 
@@ -106,11 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     drained = snapshots_for(args.runs, args.seed)
     replayed = snapshots_for(args.per_entry, args.seed + 1)
     table = TaskRun._meta.db_table
-    copy_rows = [engine._row(s, now=now, buffered=True) for s in drained]  # built before any clock starts
+    copy_rows = [rows.build(s, now=now, buffered=True) for s in drained]  # built before any clock starts
     with connection.cursor() as cur:
         cur.execute("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0", [table])
         oids = dict(cur.fetchall())
-    copy_types = [*(oids[c] for c in engine.COLUMNS), 23]
+    copy_types = [*(oids[c] for c in rows.COLUMNS), 23]
     buffer_shards = {shard_for(e.org_id, cfg.SHARDS) for e in envs}
     worker_env = {f"MOLLIFIER_{name}": value for name, value in args.settings.items()}
     failures: list[str] = []
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run_copy() -> None:
         support.truncate_runs()
-        columns = ", ".join(engine.COLUMNS)
+        columns = ", ".join(rows.COLUMNS)
         batch = cfg.ROUND_BUDGET
         started = time.perf_counter()
         for i in range(0, len(copy_rows), batch):

@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from django.db import connection, transaction
 
-    from runs import engine
+    from runs import engine, rows
     from runs.models import Environment, Organization, TaskRun
 
     table = TaskRun._meta.db_table
@@ -118,14 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bulk, per_row = snapshots[: args.rows], snapshots[: args.per_row_rows]
     # The raw COPY writes exactly the rows the engine would (same builder), prepared before the clock starts.
-    copy_rows = [engine._row(s, now=now, buffered=True) for s in bulk]
+    copy_rows = [rows.build(s, now=now, buffered=True) for s in bulk]
     with connection.cursor() as cur:
         cur.execute(
             "SELECT a.attname, a.atttypid FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0",
             [table],
         )
         oids = dict(cur.fetchall())
-    copy_types = [oids[c] for c in engine.COLUMNS]
+    copy_types = [oids[c] for c in rows.COLUMNS]
 
     def truncate() -> None:
         with connection.cursor() as cur:
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return created
 
     def run_copy() -> int:
-        columns = ", ".join(engine.COLUMNS)
+        columns = ", ".join(rows.COLUMNS)
         for i in range(0, len(copy_rows), args.batch):
             with transaction.atomic(), connection.cursor() as cur:
                 with cur.cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:

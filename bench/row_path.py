@@ -81,11 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench.materialise import build_snapshots
     from buffer.buffer import parse_leased
     from drainer import drain
-    from runs import engine
+    from runs import engine, staging
+    from runs.rows import COLUMNS, build
     from runs.snapshot import Snapshot, to_snapshot
 
     with connection.cursor() as cur:
-        types = engine._stage_types(cur)[:-1]
+        types = staging._stage_types(cur)[:-1]
     now = datetime.now(tz=UTC).replace(microsecond=0)
     now_ms = int(now.timestamp() * 1000)
     realistic = next(s for s in build_snapshots(2, env_id=7, org_id=3, now=now, seed=1) if s.idempotency_key)
@@ -93,14 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def prepare(s: Any) -> Any:  # what ``materialise_many`` runs per snapshot: validate, then the row
         tags = engine.normalise_tags(s.tags)
-        return engine.validate(s, tags=tags) or engine._row(s, now=now, buffered=True, tags=tags)
+        return engine.validate(s, tags=tags) or build(s, now=now, buffered=True, tags=tags)
 
     def formatter(*, as_engine: bool = True) -> Any:
         context = adapt.AdaptersMap(psycopg.adapters)
-        if as_engine and hasattr(
-            engine, "_tags_dumper"
-        ):  # the dumper the engine's COPY registers (older trees: psycopg's)
-            context.register_dumper(None, engine._tags_dumper(types[engine.COLUMNS.index("tags")]))
+        if as_engine:  # the dumper the engine's COPY registers
+            context.register_dumper(None, staging._tags_dumper(types[COLUMNS.index("tags")]))
         tx = adapt.Transformer(context)
         tx.set_dumper_types(types, pq.Format.BINARY)
         return BinaryFormatter(tx)

@@ -9,4 +9,4 @@ class RunsConfig(AppConfig):
 
     def ready(self) -> None:
         from mollifier_project import checks  # noqa: F401  (registers the system checks)
-        from runs import signals  # noqa: F401
+        from runs import signals, tasks  # noqa: F401  (tasks connects the receivers that queue alerts and bulk actions)

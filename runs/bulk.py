@@ -1,8 +1,9 @@
 """Bulk actions: cancel or replay many runs of one env, rows and buffered entries alike
 (docs/architecture.md#bulk-actions).
 
-``create`` stores a ``BulkAction`` (its selection: list filters or run ids) and, after the commit, sends the
-Celery task ``runs.run_bulk_action``, which calls ``execute``. ``execute`` works in chunks of ``CHUNK`` runs:
+``create`` stores a ``BulkAction`` (its selection: list filters or run ids) and, after the commit, sends
+``runs.signals.bulk_action_created``, on which ``runs.tasks`` sends the Celery task ``runs.run_bulk_action``,
+which calls ``execute``. ``execute`` works in chunks of ``CHUNK`` runs:
 
 1. lock the action's row (``SKIP LOCKED``: a second task for the same action returns at once) and stop if
    it is no longer PENDING — an abort is honoured between chunks;
@@ -42,6 +43,7 @@ from runs.locate import Where, locate_many
 from runs.models import BulkAction, BulkActionStatus, BulkActionType, Environment, TaskRun
 from runs.presenters import iso
 from runs.schemas import ReplayBody
+from runs.signals import bulk_action_created
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot
 
 log = logging.getLogger(__name__)
@@ -78,17 +80,9 @@ def create(env: EnvContext, body: CreateBulkActionBody, *, now_ms: int) -> BulkA
         type=BulkActionType.CANCEL if body.action == "cancel" else BulkActionType.REPLAY,
         total=len(selection.get("run_ids", [])), created_at=created, updated_at=created, **selection,
     )  # fmt: skip
-    transaction.on_commit(lambda: _send(action.id))
+    # ``runs.tasks`` connects the receiver that sends the task: this service knows no Celery.
+    transaction.on_commit(lambda: bulk_action_created.send(sender=BulkAction, action_id=action.id))
     return action
-
-
-def _send(action_id: str) -> None:
-    from runs.tasks import run_bulk_action
-
-    try:
-        run_bulk_action.delay(action_id)
-    except Exception:  # the broker is down: the action stays PENDING, loudly (docs/runbook.md#cancel-a-runaway-storm)
-        log.exception("could not send the task of bulk action %s", action_id)
 
 
 def document(action: BulkAction) -> dict[str, Any]:

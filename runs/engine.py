@@ -1,8 +1,9 @@
 """The run engine (docs/architecture.md#run-engine): the only writer of TaskRun rows.
 
-Every function builds rows with ``_row`` — one code path whether a run is written at trigger time, in
-bulk by the drain, or as a CANCELED / SYSTEM_FAILURE row — and every insert is
-``ON CONFLICT DO NOTHING`` on the run id, so a replay after a crash is a no-op rather than a duplicate.
+Every function builds rows with ``runs.rows.build`` — one code path whether a run is written at trigger time,
+in bulk by the drain, or as a CANCELED / SYSTEM_FAILURE row — and every insert (``runs.staging``, which only
+the engine uses) is ``ON CONFLICT DO NOTHING`` on the run id, so a replay after a crash is a no-op rather than
+a duplicate. What a result means, the batches it settles and the events it sends are decided here.
 
 Outcomes are values, not exceptions, where "someone got there first" is the expected race
 (``Outcome.EXISTED``, ``Outcome.IDEMPOTENCY_CLASH``). Exceptions are kept for what the caller must handle
@@ -13,37 +14,23 @@ that can never become a row).
 from __future__ import annotations
 
 import logging
-import math
-import re
-import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
-import psycopg
-from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Field, Q
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
 from django.dispatch import Signal
 from django.utils import timezone
-from psycopg.adapt import Dumper
 from psycopg.types.json import Jsonb
 
-from runs.models import (
-    MAX_IDEMPOTENCY_KEY_LENGTH,
-    MAX_TAG_LENGTH,
-    MAX_TAGS,
-    TERMINAL_STATUSES,
-    BatchItem,
-    BatchStatus,
-    BatchTaskRun,
-    Environment,
-    RunStatus,
-    TaskRun,
-)
-from runs.signals import run_cancelled, run_created, run_failed
+from runs import rows, staging
+from runs.models import MAX_TAGS, TERMINAL_STATUSES, BatchItem, BatchStatus, BatchTaskRun, RunStatus, TaskRun
+from runs.rows import InvalidRun, validate  # also the engine's: callers catch engine.InvalidRun, ask engine.validate
+from runs.signals import run_cancelled, run_created, run_failed, run_failure_committed
 from runs.snapshot import Snapshot, normalise_tags
 
 log = logging.getLogger(__name__)
@@ -60,35 +47,9 @@ REUSABLE_KEY_STATUSES = frozenset(
     }
 )
 
-# Column order shared by the single-row INSERT, the COPY into staging and the INSERT … SELECT.
-COLUMNS = (
-    "id", "env_id", "org_id", "task_identifier", "status", "payload", "payload_type", "metadata", "tags",
-    "idempotency_key", "idempotency_key_user", "idempotency_key_expires_at", "queue", "concurrency_key",
-    "delay_until", "ttl", "max_attempts", "max_duration", "machine", "priority", "batch_id", "batch_index",
-    "parent_run_id", "root_run_id", "depth", "trace_id", "span_id", "error", "created_at", "materialised_at",
-    "buffered", "completed_at", "updated_at",
-)  # fmt: skip
-_COLS = ", ".join(COLUMNS)
 _TABLE = TaskRun._meta.db_table
-_STAGE = "mollifier_stage"
 _ITEMS = BatchItem._meta.db_table
-_ENVS = Environment._meta.db_table
 _BATCHES = BatchTaskRun._meta.db_table
-
-# Snapshot text attributes → the column length they must fit (None: unbounded). Checked before a bulk
-# insert: one value Postgres rejects would otherwise abort the COPY, and with it the whole batch.
-_MAX_LENGTH: dict[str, int | None] = {
-    attr: cast("Field[Any, Any]", TaskRun._meta.get_field(attr)).max_length  # concrete columns, never relations
-    for attr in (
-        "id", "task_identifier", "payload", "payload_type", "idempotency_key", "idempotency_key_user", "queue",
-        "concurrency_key", "ttl", "machine", "parent_run_id", "root_run_id", "trace_id", "span_id",
-    )
-}  # fmt: skip
-_MAX_LENGTH["batch_id"] = BatchTaskRun._meta.get_field("id").max_length
-_INT_ATTRS = ("priority", "max_attempts", "max_duration", "batch_index", "depth")  # all int4 columns
-_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
-# Postgres text cannot hold NUL; UTF-8 cannot encode a lone surrogate. JSON lets both in ("\u0000", "\ud800").
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class Outcome(StrEnum):
@@ -106,10 +67,6 @@ class Result:
     reason: str | None = None  # for INVALID
 
 
-class InvalidRun(ValueError):
-    """The snapshot can never become a row (unknown env, too many tags…)."""
-
-
 class CancelConflict(Exception):
     """A row with this id exists and is not CANCELED: the caller must cancel the live run instead."""
 
@@ -123,215 +80,6 @@ class CancelOutcome(StrEnum):
     CANCELLED = "cancelled"
     ALREADY_TERMINAL = "already_terminal"
     NOT_FOUND = "not_found"
-
-
-# --------------------------------------------------------------------------------------------- rows
-
-
-def _row(
-    s: Snapshot,
-    *,
-    now: datetime,
-    buffered: bool,
-    status: str | None = None,
-    error: dict[str, Any] | None = None,
-    completed_at: datetime | None = None,
-    keep_idempotency_key: bool = True,
-    tags: list[str] | None = None,
-) -> tuple:
-    """The row for ``s`` in ``COLUMNS`` order. ``created_at`` is the snapshot's trigger time. ``tags``:
-    ``s.tags`` normalised already (the bulk path normalises once per snapshot, not twice)."""
-    if status is None:
-        status = RunStatus.DELAYED if s.delay_until is not None and s.delay_until > now else RunStatus.PENDING
-    key = s.idempotency_key if keep_idempotency_key else None
-    return (
-        s.id, s.env_id, s.org_id, s.task_identifier, str(status), s.payload, s.payload_type,
-        None if s.metadata is None else Jsonb(s.metadata), normalise_tags(s.tags) if tags is None else tags,
-        key, s.idempotency_key_user if key else None, s.idempotency_key_expires_at if key else None,
-        s.queue, s.concurrency_key, s.delay_until, s.ttl, s.max_attempts, s.max_duration, s.machine,
-        s.priority, s.batch_id, s.batch_index, s.parent_run_id, s.root_run_id, s.depth, s.trace_id,
-        s.span_id, None if error is None else Jsonb(error), s.created_at, now, buffered, completed_at, now,
-    )  # fmt: skip
-
-
-def validate(s: Snapshot, *, tags: list[str] | None = None) -> str | None:
-    """Why ``s`` can never be inserted as given, or None. Checked before a bulk insert so one bad
-    snapshot cannot abort the whole transaction. ``tags``: as for ``_row``.
-
-    The drain validates every row it writes: ``_plainly_valid`` passes a good snapshot in one sweep, and
-    only a snapshot it doubts goes through ``_why_invalid``, the check of record, for its reason."""
-    if tags is None:
-        tags = normalise_tags(s.tags)
-    return None if _plainly_valid(s, tags) else _why_invalid(s, tags)
-
-
-_TEXT_LIMITS = tuple(_MAX_LENGTH.items())
-
-
-def _plainly_valid(s: Snapshot, tags: list[str]) -> bool:
-    """True only if ``_why_invalid`` finds nothing: the same limits, with the NUL / surrogate test run
-    once over all the text (a joined string holds one exactly when one of its parts does)."""
-    task, key = s.task_identifier, s.idempotency_key
-    if (
-        not task
-        or len(task) > 128
-        or len(tags) > MAX_TAGS
-        or (key is not None and len(key) > MAX_IDEMPOTENCY_KEY_LENGTH)
-    ):
-        return False
-    if (s.batch_id is None) != (s.batch_index is None) or not 0 <= s.depth <= _INT4_MAX:
-        return False
-    if not _INT4_MIN <= s.priority <= _INT4_MAX:
-        return False
-    for value in (s.max_attempts, s.max_duration, s.batch_index):
-        if value is not None and not 0 <= value <= _INT4_MAX:
-            return False
-    texts = list(tags)
-    for attr, limit in _TEXT_LIMITS:
-        value = getattr(s, attr)
-        if value is not None:
-            if limit is not None and len(value) > limit:
-                return False
-            texts.append(value)
-    try:
-        if any(len(t) > MAX_TAG_LENGTH for t in tags) or not _storable("".join(texts)):
-            return False
-    except TypeError:  # a value of the wrong type: _why_invalid meets it as before
-        return False
-    return s.metadata is None or _storable_json(s.metadata)
-
-
-def _why_invalid(s: Snapshot, tags: list[str]) -> str | None:
-    """The first reason ``s`` can never be inserted, checked in turn, or None."""
-    if not s.task_identifier or len(s.task_identifier) > 128:
-        return "task identifier must be 1–128 characters"
-    if len(tags) > MAX_TAGS:
-        return f"runs can have at most {MAX_TAGS} tags, got {len(tags)}"
-    if any(len(t) > MAX_TAG_LENGTH for t in tags):
-        return f"tags must be at most {MAX_TAG_LENGTH} characters"
-    if s.idempotency_key is not None and len(s.idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        return f"idempotency key must be at most {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-    if (s.batch_id is None) != (s.batch_index is None):
-        return "batch id and batch index must be given together"
-    if s.depth < 0:
-        return "depth must be non-negative"
-    if s.max_attempts is not None and s.max_attempts < 0:
-        return "max attempts must be non-negative"
-    if s.max_duration is not None and s.max_duration < 0:
-        return "max duration must be non-negative"
-    if s.batch_index is not None and s.batch_index < 0:
-        return "batch index must be non-negative"
-    for attr, limit in _MAX_LENGTH.items():
-        value = getattr(s, attr)
-        if value is None:
-            continue
-        if limit is not None and len(value) > limit:
-            return f"{attr} must be at most {limit} characters"
-        if not _storable(value):
-            return f"{attr} contains a NUL character or an unpaired surrogate"
-    if not all(_storable(t) for t in tags):
-        return "tags contain a NUL character or an unpaired surrogate"
-    if s.metadata is not None and not _storable_json(s.metadata):
-        return "metadata contains a NUL character, an unpaired surrogate or a non-finite number"
-    for attr in _INT_ATTRS:
-        value = getattr(s, attr)
-        if value is not None and not _INT4_MIN <= value <= _INT4_MAX:
-            return f"{attr} is out of range"
-    return None
-
-
-def _storable(text: str) -> bool:
-    # isascii() is O(1) in CPython, so the common case costs one memchr.
-    return "\x00" not in text if text.isascii() else _UNSTORABLE.search(text) is None
-
-
-def _storable_json(value: object) -> bool:
-    if isinstance(value, str):
-        return _storable(value)
-    if isinstance(value, float):
-        return math.isfinite(value)  # json.loads accepts NaN/Infinity; jsonb does not
-    if isinstance(value, dict):
-        return all(_storable(str(k)) and _storable_json(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(_storable_json(v) for v in value)
-    return True
-
-
-def _int4(value: int | None, default: int | None, *, minimum: int = _INT4_MIN) -> int | None:
-    return value if value is not None and minimum <= value <= _INT4_MAX else default
-
-
-def _sanitised_for_failure(s: Snapshot) -> Snapshot:
-    """A failure row must always be writable: trim or drop whatever would violate a column constraint
-    (often the very reason the run failed). The id and the batch link are never rewritten here."""
-    changes: dict[str, Any] = {
-        attr: _UNSTORABLE.sub("\ufffd", value)[:limit]
-        for attr, limit in _MAX_LENGTH.items()
-        if attr not in ("id", "batch_id", "idempotency_key") and (value := getattr(s, attr)) is not None
-    }
-    key = s.idempotency_key
-    if key is not None and (len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not _storable(key)):
-        key = None
-    changes["task_identifier"] = changes.get("task_identifier") or "unknown"
-    batch_index = _int4(s.batch_index, None, minimum=0)
-    return s.replace(
-        **changes,
-        tags=[_UNSTORABLE.sub("\ufffd", t)[:MAX_TAG_LENGTH] for t in normalise_tags(s.tags)][:MAX_TAGS],
-        idempotency_key=key,
-        metadata=s.metadata if s.metadata is None or _storable_json(s.metadata) else None,
-        depth=_int4(s.depth, 0, minimum=0),
-        priority=_int4(s.priority, 0),
-        max_attempts=_int4(s.max_attempts, None, minimum=0),
-        max_duration=_int4(s.max_duration, None, minimum=0),
-        batch_id=s.batch_id if batch_index is not None else None,
-        batch_index=batch_index if s.batch_id is not None else None,
-    )
-
-
-def _terminal_snapshot(snapshot: Snapshot) -> Snapshot:
-    """``snapshot`` as a CANCELED / SYSTEM_FAILURE row can hold it; ``InvalidRun`` when no row can be
-    written under its id (bad id, env gone or of another org). A vanished batch is dropped, not fatal."""
-    s = _sanitised_for_failure(snapshot)
-    if len(s.id) > (_MAX_LENGTH["id"] or 0) or not _storable(s.id):
-        raise InvalidRun(f"run id {s.id!r} cannot be stored")
-    missing = _missing_references([s]).get(s.id)
-    if missing and s.batch_id and "batch" in missing:
-        s = s.replace(batch_id=None, batch_index=None)  # keep the row; a vanished batch cannot be kept
-        missing = _missing_references([s]).get(s.id)
-    if missing:
-        raise InvalidRun(missing)
-    return s
-
-
-def _missing_references(snapshots: Sequence[Snapshot]) -> dict[str, str]:
-    """Run id → reason for snapshots whose env (or env/org pair) or batch does not exist. Two queries."""
-    # Plain SQL, not the ORM: a quiet env's round is one or two runs, and compiling these querysets was a
-    # quarter of its drain cost (docs/architecture.md#drain-latency).
-    with connection.cursor() as cur:
-        cur.execute(f"SELECT id, org_id FROM {_ENVS} WHERE id = ANY(%s)", [list({s.env_id for s in snapshots})])
-        env_org = dict(cur.fetchall())
-        batch_ids = list({s.batch_id for s in snapshots if s.batch_id})
-        batch_env: dict[str, int] = {}
-        if batch_ids:
-            cur.execute(f"SELECT id, env_id FROM {_BATCHES} WHERE id = ANY(%s)", [batch_ids])
-            batch_env = dict(cur.fetchall())
-    reasons: dict[str, str] = {}
-    for s in snapshots:
-        if s.env_id not in env_org:
-            reasons[s.id] = f"environment {s.env_id} does not exist"
-        elif env_org[s.env_id] != s.org_id:
-            reasons[s.id] = f"environment {s.env_id} does not belong to organization {s.org_id}"
-        elif s.batch_id and batch_env.get(s.batch_id) != s.env_id:
-            reasons[s.id] = f"batch {s.batch_id} does not exist in environment {s.env_id}"
-    return reasons
-
-
-def _insert_one(row: tuple) -> bool:
-    """Insert one row unless its id or idempotency key is taken. True if this call wrote it."""
-    placeholders = ", ".join(["%s"] * len(COLUMNS))
-    with connection.cursor() as cur:
-        cur.execute(f"INSERT INTO {_TABLE} ({_COLS}) VALUES ({placeholders}) ON CONFLICT DO NOTHING RETURNING id", row)
-        return cur.fetchone() is not None
 
 
 def _status_of(run_id: str) -> str | None:
@@ -357,11 +105,11 @@ def trigger(snapshot: Snapshot, *, now: datetime | None = None, buffered: bool =
     behind the trigger service's Redis claim). Raises ``InvalidRun`` for a snapshot that cannot be a row.
     """
     now = now or timezone.now()
-    reason = validate(snapshot) or _missing_references([snapshot]).get(snapshot.id)
+    reason = validate(snapshot) or rows.missing_references([snapshot]).get(snapshot.id)
     if reason:
         raise InvalidRun(reason)
     with transaction.atomic():
-        created = _insert_one(_row(snapshot, now=now, buffered=buffered))
+        created = staging.insert_one(rows.build(snapshot, now=now, buffered=buffered))
         if created and snapshot.batch_id:
             settle_batches([snapshot.batch_id], now=now)
     if created:
@@ -406,9 +154,9 @@ def materialise_many(
     flags = cancelled or {}
     now = now or timezone.now()
     results: list[Result | None] = [None] * len(snapshots)
-    missing = _missing_references(snapshots) if snapshots else {}
+    missing = rows.missing_references(snapshots) if snapshots else {}
     valid: list[tuple[int, Snapshot]] = []
-    rows: list[tuple[int, Snapshot, tuple]] = []
+    built: list[tuple[int, Snapshot, tuple]] = []
     for i, s in enumerate(snapshots):
         tags = normalise_tags(s.tags)
         reason = validate(s, tags=tags) or missing.get(s.id)
@@ -416,14 +164,20 @@ def materialise_many(
             results[i] = Result(s.id, Outcome.INVALID, reason=reason)
         else:
             valid.append((i, s))
-            rows.append((i, s, _row(s, now=now, buffered=buffered, tags=tags, **_cancelled_fields(flags.get(s.id)))))
+            built.append(
+                (i, s, rows.build(s, now=now, buffered=buffered, tags=tags, **rows.cancelled_fields(flags.get(s.id))))
+            )
     created_ids: set[str] = set()
     existing_ids: set[str] = set()
     holders: dict[tuple[int, str, str], str] = {}
     if valid:
-        written = fresh and _copy_fresh(rows, now=now)
+
+        def settle(cur: Any, created: Sequence[Snapshot]) -> None:
+            _settle_created(cur, created, now=now)
+
+        written = fresh and staging.copy_fresh(built, on_written=settle)
         if not written:
-            created_ids, existing_ids, holders = _copy_staged(rows, now=now)
+            created_ids, existing_ids, holders = staging.copy_staged(built, on_written=settle)
         first_seen: set[str] = set()
         for i, s in valid:
             if written:  # the COPY took every row, and it could not have taken one id twice
@@ -452,63 +206,6 @@ def _listened(*signals: Signal) -> bool:
     return any(signal.has_listeners(TaskRun) for signal in signals)
 
 
-def _copy_fresh(rows: Sequence[tuple[int, Snapshot, tuple]], *, now: datetime) -> bool:
-    """Binary COPY straight into the run table, in its own transaction (or savepoint). ``False`` when a
-    unique constraint refused a row: nothing of it was kept, and the caller writes the batch staged."""
-    try:
-        with transaction.atomic(), connection.cursor() as cur:
-            types = _stage_types(cur)[:-1]  # before the COPY starts: no other statement can run during it
-            _copy_tags_fast(cur, types)
-            with cur.cursor.copy(f"COPY {_TABLE} ({_COLS}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(types)
-                for _, _, row in rows:
-                    copy.write_row(row)
-            _settle_created(cur, [s for _, s, _ in rows], now=now)
-    except (IntegrityError, psycopg.IntegrityError) as exc:  # the COPY runs on psycopg's cursor: unwrapped
-        if getattr(exc.__cause__ or exc, "sqlstate", None) != _UNIQUE_VIOLATION:
-            raise
-        log.info("a fresh batch of %s rows clashed on a unique constraint; writing it staged", len(rows))
-        return False
-    return True
-
-
-def _copy_staged(
-    rows: Sequence[tuple[int, Snapshot, tuple]], *, now: datetime
-) -> tuple[set[str], set[str], dict[tuple[int, str, str], str]]:
-    """COPY into the session-local staging table, then ``INSERT … SELECT … ORDER BY ord ON CONFLICT DO
-    NOTHING``: the first of several snapshots with one id or key wins. Returns the created ids, the ids
-    that already had a row, and the holders of the keys that clashed."""
-    # Inside an outer transaction, rows a prior call staged may linger (ON COMMIT has not run yet).
-    nested = connection.in_atomic_block or not connection.get_autocommit()
-    existing_ids: set[str] = set()
-    holders: dict[tuple[int, str, str], str] = {}
-    with transaction.atomic(), connection.cursor() as cur:
-        cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (LIKE {_TABLE} INCLUDING DEFAULTS, ord integer) "
-            "ON COMMIT DELETE ROWS" + (f"; TRUNCATE {_STAGE}" if nested else "")
-        )
-        # Binary COPY: a third of the cost of text COPY on the client, where this path spends its time.
-        types = _stage_types(cur)  # before the COPY starts: no other statement can run during it
-        _copy_tags_fast(cur, types)
-        with cur.cursor.copy(f"COPY {_STAGE} ({_COLS}, ord) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(types)
-            for i, _, row in rows:
-                copy.write_row((*row, i))
-        cur.execute(
-            f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {_STAGE} ORDER BY ord "
-            "ON CONFLICT DO NOTHING RETURNING id"
-        )
-        created_ids = {r[0] for r in cur.fetchall()}
-        not_created = [s for _, s, _ in rows if s.id not in created_ids]
-        if not_created:
-            existing_ids = set(TaskRun.objects.filter(id__in={s.id for s in not_created}).values_list("id", flat=True))
-            clashing = [s for s in not_created if s.id not in existing_ids and s.idempotency_key]
-            if clashing:
-                holders = _holders_of_keys(clashing)
-        _settle_created(cur, [s for _, s, _ in rows if s.id in created_ids], now=now)
-    return created_ids, existing_ids, holders
-
-
 def _settle_created(cur: Any, created: Sequence[Snapshot], *, now: datetime) -> None:
     """Settle the batches whose children were just written. A created run may also answer another batch's
     index — only through an idempotency hit, so only runs with a key can: look those up (one indexed
@@ -520,84 +217,6 @@ def _settle_created(cur: Any, created: Sequence[Snapshot], *, now: datetime) -> 
         batch_ids |= {row[0] for row in cur.fetchall()}
     if batch_ids:
         settle_batches(batch_ids, now=now)
-
-
-_UNIQUE_VIOLATION = "23505"
-
-
-def _cancelled_fields(flag: tuple[datetime, str] | None) -> dict[str, Any]:
-    """``_row`` arguments of a CANCELED row (as ``create_cancelled_run`` writes it), or none."""
-    if flag is None:
-        return {}
-    at, reason = flag
-    return {"status": RunStatus.CANCELED, "error": {"type": "STRING_ERROR", "raw": reason}, "completed_at": at}
-
-
-_STAGE_TYPES: list[int] = []
-_TAGS_AT = COLUMNS.index("tags")
-_ARRAY_ELEMENT = {1015: 1043, 1009: 25}  # varchar[] → varchar, text[] → text: built-in OIDs, fixed everywhere
-
-
-def _tags_dumper(array_oid: int) -> type[Dumper]:
-    """A binary dumper for the tags column (a one-dimensional array of strings, never NULL, no NULL items:
-    ``normalise_tags`` and ``validate`` saw to that). psycopg's generic list dumper measures the list's
-    dimensions and dumps each item through a sub-dumper: about 4 µs a row, half the cost of a COPY row."""
-    head = struct.Struct("!iiIii")  # ndim, has-null, element type, length, lower bound
-    element = _ARRAY_ELEMENT[array_oid]
-    empty = struct.pack("!iiI", 0, 0, element)
-
-    class TagsDumper(Dumper):
-        format = psycopg.pq.Format.BINARY
-        oid = array_oid
-
-        def dump(self, obj: list[str]) -> bytes:
-            if not obj:
-                return empty
-            parts = [head.pack(1, 0, element, len(obj), 1)]
-            for tag in obj:
-                data = tag.encode()
-                parts.append(len(data).to_bytes(4, "big"))
-                parts.append(data)
-            return b"".join(parts)
-
-    return TagsDumper
-
-
-def _copy_tags_fast(cur: Any, types: Sequence[int]) -> None:
-    """Dump the tags column with ``_tags_dumper`` in this cursor's COPY (by OID: ``Copy.set_types`` looks
-    dumpers up that way). A column of another type keeps psycopg's dumper."""
-    if types[_TAGS_AT] in _ARRAY_ELEMENT:
-        cur.cursor.adapters.register_dumper(
-            None, _TAGS_DUMPERS.setdefault(types[_TAGS_AT], _tags_dumper(types[_TAGS_AT]))
-        )
-
-
-_TAGS_DUMPERS: dict[int, type[Dumper]] = {}
-
-
-def _stage_types(cur: Any) -> list[int]:
-    """Type OIDs of ``COLUMNS`` + ``ord``, which a binary COPY needs. Read once per process: every column
-    is a built-in type, whose OID is the same in every database."""
-    if not _STAGE_TYPES:
-        cur.execute("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0", [_TABLE])
-        oids = dict(cur.fetchall())
-        _STAGE_TYPES[:] = [*(oids[c] for c in COLUMNS), 23]  # ord: int4
-    return _STAGE_TYPES
-
-
-def _holders_of_keys(snapshots: Sequence[Snapshot]) -> dict[tuple[int, str, str], str]:
-    with connection.cursor() as cur:
-        cur.execute(
-            f"SELECT t.env_id, t.task_identifier, t.idempotency_key, t.id FROM {_TABLE} t "
-            "JOIN unnest(%s::bigint[], %s::text[], %s::text[]) AS k(env_id, task, key) "
-            "ON t.env_id = k.env_id AND t.task_identifier = k.task AND t.idempotency_key = k.key",
-            (
-                [s.env_id for s in snapshots],
-                [s.task_identifier for s in snapshots],
-                [s.idempotency_key for s in snapshots],
-            ),
-        )
-        return {(env, task, key): run_id for env, task, key, run_id in cur.fetchall()}
 
 
 def create_cancelled_run(
@@ -619,10 +238,10 @@ def create_cancelled_run(
     """
     now = now or timezone.now()
     error = {"type": "STRING_ERROR", "raw": reason}
-    s = _terminal_snapshot(snapshot)
+    s = rows.terminal_snapshot(snapshot)
     with transaction.atomic():
-        created = _insert_one(
-            _row(s, now=now, buffered=buffered, status=RunStatus.CANCELED, error=error, completed_at=cancelled_at)
+        created = staging.insert_one(
+            rows.build(s, now=now, buffered=buffered, status=RunStatus.CANCELED, error=error, completed_at=cancelled_at)
         )
         if not created:
             status = _status_of(s.id)
@@ -630,8 +249,8 @@ def create_cancelled_run(
                 return Result(s.id, Outcome.EXISTED)
             if status is not None:
                 raise CancelConflict(s.id, status)
-            created = _insert_one(
-                _row(s, now=now, buffered=buffered, status=RunStatus.CANCELED, error=error,
+            created = staging.insert_one(
+                rows.build(s, now=now, buffered=buffered, status=RunStatus.CANCELED, error=error,
                      completed_at=cancelled_at, keep_idempotency_key=False)
             )  # fmt: skip
         if s.batch_id:
@@ -662,33 +281,26 @@ def create_failed_run(
     now = now or timezone.now()
     if batch_id is not None:
         snapshot = snapshot.replace(batch_id=batch_id, batch_index=batch_index)
-    s = _terminal_snapshot(snapshot)
+    s = rows.terminal_snapshot(snapshot)
     payload = {"type": "STRING_ERROR", "raw": error}
     with transaction.atomic():
-        row = _row(s, now=now, buffered=buffered, status=RunStatus.SYSTEM_FAILURE, error=payload, completed_at=now)
-        created = _insert_one(row)
+        row = rows.build(
+            s, now=now, buffered=buffered, status=RunStatus.SYSTEM_FAILURE, error=payload, completed_at=now
+        )
+        created = staging.insert_one(row)
         if not created and _status_of(s.id) is None:
-            created = _insert_one(
-                _row(s, now=now, buffered=buffered, status=RunStatus.SYSTEM_FAILURE, error=payload,
+            created = staging.insert_one(
+                rows.build(s, now=now, buffered=buffered, status=RunStatus.SYSTEM_FAILURE, error=payload,
                      completed_at=now, keep_idempotency_key=False)
             )  # fmt: skip
         if not created:
             return Result(s.id, Outcome.EXISTED)
         if s.batch_id:
             settle_batches([s.batch_id], now=now)
-        transaction.on_commit(lambda: _enqueue_alert(s.id))
+        transaction.on_commit(lambda: run_failure_committed.send(sender=TaskRun, run_id=s.id))
     if emit_event:
         run_failed.send(sender=TaskRun, run_id=s.id, error=error)
     return Result(s.id, Outcome.CREATED)
-
-
-def _enqueue_alert(run_id: str) -> None:
-    from runs.tasks import record_run_alert
-
-    try:
-        record_run_alert.delay(run_id)
-    except Exception:  # the broker is down: the row exists and says SYSTEM_FAILURE; the alert is lost, loudly
-        log.exception("could not enqueue the alert for failed run %s", run_id)
 
 
 def cancel_run(run_id: str, reason: str, at: datetime) -> CancelOutcome:
@@ -760,11 +372,11 @@ def release_idempotency_key(
     With ``statuses`` the key is released only if it has expired or its run ended in one of them (a
     failed run's key is reusable, docs/api.md#trigger-a-task); without, unconditionally (the reset endpoint).
     """
-    rows = TaskRun.objects.filter(env_id=env_id, task_identifier=task_identifier, idempotency_key=key)
+    holders = TaskRun.objects.filter(env_id=env_id, task_identifier=task_identifier, idempotency_key=key)
     if statuses is not None:
-        rows = rows.filter(Q(status__in=statuses) | Q(idempotency_key_expires_at__lte=now))
+        holders = holders.filter(Q(status__in=statuses) | Q(idempotency_key_expires_at__lte=now))
     with transaction.atomic():
-        ids = list(rows.select_for_update().values_list("id", flat=True))
+        ids = list(holders.select_for_update().values_list("id", flat=True))
         if ids:
             TaskRun.objects.filter(id__in=ids).update(idempotency_key=None, updated_at=now)
     return ids
@@ -997,9 +609,9 @@ def update_metadata(
         current = (
             TaskRun.objects.select_for_update().filter(id=run_id, env_id=env_id).values_list("metadata", flat=True)
         )
-        rows = list(current[:1])
-        if not rows:
+        found = list(current[:1])
+        if not found:
             return None
-        new, _ = compute(rows[0] if isinstance(rows[0], dict) else {})
+        new, _ = compute(found[0] if isinstance(found[0], dict) else {})
         TaskRun.objects.filter(id=run_id).update(metadata=new, updated_at=now)
     return new

@@ -4,6 +4,12 @@ Every signal is sent with ``sender=TaskRun`` and keyword ``run_id``; ``run_creat
 ``snapshot`` and ``buffered``; ``run_cancelled`` carries ``reason``; ``run_failed`` carries ``error``.
 The engine's ``emit_event=False`` suppresses them (the drain uses it for rows whose event was already
 reported at cancel time).
+
+Two more are hooks, not events: the services that send them know no Celery, and ``runs.tasks`` (imported
+by ``RunsConfig.ready``) connects the receivers that queue the work. Both are sent after the commit.
+``run_failure_committed`` (``sender=TaskRun``, ``run_id``): a SYSTEM_FAILURE row was written, whatever
+``emit_event`` said; its alert is queued. ``bulk_action_created`` (``sender=BulkAction``, ``action_id``):
+a bulk action was stored; its task is sent.
 """
 
 from django.dispatch import Signal
@@ -11,3 +17,5 @@ from django.dispatch import Signal
 run_created = Signal()
 run_cancelled = Signal()
 run_failed = Signal()
+run_failure_committed = Signal()
+bulk_action_created = Signal()

@@ -1,12 +1,25 @@
-"""Celery wiring for run alerts and bulk actions: thin; the work is in ``runs.alerts`` and ``runs.bulk``."""
+"""Celery wiring for run alerts and bulk actions: thin; the work is in ``runs.alerts`` and ``runs.bulk``.
+
+The services never import this module (it would close a circle: ``runs.bulk`` → here → ``runs.bulk``). They
+send hooks from ``runs.signals`` after their commit, and the receivers below, connected when
+``RunsConfig.ready`` imports this module, queue the tasks (docs/architecture.md#layers).
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
+from django.dispatch import receiver
 
 from buffer.buffer import Buffer, BufferUnavailable
 from runs import alerts, bulk
+from runs.models import BulkAction, TaskRun
+from runs.signals import bulk_action_created, run_failure_committed
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -37,3 +50,21 @@ def run_bulk_action(action_id: str) -> int:
     if not progress.finished and not progress.busy:
         run_bulk_action.delay(action_id)
     return progress.chunks
+
+
+@receiver(run_failure_committed, sender=TaskRun, dispatch_uid="runs.tasks.enqueue_run_alert")
+def enqueue_run_alert(sender: type[TaskRun], *, run_id: str, **kwargs: Any) -> None:
+    """Queue the alert of a SYSTEM_FAILURE row the engine just committed."""
+    try:
+        record_run_alert.delay(run_id)
+    except Exception:  # the broker is down: the row exists and says SYSTEM_FAILURE; the alert is lost, loudly
+        log.exception("could not enqueue the alert for failed run %s", run_id)
+
+
+@receiver(bulk_action_created, sender=BulkAction, dispatch_uid="runs.tasks.send_bulk_action")
+def send_bulk_action(sender: type[BulkAction], *, action_id: str, **kwargs: Any) -> None:
+    """Send the task of a bulk action ``runs.bulk.create`` just committed."""
+    try:
+        run_bulk_action.delay(action_id)
+    except Exception:  # the broker is down: the action stays PENDING, loudly (docs/runbook.md#cancel-a-runaway-storm)
+        log.exception("could not send the task of bulk action %s", action_id)

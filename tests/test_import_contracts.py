@@ -1,5 +1,6 @@
 """The import contracts of ``make lint`` (pyproject.toml ``[tool.importlinter]``): the layers, and redis only
-inside ``buffer/`` — kept by the code, and failing on a deliberate violation in a copy of the tree."""
+inside ``buffer/``, the engine's staging its own — kept by the code, and failing on a deliberate violation in a
+copy of the tree."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def tree(tmp_path: Path) -> Path:
 def test_the_code_keeps_every_contract():
     done = lint_imports(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Contracts: 3 kept, 0 broken." in done.stdout
+    assert "Contracts: 4 kept, 0 broken." in done.stdout
 
 
 def test_a_package_outside_buffer_that_imports_redis_breaks_the_redis_contract(tree: Path):
@@ -69,3 +70,14 @@ def test_building_a_key_outside_buffer_breaks_the_key_contract(tree: Path):
     assert done.returncode != 0
     assert "Only buffer builds keys and calls scripts BROKEN" in done.stdout
     assert "sweep.peek -> buffer.keys" in done.stdout
+
+
+def test_writing_through_staging_outside_the_engine_breaks_the_staging_contract(tree: Path):
+    # Inside runs too: the layers contract cannot see it, this one must.
+    (tree / "runs" / "fast_insert.py").write_text("def go() -> None:\n    from runs.staging import insert_one\n")
+
+    done = lint_imports(tree)
+
+    assert done.returncode != 0
+    assert "Only the engine writes rows through staging BROKEN" in done.stdout
+    assert "runs.fast_insert -> runs.staging" in done.stdout

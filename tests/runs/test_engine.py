@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection
 
-from runs import engine
+from runs import engine, rows, staging
 from runs.engine import CancelConflict, CancelOutcome, InvalidRun, Outcome
 from runs.models import BatchStatus, RunAlert, RunStatus, TaskRun
 from runs.signals import run_cancelled, run_created, run_failed
@@ -330,15 +330,15 @@ def _validation_variants() -> list[Snapshot]:
         batch_id="batch_1", batch_index=0, parent_run_id="run_p", root_run_id="run_r", depth=0, trace_id="t",
         span_id="s",
     )  # fmt: skip
-    texts = [attr for attr in engine._MAX_LENGTH if getattr(base, attr) is not None]
+    texts = [attr for attr in rows._MAX_LENGTH if getattr(base, attr) is not None]
     changes: list[dict] = [{}, {"task_identifier": ""}, {"tags": ["a"] * 10}, {"tags": ["a" * 129]}]
     changes += [{"tags": [str(i) for i in range(11)]}, {"tags": ["ok", "\ud800"]}, {"tags": ["\x00"]}]
     changes += [{"idempotency_key": "k" * 2049}, {"batch_id": None}, {"batch_index": None}, {"metadata": None}]
     changes += [{"metadata": {"x": float("inf")}}, {"metadata": ["\x00"]}, {"metadata": {"\ud800": 1}}]
-    for attr in engine._INT_ATTRS:
+    for attr in rows._INT_ATTRS:
         changes += [{attr: v} for v in (-1, -(2**31), -(2**31) - 1, 2**31 - 1, 2**31)]
     for attr in texts:
-        limit = engine._MAX_LENGTH[attr] or 10
+        limit = rows._MAX_LENGTH[attr] or 10
         changes += [{attr: "x" * limit}, {attr: "x" * (limit + 1)}, {attr: "a\x00b"}, {attr: "é\udc00"}, {attr: "日本"}]
     changes += [{"queue": "q" * 129, "payload": "\x00"}, {"payload": "\ud800", "machine": "m" * 17}]
     return [base.replace(**c) for c in changes]
@@ -347,11 +347,11 @@ def _validation_variants() -> list[Snapshot]:
 @pytest.mark.parametrize("array_oid", [1015, 1009])
 @pytest.mark.parametrize("tags", [[], ["a"], ["user_1", "tenant_9"], ["日本", "Zoë 🚀", ""], ["x" * 128] * 10])
 def test_the_tags_dumper_writes_the_bytes_psycopg_writes(array_oid, tags):
-    """The COPY's own tags dumper (``engine._tags_dumper``) is only a faster psycopg: same bytes, each type."""
+    """The COPY's own tags dumper (``staging._tags_dumper``) is only a faster psycopg: same bytes, each type."""
     import psycopg
     from psycopg import adapt, pq
 
-    ours = engine._tags_dumper(array_oid)(list, None)
+    ours = staging._tags_dumper(array_oid)(list, None)
     theirs = psycopg.adapters.get_dumper_by_oid(array_oid, pq.Format.BINARY)(list, adapt.Transformer())
 
     assert bytes(ours.dump(tags)) == bytes(theirs.dump(tags))
@@ -362,9 +362,9 @@ def test_the_quick_validation_agrees_with_the_check_of_record(snapshot):
     """``validate`` passes a snapshot on ``_plainly_valid``'s word only if ``_why_invalid`` finds nothing,
     and otherwise answers ``_why_invalid``'s reason."""
     tags = engine.normalise_tags(snapshot.tags)
-    expected = engine._why_invalid(snapshot, tags)
+    expected = rows._why_invalid(snapshot, tags)
 
-    assert engine._plainly_valid(snapshot, tags) == (expected is None)
+    assert rows._plainly_valid(snapshot, tags) == (expected is None)
     assert engine.validate(snapshot) == expected
 
 
