@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from buffer.buffer import Buffer
+from runs.ids import new_run_id
 from runs.tenants import ensure_tenant, issue_api_key
 
 TRIGGER = "/api/v1/tasks/hello/trigger"
@@ -69,3 +70,23 @@ def test_idempotency_hit_leaves_no_claim_on_its_new_request_key(client, tenant, 
     assert cached == {"id": first["id"], "isCached": True}
     assert claim_holder(buffer, t, "req", request_key) is None
     assert buffer.depth(buffer.shard_for(t.org.id), t.env.id) == 1
+
+
+def test_a_retry_taking_over_a_dead_request_key_still_finds_the_row_holding_its_idempotency_key(
+    client, tenant, buffer, mollifier_settings
+):
+    """The slow path decides in the same order as the script (docs/architecture.md#trigger-path): once the dead
+    attempt's request key is taken over, a key that no claim holds but a row does answers that row (isCached),
+    exactly as the same trigger without the dead request key does; it never buffers a second run with it."""
+    (t, secret) = tenant
+    mollifier_settings(ENABLED=False)  # a direct write: its row holds "k-row", no claim does
+    written = post(client, secret, "k-row", str(uuid.uuid4())).json()
+    assert claim_holder(buffer, t, "idem", "k-row") is None
+    mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
+    request_key = str(uuid.uuid4())
+    dead = new_run_id(now_ms=1_600_000_000_000)  # an attempt that died years ago, its run written nowhere
+    buffer.claim("req", org_id=t.org.id, env_id=t.env.id, task="hello", key=request_key, run_id=dead, ttl_ms=60_000)
+    retry = post(client, secret, "k-row", request_key).json()
+    assert retry == {"id": written["id"], "isCached": True}
+    assert buffer.depth(buffer.shard_for(t.org.id), t.env.id) == 0
+    assert claim_holder(buffer, t, "req", request_key) is None  # this call made no run: its takeover is released
