@@ -54,7 +54,7 @@ from buffer.buffer import (
 )
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
-from runs import codec, engine, ids, request_keys
+from runs import engine, fast_json, ids, request_keys
 from runs import metadata as metadata_codec
 from runs.auth import EnvContext
 from runs.db_errors import Failure, classify
@@ -173,7 +173,7 @@ def encode_payload(payload: Any, payload_type: str) -> tuple[str | None, str]:
         return None, payload_type
     if isinstance(payload, str):
         return payload, payload_type
-    return codec.dumps(payload), "application/json"
+    return fast_json.dumps(payload), "application/json"
 
 
 def prepare(
