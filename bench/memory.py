@@ -11,7 +11,7 @@ of (its env's queue ``q:<env>`` and index ``ix:<env>``, the shard's counters and
 entry"; a GiB of Redis holds 2^30 / that many entries.
 
 Twice per size: compression off (``SNAPSHOT_COMPRESS_MIN_BYTES=0``, every snapshot plain JSON) and on (the
-setting's value, or ``--threshold``; buffer/snapshot_codec.py: zlib level 1 with the format's preset
+setting's value, or ``--threshold``; buffer/stored_snapshot.py: zlib level 1 with the format's preset
 dictionary, stored only when smaller). With each, the Python CPU compression adds per trigger (``pack`` and
 ``created_ms``) and per drained row (the client's reply decode and ``unpack``), medians of ``--repeat``.
 
@@ -126,12 +126,12 @@ def measure_layout(buffer, client, docs, env_ids) -> int:
     """Bytes per entry in today's layout, filled through the real accept script with ``buffer``'s
     compression threshold (the stored form and created_ms exactly as ``Buffer.accept`` sends them). Each
     run is accepted at its created_ms, as the trigger path does (so its hash needs no created_ms field)."""
-    from buffer import snapshot_codec
+    from buffer import stored_snapshot
 
     k = buffer.keys_for_org(ORG)
     pipe = client.pipeline(transaction=False)
     for run_id, env, doc in docs:
-        now_ms = int(snapshot_codec.created_ms(doc, 0))
+        now_ms = int(stored_snapshot.created_ms(doc, 0))
         stored, created_ms = buffer._stored(doc, now_ms)
         buffer._scripts.accept(
             keys=[k.entry(run_id), k.queue(env), k.org_envs(ORG), k.orgs],
@@ -168,20 +168,20 @@ def cpu_us(docs, *, min_bytes: int, repeat: int) -> tuple[float, float]:
     """Median µs of what compression adds in Python: per trigger, ``pack`` and ``created_ms`` (what
     ``Buffer.accept``/``trigger`` do with the JSON); per drained row, decoding the reply bytes as the client
     does (UTF-8, surrogateescape) and ``unpack``."""
-    from buffer import snapshot_codec
+    from buffer import stored_snapshot
 
     texts = [doc for _, _, doc in docs]
     wire = [
         packed if isinstance(packed, bytes) else packed.encode()
-        for packed in (snapshot_codec.pack(t, min_bytes=min_bytes) for t in texts)
+        for packed in (stored_snapshot.pack(t, min_bytes=min_bytes) for t in texts)
     ]
 
     def trigger(text: str) -> None:
-        snapshot_codec.pack(text, min_bytes=min_bytes)
-        snapshot_codec.created_ms(text, 0)
+        stored_snapshot.pack(text, min_bytes=min_bytes)
+        stored_snapshot.created_ms(text, 0)
 
     def drained(value: bytes) -> None:
-        snapshot_codec.unpack(value.decode("utf-8", "surrogateescape"))
+        stored_snapshot.unpack(value.decode("utf-8", "surrogateescape"))
 
     return timed_us(trigger, texts, repeat), timed_us(drained, wire, repeat)
 

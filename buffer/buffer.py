@@ -38,7 +38,7 @@ from django.conf import settings
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
-from buffer import metrics, operators, snapshot_codec, stats, sweep_state
+from buffer import metrics, operators, stats, stored_snapshot, sweep_state
 from buffer.breaker import Breaker, guarded_connection_class
 from buffer.cluster import BufferCluster, primaries
 from buffer.keys import ClaimKind, ShardKeys, shard_for
@@ -276,8 +276,8 @@ def _snapshot(stored: str | None) -> tuple[str, str | None]:
     Never raises: an entry whose snapshot is corrupt must still come back (a drain round turns it into a
     failure row; an operator sees it), not take a whole lease reply down with it."""
     try:
-        return snapshot_codec.unpack(stored), None
-    except snapshot_codec.CorruptSnapshot as exc:
+        return stored_snapshot.unpack(stored), None
+    except stored_snapshot.CorruptSnapshot as exc:
         return "", str(exc)
 
 
@@ -346,7 +346,7 @@ def _require(name: str, value: int, minimum: int) -> None:
 
 CLIENT_OPTIONS: dict[str, Any] = {"decode_responses": True, "encoding_errors": "surrogateescape"}
 """What every client of the buffer needs: ``str`` replies, and compressed snapshots (binary) that survive
-the decoding — an undecodable byte becomes a lone surrogate, which ``buffer.snapshot_codec`` turns back into
+the decoding — an undecodable byte becomes a lone surrogate, which ``buffer.stored_snapshot`` turns back into
 that byte. Valid UTF-8, i.e. everything else the buffer stores, decodes as usual."""
 
 
@@ -445,7 +445,7 @@ class Buffer:
     reply is parsed as ``str``, and a compressed snapshot must come back byte for byte.
 
     ``compress_min_bytes`` (SNAPSHOT_COMPRESS_MIN_BYTES): snapshots of at least that many bytes are stored
-    compressed when that makes them smaller (``buffer.snapshot_codec``); 0 stores every snapshot as JSON.
+    compressed when that makes them smaller (``buffer.stored_snapshot``); 0 stores every snapshot as JSON.
     Either way every snapshot ever stored reads back.
     """
 
@@ -492,7 +492,7 @@ class Buffer:
     def _stored(self, snapshot: str, now_ms: int) -> tuple[str | bytes, str]:
         """What accept and trigger send for ``snapshot``: its stored form, and its created_ms (the env index
         position, read here because no script reads a snapshot; ``now_ms`` if it has none)."""
-        return snapshot_codec.pack(snapshot, min_bytes=self._compress_min_bytes), snapshot_codec.created_ms(
+        return stored_snapshot.pack(snapshot, min_bytes=self._compress_min_bytes), stored_snapshot.created_ms(
             snapshot, now_ms
         )
 

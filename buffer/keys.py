@@ -21,7 +21,7 @@ key                                            type    holds / written by
                                                        requeue, promote_due, reclaim_expired, release, dead_letter,
                                                        cancel, append_tags update it. No TTL except once ACKED.
 ``B s:<run>``                                  STRING  the entry's snapshot: the JSON byte-for-byte, or compressed
-                                                       (``buffer.snapshot_codec``; kept out of the hash so the hash
+                                                       (``buffer.stored_snapshot``; kept out of the hash so the hash
                                                        stays listpack-encoded). accept creates it; get, lease, take,
                                                        env_page return it, ``Buffer.append_tags`` reads it; no
                                                        script decodes it; ack gives it the grace TTL (or deletes

@@ -12,9 +12,13 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 from kombu import Exchange, Queue
 
 from mollifier_project.config import check_broker_redis_url, check_secret_key, load_settings, redis_location
+
+# Django's generic classes subscriptable at run time, as django-stubs types them (``admin.ModelAdmin[TaskRun]``).
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

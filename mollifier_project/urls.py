@@ -6,7 +6,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("runs.urls")),
-    path("admin/buffer/", include("sweep.admin_urls")),  # the buffer dashboard, ahead of the admin site
+    path("admin/buffer/", include("sweep.admin.urls")),  # the buffer dashboard, ahead of the admin site
     path("admin/", admin.site.urls),
     path("", include("telemetry.urls")),
 ]

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from buffer.buffer import Buffer, BufferUnavailable
 from mollifier_project.clock import from_ms, now_ms
-from runs import batches, codec, engine, mutations, openapi, packets, queries, trigger
+from runs import batches, engine, mutations, openapi, packets, queries, trigger
+from runs import fast_json as codec  # was runs/codec.py (issue 17)
 from runs.auth import EnvContext, authenticate
 from runs.middleware import request_id
 from runs.models import MAX_REQUEST_KEY_LENGTH

@@ -26,7 +26,7 @@ from types import UnionType
 from typing import Any
 
 from mollifier_project.clock import EPOCH, from_ms, to_ms
-from runs import codec
+from runs import fast_json
 
 VERSION = 1
 
@@ -164,7 +164,7 @@ def to_snapshot(snapshot: Snapshot) -> str:
         value = getattr(snapshot, attr)
         if value is not None:
             doc[key] = _ms(value)
-    return codec.dumps(doc)
+    return fast_json.dumps(doc)
 
 
 def from_snapshot(text: str | bytes) -> Snapshot:
@@ -174,7 +174,7 @@ def from_snapshot(text: str | bytes) -> Snapshot:
     over its keys; anything that pass is unsure of goes to ``_read_checked``, which says what is wrong (or,
     for what the pass only does not handle — a float time, version ``1.0`` — reads it the same way)."""
     try:
-        doc = codec.loads(text)
+        doc = fast_json.loads(text)
     except (TypeError, ValueError) as exc:
         raise SnapshotError(f"snapshot is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):

@@ -21,9 +21,10 @@ in that order.
 
 Steps 3–5 are one Redis round trip (``Buffer.trigger``, ``buffer/lua/trigger.lua``): the script claims both
 keys, counts the trigger in the gate and accepts it, atomically and in that order, or stops where an answer
-needs Python — a key held by another run, whose run may be alive, reusable or gone (a Postgres question) —
-and the rest is done step by step as before (``_settle``). A passed-through trigger leaves the script
-holding its keys and goes on to ``engine.trigger``. So a warm buffered trigger costs one Redis round trip
+needs Python — a key held by another run, whose run may be alive, reusable or gone (a Postgres question).
+Python answers that question alone (``_take_over``): it answers with the holder's run, or takes the key over
+and calls the same script again, so the decision order lives in the script only. A passed-through trigger
+leaves the script holding its keys and goes on to ``engine.trigger``. So a warm buffered trigger costs one Redis round trip
 and no Postgres query (docs/architecture.md#trigger-path).
 
 Claims made in 3–4 are released again if this call does not end up creating its run, so a failed
@@ -53,7 +54,7 @@ from buffer.buffer import (
 )
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
-from runs import codec, engine, ids, request_keys
+from runs import engine, fast_json, ids, request_keys
 from runs import metadata as metadata_codec
 from runs.auth import EnvContext
 from runs.db_errors import Failure, classify
@@ -73,6 +74,10 @@ CLAIM_STALE_MS = 60_000
 # write, however slow (a request lasts at most gunicorn's 30 s), is covered; after that its row and the unique
 # index answer for the key, and the claim stops costing Redis memory (docs/architecture.md#idempotency).
 DIRECT_CLAIM_MS = CLAIM_STALE_MS
+# Script calls per trigger, at most: one after restoring request keys (UNFENCED), one after each key is taken
+# over (request, idempotency), the last, and one more per key for a takeover another trigger won (its holder is
+# then young: answered, or 409, on the next call). More means keys churned round after round: 503, retry.
+MAX_SCRIPT_CALLS = 6
 IN_FLIGHT_WAIT_S = 1.0
 IN_FLIGHT_POLL_S = 0.025
 REUSABLE_KEY_STATUSES = engine.REUSABLE_KEY_STATUSES
@@ -168,7 +173,7 @@ def encode_payload(payload: Any, payload_type: str) -> tuple[str | None, str]:
         return None, payload_type
     if isinstance(payload, str):
         return payload, payload_type
-    return codec.dumps(payload), "application/json"
+    return fast_json.dumps(payload), "application/json"
 
 
 def prepare(
@@ -320,7 +325,9 @@ def _trigger(
     env: EnvContext, s: Snapshot, claims: _Claims, *, buffer: Buffer, cfg: MollifierSettings, now_ms: int,
     bypass: bool, request_key: str | None,
 ) -> Triggered:  # fmt: skip
-    """Steps 3–5 in one Redis round trip (``Buffer.trigger``); a held key falls back to ``_settle``.
+    """Steps 3–5: the script (``Buffer.trigger``) decides, in one round trip; a key held by another run is
+    answered or taken over here (``_take_over``) and the script is asked again, so the order claim → gate →
+    accept lives in the script alone (docs/architecture.md#trigger-path).
 
     The gate's checks that need no Redis (switch, bypass, enrolment) run first, here: a trigger they pass
     through is not counted, and one that cannot be mollified does not ship its snapshot to Redis.
@@ -337,35 +344,50 @@ def _trigger(
         None if precheck is not None else GateArgs(cfg.TRIP_WINDOW_MS, cfg.TRIP_THRESHOLD, cfg.HOLD_MS, env.enrolled)
     )
     fence_ms = cfg.REQUEST_KEY_FENCE_MS if request_key else 0
+    restored = False  # the request keys were restored once (UNFENCED): a second UNFENCED is not guessed at
+    req_ours = False  # the request key is this call's in Redis (the script wrote it, or it was taken over)
     try:
-        for _ in range(2):
+        for _ in range(MAX_SCRIPT_CALLS):
             reply = buffer.trigger(
                 run_id=s.id, env_id=env.env_id, org_id=env.org_id, task=s.task_identifier, now_ms=now_ms,
                 request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS, idempotency=idem,
                 gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV, idem_pass_ttl_ms=pass_ttl,
                 check_unclaimed=can_accept, request_fence_ms=fence_ms,
             )  # fmt: skip
-            if reply.status is not TriggerStatus.UNFENCED:
-                break
-            fence_ms = _restore_request_keys(buffer, env, s, request_key, cfg, now_ms=now_ms)
-        else:  # the fence went up and lapsed again at once: do not guess
-            raise Unavailable(
-                "The buffer is recovering from an outage; retry shortly.", headers={"x-should-retry": "true"}
-            )
+            if reply.status is TriggerStatus.UNFENCED:
+                if restored:  # the fence went up and lapsed again at once: do not guess
+                    raise Unavailable(
+                        "The buffer is recovering from an outage; retry shortly.", headers={"x-should-retry": "true"}
+                    )
+                restored = True
+                fence_ms = _restore_request_keys(buffer, env, s, request_key, cfg, now_ms=now_ms)
+                continue
+            if reply.status is TriggerStatus.REQ_HELD:
+                assert request_key is not None and reply.holder is not None
+                previous = _take_over(buffer, env, s, claims, "req", request_key, reply.holder, now_ms=now_ms)
+                if previous is not None:
+                    return Triggered(previous, False, "replayed")
+                req_ours = ("req", request_key) in claims.held
+                continue
+            if request_key and reply.status is not TriggerStatus.CLOSED and reply.status is not TriggerStatus.FULL:
+                claims.hold("req", request_key)
+                req_ours = True
+            if reply.status is TriggerStatus.IDEM_HELD:
+                assert s.idempotency_key is not None and reply.holder is not None
+                live = _take_over(buffer, env, s, claims, "idem", s.idempotency_key, reply.holder, now_ms=now_ms)
+                if live is not None:
+                    return Triggered(live, True, "cached")
+                continue
+            break
+        else:  # keys taken over and taken again by other triggers, round after round
+            raise Unavailable("The idempotency key is contended; retry shortly.", headers={"x-should-retry": "true"})
     except BufferUnavailable as exc:  # Redis is unreachable: fail open
-        if request_key:
+        unrecorded = None if req_ours else request_key
+        if unrecorded:
             _check_fallback(buffer, env, cfg)  # or 503: the key cannot be recorded safely yet
         log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
-        return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False, text=text, request_key=request_key)
-    if reply.status is TriggerStatus.REQ_HELD:
-        return _settle(env, s, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass, request_key=request_key,
-                       first={"req": reply.holder})  # fmt: skip
-    if request_key and reply.status is not TriggerStatus.CLOSED and reply.status is not TriggerStatus.FULL:
-        claims.hold("req", request_key)
-    if reply.status is TriggerStatus.IDEM_HELD:
-        return _settle(env, s, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass, request_key=None,
-                       first={"idem": reply.holder})  # fmt: skip
+        return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False, text=text, request_key=unrecorded)
     if s.idempotency_key and reply.status is TriggerStatus.PASS and pass_ttl is not None:
         claims.hold("idem", s.idempotency_key)
     decision = precheck
@@ -381,6 +403,35 @@ def _trigger(
     if reply.status is TriggerStatus.IDEM_UNCLAIMED:
         return _accept_unclaimed(buffer, env, s, cfg, now_ms=now_ms, text=text)
     return Triggered(s.id, False, "buffered")  # ACCEPTED, or DUPLICATE: a retried call whose first one ran
+
+
+def _take_over(
+    buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Claims, kind: ClaimKind, key: str, holder: str, *,
+    now_ms: int,
+) -> str | None:  # fmt: skip
+    """The one question the script cannot answer: who holds this key, and is its run alive? Returns the run to
+    answer with — a request key's earlier attempt that exists (alive or failed: ``replayed``), an idempotency
+    key's live run (``isCached``) — or None, to ask the script again: the key is then this call's (taken over
+    from a run that exists nowhere, or from a failed or expired one whose row gives the key up), or another
+    trigger took it over first and the script says who. A young holder that exists nowhere is a trigger still
+    in flight: 409 (``_settled_state``)."""
+    state = _settled_state(buffer, env, holder, now_ms=now_ms)
+    if state == "live" or (state == "reusable" and kind == "req"):
+        return holder
+    if state == "reusable":
+        engine.release_idempotency_key(
+            env.env_id, s.task_identifier, key, now=s.created_at, statuses=REUSABLE_KEY_STATUSES
+        )
+    # The idempotency claim covers this call's write; an accept re-binds it for the key's whole TTL
+    # (lua/lib/entry_accept.lua).
+    ttl_ms = REQUEST_KEY_TTL_MS if kind == "req" else min(_idem_ttl_ms(s, now_ms), DIRECT_CLAIM_MS)
+    taken = buffer.claim(
+        kind, org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=key, run_id=s.id, ttl_ms=ttl_ms,
+        stale_run_id=holder,
+    )  # fmt: skip
+    if taken is None:
+        claims.hold(kind, key)
+    return None
 
 
 def _accept_unclaimed(
@@ -406,49 +457,10 @@ def _accept_unclaimed(
         log.warning("idempotency lookup failed, accepting: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
     try:
         return _accept(buffer, env, s, cfg, now_ms=now_ms, text=text)
-    except BufferUnavailable as exc:  # Redis went away after the script answered: fail open, as _settle does
+    except BufferUnavailable as exc:  # Redis went away after the script answered: fail open, as the script call does
         log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
         return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False)
-
-
-def _settle(
-    env: EnvContext, s: Snapshot, claims: _Claims, *, buffer: Buffer, cfg: MollifierSettings, now_ms: int,
-    bypass: bool, request_key: str | None, first: dict[str, str | None],
-) -> Triggered:  # fmt: skip
-    """The steps after a key held by another run, one by one as before the script: is that run alive
-    (Redis and Postgres), take the key over if it is not, then the gate and the accept. Rare: a retry, a
-    reused idempotency key. ``first`` holds the holder the script saw; ``request_key`` is None once the
-    request key is settled (ours)."""
-    redis_up = True
-    unclaimed = None  # the request key, if Redis failed before this call held it
-    if request_key:
-        try:
-            replay = _claim_request(buffer, env, s, request_key, claims, first)
-        except BufferUnavailable:
-            redis_up = False
-            replay = None
-            unclaimed = request_key
-            _check_fallback(buffer, env, cfg)
-        if replay is not None:
-            return Triggered(replay, False, "replayed")
-    if s.idempotency_key and redis_up:
-        try:
-            cached = _claim_idempotency(buffer, env, s, claims, first, now_ms=now_ms)
-        except BufferUnavailable:
-            redis_up = False
-            cached = None
-        if cached is not None:
-            return Triggered(cached, True, "cached")
-    decision = _decide(buffer, env, cfg, now_ms=now_ms, bypass=bypass, redis_up=redis_up)
-    if decision == gate.Action.MOLLIFY:
-        try:
-            return _accept(buffer, env, s, cfg, now_ms=now_ms)
-        except BufferUnavailable as exc:  # Redis went away after the gate answered: fail open
-            log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
-            gate.count_fail_open()
-            return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False)
-    return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=redis_up, request_key=unclaimed)
 
 
 def _restore_request_keys(
@@ -512,68 +524,10 @@ def _refusal(full: bool, depth: int | None, cfg: MollifierSettings, *, now_ms: i
     return Backpressure("An operator has closed this environment's intake for now; retry later.", headers=headers)
 
 
-def _claim_request(
-    buffer: Buffer, env: EnvContext, s: Snapshot, request_key: str, claims: _Claims, first: dict[str, str | None]
-) -> str | None:
-    """The run a previous attempt of this request made, or None once this call holds the request key.
-    ``first`` may hold the holder the trigger script saw (``_settle``)."""
-    stale = None
-    for _ in range(2):
-        if "req" in first:
-            holder = first.pop("req")
-        else:
-            holder = buffer.claim(
-                "req", org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=request_key, run_id=s.id,
-                ttl_ms=REQUEST_KEY_TTL_MS, stale_run_id=stale,
-            )  # fmt: skip
-        if holder is None:
-            claims.hold("req", request_key)
-            return None
-        if _settled_state(buffer, env, holder, now_ms=_ms(s)) != "missing":
-            return holder
-        stale = holder  # the earlier attempt died before creating its run: take the key over
-    return holder
-
-
-def _claim_idempotency(
-    buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Claims, first: dict[str, str | None], *, now_ms: int
-) -> str | None:
-    """The live run holding the task-level key (→ ``isCached``), or None once this call holds the key.
-    ``first`` may hold the holder the trigger script saw (``_settle``)."""
-    assert s.idempotency_key is not None
-    # The claim covers this call's write; an accept re-binds the key for its whole TTL (lua/lib/entry_accept.lua).
-    ttl_ms = min(_idem_ttl_ms(s, now_ms), DIRECT_CLAIM_MS)
-    stale = None
-    for _ in range(3):
-        if "idem" in first:
-            holder = first.pop("idem")
-        else:
-            holder = buffer.claim(
-                "idem", org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=s.idempotency_key,
-                run_id=s.id, ttl_ms=ttl_ms, stale_run_id=stale,
-            )  # fmt: skip
-        if holder is None:
-            claims.hold("idem", s.idempotency_key)
-            return None
-        state = _settled_state(buffer, env, holder, now_ms=now_ms)
-        if state == "live":
-            return holder
-        if state == "reusable":
-            engine.release_idempotency_key(
-                env.env_id, s.task_identifier, s.idempotency_key, now=s.created_at, statuses=REUSABLE_KEY_STATUSES
-            )
-        stale = holder
-    raise Unavailable("idempotency key is contended; retry")
-
-
 def _idem_ttl_ms(s: Snapshot, now_ms: int) -> int:
     """What is left of the idempotency key's lifetime (the claim's PX)."""
     assert s.idempotency_key_expires_at is not None
     return max(1, to_ms(s.idempotency_key_expires_at) - now_ms)
-
-
-def _ms(s: Snapshot) -> int:
-    return to_ms(s.created_at)
 
 
 def _settled_state(buffer: Buffer, env: EnvContext, holder: str, *, now_ms: int) -> str:
@@ -607,27 +561,11 @@ def _holder_state(buffer: Buffer, env: EnvContext, run_id: str) -> str:
     return "missing"  # nowhere, or acked with its row not visible yet
 
 
-def _decide(
-    buffer: Buffer, env: EnvContext, cfg: MollifierSettings, *, now_ms: int, bypass: bool, redis_up: bool
-) -> gate.Action:
-    if not redis_up:
-        gate.count_fail_open()
-        return gate.Action.PASS_THROUGH
-    try:
-        decision = gate.evaluate(
-            buffer, org_id=env.org_id, env_id=env.env_id, enrolled=env.enrolled, bypass=bypass, now_ms=now_ms, cfg=cfg
-        )
-    except BufferUnavailable as exc:
-        log.warning("gate unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
-        gate.count_fail_open()
-        return gate.Action.PASS_THROUGH
-    return decision.action
-
-
 def _accept(
     buffer: Buffer, env: EnvContext, s: Snapshot, cfg: MollifierSettings, *, now_ms: int, text: str = ""
 ) -> Triggered:
-    """``Buffer.accept`` alone: after the slow path's gate, or a Postgres outage on the direct path. ``text``:
+    """``Buffer.accept`` alone: after the unique index's answer (``IDEM_UNCLAIMED``), or a Postgres outage on
+    the direct path. ``text``:
     the snapshot already serialised, if it was."""
     result = buffer.accept(
         run_id=s.id, env_id=env.env_id, org_id=env.org_id, snapshot=text or to_snapshot(s), now_ms=now_ms,

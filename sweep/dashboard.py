@@ -1,5 +1,5 @@
 """The buffer dashboard's figures and health verdict (docs/architecture.md#operator-admin): pure functions over
-the typed numbers ``Buffer`` reads, so every verdict is a unit test away. The views in ``sweep.admin_views``
+the typed numbers ``Buffer`` reads, so every verdict is a unit test away. The views in ``sweep.admin.views``
 read Redis once and hand the values here.
 
 The verdict is the first of these that holds, with a reason an operator can act on:

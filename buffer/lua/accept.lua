@@ -10,7 +10,7 @@ KEYS[6]  idem:<env>:…       optional: the task-level idempotency key to bind t
 ARGV[1]  run id
 ARGV[2]  env id
 ARGV[3]  org id
-ARGV[4]  the snapshot as stored: plain JSON or compressed (buffer/snapshot_codec.py), byte-for-byte, never read
+ARGV[4]  the snapshot as stored: plain JSON or compressed (buffer/stored_snapshot.py), byte-for-byte, never read
 ARGV[5]  now_ms
 ARGV[6]  max entries per env queue (exact cap)
 ARGV[7]  idempotency key TTL in ms (only with KEYS[6]; "" without it)

@@ -13,7 +13,7 @@ ARGV[5]  now_ms
 ARGV[6]  lease_ms
 ARGV[7]  max_bytes: stop before the snapshot bytes taken would pass this (0: no limit); the first entry
          is always taken, so a huge snapshot is leased alone, never stuck. The bytes are the JSON's: a
-         plain snapshot's length, a compressed one's (buffer/snapshot_codec.py: "\x01", the JSON length as
+         plain snapshot's length, a compressed one's (buffer/stored_snapshot.py: "\x01", the JSON length as
          4 bytes big-endian, deflate) from its header — not its stored length, as a 1 MiB payload of one
          repeated byte deflates to ~1 KiB and the budget bounds the memory the drainer needs
 ARGV[8]  mode: "round" (a drain round's lease: stops before an entry marked solo — its last lease

@@ -16,7 +16,7 @@ KEYS[last] fence:req        only with ARGV[18]: the shard's request-key fence (a
 ARGV[1]  run id
 ARGV[2]  env id
 ARGV[3]  org id
-ARGV[4]  the snapshot as stored (plain JSON or compressed, buffer/snapshot_codec.py), byte-for-byte and never
+ARGV[4]  the snapshot as stored (plain JSON or compressed, buffer/stored_snapshot.py), byte-for-byte and never
          read; "" when ARGV[12] is not "1" (this call cannot accept)
 ARGV[5]  now_ms
 ARGV[6]  max entries per env queue (exact cap)

@@ -1,4 +1,4 @@
-"""Runs that exist only in Redis, in the TaskRun admin (``runs.admin_buffered``): found by the search, shown
+"""Runs that exist only in Redis, in the TaskRun admin (``runs.admin.buffered``): found by the search, shown
 read-only."""
 
 from __future__ import annotations

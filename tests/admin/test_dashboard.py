@@ -1,4 +1,4 @@
-"""The buffer dashboard at /admin/buffer/ and its drill-downs (``sweep.admin_views``), through the test client
+"""The buffer dashboard at /admin/buffer/ and its drill-downs (``sweep.admin.views``), through the test client
 against real Redis and Postgres; and the ``Buffer`` reads behind them (``buffer.operators``)."""
 
 from __future__ import annotations

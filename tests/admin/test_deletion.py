@@ -1,4 +1,4 @@
-"""Nothing lost from the admin (``runs.admin_deletion``): deleting an org or env with buffered runs warns with
+"""Nothing lost from the admin (``runs.admin.deletion``): deleting an org or env with buffered runs warns with
 the count, and dead-letters them once the deletion commits."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The StuckEntry admin (``sweep.admin``): list, filters, search, the detail page read from the buffer, the
+"""The StuckEntry admin (``sweep.admin.stuck_entries``): list, filters, search, the detail page read from the buffer, the
 repair actions and their permission."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from mollifier_project.clock import to_ms
 from runs.models import RunStatus, TaskRun
-from sweep.admin import report
+from sweep.admin.stuck_entries import report
 from sweep.models import StuckEntry, StuckKind
 from sweep.repair import Repaired
 from tests.factories import EnvironmentFactory

@@ -12,7 +12,7 @@ Reads every key under the buffer's prefix and checks, per shard:
   exactly each non-empty queue's head accepted_ms, and ``shard_stats`` (what the gauges read) returns what
   walking every env (the O(envs) way the gauges used to be computed) finds;
 * ``ix:<env>`` holds exactly the env's QUEUED, LEASED and DEAD entries, keyed by their snapshot's created_ms
-  (read through ``buffer.snapshot_codec``: plain or compressed), which the hash's created_ms (or, absent,
+  (read through ``buffer.stored_snapshot``: plain or compressed), which the hash's created_ms (or, absent,
   accepted_ms) repeats — what ack rebuilds the member from.
 """
 
@@ -22,7 +22,7 @@ import json
 import re
 from collections import Counter, defaultdict
 
-from buffer import snapshot_codec
+from buffer import stored_snapshot
 from buffer.buffer import Buffer
 
 RETRY_SCAN = 100  # as lua/shard_stats.lua
@@ -192,8 +192,8 @@ def _assert_index(shard: int, entries: dict, snapshots: dict[str, str], indexes:
             continue
         kept = entry.get("created_ms", entry["accepted_ms"])  # what ack rebuilds the member from
         try:
-            created = json.loads(snapshot_codec.unpack(snapshots[run_id])).get("created_ms", entry["accepted_ms"])
-        except (snapshot_codec.CorruptSnapshot, ValueError):
+            created = json.loads(stored_snapshot.unpack(snapshots[run_id])).get("created_ms", entry["accepted_ms"])
+        except (stored_snapshot.CorruptSnapshot, ValueError):
             created = kept  # a test's deliberately unreadable snapshot: the accept passed accepted_ms
         assert str(kept) == str(created), f"{run_id}: the hash's created_ms {kept} is not the snapshot's {created}"
         expected[int(entry["env"])].append(f"{int(created):015d}{run_id}")

@@ -8,7 +8,7 @@ import zlib
 import pytest
 from prometheus_client import REGISTRY
 
-from buffer import snapshot_codec
+from buffer import stored_snapshot
 from buffer.buffer import AcceptStatus, Buffer, EntryStatus, IdemRef
 from tests.buffer.conftest import make_snapshot
 from tests.buffer.invariants import assert_consistent
@@ -181,7 +181,7 @@ def test_payload_with_quotes_backslashes_unicode_and_emoji_round_trips_byte_exac
     stored = redis_client.get(buffer.keys_for_org(ORG).snapshot(run_id))
     if min_bytes:  # stored compressed (the first byte says so), and the bytes decompress to the very JSON
         assert stored[:1] == b"\x01" and int.from_bytes(stored[1:5], "big") == len(doc.encode()) > len(stored)
-        assert zlib.decompressobj(-15, zdict=snapshot_codec.DICTIONARY_V1).decompress(stored[5:]) == doc.encode()
+        assert zlib.decompressobj(-15, zdict=stored_snapshot.DICTIONARY_V1).decompress(stored[5:]) == doc.encode()
     else:
         assert stored == doc.encode("utf-8")
     assert buffer.get(run_id, org_id=ORG).snapshot == doc

@@ -1,4 +1,4 @@
-"""Snapshots stored compressed (buffer/snapshot_codec.py): every reader gets the JSON back, every entry
+"""Snapshots stored compressed (buffer/stored_snapshot.py): every reader gets the JSON back, every entry
 ever stored still reads and drains, and no script needs to read a snapshot's content."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 import redis
 
-from buffer import snapshot_codec
+from buffer import stored_snapshot
 from buffer.buffer import CLIENT_OPTIONS, Buffer, EntryStatus, GateArgs, TriggerStatus
 from tests.buffer.conftest import make_snapshot
 from tests.buffer.invariants import assert_consistent
@@ -98,7 +98,7 @@ def test_the_threshold_is_a_minimum_in_bytes(buffer, compressing, redis_client):
 
 def test_a_snapshot_that_would_not_shrink_is_stored_as_json():
     for doc in ('{"q":"zq"}', '{"a":1}'):  # the marker and the deflate block cost more than they save
-        assert snapshot_codec.pack(doc, min_bytes=1) == doc
+        assert stored_snapshot.pack(doc, min_bytes=1) == doc
 
 
 def test_an_entry_whose_created_ms_is_its_accept_time_stores_no_created_ms_field(buffer, compressing, redis_client):
@@ -194,18 +194,18 @@ def test_a_corrupt_compressed_snapshot_is_leased_with_its_reason_not_raised(buff
 
 @pytest.mark.parametrize("value", [b"\x01", b"\x01garbage", b"\x02anything", b"\x01" + b"\xff" * 40], ids=repr)
 def test_unreadable_compressed_values_raise_corrupt_snapshot(value):
-    with pytest.raises(snapshot_codec.CorruptSnapshot):
-        snapshot_codec.unpack(value.decode("utf-8", "surrogateescape"))
+    with pytest.raises(stored_snapshot.CorruptSnapshot):
+        stored_snapshot.unpack(value.decode("utf-8", "surrogateescape"))
 
 
 def test_a_compressed_value_whose_header_length_is_wrong_is_corrupt():
     doc = json.dumps({"payload": "y" * 500})
-    packed = snapshot_codec.pack(doc, min_bytes=1)
+    packed = stored_snapshot.pack(doc, min_bytes=1)
     assert isinstance(packed, bytes) and int.from_bytes(packed[1:5], "big") == len(doc)
     for length in (len(doc) - 1, len(doc) + 1):
         forged = packed[:1] + length.to_bytes(4, "big") + packed[5:]
-        with pytest.raises(snapshot_codec.CorruptSnapshot):
-            snapshot_codec.unpack(forged.decode("utf-8", "surrogateescape"))
+        with pytest.raises(stored_snapshot.CorruptSnapshot):
+            stored_snapshot.unpack(forged.decode("utf-8", "surrogateescape"))
 
 
 def test_the_lease_budget_counts_the_json_bytes_of_a_compressed_snapshot(buffer, compressing, redis_client):
@@ -221,8 +221,8 @@ def test_the_lease_budget_counts_the_json_bytes_of_a_compressed_snapshot(buffer,
 
 
 def test_created_ms_is_the_first_top_level_one_else_the_fallback():
-    assert snapshot_codec.created_ms('{"v":1,"created_ms":123,"payload":"{\\"created_ms\\":9}"}', 5) == "123"
-    assert snapshot_codec.created_ms('{"v":1}', 5) == "5"
+    assert stored_snapshot.created_ms('{"v":1,"created_ms":123,"payload":"{\\"created_ms\\":9}"}', 5) == "123"
+    assert stored_snapshot.created_ms('{"v":1}', 5) == "5"
 
 
 def test_a_client_without_the_buffer_options_is_refused(redis_client):

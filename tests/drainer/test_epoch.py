@@ -22,7 +22,7 @@ from drainer import epochs, tasks
 from runs import auth
 from runs.ids import minted_ms, new_run_id
 from runs.tenants import ensure_tenant, issue_api_key
-from sweep import admin_views
+from sweep.admin import views
 from tests.conftest import on_cluster
 from tests.redis_servers import RedisServer
 from tests.sweep.test_metrics import parse
@@ -272,7 +272,7 @@ def test_a_flapping_redis_shows_the_newest_losses_and_counts_the_rest(key_prefix
 
     html = admin_client.get("/admin/buffer/").content.decode()
 
-    assert len(re.findall(r'class="buffer-data-loss" id="data-loss-\d+"', html)) == admin_views.LOSSES_N
+    assert len(re.findall(r'class="buffer-data-loss" id="data-loss-\d+"', html)) == views.LOSSES_N
     assert "…and 2 older unacknowledged\n  data losses" in html
     newest = BufferDataLoss.objects.order_by("-detected_at").first()
     assert f'id="data-loss-{newest.pk}"' in html

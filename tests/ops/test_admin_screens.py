@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from runs.admin import TaskRunAdmin
+from runs.admin.model_admins import TaskRunAdmin
 from runs.models import BatchTaskRun, Organization, TaskRun
 from tests.factories import BatchFactory, EnvironmentFactory, OrganizationFactory, fail_run, trigger_run
 

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from runs.admin import CappedCountPaginator
+from runs.admin.model_admins import CappedCountPaginator
 from runs.alerts import record_run_alert
 from runs.models import ApiKey, BatchTaskRun, Environment, Organization, RunAlert, RunStatus, TaskRun
 from runs.tenants import env_for_secret, issue_api_key, revoke_keys

@@ -158,7 +158,7 @@ def test_a_closed_intake_answers_429_with_its_reset_and_binds_no_key(client, db,
 def test_an_integer_beyond_64_bits_in_metadata_keeps_every_digit_in_the_snapshot(
     client, db, key_prefix, mollifier_settings
 ):
-    """orjson alone would read it as a float (runs.codec): the buffered snapshot must hold the exact number."""
+    """orjson alone would read it as a float (runs.fast_json): the buffered snapshot must hold the exact number."""
     mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0)
     tenant, secret = tenant_and_secret("rt-big-int", enrol=True)
     body = '{"payload": "{}", "options": {"metadata": {"n": 123456789012345678901234567890}}}'

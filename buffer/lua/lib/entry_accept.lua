@@ -12,7 +12,7 @@ KEYS     none of its own: the caller passes, in table ``k``, key names it declar
            k.base      the shard key base "<prefix>:{m<k>}:" (for keys derived from it)
 ARGV     none: the caller passes, in table ``a``:
            a.run, a.env, a.org   ids (strings)
-           a.snapshot            the stored snapshot (plain JSON or compressed bytes, buffer/snapshot_codec.py),
+           a.snapshot            the stored snapshot (plain JSON or compressed bytes, buffer/stored_snapshot.py),
                                  stored byte-for-byte and never read
            a.created_ms          the snapshot's created_ms (digit string), its env index position
            a.now_ms              accept time

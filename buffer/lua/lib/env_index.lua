@@ -9,7 +9,7 @@ Key, derived from the shard base "<prefix>:{m<k>}:":
                          (created_ms, run id) — the order of the run list's keyset — from any cursor in
                          O(log N + page), ties included. created_ms is the snapshot's "created_ms": exactly
                          the created_at its Postgres row gets. No script reads it out of the snapshot (a
-                         stored snapshot may be compressed, buffer/snapshot_codec.py): the accepting caller
+                         stored snapshot may be compressed, buffer/stored_snapshot.py): the accepting caller
                          passes it, and the entry hash keeps it in the field created_ms only when it differs
                          from accepted_ms (the usual trigger creates the run at its accept time: 0 bytes).
 KEYS     none of its own.

@@ -4,21 +4,21 @@ Every view goes through ``admin.site.admin_view``: staff only, anyone else is re
 from django.contrib import admin
 from django.urls import path
 
-from sweep import admin_views
+from sweep.admin import views
 
 app_name = "buffer_admin"
 
 urlpatterns = [
-    path("", admin.site.admin_view(admin_views.buffer_dashboard), name="dashboard"),
-    path("shard/<int:shard>/", admin.site.admin_view(admin_views.shard_detail), name="shard"),
+    path("", admin.site.admin_view(views.buffer_dashboard), name="dashboard"),
+    path("shard/<int:shard>/", admin.site.admin_view(views.shard_detail), name="shard"),
     path(
         "data-loss/<int:loss_id>/acknowledge/",
-        admin.site.admin_view(admin_views.acknowledge_data_loss),
+        admin.site.admin_view(views.acknowledge_data_loss),
         name="acknowledge_data_loss",
     ),
     path(
         "org/<int:org_id>/env/<int:env_id>/",
-        admin.site.admin_view(admin_views.env_detail),
+        admin.site.admin_view(views.env_detail),
         name="env",
     ),
 ]

@@ -12,7 +12,7 @@ what they display up front (``list_select_related``).
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -27,10 +27,12 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from runs.admin_buffered import BufferedRunAdminMixin
-from runs.admin_deletion import BufferedEntriesDeletionMixin
+from runs.admin.buffered import BufferedRunAdminMixin
+from runs.admin.deletion import BufferedEntriesDeletionMixin
 from runs.models import ApiKey, BatchTaskRun, Environment, Organization, RunAlert, TaskRun, flags_enrol_mollifier
 from runs.tenants import revoke_keys
+
+_M = TypeVar("_M", bound=models.Model)
 
 
 class CappedCountPaginator(Paginator):
@@ -49,7 +51,7 @@ class CappedCountPaginator(Paginator):
         return self.count > self.cap
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(admin.ModelAdmin[_M]):
     """View-only: the rows are written by the system, never by hand."""
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
@@ -62,7 +64,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class LargeTableAdmin(ReadOnlyAdmin):
+class LargeTableAdmin(ReadOnlyAdmin[_M]):
     paginator = CappedCountPaginator
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
@@ -110,7 +112,7 @@ class OrganizationForm(forms.ModelForm):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(BufferedEntriesDeletionMixin, admin.ModelAdmin):
+class OrganizationAdmin(BufferedEntriesDeletionMixin, admin.ModelAdmin[Organization]):
     form = OrganizationForm
     list_display = ("slug", "name", "enrolled", "env_count", "created_at")
     search_fields = ("slug", "name")
@@ -129,7 +131,7 @@ class OrganizationAdmin(BufferedEntriesDeletionMixin, admin.ModelAdmin):
         return obj.env_count  # type: ignore[attr-defined]  # the annotation get_queryset adds
 
 
-class ApiKeyInline(admin.TabularInline):
+class ApiKeyInline(admin.TabularInline[ApiKey, Environment]):
     """The env's keys, for reading: issued by the command, revoked from the API key list."""
 
     model = ApiKey
@@ -147,7 +149,7 @@ class ApiKeyInline(admin.TabularInline):
 
 
 @admin.register(Environment)
-class EnvironmentAdmin(BufferedEntriesDeletionMixin, admin.ModelAdmin):
+class EnvironmentAdmin(BufferedEntriesDeletionMixin, admin.ModelAdmin[Environment]):
     list_display = ("org", "slug", "type", "created_at", "keys")
     list_filter = ("type", "org")
     list_select_related = ("org",)
@@ -163,7 +165,7 @@ class EnvironmentAdmin(BufferedEntriesDeletionMixin, admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     """Prefix and hash only. Keys come from ``manage.py mollifier_tenant``; here they can only be revoked."""
 
     list_display = ("prefix", "env", "created_at", "revoked_at", "active")
@@ -203,7 +205,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(TaskRun)
-class TaskRunAdmin(BufferedRunAdminMixin, LargeTableAdmin):
+class TaskRunAdmin(BufferedRunAdminMixin, LargeTableAdmin[TaskRun]):
     # The list fits a 1366 px window beside its filters (tests/ops/test_admin_screens.py measures it): no org
     # column (the env column names it) and no materialised_at (the dwell says how long after created_at it
     # came); both are on the run's page. Run ids, times and envs do not wrap, so the admin's navigation
@@ -243,7 +245,7 @@ class TaskRunAdmin(BufferedRunAdminMixin, LargeTableAdmin):
 
 
 @admin.register(BatchTaskRun)
-class BatchTaskRunAdmin(LargeTableAdmin):
+class BatchTaskRunAdmin(LargeTableAdmin[BatchTaskRun]):
     list_display = ("id", "env", "status", "run_count", "items_received", "sealed", "created_at")
     list_filter = ("status",)
     list_select_related = ("env__org",)
@@ -257,7 +259,7 @@ class BatchTaskRunAdmin(LargeTableAdmin):
 
 
 @admin.register(RunAlert)
-class RunAlertAdmin(LargeTableAdmin):
+class RunAlertAdmin(LargeTableAdmin[RunAlert]):
     list_display = ("id", "run_link", "channel", "created_at", "detail")
     list_filter = ("channel",)
     search_fields = ("=run__id",)

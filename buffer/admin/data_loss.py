@@ -11,7 +11,7 @@ from buffer.models import BufferDataLoss
 
 
 @admin.register(BufferDataLoss)
-class BufferDataLossAdmin(admin.ModelAdmin):
+class BufferDataLossAdmin(admin.ModelAdmin[BufferDataLoss]):
     list_display = ("detected_at", "prefix", "shards", "lost_after", "found", "acknowledged_at", "acknowledged_by")
     list_filter = (("acknowledged_at", admin.EmptyFieldListFilter), "prefix")
     readonly_fields = [f.name for f in BufferDataLoss._meta.fields]

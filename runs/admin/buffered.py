@@ -1,7 +1,7 @@
 """Buffered runs in the TaskRun admin (docs/architecture.md#operator-admin): a run that exists only in Redis.
 
 Until the drain writes its row, a buffered run is no ``TaskRun``, so the stock admin could never find it.
-``BufferedRunAdminMixin`` (on ``runs.admin.TaskRunAdmin``) adds:
+``BufferedRunAdminMixin`` (on ``runs.admin.model_admins.TaskRunAdmin``) adds:
 
 * to the search: a term that is a run id and matches no row is looked up in the buffer too
   (``Buffer.find_entry``: one read per shard, one round trip); other terms never reach Redis. A hit is shown above the (empty) results with
@@ -32,7 +32,9 @@ from runs.models import Environment, Organization, TaskRun
 from runs.snapshot import from_snapshot
 
 if TYPE_CHECKING:  # the mixin is typed as the ModelAdmin it is mixed into
-    from django.contrib.admin import ModelAdmin as _Base
+    from django.contrib.admin import ModelAdmin
+
+    _Base = ModelAdmin[TaskRun]
 else:
     _Base = object
 

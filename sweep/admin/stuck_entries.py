@@ -28,7 +28,7 @@ from django.utils.html import format_html
 from buffer.buffer import Buffer, BufferUnavailable, Entry
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
-from runs.admin import CappedCountPaginator
+from runs.admin.model_admins import CappedCountPaginator
 from runs.models import Environment, Organization
 from sweep import repair
 from sweep.dashboard import duration
@@ -148,7 +148,7 @@ Repair = Callable[[Buffer, Sequence[StuckEntry], int], repair.Repaired]
 
 
 @admin.register(StuckEntry)
-class StuckEntryAdmin(admin.ModelAdmin):
+class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
     list_display = ("run_id", "kind", "age", "attempts", "short_error", "org", "env", "shard", "last_seen_at", "open")
     list_filter = ("kind", OrgFilter, EnvFilter, AgeFilter, StateFilter)
     search_fields = ("=run_id",)

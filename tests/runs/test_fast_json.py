@@ -1,4 +1,4 @@
-"""``runs.codec`` answers exactly as ``json`` does, including where orjson alone would refuse or differ."""
+"""``runs.fast_json`` answers exactly as ``json`` does, including where orjson alone would refuse or differ."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runs import codec
+from runs import fast_json
 
 DOCS = [
     '{"payload":"{\\"json\\":{\\"a\\":1}}","options":{"tags":["a","é"],"metadata":{"n":1.5,"z":null}}}',
@@ -23,15 +23,15 @@ DOCS = [
 @pytest.mark.parametrize("text", DOCS)
 def test_loads_gives_what_json_gives(text):
     expected = json.loads(text)
-    got = codec.loads(text)
+    got = fast_json.loads(text)
     assert json.dumps(got) == json.dumps(expected)  # NaN compares unequal to itself; its text does not
-    assert json.dumps(codec.loads(text.encode("utf-8", "surrogatepass"))) == json.dumps(expected)
+    assert json.dumps(fast_json.loads(text.encode("utf-8", "surrogatepass"))) == json.dumps(expected)
 
 
 @pytest.mark.parametrize("text", ["", "{", '{"a":}', "[1,]", "nul"])
 def test_malformed_json_raises_json_s_own_error(text):
     with pytest.raises(json.JSONDecodeError) as got:
-        codec.loads(text)
+        fast_json.loads(text)
     with pytest.raises(json.JSONDecodeError) as expected:
         json.loads(text)
     assert str(got.value) == str(expected.value)
@@ -39,7 +39,7 @@ def test_malformed_json_raises_json_s_own_error(text):
 
 def test_nesting_beyond_the_recursion_limit_raises_recursion_error_as_json_does():
     with pytest.raises(RecursionError):
-        codec.loads("[" * 100_000 + "]" * 100_000)
+        fast_json.loads("[" * 100_000 + "]" * 100_000)
 
 
 @pytest.mark.parametrize(
@@ -48,5 +48,5 @@ def test_nesting_beyond_the_recursion_limit_raises_recursion_error_as_json_does(
 )
 def test_dumps_is_json_dumps_compact_and_unescaped(value):
     expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    assert codec.dumps(value) == expected
-    assert codec.dumps_bytes(value) == expected.encode()
+    assert fast_json.dumps(value) == expected
+    assert fast_json.dumps_bytes(value) == expected.encode()

@@ -36,7 +36,9 @@ from runs.models import Environment, Organization
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the mixin is typed as the ModelAdmin it is mixed into
-    from django.contrib.admin import ModelAdmin as _Base
+    from django.contrib.admin import ModelAdmin
+
+    _Base = ModelAdmin[Any]
 else:
     _Base = object
 

@@ -7,7 +7,7 @@ number of tenants), looks up the names of the tenants it shows, and lets ``sweep
 * ``/admin/buffer/shard/<k>/``: the shard's deepest orgs and envs (``TOP_N`` each, ``Buffer.top_envs``).
 * ``/admin/buffer/org/<org>/env/<env>/``: the env's counts, its open stuck entries and the head of its queue.
 
-URLs are wired by ``sweep.admin_urls`` (included ahead of the admin site), each view wrapped in
+URLs are wired by ``sweep.admin.urls`` (included ahead of the admin site), each view wrapped in
 ``admin.site.admin_view``: an anonymous or non-staff visitor is sent to the admin login.
 """
 
@@ -28,7 +28,7 @@ from drainer import epochs
 from mollifier_project.clock import from_ms, now_ms
 from runs.models import Environment, Organization
 from sweep import dashboard
-from sweep.admin import REPAIR_PERMISSION
+from sweep.admin.stuck_entries import REPAIR_PERMISSION
 from sweep.models import StuckEntry
 
 TOP_N = 50  # orgs and envs listed on a shard page
