@@ -10,8 +10,8 @@ import schemathesis
 from openapi_spec_validator import validate
 from schemathesis.core.result import Ok
 
-from runs import openapi
-from runs.urls import urlpatterns
+from api import openapi
+from api.urls import urlpatterns
 
 pytestmark = pytest.mark.django_db
 
@@ -109,6 +109,6 @@ def test_served_without_a_key_as_json_and_cached(client):
 
 
 def test_the_ndjson_types_are_those_the_view_accepts():
-    from runs import api
+    from api import http
 
-    assert openapi.NDJSON_TYPES == api.NDJSON_TYPES
+    assert openapi.NDJSON_TYPES == http.NDJSON_TYPES

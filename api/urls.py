@@ -2,7 +2,9 @@
 
 from django.urls import path
 
-from runs import api, api_bulk, api_runs
+from api import http as api
+from api.views import bulk as api_bulk
+from api.views import packets as api_runs
 
 urlpatterns = [
     path("api/v1/tasks/<path:task>/trigger", api.trigger_task, name="trigger-task"),
@@ -16,13 +18,13 @@ urlpatterns = [
     path("api/v1/idempotencyKeys/<path:key>/reset", api.reset_idempotency_key, name="reset-idempotency-key"),
     path("api/openapi.json", api.openapi_document, name="openapi"),
 ]
-urlpatterns += [  # bulk actions (runs.api_bulk)
+urlpatterns += [  # bulk actions (api.views.bulk)
     path("api/v1/bulk-actions", api_bulk.bulk_actions, name="bulk-actions"),
     path("api/v1/bulk-actions/<str:action_id>", api_bulk.retrieve_bulk_action, name="retrieve-bulk-action"),
     path("api/v1/bulk-actions/<str:action_id>/abort", api_bulk.abort_bulk_action, name="abort-bulk-action"),
 ]
 
-# Packets, reschedule, replay and metadata (runs/api_runs.py, docs/api.md#packets).
+# Packets, reschedule, replay and metadata (api/views/packets.py, docs/api.md#packets).
 urlpatterns += [
     path("api/v2/packets/<path:filename>", api_runs.create_upload_url, name="create-upload-url"),
     path("api/v1/packets/<path:filename>", api_runs.get_download_url, name="get-download-url"),

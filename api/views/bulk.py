@@ -1,13 +1,13 @@
 """Bulk-action views (docs/api.md#bulk-actions): parse, call ``runs.bulk``, map to HTTP. Same decorator and
-error mapping as ``runs.api``; another env's action is 404."""
+error mapping as ``api.http``; another env's action is 404."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
 
+from api.http import _json_body, endpoint, error
 from mollifier_project.clock import now_ms
 from runs import bulk
-from runs.api import _json_body, endpoint, error
 from runs.auth import EnvContext
 from runs.bulk_schemas import CreateBulkActionBody
 

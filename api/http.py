@@ -1,5 +1,5 @@
 """HTTP API in the trigger.dev v4 wire format (docs/api.md). Views only parse, call a service and map its
-result or error to HTTP; every error is ``{"error": "…"}``. What no view catches, ``runs.middleware``
+result or error to HTTP; every error is ``{"error": "…"}``. What no view catches, ``api.middleware``
 answers as JSON too (docs/api.md#bad-input)."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ValidationError
 
+from api import openapi
+from api.middleware import request_id
 from buffer.buffer import Buffer, BufferUnavailable
 from mollifier_project.clock import from_ms, now_ms
-from runs import batches, codec, engine, mutations, openapi, packets, queries, trigger
+from runs import batches, codec, engine, mutations, packets, queries, trigger
 from runs.auth import EnvContext, authenticate
-from runs.middleware import request_id
 from runs.models import MAX_REQUEST_KEY_LENGTH
 from runs.schemas import (
     CreateBatchBody,

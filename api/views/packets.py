@@ -1,5 +1,5 @@
 """HTTP API for packets, reschedule, replay and metadata (docs/api.md#packets, #reschedule, #replay,
-#metadata). Thin like ``runs.api``, whose ``endpoint`` decorator (auth, error mapping) they share: parse,
+#metadata). Thin like ``api.http``'s views, whose ``endpoint`` decorator (auth, error mapping) they share: parse,
 call a service (``runs.packets``, ``runs.mutations``, ``runs.replay``), map its result to HTTP."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from django.http import FileResponse, HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
+from api.http import HttpError, _buffer, _json_body, _mutation_response, _request_key, endpoint, error, packet_uri
 from mollifier_project.clock import from_ms, now_ms
 from runs import mutations, packets, queries, replay
-from runs.api import HttpError, _buffer, _json_body, _mutation_response, _request_key, endpoint, error, packet_uri
 from runs.auth import EnvContext
 from runs.durations import DurationError, parse_delay
 from runs.locate import Where, locate

@@ -474,7 +474,7 @@ def openapi_path(route: str) -> str:
 
 
 def build() -> dict[str, Any]:
-    from runs.urls import urlpatterns  # here, not at the top: runs.urls imports runs.api, which imports this
+    from api.urls import urlpatterns  # here, not at the top: api.urls imports api.http, which imports this
 
     paths: dict[str, Any] = {}
     for pattern in urlpatterns:
