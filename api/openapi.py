@@ -31,7 +31,7 @@ from runs.presenters import API_STATUSES
 
 VERSION = "0.1.0"  # pyproject.toml [project] version
 REF = "#/components/schemas/{model}"
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")  # = runs.api.NDJSON_TYPES
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")  # = api.views.batches.NDJSON_TYPES
 _CLOSED = ConfigDict(extra="forbid")
 Time = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]  # ISO 8601, UTC, milliseconds
 

@@ -109,6 +109,6 @@ def test_served_without_a_key_as_json_and_cached(client):
 
 
 def test_the_ndjson_types_are_those_the_view_accepts():
-    from api import http
+    from api.views import batches
 
-    assert openapi.NDJSON_TYPES == http.NDJSON_TYPES
+    assert openapi.NDJSON_TYPES == batches.NDJSON_TYPES
