@@ -3,6 +3,7 @@ inside ``buffer/`` — kept by the code, and failing on a deliberate violation i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -69,3 +70,43 @@ def test_building_a_key_outside_buffer_breaks_the_key_contract(tree: Path):
     assert done.returncode != 0
     assert "Only buffer builds keys and calls scripts BROKEN" in done.stdout
     assert "sweep.peek -> buffer.keys" in done.stdout
+
+
+# grimp (which import-linter runs on) reads every import statement, those inside functions included: a lazy
+# import that only dodges a circle at run time still closes it here.
+FIND_CYCLES = """
+import json, sys
+import grimp
+graph = grimp.build_graph(*sys.argv[1:], cache_dir=None)
+cycles = []
+for module in sorted(graph.modules):
+    for imported in sorted(graph.find_modules_directly_imported_by(module)):
+        chain = graph.find_shortest_chain(importer=imported, imported=module)
+        if chain:
+            cycles.append([module, *chain])
+print(json.dumps(cycles))
+"""
+
+
+def import_cycles(cwd: Path) -> list[list[str]]:
+    """Every module of the product packages under ``cwd`` that imports itself through others, as the shortest
+    such chain (``[a, b, …, a]``): one per module of a cycle and per import that leads into it."""
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    done = subprocess.run(
+        [sys.executable, "-c", FIND_CYCLES, *PACKAGES], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_no_module_of_the_http_face_is_in_an_import_cycle():
+    assert [cycle for cycle in import_cycles(ROOT) if cycle[0].startswith("api.")] == []
+
+
+def test_a_lazy_import_that_closes_a_circle_in_the_http_face_is_found(tree: Path):
+    with (tree / "api" / "openapi.py").open("a") as module:
+        module.write("\n\ndef _routes():\n    from api.urls import urlpatterns\n\n    return urlpatterns\n")
+
+    found = [cycle for cycle in import_cycles(tree) if cycle[0].startswith("api.")]
+
+    assert ["api.openapi", "api.urls", "api.views.document", "api.openapi"] in found
