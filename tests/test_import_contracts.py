@@ -62,6 +62,30 @@ def test_a_lower_layer_importing_a_higher_one_breaks_the_layers(tree: Path):
     assert "buffer.upward -> runs.engine" in done.stdout
 
 
+@pytest.mark.parametrize("below", ["runs", "buffer", "drainer", "sweep"])
+def test_the_domain_or_a_worker_importing_the_http_face_breaks_the_layers(tree: Path, below: str):
+    (tree / below / "serves.py").write_text("from api import http\n")
+
+    done = lint_imports(tree)
+
+    assert done.returncode != 0
+    assert (
+        "Layers: demo | telemetry above api | sweep above drainer above runs above buffer above mollifier_project BROKEN"
+        in done.stdout
+    )
+    assert f"{below}.serves -> api.http" in done.stdout
+
+
+def test_the_http_face_importing_the_drain_breaks_its_contract(tree: Path):
+    (tree / "api" / "drains.py").write_text("from drainer import drain\n")
+
+    done = lint_imports(tree)
+
+    assert done.returncode != 0
+    assert "The HTTP face does not drain BROKEN" in done.stdout
+    assert "api.drains -> drainer.drain" in done.stdout
+
+
 def test_building_a_key_outside_buffer_breaks_the_key_contract(tree: Path):
     (tree / "sweep" / "peek.py").write_text("from buffer.keys import ShardKeys\n")
 
