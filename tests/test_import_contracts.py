@@ -1,5 +1,6 @@
-"""The import contracts of ``make lint`` (pyproject.toml ``[tool.importlinter]``): the layers, and redis only
-inside ``buffer/`` — kept by the code, and failing on a deliberate violation in a copy of the tree."""
+"""The import contracts of ``make lint`` (pyproject.toml ``[tool.importlinter]``): the layers, redis only inside
+``buffer/``, the HTTP face apart from the drain; and no import cycle through ``api``, lazy imports included — kept
+by the code, and failing on a deliberate violation in a copy of the tree."""
 
 from __future__ import annotations
 
