@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "runs",
+    "api",
     "buffer",
     "drainer",
     "sweep",
@@ -48,7 +49,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # Outermost: every /api/ answer is JSON with an x-request-id, whatever fails below (docs/api.md#bad-input).
-    "runs.middleware.ApiErrorsMiddleware",
+    "api.middleware.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's static files from gunicorn itself (no separate web server in this deployment).
     "whitenoise.middleware.WhiteNoiseMiddleware",

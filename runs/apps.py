@@ -2,7 +2,7 @@ from django.apps import AppConfig
 
 
 class RunsConfig(AppConfig):
-    """Tenants, TaskRun, the run engine, the trigger service and the API."""
+    """Tenants, TaskRun, the run engine and the trigger service (the HTTP API is ``api``)."""
 
     default_auto_field = "django.db.models.BigAutoField"
     name = "runs"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -45,14 +44,6 @@ MACHINES = ("micro", "small-1x", "small-2x", "medium-1x", "medium-2x", "large-1x
 MAX_BATCH_SIZE = 1000
 MAX_JSON_DEPTH = 100  # levels of arrays and objects in a body or an NDJSON line, the body itself being level 1
 UNSTORABLE = "unstorable"  # the pydantic error type of a value no row could hold (answered 422)
-# Path parameters (runs/urls.py) → the name an error gives them.
-PATH_FIELDS = {
-    "task": "taskIdentifier",
-    "run_id": "runId",
-    "batch_id": "batchId",
-    "key": "idempotencyKey",
-    "action_id": "bulkActionId",
-}
 
 # Postgres text cannot hold NUL; UTF-8 cannot encode a lone surrogate. JSON lets both in ("\u0000", "\ud800").
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -296,14 +287,6 @@ class ResetIdempotencyBody(_Body):
 def is_unstorable(error: ValidationError) -> bool:
     """Every failure is a value no row could hold (422), not a malformed body (400)."""
     return all(item["type"] == UNSTORABLE for item in error.errors())
-
-
-def path_problem(params: Mapping[str, object]) -> str | None:
-    """Why a path parameter (``runs/urls.py``) can never match anything, naming it; None if none."""
-    for name, value in params.items():
-        if isinstance(value, str) and "\x00" in value:
-            return f"{PATH_FIELDS.get(name, name)}: must not contain a NUL character"
-    return None
 
 
 def describe(error: ValidationError) -> str:

@@ -1,6 +1,6 @@
-"""The import contracts of ``make lint`` (pyproject.toml ``[tool.importlinter]``): the layers, and redis only
-inside ``buffer/``, the engine's staging its own — kept by the code, and failing on a deliberate violation in a
-copy of the tree."""
+"""The import contracts of ``make lint`` (pyproject.toml ``[tool.importlinter]``): the layers, redis only inside
+``buffer/``, the engine's staging its own, the HTTP face apart from the drain — kept by the code, and failing on a
+deliberate violation in a copy of the tree. Import cycles are ``tests/test_import_cycles.py``'s."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("mollifier_project", "runs", "buffer", "drainer", "sweep", "demo", "telemetry")
+PACKAGES = ("mollifier_project", "runs", "api", "buffer", "drainer", "sweep", "demo", "telemetry")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -36,7 +36,7 @@ def tree(tmp_path: Path) -> Path:
 def test_the_code_keeps_every_contract():
     done = lint_imports(ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "Contracts: 4 kept, 0 broken." in done.stdout
+    assert "Contracts: 5 kept, 0 broken." in done.stdout
 
 
 def test_a_package_outside_buffer_that_imports_redis_breaks_the_redis_contract(tree: Path):
@@ -56,10 +56,34 @@ def test_a_lower_layer_importing_a_higher_one_breaks_the_layers(tree: Path):
 
     assert done.returncode != 0
     assert (
-        "Layers: demo | telemetry above sweep above drainer above runs above buffer above mollifier_project BROKEN"
+        "Layers: demo | telemetry above api | sweep above drainer above runs above buffer above mollifier_project BROKEN"
         in done.stdout
     )
     assert "buffer.upward -> runs.engine" in done.stdout
+
+
+@pytest.mark.parametrize("below", ["runs", "buffer", "drainer", "sweep"])
+def test_the_domain_or_a_worker_importing_the_http_face_breaks_the_layers(tree: Path, below: str):
+    (tree / below / "serves.py").write_text("from api import http\n")
+
+    done = lint_imports(tree)
+
+    assert done.returncode != 0
+    assert (
+        "Layers: demo | telemetry above api | sweep above drainer above runs above buffer above mollifier_project BROKEN"
+        in done.stdout
+    )
+    assert f"{below}.serves -> api.http" in done.stdout
+
+
+def test_the_http_face_importing_the_drain_breaks_its_contract(tree: Path):
+    (tree / "api" / "drains.py").write_text("from drainer import drain\n")
+
+    done = lint_imports(tree)
+
+    assert done.returncode != 0
+    assert "The HTTP face does not drain BROKEN" in done.stdout
+    assert "api.drains -> drainer.drain" in done.stdout
 
 
 def test_building_a_key_outside_buffer_breaks_the_key_contract(tree: Path):

@@ -48,7 +48,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from runs.openapi import NDJSON_TYPES
+from api.openapi import NDJSON_TYPES
 from runs.tenants import ensure_tenant, issue_api_key
 from tests.factories import trigger_run
 from tests.live import Gunicorn

@@ -1,13 +1,13 @@
-"""Bulk-action views (docs/api.md#bulk-actions): parse, call ``runs.bulk``, map to HTTP. Same decorator and
-error mapping as ``runs.api``; another env's action is 404."""
+"""Bulk-action views (docs/api.md#bulk-actions): parse, call ``runs.bulk``, map to HTTP. The decorator and
+error mapping are ``api.http``'s; another env's action is 404."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse
 
+from api.http import endpoint, error, json_body
 from mollifier_project.clock import now_ms
 from runs import bulk
-from runs.api import _json_body, endpoint, error
 from runs.auth import EnvContext
 from runs.bulk_schemas import CreateBulkActionBody
 
@@ -19,7 +19,7 @@ def bulk_actions(request: HttpRequest, env: EnvContext) -> JsonResponse:
     if request.method == "GET":
         params = {key: request.GET.get(key, "") for key in request.GET}
         return JsonResponse(bulk.list_actions(env, params))
-    body = _json_body(request, CreateBulkActionBody, limit=MAX_BODY_BYTES)
+    body = json_body(request, CreateBulkActionBody, limit=MAX_BODY_BYTES)
     try:
         action = bulk.create(env, body, now_ms=now_ms())
     except bulk.BulkError as exc:

@@ -1,11 +1,14 @@
-"""The OpenAPI 3.1 document of what ``runs/urls.py`` serves (docs/api.md#openapi-document), at ``GET /api/openapi.json``.
+"""The OpenAPI 3.1 document of what ``api/urls.py`` serves (docs/api.md#openapi-document), at ``GET /api/openapi.json``.
 
-Request bodies are the pydantic models of ``runs.schemas`` (``model_json_schema``), widened where a
-``before`` validator accepts more than the field's type says (``_WIDEN``) and narrowed where a check the
-type cannot express refuses (``_NARROW``). Response bodies are the ``TypedDict``\\ s below: the documents
-``runs.presenters`` and ``runs.batches`` build, where an optional field is absent, never ``null``, and no
-other field appears (``additionalProperties: false``). Every route of ``runs/urls.py`` must have an entry in
-``_OPERATIONS`` (by its URL name), or building the document fails.
+Request bodies are the pydantic models of ``runs.schemas`` and ``runs.bulk_schemas`` (``model_json_schema``),
+widened where a ``before`` validator accepts more than the field's type says (``_WIDEN``) and narrowed where a
+check the type cannot express refuses (``_NARROW``). Response bodies are the ``TypedDict``\\ s below: the documents
+``runs.presenters``, ``runs.batches`` and ``runs.bulk`` build, where an optional field is absent, never ``null``,
+and no other field appears (``additionalProperties: false``).
+
+The document stands on its own: ``_OPERATIONS`` names each path, and nothing here reads the routes. The routes
+and the document are held in step by a test (tests/fuzz/test_openapi.py) that walks Django's URL resolver:
+every route under ``/api/`` has an entry, and every entry a route.
 
 The document is built once per process (``document_bytes``).
 """
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from typing import (
     Annotated,
     Any,
@@ -31,7 +33,7 @@ from runs.presenters import API_STATUSES
 
 VERSION = "0.1.0"  # pyproject.toml [project] version
 REF = "#/components/schemas/{model}"
-NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")  # = runs.api.NDJSON_TYPES
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")  # = api.views.batches.NDJSON_TYPES
 _CLOSED = ConfigDict(extra="forbid")
 Time = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]  # ISO 8601, UTC, milliseconds
 
@@ -206,6 +208,37 @@ class MetadataDocument(TypedDict):
     metadata: dict[str, Any]
 
 
+@with_config(_CLOSED)
+class BulkCounts(TypedDict):
+    total: int
+    success: int
+    failure: int
+
+
+@with_config(_CLOSED)
+class BulkActionDocument(TypedDict):
+    """A bulk action (``runs.bulk.document``)."""
+
+    id: str
+    name: NotRequired[str]
+    type: Literal["CANCEL", "REPLAY"]
+    status: Literal["PENDING", "COMPLETED", "ABORTED"]
+    counts: BulkCounts
+    createdAt: Time
+    completedAt: NotRequired[Time]
+
+
+@with_config(_CLOSED)
+class BulkActionList(TypedDict):
+    data: list[BulkActionDocument]
+    pagination: Pagination
+
+
+@with_config(_CLOSED)
+class BulkActionId(TypedDict):
+    id: str
+
+
 _REQUESTS: tuple[type, ...] = (
     schemas.TriggerBody,
     schemas.CreateBatchBody,
@@ -215,10 +248,12 @@ _REQUESTS: tuple[type, ...] = (
     schemas.RescheduleBody,
     schemas.ReplayBody,
     schemas.MetadataBody,
+    bulk_schemas.CreateBulkActionBody,
 )
 _RESPONSES: tuple[type, ...] = (
     Error, Triggered, BatchCreated, BatchItemsAccepted, BatchDocument, RunDocument, RunList, Canceled, TagsSet,
-    KeyReset, PacketUrl, PacketStored, Replayed, MetadataDocument,
+    KeyReset, PacketUrl, PacketStored, Replayed, MetadataDocument, BulkActionDocument, BulkActionList,
+    BulkActionId,
 )  # fmt: skip
 
 # What a ``mode="before"`` validator of runs.schemas also accepts: (schema, property) → the alternatives added.
@@ -395,67 +430,43 @@ _LIST_PARAMS = (
 _RUN_ID = _path("run_id", "A run id.", pattern="^[^/]+$")
 _BATCH_ID = _path("batch_id", "A batch id.", pattern="^[^/]+$")
 _COMMON = (400, 401, 503)
+_ACTION_ID = _path("action_id", "A bulk action id.", pattern="^[^/]+$")
+_PAGE_PARAMS = tuple(p for p in _LIST_PARAMS if p["name"].startswith("page["))
 _FILENAME = _path("filename", "A packet path: `/`-separated segments of letters, digits and `_.=+@-`.", maxLength=512)
 
-# URL name in runs/urls.py → method → operation.
+# OpenAPI path → method → operation, in the order of api/urls.py. tests/fuzz/test_openapi.py walks the URL
+# resolver and fails on a route under /api/ that has no entry here, and on an entry that no route serves.
 _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
-    "trigger-task": {"post": _op(
+    "/api/v1/tasks/{task}/trigger": {"post": _op(
         "triggerTask", "Trigger a task", (200, "Triggered"), (*_COMMON, 404, 409, 413, 422, 429), body="TriggerBody",
         params=(_path("task", "The task id; may contain `/`.", maxLength=128),),
     )},
-    "create-batch": {"post": _op(
+    "/api/v3/batches": {"post": _op(
         "createBatch", "Create a batch", (202, "BatchCreated"), (*_COMMON, 413, 422), body="CreateBatchBody",
     )},
-    "batch-items": {"post": _op(
+    "/api/v3/batches/{batch_id}/items": {"post": _op(
         "streamBatchItems", "Stream batch items", (200, "BatchItemsAccepted"),
         (*_COMMON, 404, 409, 413, 415, 422, 429), body="BatchItem", ndjson=True, params=(_BATCH_ID,),
     )},
-    "retrieve-batch": {"get": _op(
+    "/api/v2/batches/{batch_id}": {"get": _op(
         "retrieveBatch", "Retrieve a batch", (200, "BatchDocument"), (*_COMMON, 404), params=(_BATCH_ID,),
     )},
-    "retrieve-run": {"get": _op(
+    "/api/v3/runs/{run_id}": {"get": _op(
         "retrieveRun", "Retrieve a run", (200, "RunDocument"), (*_COMMON, 404), params=(_RUN_ID,),
     )},
-    "list-runs": {"get": _op("listRuns", "List runs", (200, "RunList"), _COMMON, params=_LIST_PARAMS)},
-    "cancel-run": {"post": _op(
+    "/api/v1/runs": {"get": _op("listRuns", "List runs", (200, "RunList"), _COMMON, params=_LIST_PARAMS)},
+    "/api/v2/runs/{run_id}/cancel": {"post": _op(
         "cancelRun", "Cancel a run (any body is ignored)", (200, "Canceled"), (*_COMMON, 404), params=(_RUN_ID,),
     )},
-    "add-tags": {"post": _op(
+    "/api/v1/runs/{run_id}/tags": {"post": _op(
         "addTags", "Add tags to a run", (200, "TagsSet"), (*_COMMON, 404, 413, 422), body="TagsBody",
         params=(_RUN_ID,),
     )},
-    "reset-idempotency-key": {"post": _op(
+    "/api/v1/idempotencyKeys/{key}/reset": {"post": _op(
         "resetIdempotencyKey", "Reset an idempotency key", (200, "KeyReset"), (*_COMMON, 404, 413, 422),
         body="ResetIdempotencyBody", params=(_path("key", "The idempotency key; may contain `/`."),),
     )},
-    "create-upload-url": {"put": _op(
-        "createUploadPayloadUrl", "Presign the upload of a packet", (200, "PacketUrl"), (*_COMMON, 404),
-        params=(_FILENAME,),
-    )},
-    "get-download-url": {"get": _op(
-        "getPayloadUrl", "Presign the download of a packet", (200, "PacketUrl"), (*_COMMON, 404), params=(_FILENAME,),
-    )},
-    "packet-object": {"put": _packet_object("put"), "get": _packet_object("get")},
-    "run-packet-url": {"get": _op(
-        "getRunPacketUrl", "Presign the download of a run's stored payload", (200, "PacketUrl"), (*_COMMON, 404),
-        params=(_RUN_ID, _path("field", "`payload` (runs have no stored output here).", pattern="^[^/]+$")),
-    )},
-    "reschedule-run": {"post": _op(
-        "rescheduleRun", "Give a delayed run a new delay", (200, "RunDocument"), (*_COMMON, 404, 413, 422),
-        body="RescheduleBody", params=(_RUN_ID,),
-    )},
-    "replay-run": {"post": _op(
-        "replayRun", "Trigger a new run from an existing one", (200, "Replayed"),
-        (*_COMMON, 404, 409, 413, 422, 429), body="ReplayBody", body_required=False, params=(_RUN_ID,),
-    )},
-    "run-metadata": {
-        "put": _op(
-            "updateRunMetadata", "Replace or change a run's metadata", (200, "MetadataDocument"),
-            (*_COMMON, 404, 413, 422), body="MetadataBody", params=(_RUN_ID,),
-        ),
-        "get": _op("getRunMetadata", "A run's metadata", (200, "MetadataDocument"), (*_COMMON, 404), params=(_RUN_ID,)),
-    },
-    "openapi": {"get": {
+    "/api/openapi.json": {"get": {
         "operationId": "openapiDocument",
         "summary": "This document",
         "security": [],
@@ -465,25 +476,51 @@ _OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
             "content": {"application/json": {"schema": {"type": "object"}}},
         }},
     }},
+    "/api/v1/bulk-actions": {
+        "post": _op(
+            "createBulkAction", "Cancel or replay runs by filter or ids", (200, "BulkActionId"), (*_COMMON, 413, 422),
+            body="CreateBulkActionBody",
+        ),
+        "get": _op("listBulkActions", "List bulk actions", (200, "BulkActionList"), _COMMON, params=_PAGE_PARAMS),
+    },
+    "/api/v1/bulk-actions/{action_id}": {"get": _op(
+        "retrieveBulkAction", "Retrieve a bulk action", (200, "BulkActionDocument"), (*_COMMON, 404),
+        params=(_ACTION_ID,),
+    )},
+    "/api/v1/bulk-actions/{action_id}/abort": {"post": _op(
+        "abortBulkAction", "Abort a bulk action", (200, "BulkActionId"), (*_COMMON, 404), params=(_ACTION_ID,),
+    )},
+    "/api/v2/packets/{filename}": {"put": _op(
+        "createUploadPayloadUrl", "Presign the upload of a packet", (200, "PacketUrl"), (*_COMMON, 404),
+        params=(_FILENAME,),
+    )},
+    "/api/v1/packets/{filename}": {"get": _op(
+        "getPayloadUrl", "Presign the download of a packet", (200, "PacketUrl"), (*_COMMON, 404), params=(_FILENAME,),
+    )},
+    "/api/v1/packet-objects/{token}": {"put": _packet_object("put"), "get": _packet_object("get")},
+    "/api/v1/runs/{run_id}/packets/{field}": {"get": _op(
+        "getRunPacketUrl", "Presign the download of a run's stored payload", (200, "PacketUrl"), (*_COMMON, 404),
+        params=(_RUN_ID, _path("field", "`payload` (runs have no stored output here).", pattern="^[^/]+$")),
+    )},
+    "/api/v1/runs/{run_id}/reschedule": {"post": _op(
+        "rescheduleRun", "Give a delayed run a new delay", (200, "RunDocument"), (*_COMMON, 404, 413, 422),
+        body="RescheduleBody", params=(_RUN_ID,),
+    )},
+    "/api/v1/runs/{run_id}/replay": {"post": _op(
+        "replayRun", "Trigger a new run from an existing one", (200, "Replayed"),
+        (*_COMMON, 404, 409, 413, 422, 429), body="ReplayBody", body_required=False, params=(_RUN_ID,),
+    )},
+    "/api/v1/runs/{run_id}/metadata": {
+        "put": _op(
+            "updateRunMetadata", "Replace or change a run's metadata", (200, "MetadataDocument"),
+            (*_COMMON, 404, 413, 422), body="MetadataBody", params=(_RUN_ID,),
+        ),
+        "get": _op("getRunMetadata", "A run's metadata", (200, "MetadataDocument"), (*_COMMON, 404), params=(_RUN_ID,)),
+    },
 }  # fmt: skip
 
 
-def openapi_path(route: str) -> str:
-    """A Django route (``api/v1/runs/<str:run_id>/tags``) as an OpenAPI path (``/api/v1/runs/{run_id}/tags``)."""
-    return "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
-
-
 def build() -> dict[str, Any]:
-    from runs.urls import urlpatterns  # here, not at the top: runs.urls imports runs.api, which imports this
-
-    paths: dict[str, Any] = {}
-    for pattern in urlpatterns:
-        name = pattern.name or ""
-        if name not in _OPERATIONS:
-            raise KeyError(
-                f"route {name or pattern.pattern!r} of runs/urls.py has no entry in runs.openapi._OPERATIONS"
-            )
-        paths[openapi_path(str(pattern.pattern))] = _OPERATIONS[name]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -491,7 +528,7 @@ def build() -> dict[str, Any]:
             "version": VERSION,
             "description": "The subset of the trigger.dev v4 HTTP API that Mollifier serves (docs/api.md).",
         },
-        "paths": paths,
+        "paths": dict(_OPERATIONS),
         "components": {
             "schemas": _components(),
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "`tr_<env>_…` secret key."}},
@@ -509,59 +546,3 @@ def document() -> dict[str, Any]:
     """A fresh copy of the cached document."""
     loaded: dict[str, Any] = json.loads(document_bytes())
     return loaded
-
-
-# -- bulk actions (runs.api_bulk, docs/api.md#bulk-actions) ------------------------------------------------
-
-
-@with_config(_CLOSED)
-class BulkCounts(TypedDict):
-    total: int
-    success: int
-    failure: int
-
-
-@with_config(_CLOSED)
-class BulkActionDocument(TypedDict):
-    """A bulk action (``runs.bulk.document``)."""
-
-    id: str
-    name: NotRequired[str]
-    type: Literal["CANCEL", "REPLAY"]
-    status: Literal["PENDING", "COMPLETED", "ABORTED"]
-    counts: BulkCounts
-    createdAt: Time
-    completedAt: NotRequired[Time]
-
-
-@with_config(_CLOSED)
-class BulkActionList(TypedDict):
-    data: list[BulkActionDocument]
-    pagination: Pagination
-
-
-@with_config(_CLOSED)
-class BulkActionId(TypedDict):
-    id: str
-
-
-_REQUESTS = (*_REQUESTS, bulk_schemas.CreateBulkActionBody)
-_RESPONSES = (*_RESPONSES, BulkActionDocument, BulkActionList, BulkActionId)
-_ACTION_ID = _path("action_id", "A bulk action id.", pattern="^[^/]+$")
-_PAGE_PARAMS = tuple(p for p in _LIST_PARAMS if p["name"].startswith("page["))
-_OPERATIONS.update({
-    "bulk-actions": {
-        "post": _op(
-            "createBulkAction", "Cancel or replay runs by filter or ids", (200, "BulkActionId"), (*_COMMON, 413, 422),
-            body="CreateBulkActionBody",
-        ),
-        "get": _op("listBulkActions", "List bulk actions", (200, "BulkActionList"), _COMMON, params=_PAGE_PARAMS),
-    },
-    "retrieve-bulk-action": {"get": _op(
-        "retrieveBulkAction", "Retrieve a bulk action", (200, "BulkActionDocument"), (*_COMMON, 404),
-        params=(_ACTION_ID,),
-    )},
-    "abort-bulk-action": {"post": _op(
-        "abortBulkAction", "Abort a bulk action", (200, "BulkActionId"), (*_COMMON, 404), params=(_ACTION_ID,),
-    )},
-})  # fmt: skip
