@@ -64,7 +64,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from buffer.buffer import AckedClaim, Buffer, Entry, LeasedRound
+from buffer.buffer import Buffer
+from buffer.values import AckedClaim, Entry, LeasedRound
 from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report

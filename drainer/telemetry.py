@@ -12,7 +12,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
-from buffer.buffer import Buffer, BufferUnavailable, Entry
+from buffer.buffer import Buffer, BufferUnavailable
+from buffer.values import Entry
 from drainer import metrics
 from drainer.report import Report
 
