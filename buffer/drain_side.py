@@ -151,7 +151,7 @@ class DrainSide(BufferCore):
         tail). Returns how many moved."""
         require("limit", limit, 1)
         k = self.keys(shard)
-        return self._scripts.promote_due(keys=[k.retry, k.orgs], args=[k.base, now_ms, limit])
+        return int(self._scripts.promote_due(keys=[k.retry, k.orgs], args=[k.base, now_ms, limit]))
 
     def reclaim_expired(self, shard: int, *, now_ms: int, limit: int) -> list[tuple[str, int]]:
         """Expired leases (deadline <= now_ms) → retry, due now, attempts + 1. Returns (run id, attempts)."""
@@ -165,15 +165,13 @@ class DrainSide(BufferCore):
         if not run_ids:
             return 0
         k = self.keys(shard)
-        return self._scripts.release(keys=[k.leases, k.orgs], args=[k.base, *run_ids])
+        return int(self._scripts.release(keys=[k.leases, k.orgs], args=[k.base, *run_ids]))
 
     def dead_letter(self, shard: int, run_id: str, *, now_ms: int, reason: str) -> bool:
         """Park an entry as DEAD for operators (kept, no TTL). ``False`` if missing, DEAD or ACKED."""
         k = self.keys(shard)
-        return (
-            self._scripts.dead_letter(keys=[k.leases, k.retry, k.dead, k.orgs], args=[k.base, run_id, now_ms, reason])
-            == 1
-        )
+        keys = [k.leases, k.retry, k.dead, k.orgs]
+        return int(self._scripts.dead_letter(keys=keys, args=[k.base, run_id, now_ms, reason])) == 1
 
     def count_drained(self, shard: int, count: int, *, now_ms: int) -> None:
         """Count ``count`` entries that left the buffer (acked or dead-lettered) in the shard's drain rate."""

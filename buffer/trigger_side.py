@@ -307,7 +307,7 @@ class TriggerSide(BufferCore):
     def release_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str, run_id: str) -> bool:
         """Delete the key only if ``run_id`` holds it; ``True`` if it did."""
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
-        return self._scripts.release_claim(keys=[key_name], args=[run_id]) == 1
+        return int(self._scripts.release_claim(keys=[key_name], args=[run_id])) == 1
 
     def restore_request_keys(self, restored: Sequence[RestoredKey], *, fence_org_id: int | None, fence_ms: int) -> None:
         """Put request keys recorded in Postgres during a Redis outage back (``SET NX``: a key Redis holds keeps

@@ -84,6 +84,9 @@ CIRCUIT_BASE_MS = 100
 CIRCUIT_MAX_MS = 5_000
 ISOLATE_LOCK_MS = 100  # the lock wait of each entry written alone after its round's bulk write timed out on a lock
 
+_Failed = tuple[Entry, Snapshot | None, str]
+"""An entry that gets a failure row: its snapshot if it could be read, and why it failed."""
+
 
 class _Outage(Exception):
     """Postgres is unreachable: stop the round, release what is not committed."""
@@ -361,7 +364,7 @@ def materialise(
     keyed: dict[str, Snapshot] = {}  # runs with an idempotency key: the ack cuts their claims
     normal: list[tuple[Entry, Snapshot]] = []
     cancelled: list[tuple[Entry, Snapshot]] = []
-    failed: list[tuple[Entry, Snapshot | None, str]] = []
+    failed: list[_Failed] = []
     for entry in entries:
         try:
             snapshot = _parse(entry)
@@ -441,7 +444,7 @@ def _cancel_late(flagged: list[tuple[str, int, str | None]]) -> None:
 
 
 def _retry_or_fail(
-    state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list, *, to_tail: bool = False
+    state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list[_Failed], *, to_tail: bool = False
 ) -> None:
     if entry.attempts + 1 < state.limits.max_attempts:
         state.requeue(entry, reason, to_tail=to_tail)
@@ -449,7 +452,9 @@ def _retry_or_fail(
         failed.append((entry, snapshot, f"gave up after {entry.attempts + 1} attempts: {reason}"))
 
 
-def _guarded(state: _Round, entry: Entry, snapshot: Snapshot | None, failed: list, write: Callable[[], None]) -> None:
+def _guarded(
+    state: _Round, entry: Entry, snapshot: Snapshot | None, failed: list[_Failed], write: Callable[[], None]
+) -> None:
     """Run one database write for ``entry`` and route its failure by class (docs/architecture.md#drain-outcomes)."""
     try:
         write()
@@ -464,11 +469,9 @@ def _guarded(state: _Round, entry: Entry, snapshot: Snapshot | None, failed: lis
             failed.append((entry, snapshot, reason))
 
 
-def _materialise_normal(
-    state: _Round, normal: list[tuple[Entry, Snapshot]]
-) -> list[tuple[Entry, Snapshot | None, str]]:
+def _materialise_normal(state: _Round, normal: list[tuple[Entry, Snapshot]]) -> list[_Failed]:
     """Bulk insert; on a non-outage error fall back to one entry at a time to isolate the culprit."""
-    failed: list[tuple[Entry, Snapshot | None, str]] = []
+    failed: list[_Failed] = []
     if not normal:
         return failed
     now = from_ms(state.now_ms)
@@ -502,12 +505,12 @@ def _materialise_normal(
     return failed
 
 
-def _one(state: _Round, entry: Entry, snapshot: Snapshot, failed: list) -> None:
+def _one(state: _Round, entry: Entry, snapshot: Snapshot, failed: list[_Failed]) -> None:
     _apply_results(state, [(entry, snapshot)], engine.materialise_many([snapshot], now=from_ms(state.now_ms)), failed)
 
 
 def _apply_results(
-    state: _Round, normal: list[tuple[Entry, Snapshot]], results: list[engine.Result], failed: list
+    state: _Round, normal: list[tuple[Entry, Snapshot]], results: list[engine.Result], failed: list[_Failed]
 ) -> None:
     clashes: list[tuple[Entry, Snapshot, engine.Result]] = []
     carried: list[tuple[Entry, Snapshot, engine.Overrides]] = []
@@ -549,7 +552,9 @@ def _existed(state: _Round, entry: Entry, changes: engine.Overrides | None) -> N
     state.ack(entry)
 
 
-def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engine.Result, failed: list) -> None:
+def _resolve_clash(
+    state: _Round, entry: Entry, snapshot: Snapshot, result: engine.Result, failed: list[_Failed]
+) -> None:
     """Another row holds this run's idempotency key although the trigger path claimed it for this run
     (the key was reset, or Redis lost the claim). This run was accepted and its id answered, so it must
     exist: the engine's key-clash policy takes the key over if it may be reused, else writes the run

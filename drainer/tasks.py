@@ -75,7 +75,7 @@ def shard_lock_ms(limits: DrainLimits) -> int:
 
 
 @shared_task(name="drainer.drain_shard", ignore_result=True)
-def drain_shard(shard: int) -> dict | None:
+def drain_shard(shard: int) -> dict[str, object] | None:
     """Drain one shard while holding its lock; another holder means someone got there first."""
     cfg = settings.MOLLIFIER
     if not cfg.DRAINER_ENABLED:
