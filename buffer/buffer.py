@@ -7,7 +7,8 @@ each in a module of its own:
 - ``buffer.trigger_side.TriggerSide`` — ``runs/``: accept, trigger, claims, the gate's counter, mutations of
   one buffered run, the run list's pages, bulk cancels;
 - ``buffer.drain_side.DrainSide`` — ``drainer/``: the round's candidates, lease / ack / requeue / reclaim /
-  promote / release / dead-letter, the outage circuit, the shard lock, the fan-out's sends, the epochs;
+  promote / release / dead-letter, the outage circuit, the shard lock, the fan-out's sends, the epochs
+  (``drain_side.DrainBuffer`` is that contract as a ``Protocol``, which the drain's signatures name);
 - ``buffer.operator_side.OperatorSide`` — ``sweep/``, the admin, the gauges: stats, pages, census, switches,
   redrive / take / requeue now, the sweep's state;
 

@@ -2,7 +2,8 @@
 
 A round's candidates, lease / ack / requeue / reclaim / promote / release / dead-letter, the Postgres-outage
 circuit, the shard locks, the fan-out's sends, the drain rate and the buffer epochs. A mixin of
-``buffer.buffer.Buffer``.
+``buffer.buffer.Buffer``; ``DrainBuffer`` is the same contract as a ``Protocol``, which the drain's
+signatures name, so that the drain can use nothing else.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Literal
+from contextlib import AbstractContextManager, contextmanager
+from typing import Literal, Protocol
 
 from buffer import stats
 from buffer.core import BufferCore, require
@@ -273,3 +274,48 @@ class DrainSide(BufferCore):
     def clear_send(self, shard: int) -> None:
         """The shard's drain task has left the broker (it is running): the next tick may send another."""
         self._client.delete(self.keys(shard).drain_sent)
+
+
+class DrainBuffer(Protocol):
+    """The drain's contract with the buffer: ``drainer/`` names this type, never ``Buffer``, so that mypy refuses
+    a drain that reaches for an operator's or the trigger path's operation. ``DrainSide`` (hence ``Buffer``)
+    satisfies it; each method does what the ``DrainSide`` method of its name says."""
+
+    @property
+    def prefix(self) -> str: ...  # the buffer's KEY_PREFIX: the epochs' records are per prefix
+
+    # -- a round
+    def round_candidates(self, shard: int, *, max_orgs: int) -> RoundCandidates: ...
+    def lease_round(
+        self, shard: int, picks: Sequence[tuple[int, int, int]], *, now_ms: int, lease_ms: int, max_bytes: int
+    ) -> LeasedRound: ...
+    def lease_solo(self, shard: int, *, org_id: int, env_id: int, now_ms: int, lease_ms: int) -> Entry | None: ...
+    def ack(
+        self, shard: int, run_ids: Sequence[str], *, now_ms: int, grace_ms: int, claims: Sequence[AckedClaim] = ()
+    ) -> AckResult: ...
+    def requeue(
+        self, shard: int, run_id: str, *, now_ms: int, delay_ms: int, error: str, to_tail: bool = False
+    ) -> int | None: ...
+    def promote_due(self, shard: int, *, now_ms: int, limit: int) -> int: ...
+    def reclaim_expired(self, shard: int, *, now_ms: int, limit: int) -> list[tuple[str, int]]: ...
+    def release(self, shard: int, run_ids: Sequence[str]) -> int: ...
+    def dead_letter(self, shard: int, run_id: str, *, now_ms: int, reason: str) -> bool: ...
+    def count_drained(self, shard: int, count: int, *, now_ms: int) -> None: ...
+
+    # -- the clock, the epochs, the outage circuit
+    def server_time_ms(self) -> int: ...
+    def epochs(self, candidate: str) -> list[tuple[str, bool]]: ...
+    def circuit_until_ms(self, shard: int) -> int: ...
+    def open_circuit(self, shard: int, *, now_ms: int, base_ms: int, max_ms: int) -> int: ...
+    def close_circuit(self, shard: int) -> None: ...
+
+    # -- the lock and the fan-out
+    def shard_lock(
+        self, shard: int, kind: Literal["drain", "sweep"], *, timeout_s: float
+    ) -> AbstractContextManager[bool]: ...
+    def shard_has_work(self, shards: Iterable[int] | None = None) -> list[bool]: ...
+    def claim_sends(self, shards: Sequence[int], *, ttl_ms: int) -> list[int]: ...
+    def clear_send(self, shard: int) -> None: ...
+
+
+_DRAIN_SIDE_IS_A_DRAIN_BUFFER: type[DrainBuffer] = DrainSide  # mypy checks it: the contract names only DrainSide's

@@ -7,7 +7,8 @@ is spent, or Postgres is unreachable (then the shard's circuit opens: 100 ms dou
 A round: the buffer names the candidates (orgs after the durable cursor, one env each, their depths:
 ``Buffer.round_candidates``), ``drainer.fairness`` splits ``ROUND_BUDGET`` among them, the round leases
 its shares, then ``materialise`` writes every leased entry and acks only what committed. Every Redis
-access goes through ``Buffer``; this module decides over the values it returns.
+access goes through the buffer's drain contract (``buffer.drain_side.DrainBuffer``, which ``Buffer`` satisfies);
+this module decides over the values it returns.
 
 Race analysis — every crash point and what it costs
 ---------------------------------------------------
@@ -64,7 +65,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from buffer.buffer import Buffer
+from buffer.drain_side import DrainBuffer
 from buffer.values import AckedClaim, Entry, LeasedRound
 from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
@@ -96,7 +97,7 @@ class _Outage(Exception):
 
 
 def drain_shard(
-    buffer: Buffer,
+    buffer: DrainBuffer,
     *,
     shard: int,
     limits: DrainLimits,
@@ -151,7 +152,7 @@ def drain_shard(
 
 
 def _stop_after(
-    buffer: Buffer, report: Report, result: Report, *, shard: int, until: int, limits: DrainLimits, start: int,
+    buffer: DrainBuffer, report: Report, result: Report, *, shard: int, until: int, limits: DrainLimits, start: int,
     clock: Callable[[], int],
 ) -> bool:  # fmt: skip
     """After a round: open the circuit on an outage (and keep going: the next iteration waits it out), close
@@ -171,7 +172,7 @@ def _stop_after(
 # ------------------------------------------------------------------------------------------- round
 
 
-def choose(buffer: Buffer, *, shard: int, limits: DrainLimits) -> list[tuple[int, int, int]]:
+def choose(buffer: DrainBuffer, *, shard: int, limits: DrainLimits) -> list[tuple[int, int, int]]:
     """This round's (org, env, how many) — two-level round robin plus a max-min split of the budget.
 
     Advances the durable cursors: the org cursor by one org per round, each chosen org's env cursor
@@ -180,7 +181,7 @@ def choose(buffer: Buffer, *, shard: int, limits: DrainLimits) -> list[tuple[int
     return _plan(buffer, shard=shard, limits=limits)[0]
 
 
-def _plan(buffer: Buffer, *, shard: int, limits: DrainLimits) -> tuple[list[tuple[int, int, int]], bool]:
+def _plan(buffer: DrainBuffer, *, shard: int, limits: DrainLimits) -> tuple[list[tuple[int, int, int]], bool]:
     """``choose``, and whether the picks cover everything queued in the shard right now (every org
     chosen, each with a single queued env, each share equal to its env's demand)."""
     found = buffer.round_candidates(shard, max_orgs=limits.max_orgs_per_round)
@@ -191,7 +192,7 @@ def _plan(buffer: Buffer, *, shard: int, limits: DrainLimits) -> tuple[list[tupl
     return picks, covers_all
 
 
-def run_round(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> Report:
+def run_round(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int) -> Report:
     """Lease this round's entries and materialise them (no reclaim, no promote: ``drain_shard`` does those).
 
     Steps: 1. plan the picks; 2. lease them, each env's snapshots within its share of
@@ -225,14 +226,14 @@ class _Leased:
         return (self.covers_all and self.took_all) or not self.round.entries or bool(self.round.solo_waiting)
 
 
-def _lease(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
+def _lease(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
     picks, covers_all = _plan(buffer, shard=shard, limits=limits)
     per_env_bytes = max(1, limits.round_max_bytes // len(picks)) if picks else 0
     leased = buffer.lease_round(shard, picks, now_ms=now_ms, lease_ms=limits.lease_ms, max_bytes=per_env_bytes)
     return _Leased(now_ms, picks, covers_all, leased)
 
 
-def _lease_next(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
+def _lease_next(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
     """Reclaim expired leases, promote due retries, then lease the next round: all Redis, no Postgres."""
     reclaimed = len(buffer.reclaim_expired(shard, now_ms=now_ms, limit=RECLAIM_LIMIT))
     metrics.RECLAIMED.inc(reclaimed)
@@ -242,7 +243,7 @@ def _lease_next(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int)
     return leased
 
 
-def _lease_ahead(buffer: Buffer, *, shard: int, limits: DrainLimits, clock: Callable[[], int]) -> _Leased:
+def _lease_ahead(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, clock: Callable[[], int]) -> _Leased:
     """``_lease_next`` on the lease thread while the current round commits (docs/architecture.md#drain-throughput).
     An open circuit means no round: an empty one is returned, and the loop waits the circuit out."""
     now = clock()
@@ -252,7 +253,7 @@ def _lease_ahead(buffer: Buffer, *, shard: int, limits: DrainLimits, clock: Call
 
 
 def _finish_round(
-    buffer: Buffer, *, shard: int, limits: DrainLimits, leased: _Leased, ahead: Future[_Leased] | None
+    buffer: DrainBuffer, *, shard: int, limits: DrainLimits, leased: _Leased, ahead: Future[_Leased] | None
 ) -> Report:
     """Steps 3–4 of a round. ``ahead`` is the next round, being leased meanwhile: on an outage its
     entries are released behind this round's, so every queue keeps its order."""
@@ -283,7 +284,7 @@ def _finish_round(
 class _Round:
     """Bookkeeping for one round: which leased entries are resolved, and how."""
 
-    buffer: Buffer
+    buffer: DrainBuffer
     shard: int
     limits: DrainLimits
     now_ms: int
@@ -342,7 +343,7 @@ def _minimal_snapshot(entry: Entry) -> Snapshot:
 
 
 def materialise(
-    buffer: Buffer,
+    buffer: DrainBuffer,
     *,
     shard: int,
     entries: Sequence[Entry],
@@ -654,7 +655,7 @@ def _dead_letter(state: _Round, entry: Entry, reason: str) -> None:
     log.error("dead-lettered run %s: %s", entry.run_id, reason, extra=_ids(entry))
 
 
-def shards_with_work(buffer: Buffer, *, offset: int) -> list[int]:
+def shards_with_work(buffer: DrainBuffer, *, offset: int) -> list[int]:
     """Shards that have queued, retrying or leased entries, rotated by ``offset`` over those shards.
 
     The rotation is over the busy shards only, so each of them leads the fan-out equally often. (Rotating
