@@ -301,6 +301,7 @@ def parse_entry(run_id: str, flat: Sequence[str]) -> Entry | None:
     )
 
 
+# The values ``lua/lease.lua`` returns per entry, in its order (its header lists the same names).
 LEASE_FIELDS = (
     "snapshot", "env", "org", "status", "attempts", "accepted_ms", "lease_until_ms", "cancelled_at",
     "cancel_reason", "extra_tags", "last_error", "materialised", "delay_until_ms", "metadata",
