@@ -87,12 +87,13 @@ endif
 tenant: migrate
 	$(WITH_SERVICES) $(PY) manage.py mollifier_tenant --org "$(ORG)" --env "$(ENV)" --enrol
 
-# Contracts and mypy settings: pyproject.toml ([tool.importlinter], [tool.mypy]).
+# Contracts and mypy settings: pyproject.toml ([tool.importlinter], [tool.mypy]; buffer/ and drainer/ strict).
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	DJANGO_DEBUG=1 $(VENV)/bin/mypy  # django-stubs imports the settings, which want a key outside DEBUG
+	DJANGO_DEBUG=1 $(VENV)/bin/mypy --strict --follow-imports=silent -p buffer -p drainer  # the cores, incl. --strict's global-only flags
 
 bench: migrate
 	$(WITH_SERVICES) $(PY) bench/materialise.py --rows $(ROWS)

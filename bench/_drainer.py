@@ -30,7 +30,8 @@ from django.conf import settings
 from django.db import connection
 
 from bench._django import PROJECT_ROOT
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus
 from runs.ids import new_run_id
 from runs.models import Environment, Organization, TaskRun
 from runs.snapshot import Snapshot, to_snapshot

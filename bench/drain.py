@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bench import _drainer as support
     from bench.materialise import build_snapshots
-    from buffer.buffer import Buffer, client_for
+    from buffer.buffer import Buffer
+    from buffer.client import client_for
     from buffer.keys import shard_for
     from runs import engine, rows
     from runs.models import RunStatus, TaskRun

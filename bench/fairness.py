@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from django.conf import settings
 
-    from buffer.buffer import client_for
+    from buffer.client import client_for
 
     client, scripts = client_for(settings.REDIS_URL)
     ctx = Context(args, settings.MOLLIFIER, client, scripts)

@@ -212,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import redis
     from django.conf import settings
 
-    from buffer.buffer import CLIENT_OPTIONS, Buffer
+    from buffer.buffer import Buffer
+    from buffer.client import CLIENT_OPTIONS
 
     client = redis.Redis.from_url(settings.REDIS_URL, **CLIENT_OPTIONS)
     threshold = args.threshold if args.threshold is not None else settings.MOLLIFIER.SNAPSHOT_COMPRESS_MIN_BYTES

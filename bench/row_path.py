@@ -5,7 +5,7 @@
 One process, no Redis, no COPY to a server: the stages a drain round runs for each entry, timed over
 ``--rows`` entries ``--repeat`` times and reported as the median µs per row:
 
-1. ``parse_leased``: the lease reply's values → ``Entry`` (``buffer.buffer``);
+1. ``parse_leased``: the lease reply's values → ``Entry`` (``buffer.values``);
 2. ``_parse``: the snapshot document → ``Snapshot``, checked against its entry, overrides applied
    (``drainer.drain``);
 3. ``row``: validation and the row tuple (``runs.engine``: what ``materialise_many`` does per snapshot);
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from psycopg._copy_base import BinaryFormatter  # the formatter ``Copy.write_row`` calls
 
     from bench.materialise import build_snapshots
-    from buffer.buffer import parse_leased
+    from buffer.values import parse_leased
     from drainer import drain
     from runs import engine, staging
     from runs.rows import COLUMNS, build

@@ -116,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import redis
 
     from bench.memory import snapshots
-    from buffer.buffer import CLIENT_OPTIONS, Buffer
+    from buffer.buffer import Buffer
+    from buffer.client import CLIENT_OPTIONS
 
     with tempfile.TemporaryDirectory(prefix="mollifier-bench-scripts-") as data_dir:
         proc, port = start_server(data_dir)

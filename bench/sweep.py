@@ -84,7 +84,7 @@ def counting_client(url: str):
     import redis
     from redis.connection import Connection
 
-    from buffer.buffer import CLIENT_OPTIONS
+    from buffer.client import CLIENT_OPTIONS
 
     class CountingConnection(Connection):
         commands = 0

@@ -15,7 +15,7 @@ from django.core.checks import CheckMessage, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import RedisClusterException
 
-from buffer.buffer import buffer_redis_url
+from buffer.client import buffer_redis_url
 from buffer.cluster import BufferCluster, primaries
 from mollifier_project.config import redis_location
 

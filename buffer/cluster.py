@@ -50,7 +50,8 @@ class BufferCluster(redis.RedisCluster):
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().execute_command(*args, **kwargs)
+            # RedisCluster's own (what super() finds), named so that mypy sees redis-py's unannotated method.
+            return redis.RedisCluster.execute_command(self, *args, **kwargs)
         except SlotNotCoveredError as exc:
             raise redis.ConnectionError(f"Redis Cluster slot unavailable: {exc}") from exc
 
@@ -61,7 +62,7 @@ class BufferCluster(redis.RedisCluster):
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         if transaction:
-            return super().pipeline(transaction=transaction, shard_hint=shard_hint)
+            return redis.RedisCluster.pipeline(self, transaction=transaction, shard_hint=shard_hint)
         return NodePipeline(self)
 
     def time(self, **kwargs: Any) -> Any:
@@ -105,7 +106,8 @@ class NodePipeline:
         key = args[position]
         if isinstance(key, list | tuple):
             key = key[0]
-        return self._cluster.get_node_from_key(key)
+        node: ClusterNode | None = self._cluster.get_node_from_key(key)
+        return node
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         calls, self._calls = self._calls, []

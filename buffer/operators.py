@@ -109,7 +109,9 @@ def queue_head(client: redis.Redis, k: ShardKeys, env_id: int, *, limit: int) ->
     return [str(run_id) for run_id in client.lrange(k.queue(env_id), 0, limit - 1)]
 
 
-def find_entry_replies(client: redis.Redis, scripts: Scripts, shard_keys: Sequence[ShardKeys], run_id: str) -> list:
+def find_entry_replies(
+    client: redis.Redis, scripts: Scripts, shard_keys: Sequence[ShardKeys], run_id: str
+) -> list[list[str]]:
     """The entry hash of ``run_id`` as every shard has it (a flat HGETALL each), in one round trip."""
     pipe = client.pipeline(transaction=False)
     for k in shard_keys:

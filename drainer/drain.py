@@ -7,7 +7,8 @@ is spent, or Postgres is unreachable (then the shard's circuit opens: 100 ms dou
 A round: the buffer names the candidates (orgs after the durable cursor, one env each, their depths:
 ``Buffer.round_candidates``), ``drainer.fairness`` splits ``ROUND_BUDGET`` among them, the round leases
 its shares, then ``materialise`` writes every leased entry and acks only what committed. Every Redis
-access goes through ``Buffer``; this module decides over the values it returns.
+access goes through the buffer's drain contract (``buffer.drain_side.DrainBuffer``, which ``Buffer`` satisfies);
+this module decides over the values it returns.
 
 Race analysis — every crash point and what it costs
 ---------------------------------------------------
@@ -64,7 +65,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from buffer.buffer import AckedClaim, Buffer, Entry, LeasedRound
+from buffer.drain_side import DrainBuffer
+from buffer.values import AckedClaim, Entry, LeasedRound
 from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report
@@ -83,6 +85,9 @@ CIRCUIT_BASE_MS = 100
 CIRCUIT_MAX_MS = 5_000
 ISOLATE_LOCK_MS = 100  # the lock wait of each entry written alone after its round's bulk write timed out on a lock
 
+_Failed = tuple[Entry, Snapshot | None, str]
+"""An entry that gets a failure row: its snapshot if it could be read, and why it failed."""
+
 
 class _Outage(Exception):
     """Postgres is unreachable: stop the round, release what is not committed."""
@@ -92,7 +97,7 @@ class _Outage(Exception):
 
 
 def drain_shard(
-    buffer: Buffer,
+    buffer: DrainBuffer,
     *,
     shard: int,
     limits: DrainLimits,
@@ -147,7 +152,7 @@ def drain_shard(
 
 
 def _stop_after(
-    buffer: Buffer, report: Report, result: Report, *, shard: int, until: int, limits: DrainLimits, start: int,
+    buffer: DrainBuffer, report: Report, result: Report, *, shard: int, until: int, limits: DrainLimits, start: int,
     clock: Callable[[], int],
 ) -> bool:  # fmt: skip
     """After a round: open the circuit on an outage (and keep going: the next iteration waits it out), close
@@ -167,7 +172,7 @@ def _stop_after(
 # ------------------------------------------------------------------------------------------- round
 
 
-def choose(buffer: Buffer, *, shard: int, limits: DrainLimits) -> list[tuple[int, int, int]]:
+def choose(buffer: DrainBuffer, *, shard: int, limits: DrainLimits) -> list[tuple[int, int, int]]:
     """This round's (org, env, how many) — two-level round robin plus a max-min split of the budget.
 
     Advances the durable cursors: the org cursor by one org per round, each chosen org's env cursor
@@ -176,7 +181,7 @@ def choose(buffer: Buffer, *, shard: int, limits: DrainLimits) -> list[tuple[int
     return _plan(buffer, shard=shard, limits=limits)[0]
 
 
-def _plan(buffer: Buffer, *, shard: int, limits: DrainLimits) -> tuple[list[tuple[int, int, int]], bool]:
+def _plan(buffer: DrainBuffer, *, shard: int, limits: DrainLimits) -> tuple[list[tuple[int, int, int]], bool]:
     """``choose``, and whether the picks cover everything queued in the shard right now (every org
     chosen, each with a single queued env, each share equal to its env's demand)."""
     found = buffer.round_candidates(shard, max_orgs=limits.max_orgs_per_round)
@@ -187,7 +192,7 @@ def _plan(buffer: Buffer, *, shard: int, limits: DrainLimits) -> tuple[list[tupl
     return picks, covers_all
 
 
-def run_round(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> Report:
+def run_round(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int) -> Report:
     """Lease this round's entries and materialise them (no reclaim, no promote: ``drain_shard`` does those).
 
     Steps: 1. plan the picks; 2. lease them, each env's snapshots within its share of
@@ -221,14 +226,14 @@ class _Leased:
         return (self.covers_all and self.took_all) or not self.round.entries or bool(self.round.solo_waiting)
 
 
-def _lease(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
+def _lease(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
     picks, covers_all = _plan(buffer, shard=shard, limits=limits)
     per_env_bytes = max(1, limits.round_max_bytes // len(picks)) if picks else 0
     leased = buffer.lease_round(shard, picks, now_ms=now_ms, lease_ms=limits.lease_ms, max_bytes=per_env_bytes)
     return _Leased(now_ms, picks, covers_all, leased)
 
 
-def _lease_next(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
+def _lease_next(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
     """Reclaim expired leases, promote due retries, then lease the next round: all Redis, no Postgres."""
     reclaimed = len(buffer.reclaim_expired(shard, now_ms=now_ms, limit=RECLAIM_LIMIT))
     metrics.RECLAIMED.inc(reclaimed)
@@ -238,7 +243,7 @@ def _lease_next(buffer: Buffer, *, shard: int, limits: DrainLimits, now_ms: int)
     return leased
 
 
-def _lease_ahead(buffer: Buffer, *, shard: int, limits: DrainLimits, clock: Callable[[], int]) -> _Leased:
+def _lease_ahead(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, clock: Callable[[], int]) -> _Leased:
     """``_lease_next`` on the lease thread while the current round commits (docs/architecture.md#drain-throughput).
     An open circuit means no round: an empty one is returned, and the loop waits the circuit out."""
     now = clock()
@@ -248,7 +253,7 @@ def _lease_ahead(buffer: Buffer, *, shard: int, limits: DrainLimits, clock: Call
 
 
 def _finish_round(
-    buffer: Buffer, *, shard: int, limits: DrainLimits, leased: _Leased, ahead: Future[_Leased] | None
+    buffer: DrainBuffer, *, shard: int, limits: DrainLimits, leased: _Leased, ahead: Future[_Leased] | None
 ) -> Report:
     """Steps 3–4 of a round. ``ahead`` is the next round, being leased meanwhile: on an outage its
     entries are released behind this round's, so every queue keeps its order."""
@@ -279,7 +284,7 @@ def _finish_round(
 class _Round:
     """Bookkeeping for one round: which leased entries are resolved, and how."""
 
-    buffer: Buffer
+    buffer: DrainBuffer
     shard: int
     limits: DrainLimits
     now_ms: int
@@ -338,7 +343,7 @@ def _minimal_snapshot(entry: Entry) -> Snapshot:
 
 
 def materialise(
-    buffer: Buffer,
+    buffer: DrainBuffer,
     *,
     shard: int,
     entries: Sequence[Entry],
@@ -360,7 +365,7 @@ def materialise(
     keyed: dict[str, Snapshot] = {}  # runs with an idempotency key: the ack cuts their claims
     normal: list[tuple[Entry, Snapshot]] = []
     cancelled: list[tuple[Entry, Snapshot]] = []
-    failed: list[tuple[Entry, Snapshot | None, str]] = []
+    failed: list[_Failed] = []
     for entry in entries:
         try:
             snapshot = _parse(entry)
@@ -440,7 +445,7 @@ def _cancel_late(flagged: list[tuple[str, int, str | None]]) -> None:
 
 
 def _retry_or_fail(
-    state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list, *, to_tail: bool = False
+    state: _Round, entry: Entry, snapshot: Snapshot | None, reason: str, failed: list[_Failed], *, to_tail: bool = False
 ) -> None:
     if entry.attempts + 1 < state.limits.max_attempts:
         state.requeue(entry, reason, to_tail=to_tail)
@@ -448,7 +453,9 @@ def _retry_or_fail(
         failed.append((entry, snapshot, f"gave up after {entry.attempts + 1} attempts: {reason}"))
 
 
-def _guarded(state: _Round, entry: Entry, snapshot: Snapshot | None, failed: list, write: Callable[[], None]) -> None:
+def _guarded(
+    state: _Round, entry: Entry, snapshot: Snapshot | None, failed: list[_Failed], write: Callable[[], None]
+) -> None:
     """Run one database write for ``entry`` and route its failure by class (docs/architecture.md#drain-outcomes)."""
     try:
         write()
@@ -463,11 +470,9 @@ def _guarded(state: _Round, entry: Entry, snapshot: Snapshot | None, failed: lis
             failed.append((entry, snapshot, reason))
 
 
-def _materialise_normal(
-    state: _Round, normal: list[tuple[Entry, Snapshot]]
-) -> list[tuple[Entry, Snapshot | None, str]]:
+def _materialise_normal(state: _Round, normal: list[tuple[Entry, Snapshot]]) -> list[_Failed]:
     """Bulk insert; on a non-outage error fall back to one entry at a time to isolate the culprit."""
-    failed: list[tuple[Entry, Snapshot | None, str]] = []
+    failed: list[_Failed] = []
     if not normal:
         return failed
     now = from_ms(state.now_ms)
@@ -501,12 +506,12 @@ def _materialise_normal(
     return failed
 
 
-def _one(state: _Round, entry: Entry, snapshot: Snapshot, failed: list) -> None:
+def _one(state: _Round, entry: Entry, snapshot: Snapshot, failed: list[_Failed]) -> None:
     _apply_results(state, [(entry, snapshot)], engine.materialise_many([snapshot], now=from_ms(state.now_ms)), failed)
 
 
 def _apply_results(
-    state: _Round, normal: list[tuple[Entry, Snapshot]], results: list[engine.Result], failed: list
+    state: _Round, normal: list[tuple[Entry, Snapshot]], results: list[engine.Result], failed: list[_Failed]
 ) -> None:
     clashes: list[tuple[Entry, Snapshot, engine.Result]] = []
     carried: list[tuple[Entry, Snapshot, engine.Overrides]] = []
@@ -548,7 +553,9 @@ def _existed(state: _Round, entry: Entry, changes: engine.Overrides | None) -> N
     state.ack(entry)
 
 
-def _resolve_clash(state: _Round, entry: Entry, snapshot: Snapshot, result: engine.Result, failed: list) -> None:
+def _resolve_clash(
+    state: _Round, entry: Entry, snapshot: Snapshot, result: engine.Result, failed: list[_Failed]
+) -> None:
     """Another row holds this run's idempotency key although the trigger path claimed it for this run
     (the key was reset, or Redis lost the claim). This run was accepted and its id answered, so it must
     exist: the engine's key-clash policy takes the key over if it may be reused, else writes the run
@@ -648,7 +655,7 @@ def _dead_letter(state: _Round, entry: Entry, reason: str) -> None:
     log.error("dead-lettered run %s: %s", entry.run_id, reason, extra=_ids(entry))
 
 
-def shards_with_work(buffer: Buffer, *, offset: int) -> list[int]:
+def shards_with_work(buffer: DrainBuffer, *, offset: int) -> list[int]:
     """Shards that have queued, retrying or leased entries, rotated by ``offset`` over those shards.
 
     The rotation is over the busy shards only, so each of them leads the fan-out equally often. (Rotating

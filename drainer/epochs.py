@@ -30,7 +30,7 @@ from datetime import datetime
 
 from django.db import transaction
 
-from buffer.buffer import Buffer
+from buffer.drain_side import DrainBuffer
 from buffer.models import BufferDataLoss, BufferEpoch
 from drainer import metrics
 from mollifier_project.clock import from_ms
@@ -64,7 +64,7 @@ def started_ms(epoch: str) -> int | None:
     return int(ms) if ms.isdigit() else None
 
 
-def check(buffer: Buffer, *, now_ms: int) -> EpochCheck:
+def check(buffer: DrainBuffer, *, now_ms: int) -> EpochCheck:
     """Compare every shard's epoch in Redis with Postgres' record (module docstring, steps 1–3)."""
     found = buffer.epochs(new_epoch(now_ms))
     epochs = tuple(epoch for epoch, _ in found)

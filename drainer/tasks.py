@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
 from buffer.buffer import Buffer
+from buffer.drain_side import DrainBuffer
 from drainer import drain, epochs
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
@@ -43,7 +44,7 @@ def fan_out() -> list[int]:
     return shards
 
 
-def check_epochs(buffer: Buffer) -> None:
+def check_epochs(buffer: DrainBuffer) -> None:
     """Notice a Redis that lost its data (``drainer.epochs``), after the tick's sends so the drain never waits
     for it. One Redis round trip per tick; Postgres only when an epoch changed, and once a minute. A Postgres
     outage skips the check (the next tick after it retries; the drain has its own circuit)."""
@@ -75,7 +76,7 @@ def shard_lock_ms(limits: DrainLimits) -> int:
 
 
 @shared_task(name="drainer.drain_shard", ignore_result=True)
-def drain_shard(shard: int) -> dict | None:
+def drain_shard(shard: int) -> dict[str, object] | None:
     """Drain one shard while holding its lock; another holder means someone got there first."""
     cfg = settings.MOLLIFIER
     if not cfg.DRAINER_ENABLED:

@@ -12,7 +12,9 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
-from buffer.buffer import Buffer, BufferUnavailable, Entry
+from buffer.buffer import BufferUnavailable
+from buffer.drain_side import DrainBuffer
+from buffer.values import Entry
 from drainer import metrics
 from drainer.report import Report
 
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def record_round(
-    buffer: Buffer, *, shard: int, report: Report, entries: Sequence[Entry], acked: Sequence[str], now_ms: int
+    buffer: DrainBuffer, *, shard: int, report: Report, entries: Sequence[Entry], acked: Sequence[str], now_ms: int
 ) -> None:
     """Count one drain round: outcomes, dwell of the acked entries, the shard's drain-rate bucket, and one
     JSON log line per env that had entries leave the buffer.

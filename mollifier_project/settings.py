@@ -91,7 +91,7 @@ DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 5)
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 check_broker_redis_url(REDIS_URL)
 # The buffer's Redis, separate from the broker's (docs/operations.md#redis-cluster): empty = REDIS_URL.
-# ``redis+cluster://host:port`` makes it a Redis Cluster. Read at call time (``buffer.buffer.buffer_redis_url``).
+# ``redis+cluster://host:port`` makes it a Redis Cluster. Read at call time (``buffer.client.buffer_redis_url``).
 BUFFER_REDIS_URL = os.environ.get("BUFFER_REDIS_URL", "")
 if BUFFER_REDIS_URL:
     redis_location(BUFFER_REDIS_URL)

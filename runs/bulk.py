@@ -34,7 +34,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from buffer.buffer import MAX_CANCEL_CHUNK, Buffer, EntryStatus
+from buffer.buffer import Buffer
+from buffer.values import MAX_CANCEL_CHUNK, EntryStatus
 from mollifier_project.clock import from_ms, now_ms
 from runs import engine, ids, listing, overrides, replay, trigger
 from runs.auth import EnvContext

@@ -29,7 +29,8 @@ from psycopg.types.json import Jsonb
 
 from runs import rows, staging
 from runs.models import MAX_TAGS, TERMINAL_STATUSES, BatchItem, BatchStatus, BatchTaskRun, RunStatus, TaskRun
-from runs.rows import InvalidRun, validate  # also the engine's: callers catch engine.InvalidRun, ask engine.validate
+from runs.rows import InvalidRun as InvalidRun  # the engine raises it: callers catch engine.InvalidRun
+from runs.rows import validate as validate  # the trigger service asks engine.validate before buffering
 from runs.signals import run_cancelled, run_created, run_failed, run_failure_committed
 from runs.snapshot import Snapshot, normalise_tags
 

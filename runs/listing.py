@@ -36,7 +36,8 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Collate
 
-from buffer.buffer import Buffer, Entry, EntryStatus
+from buffer.buffer import Buffer
+from buffer.values import Entry, EntryStatus
 from mollifier_project.clock import EPOCH, from_ms
 from runs import overrides, presenters
 from runs.auth import EnvContext

@@ -25,7 +25,8 @@ from enum import StrEnum
 
 from django.db import DatabaseError
 
-from buffer.buffer import Buffer, Entry, EntryStatus
+from buffer.buffer import Buffer
+from buffer.values import Entry, EntryStatus
 from runs import engine
 from runs.auth import EnvContext
 from runs.db_errors import Failure, classify

@@ -17,7 +17,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from buffer.buffer import Buffer, BufferUnavailable, Entry, EntryStatus, MutationResult, MutationStatus
+from buffer.buffer import Buffer, BufferUnavailable
+from buffer.values import Entry, EntryStatus, MutationResult, MutationStatus
 from mollifier_project.clock import from_ms, to_ms
 from runs import engine, metadata, overrides
 from runs.auth import EnvContext

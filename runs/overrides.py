@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from buffer.buffer import Entry
+from buffer.values import Entry
 from mollifier_project.clock import from_ms
 from runs.engine import Overrides
 from runs.snapshot import Snapshot, SnapshotError, normalise_tags

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from buffer.buffer import Buffer, EntryStatus
+from buffer.buffer import Buffer
 from buffer.models import BufferDataLoss
+from buffer.values import EntryStatus
 from mollifier_project.clock import from_ms
 from runs import ids, listing, overrides, presenters
 from runs.auth import EnvContext

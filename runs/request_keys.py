@@ -19,7 +19,8 @@ from datetime import datetime
 
 from django.db import connection
 
-from buffer.buffer import Buffer, RestoredKey
+from buffer.buffer import Buffer
+from buffer.values import RestoredKey
 from mollifier_project.clock import from_ms, to_ms
 from runs.models import RequestKey
 

@@ -41,17 +41,8 @@ from typing import Any
 from django.db import DatabaseError, transaction
 
 from buffer import gate
-from buffer.buffer import (
-    AcceptStatus,
-    Buffer,
-    BufferUnavailable,
-    ClaimKind,
-    EntryStatus,
-    GateArgs,
-    IdemRef,
-    NotReplicated,
-    TriggerStatus,
-)
+from buffer.buffer import Buffer, BufferUnavailable, NotReplicated
+from buffer.values import AcceptStatus, ClaimKind, EntryStatus, GateArgs, IdemRef, TriggerStatus
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
 from runs import engine, fast_json, ids, request_keys

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from buffer.buffer import NodeMemory, ShardStats
+from buffer.values import NodeMemory, ShardStats
 
 MEMORY_HIGH = 0.8  # used / maxmemory above which a master is "high" (alert MollifierBufferMemoryHigh)
 MEMORY_FULL = 0.95  # … and "full" (alert MollifierBufferMemoryFull): triggers fail open at maxmemory

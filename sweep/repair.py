@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from buffer.buffer import Buffer, MutationStatus
+from buffer.buffer import Buffer
+from buffer.values import MutationStatus
 from drainer import drain
 from drainer.limits import DrainLimits
 

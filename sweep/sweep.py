@@ -41,8 +41,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from buffer.buffer import Buffer, EntryStatus
+from buffer.buffer import Buffer
 from buffer.sweep_state import Found, SweepCommit
+from buffer.values import EntryStatus
 from mollifier_project.clock import from_ms
 from mollifier_project.config import MollifierSettings
 from sweep import services

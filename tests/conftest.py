@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from buffer.buffer import buffer_redis_url
+from buffer.client import buffer_redis_url
 from buffer.cluster import primaries
 from mollifier_project.config import redis_location
 from tests.redis_servers import buffer_redis_client

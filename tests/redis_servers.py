@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from buffer.buffer import buffer_redis_url
+from buffer.client import buffer_redis_url
 from mollifier_project.config import redis_location
 from tests.live import free_port
 

@@ -356,7 +356,7 @@ def test_manage_py_check_refuses_a_bad_buffer_or_broker_url_at_start_up(variable
 
 
 def test_the_buffer_uses_its_own_url_and_falls_back_to_redis_url(settings):
-    from buffer.buffer import buffer_redis_url
+    from buffer.client import buffer_redis_url
 
     settings.BUFFER_REDIS_URL, settings.REDIS_URL = "", "redis://127.0.0.1:6379/4"
     assert buffer_redis_url() == "redis://127.0.0.1:6379/4"

@@ -24,7 +24,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
-from buffer.buffer import Buffer, BufferUnavailable, Entry, EntryStatus
+from buffer.buffer import Buffer, BufferUnavailable
+from buffer.values import Entry, EntryStatus
 from mollifier_project.clock import from_ms, now_ms
 from runs import presenters
 from runs.ids import timestamp_ms

@@ -25,7 +25,8 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from buffer.buffer import Buffer, BufferUnavailable, Entry
+from buffer.buffer import Buffer, BufferUnavailable
+from buffer.values import Entry
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
 from runs.admin.model_admins import CappedCountPaginator

@@ -23,7 +23,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from buffer.buffer import Buffer, BufferUnavailable, Entry
+from buffer.buffer import Buffer, BufferUnavailable
+from buffer.values import Entry
 from drainer import epochs
 from mollifier_project.clock import from_ms, now_ms
 from runs.models import Environment, Organization

@@ -10,7 +10,8 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from redis.connection import AbstractConnection
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus
 from runs.models import Environment
 from runs.snapshot import to_snapshot
 from tests.factories import SnapshotFactory

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from buffer.buffer import NodeMemory
+from buffer.values import NodeMemory
 from sweep import dashboard
 from tests.redis_servers import redis_server
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from buffer.buffer import ShardStats
+from buffer.values import ShardStats
 from sweep import dashboard
 from sweep.dashboard import Flags, Health, Paused
 

@@ -31,7 +31,8 @@ from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus
 from mollifier_project.clock import now_ms
 from runs.snapshot import to_snapshot
 from sweep import sweep

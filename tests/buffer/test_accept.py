@@ -9,7 +9,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from buffer import stored_snapshot
-from buffer.buffer import AcceptStatus, Buffer, EntryStatus, IdemRef
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus, EntryStatus, IdemRef
 from tests.buffer.conftest import make_snapshot
 from tests.buffer.invariants import assert_consistent
 

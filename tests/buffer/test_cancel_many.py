@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from buffer.buffer import MAX_CANCEL_CHUNK, AcceptStatus, Buffer, EntryStatus
+from buffer.buffer import Buffer
+from buffer.values import MAX_CANCEL_CHUNK, AcceptStatus, EntryStatus
 
 ORG, ENV, OTHER_ENV = 7, 70, 71
 

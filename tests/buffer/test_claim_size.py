@@ -4,8 +4,8 @@ costs what a short one's does."""
 
 from __future__ import annotations
 
-from buffer.buffer import IdemRef
 from buffer.keys import LITERAL_KEY_MAX_BYTES, ShardKeys, b64u
+from buffer.values import IdemRef
 from tests.buffer.test_accept import ENV, ORG
 
 LONG = "k" * 2_048

@@ -14,10 +14,11 @@ import re
 import pytest
 import redis
 
-from buffer.buffer import AcceptStatus, Buffer, NotReplicated
+from buffer.buffer import Buffer, NotReplicated
 from buffer.checks import check_redis_eviction_policy, check_redis_persistence
 from buffer.cluster import BufferCluster, primaries
 from buffer.scripts import LUA_DIR
+from buffer.values import AcceptStatus
 from tests.buffer.conftest import make_snapshot
 from tests.conftest import on_cluster
 

@@ -12,8 +12,8 @@ import random
 
 import pytest
 
-from buffer.buffer import EntryStatus
 from buffer.keys import shard_for
+from buffer.values import EntryStatus
 from tests.buffer.invariants import assert_consistent
 
 # Orgs 1, 3 and 8 share shard 3 of 4; org 2 is in shard 1.

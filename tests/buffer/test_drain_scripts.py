@@ -6,8 +6,10 @@ import threading
 
 import pytest
 
-from buffer.buffer import CLIENT_OPTIONS, Buffer, EntryStatus
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
 from buffer.keys import shard_for
+from buffer.values import EntryStatus
 from tests.buffer.invariants import assert_consistent
 
 # Orgs 1, 3 and 8 share shard 3 of 4; org 2 is in shard 1.

@@ -9,8 +9,10 @@ import time
 import pytest
 import redis
 
-from buffer.buffer import CLIENT_OPTIONS, AcceptStatus, Buffer, NotReplicated
+from buffer.buffer import Buffer, NotReplicated
 from buffer.checks import check_redis_persistence
+from buffer.client import CLIENT_OPTIONS
+from buffer.values import AcceptStatus
 from runs import auth
 from runs.tenants import ensure_tenant, issue_api_key
 from tests.redis_servers import RedisServer, redis_server

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from buffer.buffer import EntryStatus
+from buffer.values import EntryStatus
 from runs.ids import new_run_id
 from runs.snapshot import Snapshot, from_snapshot, to_ms, to_snapshot
 from tests.buffer.invariants import assert_consistent

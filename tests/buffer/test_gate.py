@@ -11,7 +11,8 @@ from prometheus_client import REGISTRY
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from buffer.buffer import CLIENT_OPTIONS, Buffer
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
 from buffer.gate import Action, count_fail_open, count_postgres_diversion, evaluate
 
 ORG, ENV = 1, 10

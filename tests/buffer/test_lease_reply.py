@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from buffer.buffer import LEASE_FIELDS, EntryStatus
 from buffer.scripts import source
+from buffer.values import LEASE_FIELDS, EntryStatus
 from tests.buffer.invariants import assert_consistent
 
 ORG, ENV, OTHER_ENV = 1, 10, 11

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from buffer.buffer import CLIENT_OPTIONS, Buffer
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
 from drainer import tasks
 from runs import auth
 from runs.models import TaskRun

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from buffer.buffer import EntryStatus, MutationStatus
+from buffer.values import EntryStatus, MutationStatus
 from tests.buffer.conftest import make_snapshot
 from tests.buffer.invariants import assert_consistent
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from buffer.buffer import MutationStatus
+from buffer.values import MutationStatus
 from tests.buffer.invariants import assert_consistent
 from tests.buffer.test_mutations import ENV, ORG, OTHER_ENV, SHARD, to_state
 

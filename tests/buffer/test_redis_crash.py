@@ -11,7 +11,9 @@ import time
 import pytest
 import redis
 
-from buffer.buffer import CLIENT_OPTIONS, AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
+from buffer.values import AcceptStatus
 from tests.redis_servers import RedisServer
 
 ACCEPT_S = 1.5  # accepting for this long before the kill

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from buffer.buffer import Candidate
+from buffer.values import Candidate
 from tests.buffer.invariants import assert_consistent
 
 pytestmark = pytest.mark.usefixtures("key_prefix")

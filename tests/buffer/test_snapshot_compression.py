@@ -9,7 +9,9 @@ import pytest
 import redis
 
 from buffer import stored_snapshot
-from buffer.buffer import CLIENT_OPTIONS, Buffer, EntryStatus, GateArgs, TriggerStatus
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
+from buffer.values import EntryStatus, GateArgs, TriggerStatus
 from tests.buffer.conftest import make_snapshot
 from tests.buffer.invariants import assert_consistent
 

@@ -7,7 +7,9 @@ import multiprocessing
 
 import pytest
 
-from buffer.buffer import Buffer, GateArgs, IdemRef, TriggerStatus, buffer_redis_url, client_for
+from buffer.buffer import Buffer
+from buffer.client import buffer_redis_url, client_for
+from buffer.values import GateArgs, IdemRef, TriggerStatus
 from tests.buffer.conftest import make_snapshot
 
 ORG, ENV, TASK = 3, 7, "hello-world"

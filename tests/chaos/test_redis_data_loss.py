@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from buffer import buffer as buffer_module
-from buffer.buffer import AcceptStatus
+from buffer import client as buffer_module
 from buffer.models import BufferDataLoss, BufferEpoch
+from buffer.values import AcceptStatus
 from runs.snapshot import to_snapshot
 from tests.chaos.storm import envs_over_shards
 from tests.drainer.processes import broker_url, wait_until

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus
 from runs.snapshot import Snapshot, to_snapshot
 
 

@@ -11,7 +11,8 @@ from collections import Counter
 
 import pytest
 
-from buffer.buffer import CLIENT_OPTIONS, Buffer
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
 from drainer import drain
 from drainer.fairness import max_min_split, rotate_from
 from drainer.limits import DrainLimits

@@ -24,8 +24,9 @@ from collections import Counter
 
 import pytest
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
 from buffer.keys import shard_for
+from buffer.values import AcceptStatus
 from mollifier_project.clock import now_ms as wall_clock_ms
 from runs.models import RunStatus, TaskRun
 from runs.snapshot import Snapshot, to_snapshot

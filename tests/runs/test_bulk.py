@@ -10,7 +10,8 @@ import time
 import pytest
 from django.conf import settings
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus
 from drainer.drain import run_round
 from drainer.limits import DrainLimits
 from mollifier_project.clock import from_ms

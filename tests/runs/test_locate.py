@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from buffer.buffer import AcceptStatus, Buffer, EntryStatus
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus, EntryStatus
 from runs import engine
 from runs.auth import EnvContext
 from runs.locate import Where, locate, locate_many

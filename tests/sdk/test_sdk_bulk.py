@@ -21,7 +21,9 @@ import redis as redis_lib
 from celery import Celery
 from django.conf import settings
 
-from buffer.buffer import CLIENT_OPTIONS, AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
+from buffer.values import AcceptStatus
 from runs import engine
 from runs.models import RunStatus, TaskRun
 from runs.snapshot import to_snapshot

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus
 from runs.ids import new_run_id
 from runs.snapshot import Snapshot, to_snapshot
 from sweep import sweep

@@ -14,7 +14,8 @@ import pytest
 from django.conf import settings
 
 from buffer import gate
-from buffer.buffer import Buffer, Entry, EntryStatus
+from buffer.buffer import Buffer
+from buffer.values import Entry, EntryStatus
 from drainer import telemetry as drain_telemetry
 from drainer.drain import Report
 from mollifier_project.logs import JsonFormatter

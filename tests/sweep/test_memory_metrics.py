@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import redis
 
-from buffer.buffer import CLIENT_OPTIONS, Buffer
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
 from tests.redis_servers import redis_server
 from tests.sweep.test_metrics import scrape
 

@@ -19,7 +19,9 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from buffer import gate
-from buffer.buffer import CLIENT_OPTIONS, Buffer, Entry, EntryStatus
+from buffer.buffer import Buffer
+from buffer.client import CLIENT_OPTIONS
+from buffer.values import Entry, EntryStatus
 from drainer import drain
 from drainer import telemetry as drain_telemetry
 from drainer.limits import DrainLimits
@@ -240,7 +242,8 @@ def test_a_drain_counts_outcomes_dwell_and_its_rate(key_prefix, mollifier_settin
 RECORD_IN_A_PROCESS = """
 import django; django.setup()
 from buffer import gate
-from buffer.buffer import Buffer, Entry, EntryStatus
+from buffer.buffer import Buffer
+from buffer.values import Entry, EntryStatus
 from drainer import telemetry as drain_telemetry
 from drainer.drain import Report
 n, now = {n}, {now}

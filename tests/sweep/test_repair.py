@@ -9,7 +9,8 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus
 from drainer import drain
 from drainer.limits import DrainLimits
 from runs.models import TaskRun

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from buffer.buffer import AcceptStatus
+from buffer.values import AcceptStatus
 from drainer import drain
 from drainer.limits import DrainLimits
 from runs.models import TaskRun

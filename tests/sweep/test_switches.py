@@ -8,7 +8,8 @@ import json
 import pytest
 from django.conf import settings
 
-from buffer.buffer import AcceptStatus, Buffer
+from buffer.buffer import Buffer
+from buffer.values import AcceptStatus
 from drainer import drain
 from drainer.limits import DrainLimits
 from runs import auth
