@@ -58,7 +58,7 @@ def test_the_command_redrives_one_envs_dead_letters_and_the_drain_writes_them(bu
 
     call_command("mollifier_buffer", "redrive", "--env", str(mine.id), stdout=out)
 
-    assert out.getvalue().strip() == "redriven 3; already handled 0"
+    assert out.getvalue().strip() == f"redrive every dead letter of env {mine.id}: 3 re-driven, 0 already handled"
     assert [status(buffer, mine, r) for r in ids] == [("QUEUED", 0)] * 3
     assert status(buffer, other, others[0]) == ("DEAD", 0)  # another env's letter stays for its operator
     assert buffer.depth(buffer.shard_for(mine.org_id), mine.id) == 3
