@@ -80,8 +80,8 @@ def describe(done: Repaired) -> str:
             parts.append(f"{count} {text}")
     if done.dead:
         reasons = " | ".join(done.dead_reasons[:REASONS_SHOWN]) or "reason not recorded"
-        more = len(done.dead_reasons) - REASONS_SHOWN
-        parts.append(f"{done.dead} dead-lettered: {reasons}" + (f" (and {more} more reasons)" if more > 0 else ""))
+        more = " (and other reasons: see the StuckEntry rows)" if len(done.dead_reasons) > REASONS_SHOWN else ""
+        parts.append(f"{done.dead} dead-lettered: {reasons}{more}")
     parts.append(f"{done.already_handled} already handled")
     return ", ".join(parts)
 

@@ -240,8 +240,8 @@ def test_the_report_names_every_outcome_that_happened():
     assert report("Cancel", everything) == (
         "Cancel: 3 cancelled (1 held by a drainer, which writes the row), 1 already had a row (acked, row "
         "unchanged), 1 written as CANCELED (cancelled meanwhile), 1 written as SYSTEM_FAILURE, 1 back to retrying "
-        "(database error), 1 released unchanged (Postgres unreachable), 2 dead-lettered: a | b | c (and 1 more "
-        "reasons), 1 already handled."
+        "(database error), 1 released unchanged (Postgres unreachable), 2 dead-lettered: a | b | c (and other "
+        "reasons: see the StuckEntry rows), 1 already handled."
     )
 
 
