@@ -652,6 +652,7 @@ def _dead_letter(state: _Round, entry: Entry, reason: str) -> None:
     state.pending.pop(entry.run_id, None)
     state.buffer.dead_letter(state.shard, entry.run_id, now_ms=state.now_ms, reason=reason)
     state.report.dead += 1
+    state.report.note_dead_reason(reason)
     log.error("dead-lettered run %s: %s", entry.run_id, reason, extra=_ids(entry))
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The per-entry outcome counts of a round, in the order telemetry and logs show them.
 OUTCOMES = ("created", "existed", "cancelled", "failed", "dead", "requeued", "released")
+MAX_DEAD_REASONS = 10  # a shard task's report stays small however many entries a storm dead-letters
 
 
 @dataclass
@@ -28,11 +29,20 @@ class Report:
     # the shard task stops there; what arrives meanwhile waits for the next tick, not for a loop of
     # one-entry rounds that would keep the worker from the other shards.
     emptied: bool = False
+    # Why entries were dead-lettered: the distinct reasons, first ones first, at most MAX_DEAD_REASONS
+    # (an operator's repair reports them next to its counts).
+    dead_reasons: list[str] = field(default_factory=list)
 
     def add(self, other: Report) -> None:
         for name in (*OUTCOMES, "leased", "reclaimed", "rounds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.outage = self.outage or other.outage
+        for reason in other.dead_reasons:
+            self.note_dead_reason(reason)
+
+    def note_dead_reason(self, reason: str) -> None:
+        if reason not in self.dead_reasons and len(self.dead_reasons) < MAX_DEAD_REASONS:
+            self.dead_reasons.append(reason)
 
     def outcome_counts(self) -> dict[str, int]:
         """The non-zero outcome counts, by outcome name."""

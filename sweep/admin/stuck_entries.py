@@ -3,13 +3,15 @@ repairs of it.
 
 Rows come from the system (``sweep.services``), so nobody adds, changes or deletes them here. The detail
 page shows the entry as the buffer holds it now, snapshot included (``Buffer.get``). The actions — requeue
-now, re-drive dead letters, materialise now, fail as SYSTEM_FAILURE, cancel — call the service functions of
-``sweep.repair`` and report what changed and what someone else had already handled. They need the
+now, re-drive the selected dead letters, materialise now, fail as SYSTEM_FAILURE, cancel — act on exactly
+the selected rows; re-driving every dead letter of their envs is a separate, explicit action. Each calls a
+service function of ``sweep.repair`` and reports every outcome separately (``repair.describe``). They need the
 ``sweep.repair_buffer`` permission: staff without it see no actions, and a POST of one answers 403.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -39,16 +41,9 @@ REPAIR_PERMISSION = "sweep.repair_buffer"
 TENANT_CHOICES = 100  # org and env filters offer at most this many ids (the most recent rows')
 
 
-def _entries(n: int) -> str:
-    return f"{n} {'entry' if n == 1 else 'entries'}"
-
-
-def report(verb: str, done: repair.Repaired) -> str:
-    """ "Requeued 12 entries; 3 were already handled." """
-    message = f"{verb} {_entries(done.changed)}"
-    if done.already_handled:
-        message += f"; {done.already_handled} {'was' if done.already_handled == 1 else 'were'} already handled"
-    return message + "."
+def report(action: str, done: repair.Repaired) -> str:
+    """ "Materialise now: 1 materialised, 2 dead-lettered: <reason>, 0 already handled." """
+    return f"{action}: {repair.describe(done)}."
 
 
 # ------------------------------------------------------------------------------------------------- filters
@@ -164,7 +159,9 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
         "last_error", "resolved_at", "buffer_state", "links", "snapshot",
     )  # fmt: skip
     readonly_fields = fields
-    actions = ("requeue_now", "redrive_dead_letters", "materialise_now", "fail_entries", "cancel_runs")
+    actions = (
+        "requeue_now", "redrive_dead_letters", "redrive_whole_envs", "materialise_now", "fail_entries", "cancel_runs",
+    )  # fmt: skip
 
     # -- permissions: the rows are the system's; repairs need sweep.repair_buffer -------------------------
 
@@ -268,52 +265,58 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
 
     # -- actions --------------------------------------------------------------------------------------------
 
-    def _repair(self, request: HttpRequest, queryset: QuerySet[StuckEntry], verb: str, fn: Repair) -> None:
+    def _repair(self, request: HttpRequest, queryset: QuerySet[StuckEntry], action: str, fn: Repair) -> None:
         rows = list(queryset.order_by("accepted_at", "run_id"))
         try:
             done = fn(Buffer.from_settings("operator"), rows, now_ms())
         except BufferUnavailable as exc:
             self.message_user(request, f"The buffer's Redis is unreachable: {exc}", messages.ERROR)
             return
-        self.message_user(request, report(verb, done), messages.SUCCESS if done.changed else messages.WARNING)
+        level = messages.SUCCESS if done.changed and not done.troubled else messages.WARNING
+        self.message_user(request, report(action, done), level)
 
     @admin.action(
         description="Requeue now (retrying, dead and expired entries to their queue heads)", permissions=("repair",)
     )
     def requeue_now(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        self._repair(request, queryset, "Requeued", lambda b, rows, now: repair.requeue_now(b, rows, now_ms=now))
+        self._repair(request, queryset, "Requeue now", lambda b, rows, now: repair.requeue_now(b, rows, now_ms=now))
+
+    @admin.action(description="Re-drive the selected dead letters", permissions=("repair",))
+    def redrive_dead_letters(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
+        self._repair(request, queryset, "Re-drive", lambda b, rows, now: repair.redrive_selected(b, rows, now_ms=now))
 
     @admin.action(
-        description="Re-drive every dead letter of the selected entries' environments", permissions=("repair",)
+        description="Re-drive every dead letter of the selected entries' environments (the whole env)",
+        permissions=("repair",),
     )
-    def redrive_dead_letters(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        def redrive(buffer: Buffer, rows: Sequence[StuckEntry], now: int) -> repair.Repaired:
-            changed = handled = 0
-            for env_id in sorted({row.env_id for row in rows}):
-                done = repair.redrive(buffer, now_ms=now, env_id=env_id)
-                changed, handled = changed + done.changed, handled + done.already_handled
-            return repair.Repaired(changed, handled)
-
-        self._repair(request, queryset, "Re-drove", redrive)
+    def redrive_whole_envs(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
+        """The explicit whole-env repair: one message per env, naming it, since it touches unselected entries."""
+        for env_id in sorted(set(queryset.values_list("env_id", flat=True))):
+            whole_env = functools.partial(_redrive_env, env_id=env_id)
+            self._repair(
+                request, queryset.filter(env_id=env_id), f"Re-drive every dead letter of env {env_id}", whole_env
+            )
 
     @admin.action(description="Materialise now (write their rows)", permissions=("repair",))
     def materialise_now(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
         self._repair(
-            request, queryset, "Materialised",
+            request, queryset, "Materialise now",
             lambda b, rows, now: repair.materialise_now(b, rows, now_ms=now, limits=_limits()),
         )  # fmt: skip
 
     @admin.action(description="Fail as SYSTEM_FAILURE", permissions=("repair",))
     def fail_entries(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        self._repair(
-            request, queryset, "Failed", lambda b, rows, now: repair.fail(b, rows, now_ms=now, limits=_limits())
-        )
+        self._repair(request, queryset, "Fail", lambda b, rows, now: repair.fail(b, rows, now_ms=now, limits=_limits()))
 
     @admin.action(description="Cancel the runs", permissions=("repair",))
     def cancel_runs(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
         self._repair(
-            request, queryset, "Cancelled", lambda b, rows, now: repair.cancel(b, rows, now_ms=now, limits=_limits())
+            request, queryset, "Cancel", lambda b, rows, now: repair.cancel(b, rows, now_ms=now, limits=_limits())
         )
+
+
+def _redrive_env(buffer: Buffer, rows: Sequence[StuckEntry], now: int, *, env_id: int) -> repair.Repaired:
+    return repair.redrive(buffer, now_ms=now, env_id=env_id)
 
 
 def _limits() -> DrainLimits:

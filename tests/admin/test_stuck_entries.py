@@ -153,7 +153,14 @@ def messages_of(response) -> list[str]:
     return [str(m) for m in response.context["messages"]]
 
 
-ACTIONS = ["requeue_now", "redrive_dead_letters", "materialise_now", "fail_entries", "cancel_runs"]
+ACTIONS = [
+    "requeue_now",
+    "redrive_dead_letters",
+    "redrive_whole_envs",
+    "materialise_now",
+    "fail_entries",
+    "cancel_runs",
+]
 
 
 def test_read_only_staff_see_no_actions_and_get_403_when_posting_one(viewer_client, rows):
@@ -180,16 +187,16 @@ def test_requeue_now_reports_what_changed_and_what_was_handled(repairer_client, 
     response = act(repairer_client, "requeue_now", rows["stale"], rows["dead"], rows["expired"])
 
     # The stale one is queued already: nothing to requeue there.
-    assert messages_of(response) == ["Requeued 2 entries; 1 was already handled."]
+    assert messages_of(response) == ["Requeue now: 2 requeued, 1 already handled."]
     env_a, env_b = rows["envs"]
     assert buffer.get(rows["dead"].run_id, org_id=env_a.org_id).status == "QUEUED"
     assert buffer.get(rows["expired"].run_id, org_id=env_b.org_id).status == "QUEUED"
 
 
-def test_redrive_puts_the_dead_letters_of_the_selected_envs_back(repairer_client, buffer, rows):
+def test_redrive_puts_the_selected_dead_letter_back(repairer_client, buffer, rows):
     response = act(repairer_client, "redrive_dead_letters", rows["dead"])
 
-    assert messages_of(response) == ["Re-drove 1 entry."]
+    assert messages_of(response) == ["Re-drive: 1 re-driven, 0 already handled."]
     env_a, _ = rows["envs"]
     entry = buffer.get(rows["dead"].run_id, org_id=env_a.org_id)
     assert entry.status == "QUEUED" and entry.attempts == 0
@@ -199,7 +206,7 @@ def test_redrive_puts_the_dead_letters_of_the_selected_envs_back(repairer_client
 def test_materialise_now_writes_the_rows(repairer_client, rows):
     response = act(repairer_client, "materialise_now", rows["stale"], rows["dead"], rows["expired"])
 
-    assert messages_of(response) == ["Materialised 3 entries."]
+    assert messages_of(response) == ["Materialise now: 3 materialised, 0 already handled."]
     assert TaskRun.objects.filter(id__in=[rows[k].run_id for k in ("stale", "dead", "expired")]).count() == 3
 
 
@@ -207,21 +214,117 @@ def test_materialise_now_writes_the_rows(repairer_client, rows):
 def test_fail_writes_system_failure_rows(repairer_client, rows):
     response = act(repairer_client, "fail_entries", rows["dead"])
 
-    assert messages_of(response) == ["Failed 1 entry."]
+    assert messages_of(response) == ["Fail: 1 failed, 0 already handled."]
     assert TaskRun.objects.get(id=rows["dead"].run_id).status == RunStatus.SYSTEM_FAILURE
 
 
 @pytest.mark.django_db(transaction=True)
 def test_cancel_writes_canceled_rows_and_a_second_cancel_was_already_handled(repairer_client, rows):
-    assert messages_of(act(repairer_client, "cancel_runs", rows["stale"])) == ["Cancelled 1 entry."]
+    assert messages_of(act(repairer_client, "cancel_runs", rows["stale"])) == [
+        "Cancel: 1 cancelled, 0 already handled."
+    ]
     assert TaskRun.objects.get(id=rows["stale"].run_id).status == RunStatus.CANCELED
 
     assert messages_of(act(repairer_client, "cancel_runs", rows["stale"])) == [
-        "Cancelled 0 entries; 1 was already handled."
+        "Cancel: 0 cancelled, 1 already handled."
     ]
 
 
-def test_the_report_reads_like_a_sentence():
-    assert report("Requeued", Repaired(12, 3)) == "Requeued 12 entries; 3 were already handled."
-    assert report("Requeued", Repaired(1, 1)) == "Requeued 1 entry; 1 was already handled."
-    assert report("Failed", Repaired(0, 0)) == "Failed 0 entries."
+def test_the_report_names_every_outcome_that_happened():
+    assert report("Requeue now", Repaired("requeued", 12, 3)) == "Requeue now: 12 requeued, 3 already handled."
+    assert report("Fail", Repaired("failed", 0, 0)) == "Fail: 0 failed, 0 already handled."
+    everything = Repaired(
+        "cancelled", 3, 1, existed=1, cancelled_rows=1, failed_rows=1, dead=2, retrying=1, released=1, held=1,
+        dead_reasons=("a", "b", "c", "d"),
+    )  # fmt: skip
+    assert report("Cancel", everything) == (
+        "Cancel: 3 cancelled (1 held by a drainer, which writes the row), 1 already had a row (acked, row "
+        "unchanged), 1 written as CANCELED (cancelled meanwhile), 1 written as SYSTEM_FAILURE, 1 back to retrying "
+        "(database error), 1 released unchanged (Postgres unreachable), 2 dead-lettered: a | b | c (and other "
+        "reasons: see the StuckEntry rows), 1 already handled."
+    )
+
+
+# ------------------------------------------------- each outcome reported on its own; exactly what was selected
+
+
+@pytest.fixture
+def mixed(buffer, accept):
+    """Three dead letters of one env whose outcomes differ under a repair: one whose env is then deleted (no
+    row can be written for it), one already drained (acked), one that can be repaired."""
+    gone, live = EnvironmentFactory(slug="gone"), EnvironmentFactory(slug="live")
+    now = to_ms(timezone.now())
+    rows = {}
+    for name, env in (("orphan", gone), ("acked", live), ("fine", live)):
+        (run_id,) = accept(env, now_ms=now - 600_000)
+        shard = buffer.shard_for(env.org_id)
+        buffer.lease(shard, org_id=env.org_id, env_id=env.id, n=1, now_ms=now, lease_ms=60_000)
+        if name == "acked":
+            buffer.ack(shard, [run_id], now_ms=now, grace_ms=600_000)
+        else:
+            buffer.dead_letter(shard, run_id, now_ms=now, reason="environment gone")
+        rows[name] = stuck(env, run_id, StuckKind.DEAD, error="environment gone")
+    gone.delete()
+    return rows
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fail_on_a_mix_reports_each_outcome_and_never_a_change_it_did_not_make(repairer_client, buffer, mixed):
+    response = act(repairer_client, "fail_entries", *mixed.values())
+
+    (message,) = messages_of(response)
+    assert message.startswith("Fail: 1 failed, 1 dead-lettered: failed by an operator; "), message
+    assert message.endswith(", 1 already handled."), message
+    orphan = buffer.get(mixed["orphan"].run_id, org_id=mixed["orphan"].org_id)
+    assert orphan is not None and orphan.status == "DEAD"  # still dead, and said so
+    assert not TaskRun.objects.filter(id=mixed["orphan"].run_id).exists()
+    assert TaskRun.objects.get(id=mixed["fine"].run_id).status == RunStatus.SYSTEM_FAILURE
+
+
+@pytest.mark.django_db(transaction=True)
+def test_materialise_and_cancel_on_a_mix_report_each_outcome(repairer_client, buffer, mixed):
+    (message,) = messages_of(act(repairer_client, "materialise_now", mixed["orphan"], mixed["fine"]))
+    assert message.startswith("Materialise now: 1 materialised, 1 dead-lettered: "), message
+    assert message.endswith(", 0 already handled."), message
+
+    (message,) = messages_of(act(repairer_client, "cancel_runs", *mixed.values()))
+    # The orphan is dead again and cancellable (flagged), but its CANCELED row cannot be written either.
+    assert message.startswith("Cancel: 0 cancelled, 1 dead-lettered: "), message
+    assert message.endswith(", 2 already handled."), message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redrive_of_one_selected_entry_touches_exactly_that_one(repairer_client, buffer, accept):
+    env = EnvironmentFactory()
+    now = to_ms(timezone.now())
+    ids = accept(env, 3, now_ms=now - 600_000)
+    shard = buffer.shard_for(env.org_id)
+    buffer.lease(shard, org_id=env.org_id, env_id=env.id, n=3, now_ms=now, lease_ms=60_000)
+    for run_id in ids:
+        buffer.dead_letter(shard, run_id, now_ms=now, reason="environment gone")
+    picked = stuck(env, ids[0], StuckKind.DEAD)
+    for run_id in ids[1:]:
+        stuck(env, run_id, StuckKind.DEAD)
+
+    (message,) = messages_of(act(repairer_client, "redrive_dead_letters", picked))
+
+    assert message == "Re-drive: 1 re-driven, 0 already handled."
+    assert [buffer.get(r, org_id=env.org_id).status for r in ids] == ["QUEUED", "DEAD", "DEAD"]
+    (message,) = messages_of(act(repairer_client, "redrive_dead_letters", picked))
+    assert message == "Re-drive: 0 re-driven, 1 already handled."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_whole_env_is_a_separate_explicit_action(repairer_client, buffer, accept):
+    env = EnvironmentFactory()
+    now = to_ms(timezone.now())
+    ids = accept(env, 3, now_ms=now - 600_000)
+    shard = buffer.shard_for(env.org_id)
+    buffer.lease(shard, org_id=env.org_id, env_id=env.id, n=3, now_ms=now, lease_ms=60_000)
+    for run_id in ids:
+        buffer.dead_letter(shard, run_id, now_ms=now, reason="environment gone")
+
+    (message,) = messages_of(act(repairer_client, "redrive_whole_envs", stuck(env, ids[0], StuckKind.DEAD)))
+
+    assert message == f"Re-drive every dead letter of env {env.id}: 3 re-driven, 0 already handled."
+    assert [buffer.get(r, org_id=env.org_id).status for r in ids] == ["QUEUED"] * 3

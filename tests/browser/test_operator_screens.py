@@ -286,7 +286,7 @@ def walk(scene: Scene, into: Path) -> list[Path]:
 
             # 7. Re-drive: one message, the two dead letters of the env back in its queue.
             page.locator("button[name=index]").click()
-            expect(page.locator("ul.messagelist li.success")).to_have_text("Re-drove 2 entries.")
+            expect(page.locator("ul.messagelist li.success")).to_have_text("Re-drive: 2 re-driven, 1 already handled.")
             expect(page.locator("ul.messagelist li")).to_have_count(1)
             shoot("redrive-message")
 

@@ -7,6 +7,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from buffer.buffer import Buffer
 from runs.models import TaskRun
@@ -70,9 +71,9 @@ def test_stuck_lists_open_rows_filtered_by_env(buffer):
 def test_fail_writes_failure_rows_for_an_envs_stuck_entries(buffer):
     env = stuck_env(buffer)
 
-    assert run("fail", "--env", str(env.id)).strip() == "failed 2; already handled 0"
+    assert run("fail", "--env", str(env.id)).strip() == "fail: 2 failed, 0 already handled"
     assert set(TaskRun.objects.filter(env=env).values_list("status", flat=True)) == {"SYSTEM_FAILURE"}
-    assert run("fail", "--env", str(env.id)).strip() == "failed 0; already handled 2"
+    assert run("fail", "--env", str(env.id)).strip() == "fail: 0 failed, 2 already handled"
 
 
 @pytest.mark.django_db
@@ -80,7 +81,7 @@ def test_requeue_of_a_queued_entry_is_already_handled(buffer):
     env = stuck_env(buffer, 1)
     (row,) = StuckEntry.objects.filter(env_id=env.id)
 
-    assert run("requeue", "--run", row.run_id).strip() == "requeued 0; already handled 1"
+    assert run("requeue", "--run", row.run_id).strip() == "requeue: 0 requeued, 1 already handled"
 
 
 @pytest.mark.django_db
@@ -102,8 +103,66 @@ def test_pause_resume_close_and_open_an_env(buffer):
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["pause", "--env", "987654321"], "no such environment"), (["requeue"], "--env ID or --run"),
-     (["fail", "--run", "run_nope"], "no open stuck entry")],
+     (["fail", "--run", "run_nope"], "no open stuck entry"), (["redrive"], "one of the arguments"),
+     (["redrive", "--run", "run_x", "--limit", "2"], "not allowed with|--limit goes with")],
 )  # fmt: skip
 def test_bad_arguments_exit_non_zero_with_a_message(buffer, args, message):
     with pytest.raises(CommandError, match=message):
         run(*args)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fail_on_a_mix_prints_each_outcome_and_never_a_change_it_did_not_make(buffer):
+    """A dead letter whose env is deleted (no row can be written), one already acked, one that can be failed."""
+    gone, live = EnvironmentFactory(), EnvironmentFactory()
+    ids = {}
+    for name, env in (("orphan", gone), ("acked", live), ("fine", live)):
+        s = SnapshotFactory(env=env)
+        buffer.accept(run_id=s.id, env_id=env.id, org_id=env.org_id, snapshot=to_snapshot(s), now_ms=OLD,
+                      idempotency=None, max_per_env=100)  # fmt: skip
+        shard = buffer.shard_for(env.org_id)
+        buffer.lease(shard, org_id=env.org_id, env_id=env.id, n=1, now_ms=OLD, lease_ms=60_000)
+        if name == "acked":
+            buffer.ack(shard, [s.id], now_ms=OLD, grace_ms=10**12)
+        else:
+            buffer.dead_letter(shard, s.id, now_ms=OLD, reason="environment gone")
+        StuckEntry.objects.create(run_id=s.id, org_id=env.org_id, env_id=env.id, shard=shard, kind="DEAD",
+                                  accepted_at=timezone.now(), first_seen_at=timezone.now(),
+                                  last_seen_at=timezone.now())  # fmt: skip
+        ids[name] = (s.id, env.org_id)
+    gone.delete()
+
+    out = run("fail", "--run", *(run_id for run_id, _ in ids.values())).strip()
+
+    assert out.startswith("fail: 1 failed, 1 dead-lettered: failed by an operator; "), out
+    assert out.endswith(", 1 already handled"), out
+    assert buffer.get(ids["orphan"][0], org_id=ids["orphan"][1]).status == "DEAD"
+    assert list(TaskRun.objects.filter(id__in=[r for r, _ in ids.values()]).values_list("id", flat=True)) == [
+        ids["fine"][0]
+    ]
+
+
+@pytest.mark.django_db
+def test_redrive_of_given_runs_touches_exactly_those(buffer):
+    env = EnvironmentFactory()
+    shard = buffer.shard_for(env.org_id)
+    ids = []
+    for _ in range(3):
+        s = SnapshotFactory(env=env)
+        buffer.accept(run_id=s.id, env_id=env.id, org_id=env.org_id, snapshot=to_snapshot(s), now_ms=OLD,
+                      idempotency=None, max_per_env=100)  # fmt: skip
+        ids.append(s.id)
+    buffer.lease(shard, org_id=env.org_id, env_id=env.id, n=3, now_ms=OLD, lease_ms=60_000)
+    for run_id in ids:
+        buffer.dead_letter(shard, run_id, now_ms=OLD, reason="environment gone")
+    for run_id in ids:
+        StuckEntry.objects.create(run_id=run_id, org_id=env.org_id, env_id=env.id, shard=shard, kind="DEAD",
+                                  accepted_at=timezone.now(), first_seen_at=timezone.now(),
+                                  last_seen_at=timezone.now())  # fmt: skip
+
+    assert run("redrive", "--run", ids[0]).strip() == "redrive: 1 re-driven, 0 already handled"
+    assert [buffer.get(r, org_id=env.org_id).status for r in ids] == ["QUEUED", "DEAD", "DEAD"]
+    assert (
+        run("redrive", "--env", str(env.id)).strip()
+        == f"redrive every dead letter of env {env.id}: 2 re-driven, 0 already handled"
+    )

@@ -58,7 +58,7 @@ def test_the_command_redrives_one_envs_dead_letters_and_the_drain_writes_them(bu
 
     call_command("mollifier_buffer", "redrive", "--env", str(mine.id), stdout=out)
 
-    assert out.getvalue().strip() == "redriven 3; already handled 0"
+    assert out.getvalue().strip() == f"redrive every dead letter of env {mine.id}: 3 re-driven, 0 already handled"
     assert [status(buffer, mine, r) for r in ids] == [("QUEUED", 0)] * 3
     assert status(buffer, other, others[0]) == ("DEAD", 0)  # another env's letter stays for its operator
     assert buffer.depth(buffer.shard_for(mine.org_id), mine.id) == 3
@@ -203,3 +203,22 @@ def test_cancel_writes_canceled_rows_and_flags_what_a_live_drainer_holds(buffer,
     # The drainer holding it writes its row and acks: the flag makes it CANCELED (cancel wins).
     drain.materialise(buffer, shard=shard, entries=[live], limits=limits(), now_ms=NOW + 2_000)
     assert TaskRun.objects.get(id=ids["live"]).status == "CANCELED"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fail_of_many_deleted_envs_dead_letters_counts_them_all_and_keeps_a_few_reasons(buffer):
+    """Twelve dead letters of twelve envs deleted since: none can get a row, each is counted as dead-lettered
+    (not failed), and the report keeps a bounded list of the distinct reasons."""
+    envs = [EnvironmentFactory() for _ in range(12)]
+    targets = [T(env, dead_letters(buffer, env, 1)[0]) for env in envs]
+    for env in envs:
+        env.delete()
+
+    done = repair.fail(buffer, targets, now_ms=NOW + 1_000, limits=limits())
+
+    assert (done.changed, done.dead, done.already_handled) == (0, 12, 0)
+    assert len(done.dead_reasons) == 10  # drainer.report.MAX_DEAD_REASONS: distinct, capped
+    assert all(r.startswith("failed by an operator; environment ") for r in done.dead_reasons)
+    assert repair.describe(done).endswith("(and other reasons: see the StuckEntry rows), 0 already handled")
+    assert {status(buffer, env, t.run_id)[0] for env, t in zip(envs, targets, strict=True)} == {"DEAD"}
+    assert not TaskRun.objects.filter(id__in=[t.run_id for t in targets]).exists()

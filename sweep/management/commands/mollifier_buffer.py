@@ -5,9 +5,13 @@ a table, and exits non-zero (``CommandError``) on a bad argument or a failure (d
 
   stats                                   per shard: depth, leased, retrying, dead, oldest, rate, ETA, circuit
   stuck [--kind K] [--env ID]             open StuckEntry rows (what the sweep found), oldest first
-  redrive [--env ID] [--limit N]          dead letters back to their queues, attempts reset
+  redrive --run ID …                      these dead letters (only these) back to their queues, attempts reset
+  redrive --env ID | --all [--limit N]    every dead letter of an env (of every env), explicitly
   requeue [--env ID] [--run ID …]         retrying, dead and expired entries to their queue heads now
   fail [--env ID] [--run ID …]            SYSTEM_FAILURE rows for stuck entries (through the drain's path)
+
+Repairs print one line, each outcome counted separately (``sweep.repair.describe``), e.g.
+``fail: 1 failed, 1 dead-lettered: <reason>, 0 already handled``.
   pause --env ID | --org ID               stop draining (entries keep being accepted)
   resume --env ID | --org ID
   close --env ID / open --env ID          refuse (429) / accept an env's triggers again
@@ -42,8 +46,11 @@ class Command(BaseCommand):
         stuck.add_argument("--kind", choices=[k.value for k in StuckKind])
         stuck.add_argument("--env", type=int, dest="env_id")
         redrive = sub.add_parser("redrive", help="dead letters back to their queues, attempts reset")
-        redrive.add_argument("--env", type=int, dest="env_id", help="only this environment's dead letters")
-        redrive.add_argument("--limit", type=int, help="at most this many entries")
+        scope = redrive.add_mutually_exclusive_group(required=True)
+        scope.add_argument("--run", dest="run_ids", nargs="+", default=[], help="these dead letters, only these")
+        scope.add_argument("--env", type=int, dest="env_id", help="every dead letter of this environment")
+        scope.add_argument("--all", action="store_true", dest="every_env", help="every dead letter of every env")
+        redrive.add_argument("--limit", type=int, help="with --env or --all: at most this many entries")
         for name, text in (("requeue", "retrying, dead and expired entries to their queue heads now"),
                            ("fail", "SYSTEM_FAILURE rows for stuck entries")):  # fmt: skip
             action = sub.add_parser(name, help=text)
@@ -71,15 +78,23 @@ class Command(BaseCommand):
         elif command == "stuck":
             self._stuck(options["kind"], options["env_id"])
         elif command == "redrive":
-            done = repair.redrive(buffer, now_ms=now_ms(), env_id=options["env_id"], limit=options["limit"])
-            self._done("redriven", done)
+            if options["run_ids"]:
+                if options["limit"] is not None:
+                    raise CommandError("--limit goes with --env or --all, not --run")
+                targets = _targets(None, options["run_ids"])
+                self._done("redrive", repair.redrive_selected(buffer, targets, now_ms=now_ms()))
+            else:
+                env_id = options["env_id"]
+                scope = "every env" if env_id is None else f"env {env_id}"
+                done = repair.redrive(buffer, now_ms=now_ms(), env_id=env_id, limit=options["limit"])
+                self._done(f"redrive every dead letter of {scope}", done)
         elif command in ("requeue", "fail"):
             targets = _targets(options["env_id"], options["run_ids"])
             if command == "requeue":
-                self._done("requeued", repair.requeue_now(buffer, targets, now_ms=now_ms()))
+                self._done("requeue", repair.requeue_now(buffer, targets, now_ms=now_ms()))
             else:
                 limits = DrainLimits.from_settings(settings.MOLLIFIER)
-                self._done("failed", repair.fail(buffer, targets, now_ms=now_ms(), limits=limits))
+                self._done("fail", repair.fail(buffer, targets, now_ms=now_ms(), limits=limits))
         elif command in ("pause", "resume"):
             org_id, env_id = _org_and_env(options["org_id"], options["env_id"])
             changed = (buffer.pause if command == "pause" else buffer.resume)(org_id=org_id, env_id=env_id)
@@ -93,8 +108,8 @@ class Command(BaseCommand):
             state = "closed" if command == "close" else "open"
             self.stdout.write(f"env {env_id} intake {state}" if changed else f"env {env_id} intake was already {state}")
 
-    def _done(self, verb: str, done: repair.Repaired) -> None:
-        self.stdout.write(f"{verb} {done.changed}; already handled {done.already_handled}")
+    def _done(self, action: str, done: repair.Repaired) -> None:
+        self.stdout.write(f"{action}: {repair.describe(done)}")
 
     def _stats(self, buffer: Buffer) -> None:
         now = now_ms()
