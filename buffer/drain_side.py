@@ -175,10 +175,15 @@ class DrainSide(BufferCore):
         return int(self._scripts.dead_letter(keys=keys, args=[k.base, run_id, now_ms, reason])) == 1
 
     def count_drained(self, shard: int, count: int, *, now_ms: int) -> None:
-        """Count ``count`` entries that left the buffer (acked or dead-lettered) in the shard's drain rate."""
+        """Count ``count`` entries that left the buffer (acked or dead-lettered) in the shard's drain rate and,
+        if any left, record ``now_ms`` as the shard's last drain progress (the same script: no extra round trip,
+        and nothing written on an idle shard)."""
         require("count", count, 0)
-        key = self.keys(shard).drained(stats.bucket_of(now_ms))
-        self._scripts.count_drained(keys=[key], args=[count, stats.BUCKET_TTL_MS])  # runs at maxmemory too
+        if count == 0:
+            return
+        k = self.keys(shard)
+        keys = [k.drained(stats.bucket_of(now_ms)), k.drain_progress]
+        self._scripts.count_drained(keys=keys, args=[count, stats.BUCKET_TTL_MS, now_ms])  # runs at maxmemory too
 
     # -- the outage circuit, the clock, the epochs ----------------------------------------------------------
 
@@ -275,6 +280,11 @@ class DrainSide(BufferCore):
         """The shard's drain task has left the broker (it is running): the next tick may send another."""
         self._client.delete(self.keys(shard).drain_sent)
 
+    def mark_fan_out_tick(self, *, now_ms: int) -> None:
+        """The fan-out ticked at ``now_ms``: one SET on shard 0's keys (one round trip per tick, the only
+        idle cost of the liveness record). Read by ``Buffer.fan_out_last_tick_ms`` for the tick-age gauge."""
+        self._client.set(self.keys(0).fan_out_tick, now_ms)
+
 
 class DrainBuffer(Protocol):
     """The drain's contract with the buffer: ``drainer/`` names this type, never ``Buffer``, so that mypy refuses
@@ -316,6 +326,7 @@ class DrainBuffer(Protocol):
     def shard_has_work(self, shards: Iterable[int] | None = None) -> list[bool]: ...
     def claim_sends(self, shards: Sequence[int], *, ttl_ms: int) -> list[int]: ...
     def clear_send(self, shard: int) -> None: ...
+    def mark_fan_out_tick(self, *, now_ms: int) -> None: ...
 
 
 _DRAIN_SIDE_IS_A_DRAIN_BUFFER: type[DrainBuffer] = DrainSide  # mypy checks it: the contract names only DrainSide's

@@ -66,6 +66,13 @@ key                                            type    holds / written by
                                                        claim_send; deleted by ``Buffer.clear_send``
 ``B drain:circuit``                            HASH    Postgres-outage circuit: ``until_ms``, ``failures``. open_circuit,
                                                        ``Buffer.close_circuit``
+``B drain:progress``                           STRING  ms (the drain's clock) of the shard's last drain round that acked
+                                                       or dead-lettered ≥ 1 entry: the dashboard's "stuck" verdict and
+                                                       the last-progress gauge. count_drained (written only when
+                                                       something left, so an idle shard costs nothing); never expires
+``B fan_out:tick``                             STRING  ms of the fan-out's last tick, on shard 0's base only (one key
+                                                       for the buffer). ``Buffer.mark_fan_out_tick`` (a plain SET,
+                                                       one round trip per tick); read at scrape time
 ``B drained:<bucket ms>``                      STRING  entries that left the buffer (acked or dead-lettered) in the
                                                10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
                                                time for the drain rate and ETA. count_drained; read by
@@ -238,6 +245,15 @@ class ShardKeys:
     @property
     def drain_circuit(self) -> str:
         return self.base + "drain:circuit"
+
+    @property
+    def drain_progress(self) -> str:
+        return self.base + "drain:progress"
+
+    @property
+    def fan_out_tick(self) -> str:
+        """Written and read on shard 0's keys only: one tick for the whole buffer."""
+        return self.base + "fan_out:tick"
 
     def drained(self, bucket_ms: int) -> str:
         """Entries that left the buffer in the bucket starting at ``bucket_ms`` (a multiple of the bucket size)."""

@@ -98,6 +98,11 @@ class OperatorSide(BufferCore):
         """Every shard's depth, leased, retrying, dead, oldest age, stale count and drain rate (``buffer.stats``)."""
         return stats.read(self._client, self._scripts, [self.keys(s) for s in range(self.shards)], now_ms=now_ms)
 
+    def fan_out_last_tick_ms(self) -> int | None:
+        """When the drain fan-out last ticked (``DrainSide.mark_fan_out_tick``); ``None``: never, on this Redis."""
+        tick = self._client.get(self.keys(0).fan_out_tick)
+        return None if tick is None else int(tick)
+
     def memory(self) -> list[NodeMemory]:
         """Used and max memory of every master (one ``INFO memory`` each), for the gauges and the dashboard: at
         ``maxmemory`` with ``noeviction`` every trigger fails open and only the drain's scripts still write

@@ -17,6 +17,7 @@ from buffer.scripts import Scripts
 
 BUCKET_MS = 10_000  # drained-entry counts are kept per 10 s bucket and shard …
 RATE_WINDOW_MS = 60_000  # … and the drain rate is averaged over the last minute plus the current bucket
+RECENT_WINDOW_MS = BUCKET_MS  # the recent rate (ETA, dashboard): the last full bucket plus the current one, 10–20 s
 BUCKET_TTL_MS = RATE_WINDOW_MS + 2 * BUCKET_MS
 
 
@@ -33,11 +34,25 @@ class ShardStats:
     oldest_accepted_ms: int | None  # oldest queue head or retrying entry (the first 100 due are read)
     stale: int  # sum of the sweep's counts hash
     drained_per_s: float  # entries that left the buffer per second, over the rate window
+    recent_per_s: float = 0.0  # … over the recent window (10–20 s): what the ETAs and the dashboard use
+    last_progress_ms: int | None = None  # the shard's last drain round that acked or dead-lettered ≥ 1 entry
 
     @property
     def depth(self) -> int:
         """Entries waiting to be leased (queued or retrying)."""
         return self.queued + self.retrying
+
+    def stalled_ms(self, now_ms: int) -> int | None:
+        """How long the shard has had work due without drain progress; ``None`` when no work is due.
+
+        Work is due when an unpaused env's queue head or a due retry waits (``oldest_accepted_ms``) or a lease
+        expired. Counted from the later of the last progress and the oldest due entry's arrival, so a shard
+        idle for an hour that just got an entry has stalled for that entry's age, not for an hour. What the
+        dashboard's "stuck" and the last-progress gauge read (docs/operations.md#liveness)."""
+        if self.oldest_accepted_ms is None and self.expired_leases == 0:
+            return None
+        since = max(self.last_progress_ms or 0, self.oldest_accepted_ms or 0)
+        return max(0, now_ms - since)
 
 
 def bucket_of(now_ms: int) -> int:
@@ -58,11 +73,17 @@ def read(client: redis.Redis, scripts: Scripts, shard_keys: list[ShardKeys], *, 
             client=pipe,
         )
         pipe.mget([k.drained(bucket) for bucket in buckets])
+        pipe.get(k.drain_progress)
     replies = pipe.execute()
+    recent_first = bucket_of(now_ms) - RECENT_WINDOW_MS
+    recent_s = (now_ms - recent_first) / 1000
     stats = []
     for i, k in enumerate(shard_keys):
-        queued, retrying, leased, expired, dead, oldest, stale = (int(v) for v in replies[2 * i])
-        drained = sum(int(v) for v in replies[2 * i + 1] if v)
+        queued, retrying, leased, expired, dead, oldest, stale = (int(v) for v in replies[3 * i])
+        counts = [(bucket, int(v)) for bucket, v in zip(buckets, replies[3 * i + 1], strict=True) if v]
+        drained = sum(n for _, n in counts)
+        recent = sum(n for bucket, n in counts if bucket >= recent_first)
+        progress = replies[3 * i + 2]
         stats.append(
             ShardStats(
                 shard=k.shard,
@@ -74,6 +95,8 @@ def read(client: redis.Redis, scripts: Scripts, shard_keys: list[ShardKeys], *, 
                 oldest_accepted_ms=None if oldest < 0 else oldest,
                 stale=stale,
                 drained_per_s=drained / window_s,
+                recent_per_s=recent / recent_s,
+                last_progress_ms=None if progress is None else int(progress),
             )
         )
     return stats

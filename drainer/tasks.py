@@ -32,10 +32,13 @@ def fan_out() -> list[int]:
     that with fewer workers than shards no shard waits behind the others every time
     (docs/architecture.md#fan-out)."""
     cfg = settings.MOLLIFIER
+    buffer = Buffer.from_settings()
+    now = now_ms()
+    # Whether or not the drainer is on: the tick-age gauge says whether beat runs (docs/operations.md#liveness).
+    buffer.mark_fan_out_tick(now_ms=now)
     if not cfg.DRAINER_ENABLED:
         return []
-    buffer = Buffer.from_settings()
-    tick = int(now_ms() / 1000 / cfg.DRAIN_INTERVAL_S)
+    tick = int(now / 1000 / cfg.DRAIN_INTERVAL_S)
     expires_s = send_expiry_s(cfg.DRAIN_INTERVAL_S, time_budget_ms=cfg.DRAIN_TIME_BUDGET_MS)
     shards = buffer.claim_sends(drain.shards_with_work(buffer, offset=tick), ttl_ms=int(expires_s * 1000))
     for shard in shards:

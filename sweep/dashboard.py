@@ -6,12 +6,19 @@ The verdict is the first of these that holds, with a reason an operator can act 
 
 1. **Postgres outage**: some shard's circuit is open (the drain stopped writing because Postgres is down).
 2. **paused**: the drainer is switched off (``DRAINER_ENABLED``), so nothing leaves the buffer.
-3. **stuck**: a shard has entries older than ``STUCK_AFTER_MS`` (or expired leases) and nothing left it
-   during the drain-rate window (the last minute) — the drainer is down, wedged or not scheduled.
+3. **stuck**: a shard has work due (a queue head of an unpaused env, a due retry or an expired lease) and
+   made no drain progress (a round that acked or dead-lettered ≥ 1 entry, ``Buffer.count_drained``) for
+   ``stuck_after_ms`` — counted from its last progress or from when its oldest due entry arrived, whichever
+   is later. The bound is ``stuck_bound_ms``: a send's broker expiry plus one time budget
+   (docs/architecture.md#operator-admin) — the drainer is down, wedged or not scheduled.
 4. **backlogged**: entries drain, but slower than they should: the oldest is older than the stale
    threshold, or at the current rate the backlog takes longer than ``BACKLOG_ETA_S`` to clear.
 5. **paused** (by an operator): some orgs or envs are paused and everything else flows.
 6. **flowing**: otherwise.
+
+Every rate and ETA shown is over the recent window (``buffer.stats.RECENT_WINDOW_MS``: the last full 10 s
+bucket plus the current one), and a stuck shard's rate is shown as 0 and its ETA as never: the page cannot
+say "stuck" above "draining 5.0/s".
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from buffer.values import NodeMemory, ShardStats
 
 MEMORY_HIGH = 0.8  # used / maxmemory above which a master is "high" (alert MollifierBufferMemoryHigh)
 MEMORY_FULL = 0.95  # … and "full" (alert MollifierBufferMemoryFull): triggers fail open at maxmemory
-STUCK_AFTER_MS = 60_000  # an entry this old on a shard that drained nothing in the rate window: stuck
+DEFAULT_STUCK_AFTER_MS = 22_000  # ``stuck_bound_ms`` at the default settings (1 s tick, 2 s budget)
 BACKLOG_ETA_S = 60.0  # a backlog that needs longer than this at the current rate is a backlog
 
 
@@ -71,6 +78,7 @@ class ShardRow:
     circuit_until_ms: int
     now_ms: int
     paused: Paused = field(default_factory=Paused)
+    stuck_after_ms: int = DEFAULT_STUCK_AFTER_MS
 
     @property
     def shard(self) -> int:
@@ -92,8 +100,13 @@ class ShardRow:
 
     @property
     def rate(self) -> float:
-        """Entries that left the buffer per second over the last minute."""
-        return self.stats.drained_per_s
+        """Entries that left the shard per second over the recent window (10–20 s); 0 once it is stuck."""
+        return 0.0 if self.stuck else self.stats.recent_per_s
+
+    @property
+    def stalled_ms(self) -> int | None:
+        """How long the shard has had work due without drain progress (``ShardStats.stalled_ms``)."""
+        return self.stats.stalled_ms(self.now_ms)
 
     @property
     def eta_s(self) -> float | None:
@@ -112,11 +125,9 @@ class ShardRow:
 
     @property
     def stuck(self) -> bool:
-        """Old entries or expired leases, and nothing drained in the last minute."""
-        if self.rate > 0:
-            return False
-        age = self.oldest_age_ms
-        return (self.depth > 0 and age is not None and age >= STUCK_AFTER_MS) or self.stats.expired_leases > 0
+        """Work due and no drain progress for ``stuck_after_ms`` (module docstring)."""
+        stalled = self.stalled_ms
+        return stalled is not None and stalled >= self.stuck_after_ms
 
     @property
     def idle(self) -> bool:
@@ -128,6 +139,10 @@ class ShardRow:
     @property
     def oldest_text(self) -> str:
         return "—" if self.oldest_age_ms is None else duration(self.oldest_age_ms)
+
+    @property
+    def stalled_text(self) -> str:
+        return age_text(self.stalled_ms)
 
     @property
     def eta_text(self) -> str:
@@ -185,16 +200,30 @@ class Totals:
         return self.waiting / self.rate if self.rate > 0 else None
 
 
+def stuck_bound_ms(send_expiry_s: float, time_budget_ms: int) -> int:
+    """How long a shard with work due may go without drain progress before it is "stuck".
+
+    A healthy shard with work is sent a task every tick; the task may wait in the broker for a worker up to
+    its expiry (``drainer.tasks.send_expiry_s``: max(5 ticks, 10 budgets), so a shard behind busy workers
+    is not called stuck), then its first round ends within one time budget. Past both, no worker took the
+    shard's work. 22 s at the defaults (1 s tick, 2 s budget)."""
+    return int(send_expiry_s * 1000) + time_budget_ms
+
+
 def rows(
     stats: Sequence[ShardStats],
     circuits_until_ms: Sequence[int],
     *,
     now_ms: int,
     paused: Sequence[Paused] | None = None,
+    stuck_after_ms: int = DEFAULT_STUCK_AFTER_MS,
 ) -> list[ShardRow]:
     """Zip what ``Buffer.shard_stats``, ``Buffer.circuits_until_ms`` and the switch counts read, per shard."""
     paused = paused if paused is not None else [Paused()] * len(stats)
-    return [ShardRow(s, until, now_ms, p) for s, until, p in zip(stats, circuits_until_ms, paused, strict=True)]
+    return [
+        ShardRow(s, until, now_ms, p, stuck_after_ms)
+        for s, until, p in zip(stats, circuits_until_ms, paused, strict=True)
+    ]
 
 
 def totals(shards: Sequence[ShardRow]) -> Totals:
@@ -211,10 +240,24 @@ def totals(shards: Sequence[ShardRow]) -> Totals:
     )
 
 
-def verdict(flags: Flags, shards: Sequence[ShardRow], *, stale_threshold_ms: int) -> Verdict:
-    """The health of the whole buffer and why (module docstring for the order)."""
+def verdict(
+    flags: Flags, shards: Sequence[ShardRow], *, stale_threshold_ms: int, fan_out_tick_age_ms: int | None = None
+) -> Verdict:
+    """The health of the whole buffer and why (module docstring for the order). ``fan_out_tick_age_ms``: how
+    long ago the drain fan-out last ticked (``None``: unknown, or never); with work due and no tick for longer
+    than the stuck bound, a note says the fan-out (celery beat) is the likely cause."""
     total = totals(shards)
     notes = _notes(flags, shards, total)
+    due = [r for r in shards if r.stalled_ms is not None]
+    if flags.drainer_enabled and due:
+        bound = min(r.stuck_after_ms for r in due)
+        if fan_out_tick_age_ms is None or fan_out_tick_age_ms >= bound:
+            when = (
+                "has never ticked on this Redis"
+                if fan_out_tick_age_ms is None
+                else (f"has not ticked for {duration(fan_out_tick_age_ms)}")
+            )
+            notes.append(f"the drain fan-out {when}: is celery beat running?")
 
     outage = [r for r in shards if r.circuit_open]
     if outage:
@@ -231,7 +274,7 @@ def verdict(flags: Flags, shards: Sequence[ShardRow], *, stale_threshold_ms: int
             reason += "; the buffer is empty"
         return Verdict(Health.PAUSED, f"{Health.PAUSED}: {reason}", notes)
 
-    stuck = sorted((r for r in shards if r.stuck), key=lambda r: (-(r.oldest_age_ms or 0), -r.waiting, r.shard))
+    stuck = sorted((r for r in shards if r.stuck), key=lambda r: (-(r.stalled_ms or 0), -r.waiting, r.shard))
     if stuck:
         worst = stuck[0]
         what = [f"{_count(worst.waiting, 'entry', 'entries')}"]
@@ -239,9 +282,11 @@ def verdict(flags: Flags, shards: Sequence[ShardRow], *, stale_threshold_ms: int
             what.append(f"oldest {duration(worst.oldest_age_ms)}")
         if worst.stats.expired_leases:
             what.append(f"{_count(worst.stats.expired_leases, 'expired lease')} not reclaimed")
-        reason = f"shard {worst.shard} has {', '.join(what)}, nothing drained in the last minute"
-        if len(stuck) > 1:
-            reason += f" (and {_count(len(stuck) - 1, 'more shard')}: {_ids(stuck[1:])})"
+        names = f"shard {worst.shard}" if len(stuck) == 1 else f"shards {_ids(stuck)}"
+        reason = (
+            f"no drain progress on {names} for {duration(worst.stalled_ms or 0)} (bound"
+            f" {duration(worst.stuck_after_ms)}); shard {worst.shard} has {', '.join(what)}"
+        )
         return Verdict(Health.STUCK, f"{Health.STUCK}: {reason}", notes)
 
     backlogged = [r for r in shards if r.backlogged(stale_threshold_ms)]
@@ -304,6 +349,11 @@ def eta(seconds: float | None) -> str:
     if seconds == 0:
         return "—"
     return duration(math.ceil(seconds * 1000))
+
+
+def age_text(ms: int | None) -> str:
+    """How long ago something happened, or "never" (``None``: no record)."""
+    return "never" if ms is None else duration(ms)
 
 
 def _age(ms: int | None) -> str:

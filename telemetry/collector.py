@@ -12,7 +12,8 @@ Two kinds of numbers, kept apart on purpose:
   gunicorn and Celery they live in many processes, so they run in prometheus-client's multiprocess mode:
   each process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the scrape sums them.
 * **Gauges** are read from Redis at scrape time (``BufferCollector``): depth, oldest age, leased, dead,
-  stale total, drain rate and ETA (overall, the worst shard's, and rate and ETA per shard), and the memory
+  stale total, drain rate and ETA (overall, the worst shard's, and rate and ETA per shard; the ETAs over the
+  last 10–20 s), the liveness ages (the worst shard's last drain progress, the fan-out's last tick), and the memory
   of every master (used and max bytes, labelled ``node``). Redis is the
   truth shared by every process, so any web worker answers the same; a per-process gauge would be wrong
   the moment a second worker exists.
@@ -96,17 +97,34 @@ class BufferCollector:
         yield _gauge("mollifier_drain_rate_per_second", "Entries leaving the buffer per second (last minute).", rate)
         yield _gauge(
             "mollifier_drain_eta_seconds",
-            "Backlog (depth + leased) divided by the recent drain rate; +Inf when a backlog does not drain.",
-            drain_eta_s(depth + leased, rate),
+            "Backlog (depth + leased) divided by the drain rate of the last 10–20 s; +Inf when a backlog does not drain.",
+            drain_eta_s(depth + leased, sum(s.recent_per_s for s in stats)),
         )
+        stalled = [ms for s in stats if (ms := s.stalled_ms(self.now_ms)) is not None]
+        yield _gauge(
+            "mollifier_drain_last_progress_age_seconds",
+            "The worst shard with work due: seconds since its last drain progress (a round that acked or dead-lettered"
+            " an entry) or since its oldest due entry arrived, whichever is later; 0 when no work is due.",
+            max(stalled, default=0) / 1000,
+        )
+        try:
+            tick_ms = self.buffer.fan_out_last_tick_ms()
+        except BufferUnavailable:
+            log.warning("metrics: the fan-out tick could not be read, its gauge left out", exc_info=True)
+        else:
+            yield _gauge(
+                "mollifier_fan_out_last_tick_age_seconds",
+                "Seconds since the drain fan-out (celery beat) last ticked; +Inf when it never did on this Redis.",
+                math.inf if tick_ms is None else max(0, self.now_ms - tick_ms) / 1000,
+            )
         # Per shard: one lock holder drains a shard at a time, so one hot shard can lag however many workers
         # run while the overall ETA looks fine. The worst shard's ETA is one unlabelled series (what the alert
         # reads; a `shard` label on it would change whenever another shard became the worst); the per-shard
         # series say which shard it is. Their label is the shard number: a set bounded by SHARDS, never a tenant.
-        etas = {s.shard: drain_eta_s(s.depth + s.leased, s.drained_per_s) for s in stats}
+        etas = {s.shard: drain_eta_s(s.depth + s.leased, s.recent_per_s) for s in stats}
         yield _gauge(
             "mollifier_drain_eta_seconds_max",
-            "The worst shard's drain ETA: its backlog divided by its own recent drain rate (+Inf: it does not drain).",
+            "The worst shard's drain ETA: its backlog divided by its own drain rate of the last 10–20 s (+Inf: none).",
             max(etas.values(), default=0.0),
         )
         yield _per_shard(
@@ -116,7 +134,7 @@ class BufferCollector:
         )
         yield _per_shard(
             "mollifier_shard_drain_eta_seconds",
-            "This shard's backlog (depth + leased) divided by its recent drain rate; +Inf when it does not drain.",
+            "This shard's backlog (depth + leased) divided by its drain rate of the last 10–20 s; +Inf when none.",
             etas,
         )
         yield from _memory(self.buffer)

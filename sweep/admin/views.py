@@ -25,7 +25,7 @@ from django.views.decorators.http import require_POST
 
 from buffer.buffer import Buffer, BufferUnavailable
 from buffer.values import Entry
-from drainer import epochs
+from drainer import epochs, tasks
 from mollifier_project.clock import from_ms, now_ms
 from runs.models import Environment, Organization
 from sweep import dashboard
@@ -78,6 +78,13 @@ def flags() -> dashboard.Flags:
     )
 
 
+def stuck_after_ms() -> int:
+    """The dashboard's "stuck" bound at the current settings (``dashboard.stuck_bound_ms``)."""
+    cfg = settings.MOLLIFIER
+    expiry_s = tasks.send_expiry_s(cfg.DRAIN_INTERVAL_S, time_budget_ms=cfg.DRAIN_TIME_BUDGET_MS)
+    return dashboard.stuck_bound_ms(expiry_s, cfg.DRAIN_TIME_BUDGET_MS)
+
+
 def buffer_dashboard(request: HttpRequest) -> HttpResponse:
     buffer = Buffer.from_settings("operator")
     now = now_ms()
@@ -87,18 +94,25 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         circuits = buffer.circuits_until_ms()
         switches = buffer.switch_counts()
         memory = dashboard.memory_rows(buffer.memory())
+        tick_ms = buffer.fan_out_last_tick_ms()
     except BufferUnavailable as exc:
         return _unavailable(request, "dashboard.html", title, exc)
-    rows = dashboard.rows(stats, circuits, now_ms=now, paused=[dashboard.Paused(*c) for c in switches])
+    bound = stuck_after_ms()
+    paused = [dashboard.Paused(*c) for c in switches]
+    rows = dashboard.rows(stats, circuits, now_ms=now, paused=paused, stuck_after_ms=bound)
     current = flags()
-    verdict = dashboard.verdict(current, rows, stale_threshold_ms=settings.MOLLIFIER.STALE_THRESHOLD_S * 1000)
+    tick_age_ms = None if tick_ms is None else max(0, now - tick_ms)
+    verdict = dashboard.verdict(
+        current, rows, stale_threshold_ms=settings.MOLLIFIER.STALE_THRESHOLD_S * 1000, fan_out_tick_age_ms=tick_age_ms
+    )
     totals = dashboard.totals(rows)
     show_all = request.GET.get("all") == "1"
     shown = rows if show_all else [r for r in rows if not r.idle]
     return _render(
         request, "dashboard.html", title,
         flags=current, verdict=verdict, totals=totals, rows=shown, idle=len(rows) - len(shown), show_all=show_all,
-        shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s), memory=memory,
+        shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s), memory=memory, stuck_after=dashboard.duration(bound),
+        fan_out_tick=dashboard.age_text(tick_age_ms),
     )  # fmt: skip
 
 
@@ -120,6 +134,7 @@ def shard_detail(request: HttpRequest, shard: int) -> HttpResponse:
         circuit,
         now,
         dashboard.Paused(len(switches.paused_orgs), len(switches.paused_envs), len(switches.closed_envs)),
+        stuck_after_ms(),
     )
     orgs = {o.pk: o for o in Organization.objects.filter(pk__in=[o.org_id for o in top.orgs]).only("slug")}
     envs = {e.pk: e for e in Environment.objects.filter(pk__in=[e.env_id for e in top.envs]).select_related("org")}

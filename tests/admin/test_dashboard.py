@@ -84,7 +84,27 @@ def test_old_entries_with_nothing_drained_read_stuck(admin_client, buffer, accep
 
     verdict = admin_client.get(DASHBOARD).context["verdict"]
 
-    assert verdict.reason.startswith(f"stuck: shard {buffer.shard_for(env.org_id)} has 2 entries, oldest 11 min")
+    shard = buffer.shard_for(env.org_id)
+    assert verdict.reason.startswith(
+        f"stuck: no drain progress on shard {shard} for 11 min (bound 22 s); shard {shard}"
+    )
+    assert verdict.reason.endswith("has 2 entries, oldest 11 min")
+    assert "the drain fan-out has never ticked on this Redis: is celery beat running?" in verdict.notes
+
+
+def test_a_recent_fan_out_tick_and_drain_progress_show_and_clear_the_beat_note(admin_client, buffer, accept):
+    now = int(time.time() * 1000)
+    env = EnvironmentFactory()
+    accept(env, 2, now_ms=now - 11 * 60_000)
+    shard = buffer.shard_for(env.org_id)
+    buffer.count_drained(shard, 1, now_ms=now - 1_000)  # progress a second ago: draining, not stuck
+    buffer.mark_fan_out_tick(now_ms=now - 1_000)
+
+    response = admin_client.get(DASHBOARD)
+
+    assert not response.context["verdict"].reason.startswith("stuck")
+    assert not any("fan-out" in note for note in response.context["verdict"].notes)
+    assert 'id="fan-out-tick">fan-out last tick: <strong>1 s ago' in response.content.decode()
 
 
 def test_an_open_circuit_reads_postgres_outage(admin_client, buffer):

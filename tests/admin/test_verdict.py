@@ -14,10 +14,19 @@ ON = Flags(enabled=True, drainer_enabled=True, stale_sweep_enabled=True, shadow_
 STALE_MS = 300_000
 
 
-def stats(shard: int = 0, *, queued=0, retrying=0, leased=0, expired=0, dead=0, age_ms=None, rate=0.0, stale=0):
+BOUND = dashboard.DEFAULT_STUCK_AFTER_MS
+
+
+def stats(
+    shard=0, *, queued=0, retrying=0, leased=0, expired=0, dead=0, age_ms=None, rate=0.0, stale=0, progress_ago_ms=None
+):
+    """A shard that drains (``rate`` > 0) made progress a second ago unless ``progress_ago_ms`` says otherwise."""
+    if progress_ago_ms is None and rate > 0:
+        progress_ago_ms = 1_000
     return ShardStats(
         shard=shard, queued=queued, retrying=retrying, leased=leased, expired_leases=expired, dead=dead,
         oldest_accepted_ms=None if age_ms is None else NOW - age_ms, stale=stale, drained_per_s=rate,
+        recent_per_s=rate, last_progress_ms=None if progress_ago_ms is None else NOW - progress_ago_ms,
     )  # fmt: skip
 
 
@@ -41,13 +50,48 @@ def test_entries_draining_fast_are_flowing():
     assert v.reason == "flowing: 30 entries wait, draining 200.0/s"
 
 
-def test_a_shard_with_old_entries_and_nothing_drained_is_stuck_with_the_worst_shard_named():
+def test_a_shard_with_old_entries_and_no_progress_is_stuck_with_every_stuck_shard_named():
     v = judge(stats(0, queued=5, age_ms=2 * MIN), stats(3, queued=100, retrying=20, age_ms=11 * MIN), stats(1))
     assert v.health is Health.STUCK
-    assert (
-        v.reason
-        == "stuck: shard 3 has 120 entries, oldest 11 min, nothing drained in the last minute (and 1 more shard: 0)"
+    assert v.reason == (
+        "stuck: no drain progress on shards 3, 0 for 11 min (bound 22 s); shard 3 has 120 entries, oldest 11 min"
     )
+
+
+def test_stuck_is_counted_from_the_last_progress_and_flips_at_the_bound():
+    # Entries an hour old, the last progress just under / at the bound ago.
+    assert judge(stats(0, queued=50, age_ms=60 * MIN, progress_ago_ms=BOUND - 1)).health is Health.BACKLOGGED
+    v = judge(stats(0, queued=50, age_ms=60 * MIN, progress_ago_ms=BOUND))
+    assert v.health is Health.STUCK
+    assert v.reason.startswith("stuck: no drain progress on shard 0 for 22 s (bound 22 s)")
+
+
+def test_a_shard_idle_for_an_hour_that_just_got_an_entry_is_not_stuck():
+    # The last progress is an hour old, but the work became due only 5 s ago.
+    assert judge(stats(0, queued=1, age_ms=5_000, progress_ago_ms=60 * MIN)).health is Health.BACKLOGGED
+    assert judge(stats(0, queued=1, age_ms=BOUND, progress_ago_ms=60 * MIN)).health is Health.STUCK
+
+
+def test_entries_of_paused_envs_alone_are_no_work_due():
+    # Paused envs' entries count in the depth, not in the oldest age: nothing is due, nothing is stuck.
+    row = dashboard.rows([stats(0, queued=40, progress_ago_ms=60 * MIN)], [0], now_ms=NOW)[0]
+    assert row.stalled_ms is None and not row.stuck
+
+
+def test_a_stuck_shard_shows_no_rate_and_no_eta_so_the_page_cannot_disagree():
+    # It drained 5/s during the recent window, then stopped: past the bound it is stuck, and every figure says so.
+    (row,) = dashboard.rows([stats(0, queued=2_000, age_ms=5 * MIN, rate=5.0, progress_ago_ms=BOUND + 1)], [0],
+                            now_ms=NOW)  # fmt: skip
+    assert row.stuck and row.rate == 0.0 and row.eta_s is None and row.eta_text == "never (nothing drains)"
+    total = dashboard.totals([row])
+    assert total.rate == 0.0 and total.eta_s is None
+    v = dashboard.verdict(ON, [row], stale_threshold_ms=STALE_MS)
+    assert v.health is Health.STUCK and "draining" not in v.reason
+
+
+def test_the_stuck_bound_is_a_send_expiry_plus_a_time_budget():
+    assert dashboard.stuck_bound_ms(20.0, 2_000) == 22_000 == dashboard.DEFAULT_STUCK_AFTER_MS
+    assert dashboard.stuck_bound_ms(5.0, 500) == 5_500
 
 
 def test_expired_leases_nobody_reclaims_are_stuck():
@@ -131,3 +175,18 @@ def test_shard_rows_compute_age_eta_and_circuit():
 )  # fmt: skip
 def test_durations_read_like_an_operator_would_say_them(ms, text):
     assert dashboard.duration(ms) == text
+
+
+def test_the_fan_out_note_shows_only_with_work_due_and_no_recent_tick():
+    rows = dashboard.rows([stats(0, queued=5, age_ms=3_000)], [0], now_ms=NOW)
+    beat = "the drain fan-out has not ticked for 22 s: is celery beat running?"
+
+    def notes(age_ms, shard_rows=rows, flags=ON):
+        return dashboard.verdict(flags, shard_rows, stale_threshold_ms=STALE_MS, fan_out_tick_age_ms=age_ms).notes
+
+    assert notes(BOUND - 1) == []
+    assert notes(BOUND) == [beat]
+    assert notes(None) == ["the drain fan-out has never ticked on this Redis: is celery beat running?"]
+    assert notes(None, shard_rows=dashboard.rows([stats(0)], [0], now_ms=NOW)) == []  # nothing due
+    off = Flags(enabled=True, drainer_enabled=False, stale_sweep_enabled=True, shadow_mode=False)
+    assert notes(None, flags=off) == []  # the fan-out is not scheduled while the drainer is off

@@ -83,3 +83,53 @@ def test_every_expression_is_valid_promql(tmp_path):
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def steps(panel: dict) -> list[tuple[str, float | None]]:
+    thresholds = panel["fieldConfig"]["defaults"].get("thresholds", {"steps": []})
+    assert thresholds.get("mode", "absolute") == "absolute", panel["title"]
+    return [(step["color"], step["value"]) for step in thresholds["steps"]]
+
+
+def panel_reading(dashboard: dict, kind: str, expr: str) -> dict:
+    (panel,) = [p for p in panels(dashboard) if p["type"] == kind and [t["expr"] for t in p["targets"]] == [expr]]
+    return panel
+
+
+def test_depth_oldest_age_eta_and_liveness_stats_have_thresholds_at_the_alerts():
+    """Issue 18: no thresholds on depth, oldest age and ETA. The reds sit where the alerts fire (ETA 900 s:
+    MollifierDrainEtaTooLong; last progress and tick 60 s: MollifierDrainNoProgress, MollifierFanOutNotTicking);
+    the oldest age turns orange at the default stale threshold (300 s, MollifierOldestEntryTooOld)."""
+    dashboard = load()
+    expected = {
+        "max(mollifier_buffer_depth)": [("green", None), ("orange", 10_000), ("red", 100_000)],
+        "max(mollifier_buffer_oldest_age_seconds)": [("green", None), ("orange", 300), ("red", 900)],
+        "max(mollifier_drain_eta_seconds_max)": [("green", None), ("orange", 300), ("red", 900)],
+        "max(mollifier_drain_last_progress_age_seconds)": [("green", None), ("orange", 22), ("red", 60)],
+        "max(mollifier_fan_out_last_tick_age_seconds)": [("green", None), ("orange", 10), ("red", 60)],
+    }
+    for expr, want in expected.items():
+        assert steps(panel_reading(dashboard, "stat", expr)) == want, expr
+
+
+def test_the_liveness_gauges_have_a_graph_with_the_alert_line():
+    dashboard = load()
+    (graph,) = [
+        p for p in panels(dashboard)
+        if p["type"] == "timeseries" and any("mollifier_drain_last_progress_age_seconds" in t["expr"] for t in p["targets"])
+    ]  # fmt: skip
+    assert {t["expr"] for t in graph["targets"]} == {
+        "max(mollifier_drain_last_progress_age_seconds)", "max(mollifier_fan_out_last_tick_age_seconds)"
+    }  # fmt: skip
+    assert graph["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert ("red", 60) in steps(graph)
+
+
+def test_panels_do_not_overlap():
+    taken: set[tuple[int, int]] = set()
+    for panel in load()["panels"]:
+        g = panel["gridPos"]
+        cells = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & taken, panel["title"]
+        assert g["x"] + g["w"] <= 24, panel["title"]
+        taken |= cells

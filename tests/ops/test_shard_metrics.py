@@ -26,20 +26,21 @@ def test_each_shard_reports_its_own_rate_and_eta_and_the_worst_is_their_max(four
     for i in range(12):
         accept(b, slow, 20, now_ms=NOW - 1_000, run_id=f"run_slow_{i}")
     accept(b, stuck, 30, now_ms=NOW - 1_000, run_id="run_stuck")
-    b._client.set(b.keys(0).drained(NOW - 30_000), 60)  # shard 0: 1 entry/s
-    b._client.set(b.keys(1).drained(NOW - 30_000), 6)  # shard 1: 0.1 entry/s
-    b._client.set(b.keys(3).drained(NOW - 30_000), 30)  # shard 3: drained everything it had
+    # In the last full bucket: counted by the minute's rate (over 60 s) and by the ETAs' recent one (over 10 s).
+    b._client.set(b.keys(0).drained(NOW - 10_000), 60)  # shard 0: 1 entry/s a minute, 6/s recently
+    b._client.set(b.keys(1).drained(NOW - 10_000), 6)  # shard 1: 0.1 entry/s, 0.6/s recently
+    b._client.set(b.keys(3).drained(NOW - 10_000), 30)  # shard 3: drained everything it had
 
     samples = scrape(b)
 
     rates = {s: value(samples, "mollifier_shard_drain_rate_per_second", shard=str(s)) for s in range(4)}
     etas = {s: value(samples, "mollifier_shard_drain_eta_seconds", shard=str(s)) for s in range(4)}
     assert rates == pytest.approx({0: 1.0, 1: 0.1, 2: 0.0, 3: 0.5})
-    assert etas[0] == pytest.approx(6) and etas[1] == pytest.approx(120) and etas[3] == 0
+    assert etas[0] == pytest.approx(6 / 6) and etas[1] == pytest.approx(12 / 0.6) and etas[3] == 0
     assert math.isinf(etas[2])  # a backlog that does not drain
     assert math.isinf(value(samples, "mollifier_drain_eta_seconds_max"))
     # Overall: the whole backlog over the whole rate, finite although one shard does not drain.
-    assert value(samples, "mollifier_drain_eta_seconds") == pytest.approx(19 / 1.6)
+    assert value(samples, "mollifier_drain_eta_seconds") == pytest.approx(19 / 9.6)
     assert value(samples, "mollifier_drain_rate_per_second") == pytest.approx(sum(rates.values()))
 
 
@@ -49,12 +50,27 @@ def test_worst_shard_eta_is_finite_and_above_overall_when_every_shard_drains(fou
         org = org_in(b, shard)
         for i in range(backlog):
             accept(b, org, 10 + shard, now_ms=NOW - 1_000, run_id=f"run_{shard}_{i}")
-        b._client.set(b.keys(shard).drained(NOW - 30_000), drained)
+        b._client.set(b.keys(shard).drained(NOW - 10_000), drained)  # the recent window: 10 s
 
     samples = scrape(b)
 
-    assert value(samples, "mollifier_drain_eta_seconds_max") == pytest.approx(120)
-    assert value(samples, "mollifier_drain_eta_seconds") == pytest.approx(18 / 1.1)
+    assert value(samples, "mollifier_drain_eta_seconds_max") == pytest.approx(12 / 0.6)
+    assert value(samples, "mollifier_drain_eta_seconds") == pytest.approx(18 / 6.6)
+
+
+def test_the_etas_read_the_recent_window_so_a_drain_that_stopped_30_s_ago_has_none(four_shards):
+    # Issue 18: with beat killed the ETA kept saying 10.8 s from a minute-long average.
+    b = four_shards
+    org = org_in(b, 0)
+    for i in range(5):
+        accept(b, org, 10, now_ms=NOW - 1_000, run_id=f"run_old_{i}")
+    b._client.set(b.keys(0).drained(NOW - 30_000), 600)  # drained fast, 30 s ago, nothing since
+
+    samples = scrape(b)
+
+    assert value(samples, "mollifier_drain_rate_per_second") == pytest.approx(10.0)  # the minute still shows it
+    assert math.isinf(value(samples, "mollifier_drain_eta_seconds"))
+    assert math.isinf(value(samples, "mollifier_shard_drain_eta_seconds", shard="0"))
 
 
 def test_empty_buffer_reports_zero_for_every_shard(four_shards):
