@@ -10,6 +10,10 @@ by ``RunsConfig.ready``) connects the receivers that queue the work. Both are se
 ``run_failure_committed`` (``sender=TaskRun``, ``run_id``): a SYSTEM_FAILURE row was written, whatever
 ``emit_event`` said; its alert is queued. ``bulk_action_created`` (``sender=BulkAction``, ``action_id``):
 a bulk action was stored; its task is sent.
+
+``envs_deleted_with_buffered_runs`` (``sender`` the admin class, ``user``, ``org_ids``, ``env_ids``,
+``labels``, ``dead_lettered``): the admin deleted orgs or envs that had entries in the buffer, and
+dead-lettered them after the commit; ``sweep`` (``SweepConfig.ready``) records it in the audit trail.
 """
 
 from django.dispatch import Signal
@@ -19,3 +23,4 @@ run_cancelled = Signal()
 run_failed = Signal()
 run_failure_committed = Signal()
 bulk_action_created = Signal()
+envs_deleted_with_buffered_runs = Signal()

@@ -32,6 +32,7 @@ from django.http import HttpRequest
 from buffer.buffer import Buffer, BufferUnavailable
 from mollifier_project.clock import now_ms
 from runs.models import Environment, Organization
+from runs.signals import envs_deleted_with_buffered_runs
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,10 @@ class BufferedEntriesDeletionMixin(_Base):
                     messages.ERROR,
                 )
                 return
+            envs_deleted_with_buffered_runs.send(
+                sender=type(self), user=user, org_ids=sorted({e.org_id for e in envs}),
+                env_ids=[e.env_id for e in envs], labels=[e.label for e in envs], dead_lettered=n,
+            )  # fmt: skip
             if n:
                 log.warning(
                     "dead-lettered %s buffered runs of deleted envs", n, extra={"env_ids": [e.env_id for e in envs]}
