@@ -138,3 +138,20 @@ def test_the_audit_list_is_read_only_searchable_and_filterable(admin_client, vie
     )
     assert OperatorAction.objects.count() == 2
     assert viewer_client.get(AUDIT_LIST).status_code == 403  # no view_operatoraction
+
+
+def test_the_env_page_links_the_envs_audit_trail(admin_client, rows):
+    from sweep import audit
+
+    env_a, env_b = rows["envs"]
+    audit.record(user="alice", action="pause", source="cli", scope=audit.Scope(org_ids=(env_a.org_id,),
+                 env_ids=(env_a.id,)), counts={"changed": 1})  # fmt: skip
+    audit.record(user="bob", action="pause", source="cli", scope=audit.Scope(org_ids=(env_b.org_id,),
+                 env_ids=(env_b.id,)), counts={"changed": 1})  # fmt: skip
+
+    html = admin_client.get(reverse("buffer_admin:env", args=[env_a.org_id, env_a.id])).content.decode()
+    link = f"{AUDIT_LIST}?env_id={env_a.id}"
+
+    assert f'href="{link}"' in html
+    response = admin_client.get(link)
+    assert [a.user for a in response.context["cl"].result_list] == ["alice"]
