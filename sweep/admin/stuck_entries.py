@@ -298,6 +298,7 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
     def _confirmation(
         self, request: HttpRequest, rows: Sequence[StuckEntry], scope: audit.Scope, action: str
     ) -> TemplateResponse:
+        across = request.POST.get("select_across") == "1" and bool(rows)
         context = {
             **self.admin_site.each_context(request),
             "title": f"{action}: are you sure?",
@@ -308,7 +309,11 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
             "more": max(0, len(rows) - CONFIRM_LISTED),
             "count": len(rows),
             "scope": scope.names(),
-            "selected": [str(r.pk) for r in rows],
+            # "Select all" across pages: the confirmation carries select_across and one id (the admin needs one
+            # to route the POST) and the list's filters in its URL, not one hidden field per row (a POST of more
+            # than DATA_UPLOAD_MAX_NUMBER_FIELDS fields is refused).
+            "select_across": "1" if across else "0",
+            "selected": [str(r.pk) for r in rows[: 1 if across else None]],
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             "reason_max": REASON_MAX,
         }

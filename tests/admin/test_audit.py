@@ -155,3 +155,33 @@ def test_the_env_page_links_the_envs_audit_trail(admin_client, rows):
     assert f'href="{link}"' in html
     response = admin_client.get(link)
     assert [a.user for a in response.context["cl"].result_list] == ["alice"]
+
+
+@pytest.mark.slow  # 1,001 rows and a requeue over them: a few seconds
+def test_select_all_across_pages_confirms_without_one_field_per_row(repairer_client, buffer):
+    """More rows than DATA_UPLOAD_MAX_NUMBER_FIELDS (1,000) selected with "select all": the confirmation form
+    must not carry a hidden field per row, or its POST is refused (400)."""
+    from django.utils import timezone
+
+    from sweep.models import StuckEntry, StuckKind
+    from tests.factories import EnvironmentFactory
+
+    env, now = EnvironmentFactory(), timezone.now()
+    StuckEntry.objects.bulk_create(
+        StuckEntry(run_id=f"run_many{i:05d}", org_id=env.org_id, env_id=env.id, shard=0, kind=StuckKind.STALE,
+                   accepted_at=now, first_seen_at=now, last_seen_at=now)
+        for i in range(1001)
+    )  # fmt: skip
+    first_page = list(StuckEntry.objects.order_by("accepted_at", "run_id").values_list("pk", flat=True)[:100])
+
+    asked = repairer_client.post(
+        f"{LIST}?env_id={env.id}", {"action": "requeue_now", "select_across": "1", "_selected_action": first_page}
+    )
+    assert asked.status_code == 200 and "<strong>1001</strong> selected entries" in asked.content.decode()
+    data = {"action": "requeue_now", "confirm": "yes", "reason": "all of them",
+            "select_across": asked.context.get("select_across", "0"), "_selected_action": asked.context["selected"]}  # fmt: skip
+    done = repairer_client.post(f"{LIST}?env_id={env.id}", data, follow=True)
+
+    assert done.status_code == 200
+    assert messages_of(done) == ["Requeue now: 0 requeued, 1001 already handled."]
+    assert OperatorAction.objects.get().run_count == 1001
