@@ -110,14 +110,14 @@ def on_envs_deleted(
     org_ids: Sequence[int],
     env_ids: Sequence[int],
     labels: Sequence[str],
-    dead_lettered: int,
+    counts: Mapping[str, int],
     **kwargs: object,
 ) -> None:
     """``runs.signals.envs_deleted_with_buffered_runs``: the envs are gone by now, so the scope keeps the
     labels the deletion knew."""
     scope = Scope(org_ids=tuple(org_ids), env_ids=tuple(env_ids))
     record(
-        user=user, action="delete with buffered entries", source="admin", scope=scope,
-        counts={"dead_lettered": dead_lettered}, reason="", names=", ".join(
+        user=user, action="delete envs", source="admin", scope=scope,
+        counts=counts, reason="", names=", ".join(
             f"{label} ({env_id})" for label, env_id in zip(labels, env_ids, strict=True)),
     )  # fmt: skip
