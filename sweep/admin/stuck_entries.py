@@ -5,8 +5,10 @@ Rows come from the system (``sweep.services``), so nobody adds, changes or delet
 page shows the entry as the buffer holds it now, snapshot included (``Buffer.get``). The actions — requeue
 now, re-drive the selected dead letters, materialise now, fail as SYSTEM_FAILURE, cancel — act on exactly
 the selected rows; re-driving every dead letter of their envs is a separate, explicit action. Each calls a
-service function of ``sweep.repair`` and reports every outcome separately (``repair.describe``). They need the
-``sweep.repair_buffer`` permission: staff without it see no actions, and a POST of one answers 403.
+service function of ``sweep.repair`` and reports every outcome separately (``repair.describe``). Each asks
+first: a confirmation page (count, scope by name, an optional reason), and only its ``confirm=yes`` POST acts;
+then ``sweep.audit.record`` and a ``LogEntry`` per row record it (docs/runbook.md#confirmation, #audit). They
+need the ``sweep.repair_buffer`` permission: staff without it see no actions, and a POST of one answers 403.
 """
 
 from __future__ import annotations
