@@ -10,6 +10,11 @@ by ``RunsConfig.ready``) connects the receivers that queue the work. Both are se
 ``run_failure_committed`` (``sender=TaskRun``, ``run_id``): a SYSTEM_FAILURE row was written, whatever
 ``emit_event`` said; its alert is queued. ``bulk_action_created`` (``sender=BulkAction``, ``action_id``):
 a bulk action was stored; its task is sent.
+
+``envs_deleted_with_buffered_runs`` (``sender`` the admin class, ``user``, ``org_ids``, ``env_ids``,
+``labels``, ``counts``): the admin deleted orgs or envs, and after the commit dead-lettered their buffered
+entries (``{"dead_lettered": n}``) or could not reach Redis (``"redis_unreachable": 1``); ``sweep``
+(``SweepConfig.ready``) records it in the audit trail.
 """
 
 from django.dispatch import Signal
@@ -19,3 +24,4 @@ run_cancelled = Signal()
 run_failed = Signal()
 run_failure_committed = Signal()
 bulk_action_created = Signal()
+envs_deleted_with_buffered_runs = Signal()

@@ -65,3 +65,30 @@ class StuckEntry(models.Model):
 
     def age_at(self, now: datetime) -> timedelta:
         return now - self.accepted_at
+
+
+class OperatorAction(models.Model):
+    """One operator action on the buffer — a repair, a pause, a deletion that dead-lettered entries — from
+    the admin or the command line (docs/runbook.md#audit). Written only by ``sweep.audit.record``; the admin
+    lists the rows read-only. Tenants are plain ids plus the names they had then, so a row outlives them."""
+
+    at = models.DateTimeField(db_index=True)
+    user = models.CharField(max_length=150, db_index=True, help_text="Admin username, or the OS user / --as name.")
+    source = models.CharField(max_length=16, choices=[("admin", "admin"), ("cli", "command line")])
+    action = models.CharField(max_length=64, db_index=True)
+    org_ids = models.JSONField(default=list)
+    env_ids = models.JSONField(default=list)
+    scope = models.TextField(blank=True, default="", help_text="Org and env names as they were, e.g. acme/prod (12).")
+    run_ids = models.JSONField(default=list, help_text="The runs acted on, up to a cap (run_count says how many).")
+    run_count = models.PositiveIntegerField(default=0)
+    counts = models.JSONField(default=dict, help_text="What happened, outcome by outcome (sweep.repair.Repaired).")
+    outcome = models.TextField(blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = "operator action"
+        verbose_name_plural = "operator actions"
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.user}: {self.action}"

@@ -32,6 +32,7 @@ from django.http import HttpRequest
 from buffer.buffer import Buffer, BufferUnavailable
 from mollifier_project.clock import now_ms
 from runs.models import Environment, Organization
+from runs.signals import envs_deleted_with_buffered_runs
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,12 @@ class BufferedEntriesDeletionMixin(_Base):
             return
         user = request.user.get_username() or "an operator"
 
+        def announce(counts: dict[str, int]) -> None:
+            envs_deleted_with_buffered_runs.send(
+                sender=type(self), user=user, org_ids=sorted({e.org_id for e in envs}),
+                env_ids=[e.env_id for e in envs], labels=[e.label for e in envs], counts=counts,
+            )  # fmt: skip
+
         def bury() -> None:
             try:
                 n = dead_letter(Buffer.from_settings("operator"), envs, user=user, now_ms=now_ms())
@@ -160,7 +167,9 @@ class BufferedEntriesDeletionMixin(_Base):
                     "queued until the drain dead-letters them (their environment is missing).",
                     messages.ERROR,
                 )
+                announce({"dead_lettered": 0, "redis_unreachable": 1})
                 return
+            announce({"dead_lettered": n})
             if n:
                 log.warning(
                     "dead-lettered %s buffered runs of deleted envs", n, extra={"env_ids": [e.env_id for e in envs]}

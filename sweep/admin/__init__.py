@@ -2,10 +2,11 @@
 ``sweep.admin``, so this module imports every module that registers a ``ModelAdmin``:
 
 - ``stuck_entries``: the StuckEntry admin, the operators' repairs (registered);
+- ``operator_actions``: the audit trail, read-only (registered);
 - ``views`` and ``urls``: the buffer dashboard at ``/admin/buffer/`` (plain views, wired by
   ``mollifier_project.urls`` ahead of the admin site; nothing registered).
 """
 
-from sweep.admin import stuck_entries
+from sweep.admin import operator_actions, stuck_entries
 
-__all__ = ["stuck_entries"]
+__all__ = ["operator_actions", "stuck_entries"]

@@ -5,8 +5,10 @@ Rows come from the system (``sweep.services``), so nobody adds, changes or delet
 page shows the entry as the buffer holds it now, snapshot included (``Buffer.get``). The actions — requeue
 now, re-drive the selected dead letters, materialise now, fail as SYSTEM_FAILURE, cancel — act on exactly
 the selected rows; re-driving every dead letter of their envs is a separate, explicit action. Each calls a
-service function of ``sweep.repair`` and reports every outcome separately (``repair.describe``). They need the
-``sweep.repair_buffer`` permission: staff without it see no actions, and a POST of one answers 403.
+service function of ``sweep.repair`` and reports every outcome separately (``repair.describe``). Each asks
+first: a confirmation page (count, scope by name, an optional reason), and only its ``confirm=yes`` POST acts;
+then ``sweep.audit.record`` and a ``LogEntry`` per row record it (docs/runbook.md#confirmation, #audit). They
+need the ``sweep.repair_buffer`` permission: staff without it see no actions, and a POST of one answers 403.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -33,12 +36,14 @@ from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
 from runs.admin.model_admins import CappedCountPaginator
 from runs.models import Environment, Organization
-from sweep import repair
+from sweep import audit, repair
 from sweep.dashboard import duration
 from sweep.models import StuckEntry
 
 REPAIR_PERMISSION = "sweep.repair_buffer"
 TENANT_CHOICES = 100  # org and env filters offer at most this many ids (the most recent rows')
+CONFIRM_LISTED = 50  # the confirmation page lists this many of the selected runs, then "and N more"
+REASON_MAX = 1000  # characters of the optional reason kept
 
 
 def report(action: str, done: repair.Repaired) -> str:
@@ -265,52 +270,105 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
 
     # -- actions --------------------------------------------------------------------------------------------
 
-    def _repair(self, request: HttpRequest, queryset: QuerySet[StuckEntry], action: str, fn: Repair) -> None:
+    def _repair(
+        self, request: HttpRequest, queryset: QuerySet[StuckEntry], action: str, fn: Repair, *, audit_as: str = ""
+    ) -> TemplateResponse | None:
+        """Ask first (docs/runbook.md#confirmation): without ``confirm`` in the POST this answers the
+        confirmation page (count, scope, an optional reason) and changes nothing; confirmed, it repairs,
+        reports, and records the action (``sweep.audit``, plus a ``LogEntry`` per row)."""
         rows = list(queryset.order_by("accepted_at", "run_id"))
+        scope = audit.Scope.of(rows)
+        if request.POST.get("confirm") != "yes":
+            return self._confirmation(request, rows, scope, action)
         try:
             done = fn(Buffer.from_settings("operator"), rows, now_ms())
         except BufferUnavailable as exc:
             self.message_user(request, f"The buffer's Redis is unreachable: {exc}", messages.ERROR)
-            return
+            return None
+        reason = request.POST.get("reason", "")[:REASON_MAX]
+        audit.record(
+            user=request.user.get_username(), action=audit_as or action, source="admin", scope=scope, counts=done,
+            reason=reason,
+        )  # fmt: skip
+        message = f"{action}: {repair.describe(done)}" + (f" Reason: {reason.strip()}" if reason.strip() else "")
+        for row in rows:
+            self.log_change(request, row, message)
         level = messages.SUCCESS if done.changed and not done.troubled else messages.WARNING
         self.message_user(request, report(action, done), level)
+        return None
+
+    def _confirmation(
+        self, request: HttpRequest, rows: Sequence[StuckEntry], scope: audit.Scope, action: str
+    ) -> TemplateResponse:
+        across = request.POST.get("select_across") == "1" and bool(rows)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{action}: are you sure?",
+            "opts": self.model._meta,
+            "action_label": action,
+            "action_name": request.POST.get("action", ""),
+            "rows": rows[:CONFIRM_LISTED],
+            "more": max(0, len(rows) - CONFIRM_LISTED),
+            "count": len(rows),
+            "scope": scope.names(),
+            # "Select all" across pages: the confirmation carries select_across and one id (the admin needs one
+            # to route the POST) and the list's filters in its URL, not one hidden field per row (a POST of more
+            # than DATA_UPLOAD_MAX_NUMBER_FIELDS fields is refused).
+            "select_across": "1" if across else "0",
+            "selected": [str(r.pk) for r in rows[: 1 if across else None]],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "reason_max": REASON_MAX,
+        }
+        return TemplateResponse(request, "admin/sweep/stuckentry/confirm_action.html", context)
 
     @admin.action(
         description="Requeue now (retrying, dead and expired entries to their queue heads)", permissions=("repair",)
     )
-    def requeue_now(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        self._repair(request, queryset, "Requeue now", lambda b, rows, now: repair.requeue_now(b, rows, now_ms=now))
+    def requeue_now(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> TemplateResponse | None:
+        return self._repair(
+            request, queryset, "Requeue now", lambda b, rows, now: repair.requeue_now(b, rows, now_ms=now)
+        )
 
     @admin.action(description="Re-drive the selected dead letters", permissions=("repair",))
-    def redrive_dead_letters(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        self._repair(request, queryset, "Re-drive", lambda b, rows, now: repair.redrive_selected(b, rows, now_ms=now))
+    def redrive_dead_letters(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> TemplateResponse | None:
+        return self._repair(
+            request, queryset, "Re-drive", lambda b, rows, now: repair.redrive_selected(b, rows, now_ms=now)
+        )
 
     @admin.action(
         description="Re-drive every dead letter of the selected entries' environments (the whole env)",
         permissions=("repair",),
     )
-    def redrive_whole_envs(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        """The explicit whole-env repair: one message per env, naming it, since it touches unselected entries."""
+    def redrive_whole_envs(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> TemplateResponse | None:
+        """The explicit whole-env repair: one message (and audit row) per env, naming it, since it touches
+        unselected entries. One confirmation page for all of them."""
+        if request.POST.get("confirm") != "yes":
+            rows = list(queryset.order_by("accepted_at", "run_id"))
+            return self._confirmation(request, rows, audit.Scope.of(rows), "Re-drive every dead letter of these envs")
         for env_id in sorted(set(queryset.values_list("env_id", flat=True))):
             whole_env = functools.partial(_redrive_env, env_id=env_id)
             self._repair(
-                request, queryset.filter(env_id=env_id), f"Re-drive every dead letter of env {env_id}", whole_env
-            )
+                request, queryset.filter(env_id=env_id), f"Re-drive every dead letter of env {env_id}", whole_env,
+                audit_as="Re-drive every dead letter of the env",
+            )  # fmt: skip
+        return None
 
     @admin.action(description="Materialise now (write their rows)", permissions=("repair",))
-    def materialise_now(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        self._repair(
+    def materialise_now(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> TemplateResponse | None:
+        return self._repair(
             request, queryset, "Materialise now",
             lambda b, rows, now: repair.materialise_now(b, rows, now_ms=now, limits=_limits()),
         )  # fmt: skip
 
     @admin.action(description="Fail as SYSTEM_FAILURE", permissions=("repair",))
-    def fail_entries(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        self._repair(request, queryset, "Fail", lambda b, rows, now: repair.fail(b, rows, now_ms=now, limits=_limits()))
+    def fail_entries(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> TemplateResponse | None:
+        return self._repair(
+            request, queryset, "Fail", lambda b, rows, now: repair.fail(b, rows, now_ms=now, limits=_limits())
+        )
 
     @admin.action(description="Cancel the runs", permissions=("repair",))
-    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> None:
-        self._repair(
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> TemplateResponse | None:
+        return self._repair(
             request, queryset, "Cancel", lambda b, rows, now: repair.cancel(b, rows, now_ms=now, limits=_limits())
         )
 

@@ -1,20 +1,24 @@
 """Fixtures for the operator screens: a buffer under a fresh key prefix (4 shards), entries accepted for real
-tenants or bare ids, staff users with and without the repair permission, and a Redis command counter."""
+tenants or bare ids, stuck-entry rows, staff users with and without the repair permission, and a Redis command counter."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
+from django.utils import timezone
 from redis.connection import AbstractConnection
 
 from buffer.buffer import Buffer
 from buffer.values import AcceptStatus
+from mollifier_project.clock import to_ms
 from runs.models import Environment
 from runs.snapshot import to_snapshot
-from tests.factories import SnapshotFactory
+from sweep.models import StuckEntry, StuckKind
+from tests.factories import EnvironmentFactory, SnapshotFactory
 
 NOW = 1_800_000_000_000
 
@@ -108,3 +112,30 @@ def redis_counter(monkeypatch) -> Counter:
     monkeypatch.setattr(AbstractConnection, "send_command", counted_send)
     monkeypatch.setattr(AbstractConnection, "pack_commands", counted_pack)
     return counter
+
+
+def stuck(env, run_id: str, kind=StuckKind.STALE, *, age=timedelta(minutes=10), attempts=0, error="", env_id=None):
+    now = timezone.now()
+    return StuckEntry.objects.create(
+        run_id=run_id, org_id=env.org_id, env_id=env_id or env.id, shard=0, kind=kind, accepted_at=now - age,
+        first_seen_at=now, last_seen_at=now, attempts=attempts, last_error=error,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def rows(buffer, accept):
+    """StuckEntry rows (tests/admin/test_stuck_entries.py, test_audit.py): Three stuck entries in the buffer (a stale one, a dead one, one with an expired lease) of two envs."""
+    env_a, env_b = EnvironmentFactory(slug="alpha"), EnvironmentFactory(slug="beta")
+    stale_id, dead_id = accept(env_a, 2, now_ms=to_ms(timezone.now() - timedelta(minutes=10)))
+    (expired_id,) = accept(env_b, now_ms=to_ms(timezone.now() - timedelta(days=2)))
+    shard_a, shard_b = buffer.shard_for(env_a.org_id), buffer.shard_for(env_b.org_id)
+    buffer.lease(shard_a, org_id=env_a.org_id, env_id=env_a.id, n=2, now_ms=to_ms(timezone.now()), lease_ms=60_000)
+    buffer.release(shard_a, [stale_id])
+    buffer.dead_letter(shard_a, dead_id, now_ms=to_ms(timezone.now()), reason="environment gone")
+    buffer.lease(shard_b, org_id=env_b.org_id, env_id=env_b.id, n=1, now_ms=to_ms(timezone.now()) - 120_000, lease_ms=1)
+    return {
+        "envs": (env_a, env_b),
+        "stale": stuck(env_a, stale_id),
+        "dead": stuck(env_a, dead_id, StuckKind.DEAD, error="environment gone"),
+        "expired": stuck(env_b, expired_id, StuckKind.EXPIRED_LEASE, age=timedelta(days=2), attempts=1),
+    }

@@ -122,3 +122,23 @@ def test_an_unreachable_redis_does_not_block_the_deletion_and_says_so(admin_clie
 
     assert not Environment.objects.filter(pk=busy.pk).exists()
     assert any("stay queued until the drain dead-letters them" in str(m) for m in response.context["messages"])
+    from sweep.models import OperatorAction
+
+    (row,) = OperatorAction.objects.all()  # recorded all the same, saying nothing was dead-lettered
+    assert (row.action, row.user, row.counts) == ("delete envs", "admin", {"dead_lettered": 0, "redis_unreachable": 1})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_an_env_with_buffered_runs_is_in_the_audit_trail(admin_client, buffer, doomed, caplog):
+    from sweep.models import OperatorAction
+
+    org, busy, *_ = doomed
+
+    with caplog.at_level("INFO", logger="sweep.audit"):
+        admin_client.post(delete_url(busy), {"post": "yes"}, follow=True)
+
+    (row,) = OperatorAction.objects.all()
+    assert (row.action, row.user, row.source) == ("delete envs", "admin", "admin")
+    assert (row.org_ids, row.env_ids, row.scope) == ([org.id], [busy.id], f"doomed/busy ({busy.id})")
+    assert row.counts == {"dead_lettered": 5}
+    assert [r.user for r in caplog.records if r.name == "sweep.audit"] == ["admin"]

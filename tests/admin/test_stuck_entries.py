@@ -3,8 +3,6 @@ repair actions and their permission."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -14,6 +12,7 @@ from runs.models import RunStatus, TaskRun
 from sweep.admin.stuck_entries import report
 from sweep.models import StuckEntry, StuckKind
 from sweep.repair import Repaired
+from tests.admin.conftest import stuck
 from tests.factories import EnvironmentFactory
 
 pytestmark = pytest.mark.django_db
@@ -25,36 +24,9 @@ def change(row: StuckEntry) -> str:
     return reverse("admin:sweep_stuckentry_change", args=[row.pk])
 
 
-def stuck(env, run_id: str, kind=StuckKind.STALE, *, age=timedelta(minutes=10), attempts=0, error="", env_id=None):
-    now = timezone.now()
-    return StuckEntry.objects.create(
-        run_id=run_id, org_id=env.org_id, env_id=env_id or env.id, shard=0, kind=kind, accepted_at=now - age,
-        first_seen_at=now, last_seen_at=now, attempts=attempts, last_error=error,
-    )  # fmt: skip
-
-
 def listed(response) -> list[str]:
     assert response.status_code == 200, response
     return [row.run_id for row in response.context["cl"].result_list]
-
-
-@pytest.fixture
-def rows(buffer, accept):
-    """Three stuck entries in the buffer (a stale one, a dead one, one with an expired lease) of two envs."""
-    env_a, env_b = EnvironmentFactory(slug="alpha"), EnvironmentFactory(slug="beta")
-    stale_id, dead_id = accept(env_a, 2, now_ms=to_ms(timezone.now() - timedelta(minutes=10)))
-    (expired_id,) = accept(env_b, now_ms=to_ms(timezone.now() - timedelta(days=2)))
-    shard_a, shard_b = buffer.shard_for(env_a.org_id), buffer.shard_for(env_b.org_id)
-    buffer.lease(shard_a, org_id=env_a.org_id, env_id=env_a.id, n=2, now_ms=to_ms(timezone.now()), lease_ms=60_000)
-    buffer.release(shard_a, [stale_id])
-    buffer.dead_letter(shard_a, dead_id, now_ms=to_ms(timezone.now()), reason="environment gone")
-    buffer.lease(shard_b, org_id=env_b.org_id, env_id=env_b.id, n=1, now_ms=to_ms(timezone.now()) - 120_000, lease_ms=1)
-    return {
-        "envs": (env_a, env_b),
-        "stale": stuck(env_a, stale_id),
-        "dead": stuck(env_a, dead_id, StuckKind.DEAD, error="environment gone"),
-        "expired": stuck(env_b, expired_id, StuckKind.EXPIRED_LEASE, age=timedelta(days=2), attempts=1),
-    }
 
 
 # ---------------------------------------------------------------------------------------- list, filters
@@ -145,8 +117,10 @@ def test_rows_cannot_be_added_changed_or_deleted(admin_client, rows):
 # ----------------------------------------------------------------------------------- actions, permission
 
 
-def act(client, action: str, *rows_: StuckEntry):
-    return client.post(LIST, {"action": action, "_selected_action": [r.pk for r in rows_]}, follow=True)
+def act(client, action: str, *rows_: StuckEntry, reason: str = ""):
+    """An action as confirmed on its confirmation page (``tests/admin/test_audit.py`` covers the asking)."""
+    data = {"action": action, "_selected_action": [r.pk for r in rows_], "confirm": "yes", "reason": reason}
+    return client.post(LIST, data, follow=True)
 
 
 def messages_of(response) -> list[str]:

@@ -52,8 +52,8 @@ SHARDS = 4
 USERNAME, PASSWORD = "operator", "correct-horse-battery"
 # What the operator may do: look at stuck entries, runs and tenants, and repair the buffer (not a superuser).
 PERMISSIONS = (
-    "sweep.view_stuckentry", "sweep.repair_buffer", "runs.view_taskrun", "runs.view_environment",
-    "runs.view_organization",
+    "sweep.view_stuckentry", "sweep.repair_buffer", "sweep.view_operatoraction", "runs.view_taskrun",
+    "runs.view_environment", "runs.view_organization",
 )  # fmt: skip
 AGE_MS = 10 * 60_000  # the entries were accepted this long ago: older than STALE_THRESHOLD_S (300 s)
 STEP_TIMEOUT_MS = 10_000
@@ -209,7 +209,7 @@ def walk(scene: Scene, into: Path) -> list[Path]:
             expect(verdict).to_have_class(re.compile(r"\bstuck\b"))
             expect(verdict.locator("strong")).to_have_text(
                 re.compile(
-                    rf"^stuck: shard {scene.shard} has 1 entry, oldest 10 min.*nothing drained in the last minute$"
+                    rf"^stuck: no drain progress on shard {scene.shard} .*; shard {scene.shard} has 1 entry, oldest 10 min$"
                 )
             )
             expect(verdict.locator("li")).to_contain_text(["2 dead letters wait for an operator"])
@@ -284,20 +284,30 @@ def walk(scene: Scene, into: Path) -> list[Path]:
             expect(page.locator(".action-counter")).to_contain_text("3 of 3 selected")
             shoot("stuckentries")
 
-            # 7. Re-drive: one message, the two dead letters of the env back in its queue.
+            # 7. Re-drive: first a confirmation page (count, scope, a reason), then one message, the two dead
+            # letters of the env back in its queue, and the action in the audit trail.
             page.locator("button[name=index]").click()
+            expect(page.locator("#content")).to_contain_text("3 selected entries of")
+            page.fill("textarea[name=reason]", "browser walk")
+            shoot("redrive-confirm")
+            page.locator("input[type=submit][value^='Yes']").click()
             expect(page.locator("ul.messagelist li.success")).to_have_text("Re-drive: 2 re-driven, 1 already handled.")
             expect(page.locator("ul.messagelist li")).to_have_count(1)
             shoot("redrive-message")
+            page.goto("/admin/sweep/operatoraction/")
+            expect(page.locator("#result_list tbody tr")).to_have_count(1)
+            expect(page.locator("#result_list tbody tr")).to_contain_text("browser walk")
+            shoot("audit-trail")
+            page.go_back()
 
             # 8. Back to the dashboard: no dead letter left on the shard, the three entries queued.
             page.get_by_role("link", name="Buffer dashboard").click()
             expect(page).to_have_url(re.compile(r"/admin/buffer/$"))
             assert shard_cells(page, scene.shard) == {"depth": "3", "queued": "3", "leased": "0", "dead": "0"}
             expect(page.locator("#verdict strong")).to_have_text(
-                re.compile(rf"^stuck: shard {scene.shard} has 3 entries")
+                re.compile(rf"^stuck: .*shard {scene.shard} has 3 entries")
             )
-            expect(page.locator("#verdict li")).to_have_count(0)  # no "dead letters wait" note any more
+            expect(page.locator("#verdict li", has_text="dead")).to_have_count(0)  # no "dead letters wait" note
             expect(page.locator("#content")).to_contain_text("3 queued, 0 retrying, 0 leased (0 expired), 0 dead")
             shoot("after-redrive")
         finally:

@@ -166,3 +166,62 @@ def test_redrive_of_given_runs_touches_exactly_those(buffer):
         run("redrive", "--env", str(env.id)).strip()
         == f"redrive every dead letter of env {env.id}: 2 re-driven, 0 already handled"
     )
+
+
+# ------------------------------------------------------------------------------------------ the audit trail
+
+
+def _audited(*args: str, caplog) -> tuple[list, list]:
+    from sweep.models import OperatorAction
+
+    OperatorAction.objects.all().delete()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sweep.audit"):
+        run(*args)
+    return list(OperatorAction.objects.all()), [r for r in caplog.records if r.name == "sweep.audit"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_changing_subcommand_leaves_an_audit_row_and_a_log_line_naming_the_user(buffer, caplog):
+    env = stuck_env(buffer)
+    (first, second) = StuckEntry.objects.filter(env_id=env.id).order_by("run_id")
+    env_label = f"{env.org.slug}/{env.slug} ({env.id})"
+    cases = [
+        (["requeue", "--run", first.run_id], "requeue", env_label, 1),
+        (["redrive", "--run", first.run_id], "redrive", env_label, 1),
+        (["redrive", "--env", str(env.id)], "redrive every dead letter", env_label, 0),
+        (["fail", "--run", second.run_id], "fail", env_label, 1),
+        (["pause", "--env", str(env.id)], "pause", env_label, 0),
+        (["resume", "--org", str(env.org_id)], "resume", f"{env.org.slug} ({env.org_id})", 0),
+        (["close", "--env", str(env.id)], "close intake", env_label, 0),
+        (["open", "--env", str(env.id)], "open intake", env_label, 0),
+        (["recount"], "recount", "every env", 0),
+    ]
+    for args, action, scope, runs in cases:
+        rows, lines = _audited(*args, "--as", "carol", "--reason", f"INC-9 {action}", caplog=caplog)
+        assert [(r.action, r.user, r.source, r.scope, r.run_count, r.reason) for r in rows] == [
+            (action, "carol", "cli", scope, runs, f"INC-9 {action}")
+        ], args
+        assert [(ln.user, ln.action) for ln in lines] == [("carol", action)], args
+        assert "carol" in lines[0].getMessage()
+    fail_row = _audited("fail", "--run", first.run_id, caplog=caplog)[0][0]
+    assert fail_row.counts["changed"] + fail_row.counts["already_handled"] == 1
+
+
+@pytest.mark.django_db
+def test_without_as_the_os_user_is_recorded(buffer, caplog):
+    import getpass
+
+    env = EnvironmentFactory()
+    rows, lines = _audited("pause", "--env", str(env.id), caplog=caplog)
+
+    assert [r.user for r in rows] == [getpass.getuser()] and lines[0].user == getpass.getuser()
+    assert rows[0].counts == {"changed": 1, "already": 0} and rows[0].reason == ""
+
+
+@pytest.mark.django_db
+def test_read_only_subcommands_are_not_audited(buffer, caplog):
+    stuck_env(buffer)
+
+    assert _audited("stats", caplog=caplog) == ([], [])
+    assert _audited("stuck", caplog=caplog) == ([], [])

@@ -15,6 +15,9 @@ Repairs print one line, each outcome counted separately (``sweep.repair.describe
   pause --env ID | --org ID               stop draining (entries keep being accepted)
   resume --env ID | --org ID
   close --env ID / open --env ID          refuse (429) / accept an env's triggers again
+
+Every subcommand that changes something takes ``--as NAME`` (default: the OS user) and ``--reason TEXT``,
+and is recorded in the audit trail (``sweep.audit``: a row and a log line, docs/runbook.md#audit).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from buffer.buffer import Buffer
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
 from runs.models import Environment
-from sweep import dashboard, repair
+from sweep import audit, dashboard, repair
 from sweep.models import StuckEntry, StuckKind
 
 STUCK_LIMIT = 200
@@ -65,16 +68,25 @@ class Command(BaseCommand):
             sub.add_parser(name, help=f"{name} an env's intake").add_argument(
                 "--env", type=int, dest="env_id", required=True
             )
+        for name, acting in sub.choices.items():
+            if name not in ("stats", "stuck"):
+                acting.add_argument("--as", dest="as_user", help="who acts, for the audit trail (default: the OS user)")
+                acting.add_argument("--reason", default="", help="why, for the audit trail")
 
     def handle(self, *args: Any, **options: Any) -> None:
         buffer = Buffer.from_settings()
         command = options["subcommand"]
+        self._who = (options.get("as_user") or "").strip() or audit.os_user()
+        self._reason = options.get("reason", "")
         if command == "stats":
             self._stats(buffer)
         elif command == "recount":
+            fixed = 0
             for shard in range(buffer.shards):
                 before, after = buffer.recount(shard)
+                fixed += before != after
                 self.stdout.write(f"shard {shard}: queued {before} -> {after}")
+            self._record("recount", audit.Scope(), {"shards": buffer.shards, "changed": fixed})
         elif command == "stuck":
             self._stuck(options["kind"], options["env_id"])
         elif command == "redrive":
@@ -82,24 +94,33 @@ class Command(BaseCommand):
                 if options["limit"] is not None:
                     raise CommandError("--limit goes with --env or --all, not --run")
                 targets = _targets(None, options["run_ids"])
-                self._done("redrive", repair.redrive_selected(buffer, targets, now_ms=now_ms()))
+                self._done(
+                    "redrive", repair.redrive_selected(buffer, targets, now_ms=now_ms()), audit.Scope.of(targets)
+                )
             else:
                 env_id = options["env_id"]
                 scope = "every env" if env_id is None else f"env {env_id}"
                 done = repair.redrive(buffer, now_ms=now_ms(), env_id=env_id, limit=options["limit"])
-                self._done(f"redrive every dead letter of {scope}", done)
+                where = audit.Scope(env_ids=(env_id,) if env_id is not None else ())
+                self._done(
+                    f"redrive every dead letter of {scope}", done, where, action_name="redrive every dead letter"
+                )
         elif command in ("requeue", "fail"):
             targets = _targets(options["env_id"], options["run_ids"])
             if command == "requeue":
-                self._done("requeue", repair.requeue_now(buffer, targets, now_ms=now_ms()))
+                self._done("requeue", repair.requeue_now(buffer, targets, now_ms=now_ms()), audit.Scope.of(targets))
             else:
                 limits = DrainLimits.from_settings(settings.MOLLIFIER)
-                self._done("fail", repair.fail(buffer, targets, now_ms=now_ms(), limits=limits))
+                self._done(
+                    "fail", repair.fail(buffer, targets, now_ms=now_ms(), limits=limits), audit.Scope.of(targets)
+                )
         elif command in ("pause", "resume"):
             org_id, env_id = _org_and_env(options["org_id"], options["env_id"])
             changed = (buffer.pause if command == "pause" else buffer.resume)(org_id=org_id, env_id=env_id)
             what = f"env {env_id}" if env_id is not None else f"org {org_id}"
             self.stdout.write(f"{what} {command}d" if changed else f"{what} was already {command}d")
+            where = audit.Scope(org_ids=(org_id,), env_ids=(env_id,) if env_id is not None else ())
+            self._record(command, where, {"changed": int(changed), "already": int(not changed)})
         else:  # close / open
             org_id, env_id = _org_and_env(None, options["env_id"])
             assert env_id is not None
@@ -107,9 +128,15 @@ class Command(BaseCommand):
             changed = switch(org_id=org_id, env_id=env_id)
             state = "closed" if command == "close" else "open"
             self.stdout.write(f"env {env_id} intake {state}" if changed else f"env {env_id} intake was already {state}")
+            where = audit.Scope(org_ids=(org_id,), env_ids=(env_id,))
+            self._record(f"{command} intake", where, {"changed": int(changed), "already": int(not changed)})
 
-    def _done(self, action: str, done: repair.Repaired) -> None:
+    def _done(self, action: str, done: repair.Repaired, scope: audit.Scope, *, action_name: str = "") -> None:
         self.stdout.write(f"{action}: {repair.describe(done)}")
+        self._record(action_name or action, scope, done)
+
+    def _record(self, action: str, scope: audit.Scope, counts: repair.Repaired | dict[str, int]) -> None:
+        audit.record(user=self._who, action=action, source="cli", scope=scope, counts=counts, reason=self._reason)
 
     def _stats(self, buffer: Buffer) -> None:
         now = now_ms()
