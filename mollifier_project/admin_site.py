@@ -1,4 +1,4 @@
-"""The admin site, made to lead to the buffer dashboard (docs/operations.md#operator-admin): a "Buffer
+"""The admin site, made to lead to the buffer dashboard (docs/operations.md#admin-screens): a "Buffer
 dashboard" entry on the admin index and in its sidebar (``get_app_list``), and "View site" pointing at the
 dashboard (``site_url``; the service has no public site of its own).
 

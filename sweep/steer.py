@@ -1,5 +1,5 @@
 """Operators' switches — pause/resume draining for an org or env, close/open an env's intake — as one service
-for the admin's buffer pages and ``manage.py mollifier_buffer`` (docs/operations.md#operator-admin).
+for the admin's buffer pages and ``manage.py mollifier_buffer`` (docs/operations.md#admin-screens).
 
 Thin over ``Buffer.pause/resume/close_intake/open_intake``; adds what both faces need: a scope resolved from
 ids or slugs (``org-slug`` or ``org-slug/env-slug``), a plain sentence saying what changed, and the list of

@@ -36,7 +36,7 @@ TOP_N = 50  # orgs and envs listed on a shard page
 HEAD_N = 50  # queue entries listed on an env page
 STUCK_N = 200  # stuck entries listed on an env page
 LOSSES_N = 10  # unacknowledged data losses shown as banners (a flapping Redis may leave many)
-REFRESH_S = 15  # buffer pages reload themselves this often unless ``?refresh=0`` (docs/operations.md)
+REFRESH_S = 15  # buffer pages reload themselves this often unless ``?refresh=0`` (docs/operations.md#admin-screens)
 
 
 def _render(request: HttpRequest, template: str, title: str, status: int = 200, **context: Any) -> HttpResponse:
@@ -45,9 +45,14 @@ def _render(request: HttpRequest, template: str, title: str, status: int = 200, 
     losses = epochs.unacknowledged(limit=LOSSES_N)
     more = epochs.unacknowledged_count() - len(losses) if len(losses) == LOSSES_N else 0
     refresh = request.GET.get("refresh") != "0"
+    switch = request.GET.copy()  # the refresh switch keeps the page's other parameters (``?all=1``)
+    if refresh:
+        switch["refresh"] = "0"
+    else:
+        switch.pop("refresh", None)
     ctx = {
         **admin.site.each_context(request), "title": title, "as_of": from_ms(now_ms()),
-        "refresh_on": refresh and request.method == "GET", "refresh_s": REFRESH_S,
+        "refresh_on": refresh and request.method == "GET", "refresh_s": REFRESH_S, "refresh_switch": f"?{switch.urlencode()}",
         "can_steer": request.user.has_perm(REPAIR_PERMISSION),
         "data_losses": losses, "data_losses_more": more, "can_acknowledge": request.user.has_perm(REPAIR_PERMISSION),
         **context,

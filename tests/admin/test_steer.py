@@ -175,3 +175,9 @@ def test_every_buffer_page_says_as_of_when_and_refreshes_unless_switched_off(adm
         assert 'href="?refresh=0"' in page, url
         off = admin_client.get(url, {"refresh": "0"}).content.decode()
         assert 'http-equiv="refresh"' not in off and "Not refreshing" in off, url
+    kept = admin_client.get(DASHBOARD, {"all": "1"}).content.decode()
+    assert 'href="?all=1&amp;refresh=0"' in kept  # switching it off keeps the page's other parameters
+    assert (
+        'id="refresh-switch" href="?all=1"'
+        in admin_client.get(DASHBOARD, {"all": "1", "refresh": "0"}).content.decode()
+    )
