@@ -210,6 +210,8 @@ def steer_switch(request: HttpRequest, action: str, org_id: int, env_id: int | N
         what = steer.Action(action)
     except ValueError:
         raise Http404(f"no switch {action!r}") from None
+    if env_id is None and what in (steer.Action.CLOSE, steer.Action.OPEN):
+        raise Http404("an intake is closed or opened per environment, not per org")
     try:
         scope = steer.scope_of(org_id, env_id)
     except steer.UnknownScope as exc:

@@ -139,6 +139,8 @@ def test_a_get_an_unknown_switch_or_another_orgs_env_is_refused(repairer_client,
     assert repairer_client.post(wrong, {"confirm": "1"}).status_code == 404
     assert not buffer.switches(buffer.shard_for(env.org_id)).paused(env.org_id, env.id)
     assert not buffer.switches(buffer.shard_for(stranger.id)).paused(stranger.id, env.id)
+    org_close = reverse("buffer_admin:steer_org", args=[env.org_id, "close"])
+    assert repairer_client.post(org_close).status_code == 404  # an intake is per env: no confirmation page
 
 
 @pytest.mark.django_db
