@@ -31,7 +31,7 @@ SECRET_KEY = check_secret_key(os.environ.get("DJANGO_SECRET_KEY", ""), debug=DEB
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "mollifier_project.admin_site.MollifierAdminConfig",  # django.contrib.admin, leading to the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -21,4 +21,10 @@ urlpatterns = [
         admin.site.admin_view(views.env_detail),
         name="env",
     ),
+    path(
+        "org/<int:org_id>/env/<int:env_id>/<str:action>/",
+        admin.site.admin_view(views.steer_switch),
+        name="steer_env",
+    ),
+    path("org/<int:org_id>/<str:action>/", admin.site.admin_view(views.steer_switch), name="steer_org"),
 ]

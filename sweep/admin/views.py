@@ -28,7 +28,7 @@ from buffer.values import Entry
 from drainer import epochs, tasks
 from mollifier_project.clock import from_ms, now_ms
 from runs.models import Environment, Organization
-from sweep import dashboard
+from sweep import dashboard, steer
 from sweep.admin.stuck_entries import REPAIR_PERMISSION
 from sweep.models import StuckEntry
 
@@ -36,6 +36,7 @@ TOP_N = 50  # orgs and envs listed on a shard page
 HEAD_N = 50  # queue entries listed on an env page
 STUCK_N = 200  # stuck entries listed on an env page
 LOSSES_N = 10  # unacknowledged data losses shown as banners (a flapping Redis may leave many)
+REFRESH_S = 15  # buffer pages reload themselves this often unless ``?refresh=0`` (docs/operations.md#admin-screens)
 
 
 def _render(request: HttpRequest, template: str, title: str, status: int = 200, **context: Any) -> HttpResponse:
@@ -43,8 +44,16 @@ def _render(request: HttpRequest, template: str, title: str, status: int = 200, 
     unreachable too)."""
     losses = epochs.unacknowledged(limit=LOSSES_N)
     more = epochs.unacknowledged_count() - len(losses) if len(losses) == LOSSES_N else 0
+    refresh = request.GET.get("refresh") != "0"
+    switch = request.GET.copy()  # the refresh switch keeps the page's other parameters (``?all=1``)
+    if refresh:
+        switch["refresh"] = "0"
+    else:
+        switch.pop("refresh", None)
     ctx = {
-        **admin.site.each_context(request), "title": title,
+        **admin.site.each_context(request), "title": title, "as_of": from_ms(now_ms()),
+        "refresh_on": refresh and request.method == "GET", "refresh_s": REFRESH_S, "refresh_switch": f"?{switch.urlencode()}",
+        "can_steer": request.user.has_perm(REPAIR_PERMISSION),
         "data_losses": losses, "data_losses_more": more, "can_acknowledge": request.user.has_perm(REPAIR_PERMISSION),
         **context,
     }  # fmt: skip
@@ -106,13 +115,17 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         current, rows, stale_threshold_ms=settings.MOLLIFIER.STALE_THRESHOLD_S * 1000, fan_out_tick_age_ms=tick_age_ms
     )
     totals = dashboard.totals(rows)
+    try:
+        switched = steer.switched(buffer)
+    except BufferUnavailable as exc:
+        return _unavailable(request, "dashboard.html", title, exc)
     show_all = request.GET.get("all") == "1"
     shown = rows if show_all else [r for r in rows if not r.idle]
     return _render(
         request, "dashboard.html", title,
         flags=current, verdict=verdict, totals=totals, rows=shown, idle=len(rows) - len(shown), show_all=show_all,
         shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s), memory=memory, stuck_after=dashboard.duration(bound),
-        fan_out_tick=dashboard.age_text(tick_age_ms),
+        fan_out_tick=dashboard.age_text(tick_age_ms), switched=switched,
     )  # fmt: skip
 
 
@@ -182,4 +195,49 @@ def env_detail(request: HttpRequest, org_id: int, env_id: int) -> HttpResponse:
         shard=shard, org_id=org_id, env_id=env_id, env=env, census=census, head=head_rows, head_n=HEAD_N,
         stuck=stuck[:STUCK_N], stuck_more=len(stuck) > STUCK_N, stuck_n=STUCK_N,
         paused=switches.paused(org_id, env_id), closed=env_id in switches.closed_envs,
+        env_paused=env_id in switches.paused_envs, org_paused=org_id in switches.paused_orgs,
     )  # fmt: skip
+
+
+@require_POST
+def steer_switch(request: HttpRequest, action: str, org_id: int, env_id: int | None = None) -> HttpResponse:
+    """Pause/resume an org or env, close/open an env's intake (``sweep.steer``). Needs ``sweep.repair_buffer``.
+    Pause and close first answer a confirmation page (the entries waiting, the org/env names); the form on it
+    posts again with ``confirm=1``. Then back to ``next`` (a page of this site) or the env's page."""
+    if not request.user.has_perm(REPAIR_PERMISSION):
+        raise PermissionDenied("steering the buffer needs the sweep.repair_buffer permission")
+    try:
+        what = steer.Action(action)
+    except ValueError:
+        raise Http404(f"no switch {action!r}") from None
+    if env_id is None and what in (steer.Action.CLOSE, steer.Action.OPEN):
+        raise Http404("an intake is closed or opened per environment, not per org")
+    try:
+        scope = steer.scope_of(org_id, env_id)
+    except steer.UnknownScope as exc:
+        raise Http404(str(exc)) from None
+    buffer = Buffer.from_settings("operator")
+    back = request.POST.get("next", "")
+    if not back.startswith("/") or back.startswith("//"):
+        back = reverse("buffer_admin:dashboard")
+    try:
+        if what.asks_first and request.POST.get("confirm") != "1":
+            env_ids = [scope.env.pk] if scope.env else list(scope.org.environments.values_list("pk", flat=True))
+            census = buffer.env_census(org_id=scope.org_id, env_ids=env_ids) if env_ids else []
+            return _render(
+                request, "confirm_switch.html", f"{what.value.capitalize()} {scope}?",
+                action=what.value, scope=scope, next=back, queued=sum(c.queued for c in census),
+                retrying=sum(c.retrying for c in census), envs=len(env_ids),
+            )  # fmt: skip
+        done = steer.apply(
+            buffer, what, scope, user=request.user.get_username(), source="admin",
+            reason=request.POST.get("reason", ""),
+        )  # fmt: skip
+    except BufferUnavailable as exc:
+        messages.error(request, f"The buffer's Redis is unreachable: {exc}")
+        return HttpResponseRedirect(back)
+    except steer.UnknownScope as exc:
+        messages.error(request, str(exc))
+        return HttpResponseRedirect(back)
+    messages.success(request, done[0].upper() + done[1:] + ".")
+    return HttpResponseRedirect(back)

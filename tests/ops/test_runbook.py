@@ -65,4 +65,4 @@ def test_runbook_names_only_known_mollifier_buffer_subcommands():
     used = set(re.findall(r"mollifier_buffer (\w+)", RUNBOOK.read_text()))
     used |= {w for row in re.findall(r"^\| `(\w+)`(?: / `(\w+)`)?", RUNBOOK.read_text(), re.M) for w in row if w}
 
-    assert used <= {"redrive", "requeue", "fail", "pause", "resume", "stats", "stuck", "recount"}, used
+    assert used <= {"redrive", "requeue", "fail", "pause", "resume", "close", "open", "stats", "stuck", "recount"}, used

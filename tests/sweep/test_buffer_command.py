@@ -88,15 +88,16 @@ def test_requeue_of_a_queued_entry_is_already_handled(buffer):
 def test_pause_resume_close_and_open_an_env(buffer):
     env = EnvironmentFactory()
     shard = buffer.shard_for(env.org_id)
+    name = f"{env.org.slug}/{env.slug}"
 
-    assert run("pause", "--env", str(env.id)).strip() == f"env {env.id} paused"
-    assert run("pause", "--env", str(env.id)).strip() == f"env {env.id} was already paused"
+    assert run("pause", "--env", str(env.id)).strip() == f"env {name} paused"
+    assert run("pause", "--env", str(env.id)).strip() == f"env {name} was already paused"
     assert buffer.switches(shard).paused(env.org_id, env.id)
-    assert run("resume", "--org", str(env.org_id)).strip() == f"org {env.org_id} was already resumed"
-    assert run("resume", "--env", str(env.id)).strip() == f"env {env.id} resumed"
-    assert run("close", "--env", str(env.id)).strip() == f"env {env.id} intake closed"
+    assert run("resume", "--org", str(env.org_id)).strip() == f"org {env.org.slug} was already resumed"
+    assert run("resume", "--env", str(env.id)).strip() == f"env {name} resumed"
+    assert run("close", "--env", str(env.id)).strip() == f"env {name} intake closed"
     assert buffer.switches(shard).closed_envs == {env.id}
-    assert run("open", "--env", str(env.id)).strip() == f"env {env.id} intake open"
+    assert run("open", "--env", str(env.id)).strip() == f"env {name} intake open"
 
 
 @pytest.mark.django_db
@@ -225,3 +226,30 @@ def test_read_only_subcommands_are_not_audited(buffer, caplog):
 
     assert _audited("stats", caplog=caplog) == ([], [])
     assert _audited("stuck", caplog=caplog) == ([], [])
+
+
+@pytest.mark.django_db
+def test_switches_accept_org_slash_env_slugs_and_an_org_slug(buffer):
+    env = EnvironmentFactory()
+    name = f"{env.org.slug}/{env.slug}"
+    shard = buffer.shard_for(env.org_id)
+
+    assert run("pause", "--env", name).strip() == f"env {name} paused"
+    assert buffer.switches(shard).paused_envs == {env.id}
+    assert run("close", "--env", name).strip() == f"env {name} intake closed"
+    assert buffer.switches(shard).closed_envs == {env.id}
+    assert run("pause", "--org", env.org.slug).strip() == f"org {env.org.slug} paused"
+    assert buffer.switches(shard).paused_orgs == {env.org_id}
+    assert run("resume", "--org", str(env.org_id)).strip() == f"org {env.org.slug} resumed"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["pause", "--env", "nope/prod"], "--env: no such environment: nope/prod"),
+     (["open", "--env", "justone"], "org-slug/env-slug"),
+     (["resume", "--org", "no-such-org"], "--org: no such organization: no-such-org")],
+)  # fmt: skip
+def test_an_unknown_slug_is_a_clear_error(buffer, args, message):
+    with pytest.raises(CommandError, match=message):
+        run(*args)

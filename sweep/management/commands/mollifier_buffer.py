@@ -12,9 +12,12 @@ a table, and exits non-zero (``CommandError``) on a bad argument or a failure (d
 
 Repairs print one line, each outcome counted separately (``sweep.repair.describe``), e.g.
 ``fail: 1 failed, 1 dead-lettered: <reason>, 0 already handled``.
-  pause --env ID | --org ID               stop draining (entries keep being accepted)
-  resume --env ID | --org ID
-  close --env ID / open --env ID          refuse (429) / accept an env's triggers again
+  pause --env ENV | --org ORG             stop draining (entries keep being accepted)
+  resume --env ENV | --org ORG
+  close --env ENV / open --env ENV        refuse (429) / accept an env's triggers again
+
+For the switches ENV is an id or ``org-slug/env-slug`` and ORG an id or a slug (``sweep.steer``, the same
+service as the admin's buttons).
 
 Every subcommand that changes something takes ``--as NAME`` (default: the OS user) and ``--reason TEXT``,
 and is recorded in the audit trail (``sweep.audit``: a row and a log line, docs/runbook.md#audit).
@@ -31,8 +34,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from buffer.buffer import Buffer
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
-from runs.models import Environment
-from sweep import audit, dashboard, repair
+from sweep import audit, dashboard, repair, steer
 from sweep.models import StuckEntry, StuckKind
 
 STUCK_LIMIT = 200
@@ -62,11 +64,11 @@ class Command(BaseCommand):
         for name in ("pause", "resume"):
             switch = sub.add_parser(name, help=f"{name} draining for an env or an org")
             which = switch.add_mutually_exclusive_group(required=True)
-            which.add_argument("--env", type=int, dest="env_id")
-            which.add_argument("--org", type=int, dest="org_id")
+            which.add_argument("--env", dest="env", help="an env id or org-slug/env-slug")
+            which.add_argument("--org", dest="org", help="an org id or slug: every env of the org")
         for name in ("close", "open"):
             sub.add_parser(name, help=f"{name} an env's intake").add_argument(
-                "--env", type=int, dest="env_id", required=True
+                "--env", dest="env", required=True, help="an env id or org-slug/env-slug"
             )
         for name, acting in sub.choices.items():
             if name not in ("stats", "stuck"):
@@ -114,22 +116,14 @@ class Command(BaseCommand):
                 self._done(
                     "fail", repair.fail(buffer, targets, now_ms=now_ms(), limits=limits), audit.Scope.of(targets)
                 )
-        elif command in ("pause", "resume"):
-            org_id, env_id = _org_and_env(options["org_id"], options["env_id"])
-            changed = (buffer.pause if command == "pause" else buffer.resume)(org_id=org_id, env_id=env_id)
-            what = f"env {env_id}" if env_id is not None else f"org {org_id}"
-            self.stdout.write(f"{what} {command}d" if changed else f"{what} was already {command}d")
-            where = audit.Scope(org_ids=(org_id,), env_ids=(env_id,) if env_id is not None else ())
-            self._record(command, where, {"changed": int(changed), "already": int(not changed)})
-        else:  # close / open
-            org_id, env_id = _org_and_env(None, options["env_id"])
-            assert env_id is not None
-            switch = buffer.close_intake if command == "close" else buffer.open_intake
-            changed = switch(org_id=org_id, env_id=env_id)
-            state = "closed" if command == "close" else "open"
-            self.stdout.write(f"env {env_id} intake {state}" if changed else f"env {env_id} intake was already {state}")
-            where = audit.Scope(org_ids=(org_id,), env_ids=(env_id,))
-            self._record(f"{command} intake", where, {"changed": int(changed), "already": int(not changed)})
+        else:  # pause / resume / close / open
+            try:
+                which = steer.parse_env(options["env"]) if options.get("env") else steer.parse_org(options["org"])
+            except steer.UnknownScope as exc:
+                raise CommandError(f"--{'env' if options.get('env') else 'org'}: {exc}") from None
+            self.stdout.write(
+                steer.apply(buffer, steer.Action(command), which, user=self._who, source="cli", reason=self._reason)
+            )
 
     def _done(self, action: str, done: repair.Repaired, scope: audit.Scope, *, action_name: str = "") -> None:
         self.stdout.write(f"{action}: {repair.describe(done)}")
@@ -169,16 +163,6 @@ class Command(BaseCommand):
             self.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if not rows:
             self.stdout.write("(none)")
-
-
-def _org_and_env(org_id: int | None, env_id: int | None) -> tuple[int, int | None]:
-    if env_id is None:
-        assert org_id is not None
-        return org_id, None
-    org = Environment.objects.filter(id=env_id).values_list("org_id", flat=True).first()
-    if org is None:
-        raise CommandError(f"--env {env_id}: no such environment")
-    return org, env_id
 
 
 def _targets(env_id: int | None, run_ids: Sequence[str]) -> list[StuckEntry]:

@@ -1,0 +1,44 @@
+"""The admin site, made to lead to the buffer dashboard (docs/operations.md#admin-screens): a "Buffer
+dashboard" entry on the admin index and in its sidebar (``get_app_list``), and "View site" pointing at the
+dashboard (``site_url``; the service has no public site of its own).
+
+Installed as ``mollifier_project.admin_site.MollifierAdminConfig`` in place of ``django.contrib.admin``
+(Django's documented way to replace the default site). The dashboard's views live in ``sweep.admin``; this
+module names them by URL only, so the bottom layer imports nothing above it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.apps import AdminConfig
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+
+DASHBOARD_URL_NAME = "buffer_admin:dashboard"
+
+
+class MollifierAdminSite(admin.AdminSite):
+    site_url = "/admin/buffer/"
+
+    def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict[str, Any]]:
+        apps = super().get_app_list(request, app_label)
+        if app_label is not None or not request.user.is_active or not request.user.is_staff:
+            return apps
+        try:
+            url = reverse(DASHBOARD_URL_NAME)
+        except NoReverseMatch:  # a URLconf without the dashboard (tests of other faces)
+            return apps
+        entry = {
+            "name": "Buffer dashboard", "app_label": "buffer_dashboard", "app_url": url, "has_module_perms": True,
+            "models": [{
+                "name": "Dashboard: health, shards, paused and closed envs", "object_name": "BufferDashboard",
+                "perms": {"view": True}, "admin_url": url, "add_url": None, "view_only": True,
+            }],
+        }  # fmt: skip
+        return [entry, *apps]
+
+
+class MollifierAdminConfig(AdminConfig):
+    default_site = "mollifier_project.admin_site.MollifierAdminSite"
