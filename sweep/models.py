@@ -39,8 +39,14 @@ class StuckEntry(models.Model):
         verbose_name = "stuck entry"
         verbose_name_plural = "stuck entries"
         # Operators' repairs of the buffer (requeue, redrive, materialise, fail, cancel): the StuckEntry
-        # admin's actions. Viewing needs only view_stuckentry.
-        permissions = [("repair_buffer", "Can repair buffered entries (requeue, redrive, materialise, fail, cancel)")]
+        # admin's actions. Listing the rows needs view_stuckentry; the buffer dashboard (/admin/buffer/) needs
+        # view_buffer; the tenants' payloads, metadata, outputs and error texts need view_buffer_payloads
+        # (docs/operations.md#admin-permissions).
+        permissions = [
+            ("repair_buffer", "Can repair buffered entries (requeue, redrive, materialise, fail, cancel)"),
+            ("view_buffer", "Can view the buffer dashboard and its pages"),
+            ("view_buffer_payloads", "Can view buffered payloads, metadata, outputs and error texts"),
+        ]
         ordering = ["accepted_at"]
         indexes = [
             models.Index(fields=["env_id", "accepted_at"], name="stuck_env_accepted"),

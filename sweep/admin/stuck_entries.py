@@ -12,7 +12,6 @@ service function of ``sweep.repair`` and reports every outcome separately (``rep
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -32,6 +31,7 @@ from buffer.values import Entry
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
 from runs.admin.model_admins import CappedCountPaginator
+from runs.admin.privacy import may_see_payloads, pretty_snapshot, redacted
 from runs.models import Environment, Organization
 from sweep import repair
 from sweep.dashboard import duration
@@ -156,7 +156,7 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
     change_list_template = "admin/sweep/stuckentry/change_list.html"
     fields = (
         "run_id", "kind", "org", "env", "shard", "accepted_at", "age", "first_seen_at", "last_seen_at", "attempts",
-        "last_error", "resolved_at", "buffer_state", "links", "snapshot",
+        "error_text", "resolved_at", "buffer_state", "links", "snapshot",
     )  # fmt: skip
     readonly_fields = fields
     actions = (
@@ -185,7 +185,9 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
                 raise PermissionDenied
         response = super().changelist_view(request, extra_context)
         if isinstance(response, TemplateResponse) and response.context_data and "cl" in response.context_data:
-            _label_tenants(list(response.context_data["cl"].result_list))
+            rows = list(response.context_data["cl"].result_list)
+            _label_tenants(rows)
+            _mark_privacy(request, rows)
         return response
 
     # -- list columns ------------------------------------------------------------------------------------
@@ -198,7 +200,14 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
 
     @admin.display(description="last error")
     def short_error(self, obj: StuckEntry) -> str:
-        return obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "…"
+        """Cut to fit the list; the whole text in the title (redacted, for users without the payload permission)."""
+        text = _error(obj)
+        short = text if len(text) <= 60 else text[:59] + "…"
+        return format_html('<span title="{}">{}</span>', text, short)
+
+    @admin.display(description="last error")
+    def error_text(self, obj: StuckEntry) -> str:
+        return _error(obj) or "—"
 
     @admin.display(description="org", ordering="org_id")
     def org(self, obj: StuckEntry) -> str:
@@ -221,6 +230,7 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
             cache[object_id] = super().get_object(request, object_id, from_field)
             if cache[object_id] is not None:
                 _label_tenants([cache[object_id]])
+                _mark_privacy(request, [cache[object_id]])
         return cache[object_id]
 
     @admin.display(description="in the buffer now")
@@ -236,7 +246,8 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
         if entry.extra_tags:
             parts.append(f"extra tags {', '.join(entry.extra_tags)}")
         if entry.last_error:
-            parts.append(f"last error: {entry.last_error}")
+            error = entry.last_error if getattr(obj, "_payloads_ok", False) else redacted(entry.last_error)
+            parts.append(f"last error: {error}")
         return "; ".join(parts)
 
     @admin.display(description="snapshot")
@@ -244,10 +255,7 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
         entry = _entry(obj)
         if isinstance(entry, str):
             return "—"
-        try:
-            pretty = json.dumps(json.loads(entry.snapshot), indent=2, sort_keys=True, ensure_ascii=False)
-        except ValueError:
-            pretty = entry.snapshot  # unreadable: show it as stored
+        pretty = pretty_snapshot(entry.snapshot, allowed=getattr(obj, "_payloads_ok", False))
         return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>', pretty)
 
     @admin.display(description="see also")
@@ -334,6 +342,18 @@ def _entry(obj: StuckEntry) -> Entry | str:
             entry = "gone: the entry has left the buffer (drained, or acked and past its grace period)"
         obj._buffer_entry = entry  # type: ignore[attr-defined]
     return obj._buffer_entry  # type: ignore[attr-defined]
+
+
+def _mark_privacy(request: HttpRequest, rows: Sequence[StuckEntry]) -> None:
+    """Whether the rows' error texts and snapshots may be shown to this user (docs/operations.md#admin-permissions)."""
+    allowed = may_see_payloads(request)
+    for row in rows:
+        row._payloads_ok = allowed  # type: ignore[attr-defined]
+
+
+def _error(obj: StuckEntry) -> str:
+    """The row's last error, or its redacted form (also when the row was not marked: fail closed)."""
+    return obj.last_error if getattr(obj, "_payloads_ok", False) else redacted(obj.last_error)
 
 
 def _label_tenants(rows: Sequence[StuckEntry]) -> None:

@@ -27,6 +27,7 @@ from buffer.buffer import Buffer, BufferUnavailable
 from buffer.values import Entry
 from drainer import epochs, tasks
 from mollifier_project.clock import from_ms, now_ms
+from runs.admin.privacy import shown
 from runs.models import Environment, Organization
 from sweep import dashboard
 from sweep.admin.stuck_entries import REPAIR_PERMISSION
@@ -174,9 +175,13 @@ def env_detail(request: HttpRequest, org_id: int, env_id: int) -> HttpResponse:
             : STUCK_N + 1
         ]
     )
+    for s in stuck:
+        s.error_shown = shown(request, s.last_error)  # type: ignore[attr-defined]
     head_rows = [
-        {"entry": e, "age": dashboard.duration(max(0, now - e.accepted_ms)), "cancelled": e.cancelled} for e in head
-    ]
+        {"entry": e, "age": dashboard.duration(max(0, now - e.accepted_ms)), "cancelled": e.cancelled,
+         "error": shown(request, e.last_error)}
+        for e in head
+    ]  # fmt: skip
     return _render(
         request, "env.html", title,
         shard=shard, org_id=org_id, env_id=env_id, env=env, census=census, head=head_rows, head_n=HEAD_N,
