@@ -25,6 +25,7 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
 
 from buffer.buffer import Buffer, BufferUnavailable
 from buffer.values import Entry
@@ -124,11 +125,27 @@ class AgeFilter(admin.SimpleListFilter):
 
 
 class StateFilter(admin.SimpleListFilter):
+    """Open entries unless the operator asks otherwise: the list is a to-do list. The stock "All" link (no
+    parameter) would mean the default again, so "all" is a choice of its own and the stock link is hidden."""
+
     title = "state"
     parameter_name = "state"
+    DEFAULT = "open"
+
+    def value(self) -> str:
+        return super().value() or self.DEFAULT
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("open", "open (still in the buffer)"), ("resolved", "resolved (drained)")]
+        return [
+            ("open", "open (still in the buffer)"),
+            ("resolved", "resolved (drained or repaired)"),
+            ("all", "all"),
+        ]
+
+    def choices(self, changelist: Any) -> Any:
+        for choice in super().choices(changelist):
+            if choice["display"] != _("All"):  # the stock "All": no parameter, which is "open" here
+                yield choice
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> QuerySet[StuckEntry]:
         if self.value() == "open":
@@ -145,7 +162,8 @@ Repair = Callable[[Buffer, Sequence[StuckEntry], int], repair.Repaired]
 
 @admin.register(StuckEntry)
 class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
-    list_display = ("run_id", "kind", "age", "attempts", "short_error", "org", "env", "shard", "last_seen_at", "open")
+    # Fits 1366 px: the env column names the org too ("org/env (id)"), the error is cut (whole in its title).
+    list_display = ("run_id", "kind", "age", "attempts", "short_error", "env", "shard", "last_seen_at", "open")
     list_filter = ("kind", OrgFilter, EnvFilter, AgeFilter, StateFilter)
     search_fields = ("=run_id",)
     search_help_text = "An exact run id."
@@ -189,6 +207,14 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
             _label_tenants(rows)
             _mark_privacy(request, rows)
         return response
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> HttpResponse | None:
+        """Checked rows are acted on whatever the list's filters say now: a row resolved (by another operator's
+        repair, or the sweep) since the page was drawn is still the row chosen, and its repair reports it
+        as already handled. Only "select all N" acts on what the filters match."""
+        if request.POST.get("select_across") in (None, "", "0"):
+            queryset = self.get_queryset(request)
+        return super().response_action(request, queryset)
 
     # -- list columns ------------------------------------------------------------------------------------
 
