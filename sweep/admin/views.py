@@ -100,7 +100,10 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         return _unavailable(request, "dashboard.html", title, exc)
     bound = stuck_after_ms()
     paused = [dashboard.Paused(*c) for c in switches]
-    rows = dashboard.rows(stats, circuits, now_ms=now, paused=paused, stuck_after_ms=bound)
+    rows = dashboard.rows(
+        stats, circuits, now_ms=now, paused=paused, stuck_after_ms=bound,
+        stale_cap=settings.MOLLIFIER.SWEEP_MAX_ENTRIES_PER_ENV,
+    )  # fmt: skip
     current = flags()
     tick_age_ms = None if tick_ms is None else max(0, now - tick_ms)
     verdict = dashboard.verdict(
@@ -136,6 +139,7 @@ def shard_detail(request: HttpRequest, shard: int) -> HttpResponse:
         now,
         dashboard.Paused(len(switches.paused_orgs), len(switches.paused_envs), len(switches.closed_envs)),
         stuck_after_ms(),
+        settings.MOLLIFIER.SWEEP_MAX_ENTRIES_PER_ENV,
     )
     orgs = {o.pk: o for o in Organization.objects.filter(pk__in=[o.org_id for o in top.orgs]).only("slug")}
     envs = {e.pk: e for e in Environment.objects.filter(pk__in=[e.env_id for e in top.envs]).select_related("org")}
