@@ -103,3 +103,22 @@ def test_with_the_payload_permission_they_are_shown_escaped(dead):
         assert SECRET_ESCAPED in html or "tenant-secret-&lt;b&gt;4242&lt;/b" in html, url
         assert SECRET not in html, url  # never raw
         assert "[redacted: " not in html, url
+
+
+def test_a_run_rows_payload_metadata_and_error_need_the_payload_permission():
+    from django.contrib.admin.utils import quote
+
+    from tests.factories import fail_run
+
+    env = EnvironmentFactory(slug="rowed")
+    run = fail_run(env, ERROR, payload=f'{{"json":{{"secret":"{SECRET}"}}}}', metadata={"json": {"note": SECRET}})
+    url = reverse("admin:runs_taskrun_change", args=[quote(run.pk)])
+
+    viewer = _client("viewer", *VIEW).get(url)
+    assert viewer.status_code == 200
+    assert "tenant-secret" not in viewer.content.decode()
+    assert "[redacted: " in viewer.content.decode()
+
+    reader = _client("reader", *VIEW, "sweep.view_buffer_payloads").get(url)
+    html = reader.content.decode()
+    assert reader.status_code == 200 and "tenant-secret-&lt;b&gt;" in html and SECRET not in html
