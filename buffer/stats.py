@@ -36,6 +36,7 @@ class ShardStats:
     drained_per_s: float  # entries that left the buffer per second, over the rate window
     recent_per_s: float = 0.0  # … over the recent window (10–20 s): what the ETAs and the dashboard use
     last_progress_ms: int | None = None  # the shard's last drain round that acked or dead-lettered ≥ 1 entry
+    stale_env_max: int = 0  # the largest env count in the sweep's hash: at the per-env cap, ``stale`` is a floor
 
     @property
     def depth(self) -> int:
@@ -79,7 +80,7 @@ def read(client: redis.Redis, scripts: Scripts, shard_keys: list[ShardKeys], *, 
     recent_s = (now_ms - recent_first) / 1000
     stats = []
     for i, k in enumerate(shard_keys):
-        queued, retrying, leased, expired, dead, oldest, stale = (int(v) for v in replies[3 * i])
+        queued, retrying, leased, expired, dead, oldest, stale, stale_max = (int(v) for v in replies[3 * i])
         counts = [(bucket, int(v)) for bucket, v in zip(buckets, replies[3 * i + 1], strict=True) if v]
         drained = sum(n for _, n in counts)
         recent = sum(n for bucket, n in counts if bucket >= recent_first)
@@ -97,6 +98,7 @@ def read(client: redis.Redis, scripts: Scripts, shard_keys: list[ShardKeys], *, 
                 drained_per_s=drained / window_s,
                 recent_per_s=recent / recent_s,
                 last_progress_ms=None if progress is None else int(progress),
+                stale_env_max=stale_max,
             )
         )
     return stats

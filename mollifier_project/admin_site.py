@@ -17,14 +17,23 @@ from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 
 DASHBOARD_URL_NAME = "buffer_admin:dashboard"
+# The dashboard's pages answer 403 without it (sweep.admin.urls), so only its holders are shown the entry.
+DASHBOARD_PERMISSION = "sweep.view_buffer"
 
 
 class MollifierAdminSite(admin.AdminSite):
     site_url = "/admin/buffer/"
 
+    def each_context(self, request: HttpRequest) -> dict[str, Any]:
+        context = super().each_context(request)
+        if not request.user.has_perm(DASHBOARD_PERMISSION):
+            context["site_url"] = None  # no "View site" link to a page that would answer 403
+        return context
+
     def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict[str, Any]]:
         apps = super().get_app_list(request, app_label)
-        if app_label is not None or not request.user.is_active or not request.user.is_staff:
+        user = request.user
+        if app_label is not None or not (user.is_active and user.is_staff and user.has_perm(DASHBOARD_PERMISSION)):
             return apps
         try:
             url = reverse(DASHBOARD_URL_NAME)

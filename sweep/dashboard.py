@@ -79,6 +79,16 @@ class ShardRow:
     now_ms: int
     paused: Paused = field(default_factory=Paused)
     stuck_after_ms: int = DEFAULT_STUCK_AFTER_MS
+    stale_cap: int | None = None  # SWEEP_MAX_ENTRIES_PER_ENV: an env counted at it may have more stale entries
+
+    @property
+    def stale_capped(self) -> bool:
+        return self.stale_cap is not None and self.stats.stale_env_max >= self.stale_cap
+
+    @property
+    def stale_text(self) -> str:
+        """The stale count, "≥ 1,000" when the sweep's per-env cap truncated it."""
+        return count_text(self.stats.stale, at_least=self.stale_capped)
 
     @property
     def shard(self) -> int:
@@ -183,6 +193,11 @@ class Totals:
     stale: int
     rate: float
     oldest_age_ms: int | None
+    stale_capped: bool = False  # some env's count is at the sweep's per-env cap: ``stale`` is a lower bound
+
+    @property
+    def stale_text(self) -> str:
+        return count_text(self.stale, at_least=self.stale_capped)
 
     @property
     def depth(self) -> int:
@@ -217,11 +232,13 @@ def rows(
     now_ms: int,
     paused: Sequence[Paused] | None = None,
     stuck_after_ms: int = DEFAULT_STUCK_AFTER_MS,
+    stale_cap: int | None = None,
 ) -> list[ShardRow]:
-    """Zip what ``Buffer.shard_stats``, ``Buffer.circuits_until_ms`` and the switch counts read, per shard."""
+    """Zip what ``Buffer.shard_stats``, ``Buffer.circuits_until_ms`` and the switch counts read, per shard.
+    ``stale_cap``: the sweep's per-env cap (SWEEP_MAX_ENTRIES_PER_ENV), so capped counts read "≥"."""
     paused = paused if paused is not None else [Paused()] * len(stats)
     return [
-        ShardRow(s, until, now_ms, p, stuck_after_ms)
+        ShardRow(s, until, now_ms, p, stuck_after_ms, stale_cap)
         for s, until, p in zip(stats, circuits_until_ms, paused, strict=True)
     ]
 
@@ -237,7 +254,13 @@ def totals(shards: Sequence[ShardRow]) -> Totals:
         stale=sum(r.stats.stale for r in shards),
         rate=sum(r.rate for r in shards),
         oldest_age_ms=max(ages) if ages else None,
+        stale_capped=any(r.stale_capped for r in shards),
     )
+
+
+def count_text(n: int, *, at_least: bool) -> str:
+    """ "1,234", or "≥ 1,000" for a count known only as a lower bound."""
+    return f"≥ {n:,}" if at_least else f"{n:,}"
 
 
 def verdict(

@@ -1,7 +1,7 @@
 """``StuckEntry``: one row per buffered run the stale sweep found stuck (docs/architecture.md#stale-sweep, #operator-admin).
 
 Written only by ``sweep.services`` (upserted each time the sweep sees the entry, resolved once it has
-drained); the operator admin lists the unresolved ones.
+drained or a repair of ``sweep.repair`` dealt with it); the operator admin lists the unresolved ones.
 
 ``org_id``/``env_id`` are plain ids, not foreign keys: a row must outlive its env (an env deleted while
 its runs were buffered is one way entries end up dead-lettered), and the sweep writes rows without
@@ -33,14 +33,22 @@ class StuckEntry(models.Model):
     last_seen_at = models.DateTimeField()
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
-    resolved_at = models.DateTimeField(null=True, blank=True, help_text="When the sweep saw it drained.")
+    resolved_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the sweep saw it drained, or a repair dealt with it."
+    )
 
     class Meta:
         verbose_name = "stuck entry"
         verbose_name_plural = "stuck entries"
         # Operators' repairs of the buffer (requeue, redrive, materialise, fail, cancel): the StuckEntry
-        # admin's actions. Viewing needs only view_stuckentry.
-        permissions = [("repair_buffer", "Can repair buffered entries (requeue, redrive, materialise, fail, cancel)")]
+        # admin's actions. Listing the rows needs view_stuckentry; the buffer dashboard (/admin/buffer/) needs
+        # view_buffer; the tenants' payloads, metadata, outputs and error texts need view_buffer_payloads
+        # (docs/operations.md#admin-permissions).
+        permissions = [
+            ("repair_buffer", "Can repair buffered entries (requeue, redrive, materialise, fail, cancel)"),
+            ("view_buffer", "Can view the buffer dashboard and its pages"),
+            ("view_buffer_payloads", "Can view buffered payloads, metadata, outputs and error texts"),
+        ]
         ordering = ["accepted_at"]
         indexes = [
             models.Index(fields=["env_id", "accepted_at"], name="stuck_env_accepted"),

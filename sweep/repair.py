@@ -11,16 +11,19 @@ entry ends exactly as a drained one would: one row, acked after the commit.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from buffer.buffer import Buffer
-from buffer.values import MutationStatus
+from buffer.values import EntryStatus, MutationStatus
 from drainer import drain
 from drainer.limits import DrainLimits
 from drainer.report import Report
+from mollifier_project.clock import from_ms
+from sweep import services
 
 REDRIVE_BATCH = 1000
 OPERATOR_CANCEL_REASON = "Canceled by an operator"
@@ -62,6 +65,7 @@ class Repaired:
 
 
 REASONS_SHOWN = 3
+_Repair = TypeVar("_Repair", bound=Callable[..., Repaired])
 
 
 def describe(done: Repaired) -> str:
@@ -84,6 +88,44 @@ def describe(done: Repaired) -> str:
         parts.append(f"{done.dead} dead-lettered: {reasons}{more}")
     parts.append(f"{done.already_handled} already handled")
     return ", ".join(parts)
+
+
+def _statuses(buffer: Buffer, targets: Sequence[Target]) -> dict[str, EntryStatus | None]:
+    """Each target's status in the buffer now (``None``: gone); one round trip per shard."""
+    found: dict[str, EntryStatus | None] = {}
+    for shard, group in _by_shard(buffer, targets).items():
+        ids = [t.run_id for t in group]
+        found.update(zip(ids, buffer.statuses(shard, ids), strict=True))
+    return found
+
+
+def resolve_repaired(
+    buffer: Buffer, targets: Sequence[Target], before: dict[str, EntryStatus | None], *, now_ms: int
+) -> int:
+    """Resolve the StuckEntry rows of the targets this repair dealt with, at once rather than at the next sweep
+    (docs/runbook.md#repairs): those whose entry has left the buffer (a row written, acked) and those it moved
+    back to a queue (re-driven, requeued: ``QUEUED`` now, something else before). An entry the repair left as
+    it was keeps its open row; one that gets stuck again is reopened by the sweep (``services.record``)."""
+    after = _statuses(buffer, targets)
+    done = [
+        run_id for run_id, status in after.items()
+        if status in (None, EntryStatus.ACKED)
+        or (status is EntryStatus.QUEUED and before.get(run_id) is not EntryStatus.QUEUED)
+    ]  # fmt: skip
+    return services.resolve(done, now=from_ms(now_ms))
+
+
+def _resolves_repaired(fn: _Repair) -> _Repair:
+    """A repair of chosen targets that also resolves the rows of those it dealt with (``resolve_repaired``)."""
+
+    @functools.wraps(fn)
+    def repair(buffer: Buffer, targets: Sequence[Target], *, now_ms: int, **kwargs: Any) -> Repaired:
+        before = _statuses(buffer, targets)
+        done = fn(buffer, targets, now_ms=now_ms, **kwargs)
+        resolve_repaired(buffer, targets, before, now_ms=now_ms)
+        return done
+
+    return repair  # type: ignore[return-value]
 
 
 def _by_shard(buffer: Buffer, targets: Sequence[Target]) -> dict[int, list[Target]]:
@@ -112,6 +154,7 @@ def redrive(buffer: Buffer, *, now_ms: int, env_id: int | None = None, limit: in
     return Repaired("re-driven", changed, handled)
 
 
+@_resolves_repaired
 def redrive_selected(buffer: Buffer, targets: Sequence[Target], *, now_ms: int) -> Repaired:
     """These dead letters — and only these — back to their queues with attempts reset; one that is not
     DEAD any more (drained, re-driven, requeued) is already handled."""
@@ -124,6 +167,7 @@ def redrive_selected(buffer: Buffer, targets: Sequence[Target], *, now_ms: int) 
     return Repaired("re-driven", changed, handled)
 
 
+@_resolves_repaired
 def requeue_now(buffer: Buffer, targets: Sequence[Target], *, now_ms: int) -> Repaired:
     """Retrying entries, dead letters and expired leases to the head of their queues, due now."""
     changed = handled = 0
@@ -133,6 +177,7 @@ def requeue_now(buffer: Buffer, targets: Sequence[Target], *, now_ms: int) -> Re
     return Repaired("requeued", changed, handled)
 
 
+@_resolves_repaired
 def materialise_now(buffer: Buffer, targets: Sequence[Target], *, now_ms: int, limits: DrainLimits) -> Repaired:
     """Write these entries' rows now, through the drain's path (created, cancelled or failed as a round would)."""
     report, not_taken = _take_and_write(buffer, targets, now_ms=now_ms, limits=limits, fail_with=None)
@@ -142,6 +187,7 @@ def materialise_now(buffer: Buffer, targets: Sequence[Target], *, now_ms: int, l
     )  # fmt: skip
 
 
+@_resolves_repaired
 def fail(buffer: Buffer, targets: Sequence[Target], *, now_ms: int, limits: DrainLimits) -> Repaired:
     """Give up on these entries: a SYSTEM_FAILURE row each (keeping the batch link), then the ack. An entry
     whose row cannot be written (its env is gone) stays DEAD, and is counted and explained as such."""
@@ -149,6 +195,7 @@ def fail(buffer: Buffer, targets: Sequence[Target], *, now_ms: int, limits: Drai
     return _outcomes("failed", report, changed=report.failed, already_handled=not_taken)
 
 
+@_resolves_repaired
 def cancel(buffer: Buffer, targets: Sequence[Target], *, now_ms: int, limits: DrainLimits) -> Repaired:
     """Cancel these runs: flag each entry (cancel wins, also against a drainer holding it right now), then
     write the CANCELED rows of those no drainer holds."""

@@ -14,12 +14,13 @@ KEYS[8]  paused:envs     … and envs: their queues count in queued, but not in 
 ARGV[1]  shard key base "<prefix>:{m<k>}:" (entries are base .. "e:" .. run)
 ARGV[2]  now_ms (a lease is expired when its deadline <= now_ms)
 
-Returns {queued, retrying, leased, expired leases, dead, oldest accepted_ms or -1, stale}:
+Returns {queued, retrying, leased, expired leases, dead, oldest accepted_ms or -1, stale, stale env max}:
   queued = the counter KEYS[1], retrying, leased and dead = the ZCARDs of retry, leases and dead (leased
   includes the expired ones), oldest = the smallest accepted_ms among the unpaused envs' queue heads (the
   lowest member of heads whose org and env are not paused) and the first RETRY_SCAN (100) members of
   retry, the lowest not-before first (an entry waiting out a retry is in no queue, and retry is not
-  ordered by accepted_ms), stale = the sum of sweep:counts.
+  ordered by accepted_ms), stale = the sum of sweep:counts, stale env max = the largest of them (0 when none):
+  the sweep counts at most SWEEP_MAX_ENTRIES_PER_ENV per env, so an env at that cap makes stale a lower bound.
 Guarantees: read-only; one consistent view of the shard. Cost independent of the number of orgs and envs:
 O(1) reads, heads from its lowest member on (past paused envs only: HEADS_CHUNK members a step), at most
 RETRY_SCAN reads of retry entries, and one HVALS of sweep:counts (envs with stale entries only). When retry
@@ -52,8 +53,12 @@ for _, run in ipairs(redis.call('ZRANGE', retry, 0, RETRY_SCAN - 1)) do
   if accepted and (oldest < 0 or accepted < oldest) then oldest = accepted end
 end
 
-local stale = 0
-for _, value in ipairs(redis.call('HVALS', counts)) do stale = stale + tonumber(value) end
+local stale, stale_max = 0, 0
+for _, value in ipairs(redis.call('HVALS', counts)) do
+  local n = tonumber(value)
+  stale = stale + n
+  if n > stale_max then stale_max = n end
+end
 
 return {
   tonumber(redis.call('GET', queued_key) or '0'),
@@ -63,4 +68,5 @@ return {
   redis.call('ZCARD', dead),
   oldest,
   stale,
+  stale_max,
 }

@@ -13,7 +13,6 @@ Until the drain writes its row, a buffered run is no ``TaskRun``, so the stock a
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ from buffer.buffer import Buffer, BufferUnavailable
 from buffer.values import Entry, EntryStatus
 from mollifier_project.clock import from_ms, now_ms
 from runs import presenters
+from runs.admin.privacy import may_see_payloads, pretty_snapshot, redacted
 from runs.ids import timestamp_ms
 from runs.models import Environment, Organization, TaskRun
 from runs.snapshot import from_snapshot
@@ -102,7 +102,12 @@ class BufferedRunAdminMixin(_Base):
         if row is not None:
             context["row_url"] = reverse("admin:runs_taskrun_change", args=[quote(row.pk)])
         if entry is not None:
-            context.update(_describe(entry, shard=Buffer.from_settings("operator").shard_for(entry.org_id)))
+            context.update(
+                _describe(
+                    entry, shard=Buffer.from_settings("operator").shard_for(entry.org_id),
+                    payloads=may_see_payloads(request),
+                )
+            )  # fmt: skip
         return TemplateResponse(request, "admin/runs/taskrun/buffered_run.html", context)
 
     def _context(self, request: HttpRequest, run_id: str) -> dict[str, Any]:
@@ -115,12 +120,10 @@ class BufferedRunAdminMixin(_Base):
         }
 
 
-def _describe(entry: Entry, *, shard: int) -> dict[str, Any]:
-    """What the page shows of an entry; an unreadable snapshot is shown as stored."""
-    try:
-        pretty = json.dumps(json.loads(entry.snapshot), indent=2, sort_keys=True, ensure_ascii=False)
-    except ValueError:
-        pretty = entry.snapshot
+def _describe(entry: Entry, *, shard: int, payloads: bool) -> dict[str, Any]:
+    """What the page shows of an entry; an unreadable snapshot is shown as stored. Without ``payloads`` (the
+    ``sweep.view_buffer_payloads`` permission) the tenant's values and the error text are redacted to sizes."""
+    pretty = pretty_snapshot(entry.snapshot, allowed=payloads)
     api_status = None
     task = None
     try:
@@ -146,6 +149,7 @@ def _describe(entry: Entry, *, shard: int) -> dict[str, Any]:
         "lease_until": _ms(entry.lease_until_ms),
         "cancelled_at": _ms(entry.cancelled_at_ms),
         "snapshot_pretty": pretty,
+        "last_error": (entry.last_error if payloads else redacted(entry.last_error)) or "none",
         "unreadable": snapshot is None,
         "env": env,
         "org": org,

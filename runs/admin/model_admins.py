@@ -11,6 +11,7 @@ what they display up front (``list_select_related``).
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any, TypeVar, cast
 
@@ -29,6 +30,7 @@ from django.utils.http import urlencode
 
 from runs.admin.buffered import BufferedRunAdminMixin
 from runs.admin.deletion import BufferedEntriesDeletionMixin
+from runs.admin.privacy import may_see_payloads, redacted
 from runs.models import ApiKey, BatchTaskRun, Environment, Organization, RunAlert, TaskRun, flags_enrol_mollifier
 from runs.tenants import revoke_keys
 
@@ -204,6 +206,9 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
 # ---------------------------------------------------------------------------------------------- runs
 
 
+TENANT_FIELDS = ("payload", "metadata", "error")  # the run row's fields only payload readers see
+
+
 @admin.register(TaskRun)
 class TaskRunAdmin(BufferedRunAdminMixin, LargeTableAdmin[TaskRun]):
     # The list fits a 1366 px window beside its filters (tests/ops/test_admin_screens.py measures it): no org
@@ -225,6 +230,30 @@ class TaskRunAdmin(BufferedRunAdminMixin, LargeTableAdmin[TaskRun]):
     def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRun]:
         """Payloads can be large and the list never shows them: load them only when a page reads them."""
         return super().get_queryset(request).defer("payload", "metadata", "error")
+
+    def get_fields(self, request: HttpRequest, obj: TaskRun | None = None) -> Any:
+        """The run's payload, metadata and error are the tenant's: without ``sweep.view_buffer_payloads`` the
+        page shows their sizes instead (docs/operations.md#admin-permissions), and the form never holds them."""
+        fields = list(super().get_fields(request, obj))
+        if may_see_payloads(request):
+            return fields
+        return [f"{f}_redacted" if f in TENANT_FIELDS else f for f in fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: TaskRun | None = None) -> Any:
+        hidden = () if may_see_payloads(request) else tuple(f"{f}_redacted" for f in TENANT_FIELDS)
+        return (*super().get_readonly_fields(request, obj), *hidden)
+
+    @admin.display(description="payload")
+    def payload_redacted(self, obj: TaskRun) -> str:
+        return redacted(obj.payload) or "—"
+
+    @admin.display(description="metadata")
+    def metadata_redacted(self, obj: TaskRun) -> str:
+        return redacted(None if obj.metadata is None else json.dumps(obj.metadata, ensure_ascii=False)) or "—"
+
+    @admin.display(description="error")
+    def error_redacted(self, obj: TaskRun) -> str:
+        return redacted(None if obj.error is None else json.dumps(obj.error, ensure_ascii=False)) or "—"
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[TaskRun], search_term: str

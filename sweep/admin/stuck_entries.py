@@ -14,7 +14,6 @@ need the ``sweep.repair_buffer`` permission: staff without it see no actions, an
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -29,18 +28,21 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
 
 from buffer.buffer import Buffer, BufferUnavailable
 from buffer.values import Entry
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
 from runs.admin.model_admins import CappedCountPaginator
+from runs.admin.privacy import may_see_payloads, pretty_snapshot, redacted
 from runs.models import Environment, Organization
 from sweep import audit, repair
 from sweep.dashboard import duration
 from sweep.models import StuckEntry
 
 REPAIR_PERMISSION = "sweep.repair_buffer"
+ERROR_CHARS = 40  # the list's last-error column, cut to fit a 1366 px window
 TENANT_CHOICES = 100  # org and env filters offer at most this many ids (the most recent rows')
 CONFIRM_LISTED = 50  # the confirmation page lists this many of the selected runs, then "and N more"
 REASON_MAX = 1000  # characters of the optional reason kept
@@ -129,11 +131,27 @@ class AgeFilter(admin.SimpleListFilter):
 
 
 class StateFilter(admin.SimpleListFilter):
+    """Open entries unless the operator asks otherwise: the list is a to-do list. The stock "All" link (no
+    parameter) would mean the default again, so "all" is a choice of its own and the stock link is hidden."""
+
     title = "state"
     parameter_name = "state"
+    DEFAULT = "open"
+
+    def value(self) -> str:
+        return super().value() or self.DEFAULT
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("open", "open (still in the buffer)"), ("resolved", "resolved (drained)")]
+        return [
+            ("open", "open (still in the buffer)"),
+            ("resolved", "resolved (drained or repaired)"),
+            ("all", "all"),
+        ]
+
+    def choices(self, changelist: Any) -> Any:
+        for choice in super().choices(changelist):
+            if choice["display"] != _("All"):  # the stock "All": no parameter, which is "open" here
+                yield choice
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> QuerySet[StuckEntry]:
         if self.value() == "open":
@@ -150,7 +168,10 @@ Repair = Callable[[Buffer, Sequence[StuckEntry], int], repair.Repaired]
 
 @admin.register(StuckEntry)
 class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
-    list_display = ("run_id", "kind", "age", "attempts", "short_error", "org", "env", "shard", "last_seen_at", "open")
+    # Fits 1366 px beside the filters (tests/admin/test_stuck_list.py measures it): the env column names the
+    # org too ("org/env (id)"), the error is cut (whole in its title), last seen is on the entry's page, and
+    # the admin's navigation sidebar is left off this list (changelist_view), as on the run list.
+    list_display = ("run_id", "kind", "age", "attempts", "short_error", "env", "shard", "open")
     list_filter = ("kind", OrgFilter, EnvFilter, AgeFilter, StateFilter)
     search_fields = ("=run_id",)
     search_help_text = "An exact run id."
@@ -161,7 +182,7 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
     change_list_template = "admin/sweep/stuckentry/change_list.html"
     fields = (
         "run_id", "kind", "org", "env", "shard", "accepted_at", "age", "first_seen_at", "last_seen_at", "attempts",
-        "last_error", "resolved_at", "buffer_state", "links", "snapshot",
+        "error_text", "resolved_at", "buffer_state", "links", "snapshot",
     )  # fmt: skip
     readonly_fields = fields
     actions = (
@@ -188,10 +209,20 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
         if request.method == "POST" and request.POST.get("action") in self.actions:
             if not self.has_repair_permission(request):
                 raise PermissionDenied
-        response = super().changelist_view(request, extra_context)
+        response = super().changelist_view(request, {"is_nav_sidebar_enabled": False, **(extra_context or {})})
         if isinstance(response, TemplateResponse) and response.context_data and "cl" in response.context_data:
-            _label_tenants(list(response.context_data["cl"].result_list))
+            rows = list(response.context_data["cl"].result_list)
+            _label_tenants(rows)
+            _mark_privacy(request, rows)
         return response
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> HttpResponse | None:
+        """Checked rows are acted on whatever the list's filters say now: a row resolved (by another operator's
+        repair, or the sweep) since the page was drawn is still the row chosen, and its repair reports it
+        as already handled. Only "select all N" acts on what the filters match."""
+        if request.POST.get("select_across") in (None, "", "0"):
+            queryset = self.get_queryset(request)
+        return super().response_action(request, queryset)
 
     # -- list columns ------------------------------------------------------------------------------------
 
@@ -203,7 +234,14 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
 
     @admin.display(description="last error")
     def short_error(self, obj: StuckEntry) -> str:
-        return obj.last_error if len(obj.last_error) <= 80 else obj.last_error[:79] + "…"
+        """Cut to fit the list; the whole text in the title (redacted, for users without the payload permission)."""
+        text = _error(obj)
+        short = text if len(text) <= ERROR_CHARS else text[: ERROR_CHARS - 1] + "…"
+        return format_html('<span title="{}">{}</span>', text, short)
+
+    @admin.display(description="last error")
+    def error_text(self, obj: StuckEntry) -> str:
+        return _error(obj) or "—"
 
     @admin.display(description="org", ordering="org_id")
     def org(self, obj: StuckEntry) -> str:
@@ -226,6 +264,7 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
             cache[object_id] = super().get_object(request, object_id, from_field)
             if cache[object_id] is not None:
                 _label_tenants([cache[object_id]])
+                _mark_privacy(request, [cache[object_id]])
         return cache[object_id]
 
     @admin.display(description="in the buffer now")
@@ -241,7 +280,8 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
         if entry.extra_tags:
             parts.append(f"extra tags {', '.join(entry.extra_tags)}")
         if entry.last_error:
-            parts.append(f"last error: {entry.last_error}")
+            error = entry.last_error if getattr(obj, "_payloads_ok", False) else redacted(entry.last_error)
+            parts.append(f"last error: {error}")
         return "; ".join(parts)
 
     @admin.display(description="snapshot")
@@ -249,10 +289,7 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
         entry = _entry(obj)
         if isinstance(entry, str):
             return "—"
-        try:
-            pretty = json.dumps(json.loads(entry.snapshot), indent=2, sort_keys=True, ensure_ascii=False)
-        except ValueError:
-            pretty = entry.snapshot  # unreadable: show it as stored
+        pretty = pretty_snapshot(entry.snapshot, allowed=getattr(obj, "_payloads_ok", False))
         return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>', pretty)
 
     @admin.display(description="see also")
@@ -392,6 +429,18 @@ def _entry(obj: StuckEntry) -> Entry | str:
             entry = "gone: the entry has left the buffer (drained, or acked and past its grace period)"
         obj._buffer_entry = entry  # type: ignore[attr-defined]
     return obj._buffer_entry  # type: ignore[attr-defined]
+
+
+def _mark_privacy(request: HttpRequest, rows: Sequence[StuckEntry]) -> None:
+    """Whether the rows' error texts and snapshots may be shown to this user (docs/operations.md#admin-permissions)."""
+    allowed = may_see_payloads(request)
+    for row in rows:
+        row._payloads_ok = allowed  # type: ignore[attr-defined]
+
+
+def _error(obj: StuckEntry) -> str:
+    """The row's last error, or its redacted form (also when the row was not marked: fail closed)."""
+    return obj.last_error if getattr(obj, "_payloads_ok", False) else redacted(obj.last_error)
 
 
 def _label_tenants(rows: Sequence[StuckEntry]) -> None:

@@ -27,6 +27,7 @@ from buffer.buffer import Buffer, BufferUnavailable
 from buffer.values import Entry
 from drainer import epochs, tasks
 from mollifier_project.clock import from_ms, now_ms
+from runs.admin.privacy import shown
 from runs.models import Environment, Organization
 from sweep import dashboard, steer
 from sweep.admin.stuck_entries import REPAIR_PERMISSION
@@ -108,7 +109,10 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         return _unavailable(request, "dashboard.html", title, exc)
     bound = stuck_after_ms()
     paused = [dashboard.Paused(*c) for c in switches]
-    rows = dashboard.rows(stats, circuits, now_ms=now, paused=paused, stuck_after_ms=bound)
+    rows = dashboard.rows(
+        stats, circuits, now_ms=now, paused=paused, stuck_after_ms=bound,
+        stale_cap=settings.MOLLIFIER.SWEEP_MAX_ENTRIES_PER_ENV,
+    )  # fmt: skip
     current = flags()
     tick_age_ms = None if tick_ms is None else max(0, now - tick_ms)
     verdict = dashboard.verdict(
@@ -148,6 +152,7 @@ def shard_detail(request: HttpRequest, shard: int) -> HttpResponse:
         now,
         dashboard.Paused(len(switches.paused_orgs), len(switches.paused_envs), len(switches.closed_envs)),
         stuck_after_ms(),
+        settings.MOLLIFIER.SWEEP_MAX_ENTRIES_PER_ENV,
     )
     orgs = {o.pk: o for o in Organization.objects.filter(pk__in=[o.org_id for o in top.orgs]).only("slug")}
     envs = {e.pk: e for e in Environment.objects.filter(pk__in=[e.env_id for e in top.envs]).select_related("org")}
@@ -187,9 +192,13 @@ def env_detail(request: HttpRequest, org_id: int, env_id: int) -> HttpResponse:
             : STUCK_N + 1
         ]
     )
+    for s in stuck:
+        s.error_shown = shown(request, s.last_error)  # type: ignore[attr-defined]
     head_rows = [
-        {"entry": e, "age": dashboard.duration(max(0, now - e.accepted_ms)), "cancelled": e.cancelled} for e in head
-    ]
+        {"entry": e, "age": dashboard.duration(max(0, now - e.accepted_ms)), "cancelled": e.cancelled,
+         "error": shown(request, e.last_error)}
+        for e in head
+    ]  # fmt: skip
     return _render(
         request, "env.html", title,
         shard=shard, org_id=org_id, env_id=env_id, env=env, census=census, head=head_rows, head_n=HEAD_N,

@@ -70,9 +70,9 @@ def viewer_client(db) -> Client:
 
 @pytest.fixture
 def repairer_client(db) -> Client:
-    """Staff who may view stuck entries and repair the buffer (not a superuser)."""
+    """Staff who may view stuck entries and the buffer pages, and repair the buffer (not a superuser)."""
     client = Client()
-    client.force_login(_staff("repairer", "sweep.view_stuckentry", "sweep.repair_buffer"))
+    client.force_login(_staff("repairer", "sweep.view_stuckentry", "sweep.view_buffer", "sweep.repair_buffer"))
     return client
 
 

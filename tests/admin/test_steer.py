@@ -161,7 +161,7 @@ def test_the_dashboard_is_on_the_admin_index_in_the_sidebar_and_is_the_view_site
     index = admin_client.get("/admin/").content.decode()
     assert f'<a href="{DASHBOARD}"' in index and "Buffer dashboard" in index
     assert f'<a href="{DASHBOARD}">View site</a>' in index
-    sidebar = admin_client.get(reverse("admin:sweep_stuckentry_changelist")).content.decode()
+    sidebar = admin_client.get(reverse("admin:runs_organization_changelist")).content.decode()  # (the wide lists have none)
     assert 'id="nav-sidebar"' in sidebar
     nav = sidebar[sidebar.index('id="nav-sidebar"') :]
     assert f'<a href="{DASHBOARD}"' in nav[: nav.index("</nav>")]
@@ -202,3 +202,10 @@ def test_a_switch_from_the_ui_is_in_the_audit_trail_with_its_user_and_reason(rep
         ("resume", "admin", [], [env.org_id], "", {"changed": 0, "already": 1}),
     ]
     assert {r.user for r in rows} == {"repairer"}  # the logged-in admin user (tests/admin/conftest.py)
+
+
+@pytest.mark.django_db
+def test_staff_without_the_buffer_view_permission_see_no_dashboard_entry(viewer_client):
+    # The dashboard answers them 403 (sweep.view_buffer), so the index must not offer it.
+    index = viewer_client.get("/admin/").content.decode()
+    assert "Buffer dashboard" not in index and DASHBOARD not in index  # no entry, and no "View site" link to it

@@ -50,10 +50,11 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = ROOT / ".data" / "screenshots"
 SHARDS = 4
 USERNAME, PASSWORD = "operator", "correct-horse-battery"
-# What the operator may do: look at stuck entries, runs and tenants, and repair the buffer (not a superuser).
+# What the operator may do: look at the buffer pages, stuck entries (payloads included), runs and tenants, and
+# repair the buffer (not a superuser).
 PERMISSIONS = (
-    "sweep.view_stuckentry", "sweep.repair_buffer", "sweep.view_operatoraction", "runs.view_taskrun",
-    "runs.view_environment", "runs.view_organization",
+    "sweep.view_stuckentry", "sweep.view_buffer", "sweep.view_buffer_payloads", "sweep.repair_buffer",
+    "sweep.view_operatoraction", "runs.view_taskrun", "runs.view_environment", "runs.view_organization",
 )  # fmt: skip
 AGE_MS = 10 * 60_000  # the entries were accepted this long ago: older than STALE_THRESHOLD_S (300 s)
 STEP_TIMEOUT_MS = 10_000

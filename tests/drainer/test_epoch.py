@@ -59,7 +59,7 @@ def tenant(db):
 @pytest.fixture
 def operator(client):
     user = User.objects.create_user("oncall", password="pw", is_staff=True)
-    for app, codename in (("sweep", "repair_buffer"), ("buffer", "view_bufferdataloss")):
+    for app, codename in (("sweep", "repair_buffer"), ("sweep", "view_buffer"), ("buffer", "view_bufferdataloss")):
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
     client.force_login(user)
     return client
@@ -126,8 +126,9 @@ def test_a_redis_restarted_empty_is_logged_recorded_measured_and_shown_until_ack
     assert page.status_code == 200
     html = page.content.decode()
     assert f'id="data-loss-{loss.pk}"' in html and "lost the data of 4 shards" in html and "Acknowledge" in html
-    # Staff without the repair permission see the banner but may not acknowledge it.
-    User.objects.create_user("viewer", password="pw", is_staff=True)
+    # Staff who may view the buffer pages but not repair see the banner but may not acknowledge it.
+    viewer_user = User.objects.create_user("viewer", password="pw", is_staff=True)
+    viewer_user.user_permissions.add(Permission.objects.get(content_type__app_label="sweep", codename="view_buffer"))
     viewer = Client()
     viewer.login(username="viewer", password="pw")
     seen = viewer.get("/admin/buffer/").content.decode()

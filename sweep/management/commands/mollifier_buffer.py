@@ -134,9 +134,12 @@ class Command(BaseCommand):
 
     def _stats(self, buffer: Buffer) -> None:
         now = now_ms()
-        shards = dashboard.rows(buffer.shard_stats(now_ms=now), buffer.circuits_until_ms(), now_ms=now)
+        shards = dashboard.rows(
+            buffer.shard_stats(now_ms=now), buffer.circuits_until_ms(), now_ms=now,
+            stale_cap=settings.MOLLIFIER.SWEEP_MAX_ENTRIES_PER_ENV,
+        )  # fmt: skip
         rows = [
-            [r.shard, r.stats.queued, r.stats.leased, r.stats.retrying, r.stats.dead, r.stats.stale, r.oldest_text,
+            [r.shard, r.stats.queued, r.stats.leased, r.stats.retrying, r.stats.dead, r.stale_text, r.oldest_text,
              f"{r.rate:.1f}/s", r.eta_text, r.circuit_text]
             for r in shards
         ]  # fmt: skip
