@@ -161,7 +161,9 @@ def test_the_dashboard_is_on_the_admin_index_in_the_sidebar_and_is_the_view_site
     index = admin_client.get("/admin/").content.decode()
     assert f'<a href="{DASHBOARD}"' in index and "Buffer dashboard" in index
     assert f'<a href="{DASHBOARD}">View site</a>' in index
-    sidebar = admin_client.get(reverse("admin:runs_organization_changelist")).content.decode()  # (the wide lists have none)
+    sidebar = admin_client.get(
+        reverse("admin:runs_organization_changelist")
+    ).content.decode()  # (the wide lists have none)
     assert 'id="nav-sidebar"' in sidebar
     nav = sidebar[sidebar.index('id="nav-sidebar"') :]
     assert f'<a href="{DASHBOARD}"' in nav[: nav.index("</nav>")]
