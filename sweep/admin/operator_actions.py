@@ -11,6 +11,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from runs.admin.model_admins import ReadOnlyAdmin
 from sweep.models import OperatorAction
 
 
@@ -32,7 +33,7 @@ class EnvFilter(admin.SimpleListFilter):
 
 
 @admin.register(OperatorAction)
-class OperatorActionAdmin(admin.ModelAdmin[OperatorAction]):
+class OperatorActionAdmin(ReadOnlyAdmin[OperatorAction]):
     list_display = ("at", "user", "source", "action", "scope", "run_count", "outcome", "reason")
     list_filter = ("action", "user", "source", EnvFilter)
     search_fields = ("user", "action", "scope", "reason", "run_ids")
@@ -43,12 +44,3 @@ class OperatorActionAdmin(admin.ModelAdmin[OperatorAction]):
         "reason",
     )  # fmt: skip
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
