@@ -67,11 +67,13 @@ def test_postgres_fault_mid_drain_loses_nothing_costs_no_attempts_and_drain_resu
     producer.start()
     try:
         wait_until(lambda: rows_of_envs(envs) >= 500, timeout=30, what="the drain to be under way")
-        # Mid-drain: strike while the worker is in a drain task (it holds a session only then).
-        wait_until(other_sessions, timeout=10, interval=0.005, what="a drain task holding a session")
         if fault == "restart":
             outage = Outage()
             try:
+                # Mid-drain: strike while the worker is in a drain task (it holds a session only then). The
+                # first blow is the kill itself, so a task that ends between a look and the blow cannot make
+                # the fault miss the drain.
+                wait_until(lambda: outage.cut() > 0, timeout=10, interval=0.005, what="a drain task's session cut")
                 go_down(outage)
                 rows_before = rows_of_envs(envs)  # our own session was spared
                 stay_down(outage)
@@ -81,6 +83,7 @@ def test_postgres_fault_mid_drain_loses_nothing_costs_no_attempts_and_drain_resu
             finally:
                 outage.close()
         else:
+            wait_until(other_sessions, timeout=10, interval=0.005, what="a drain task holding a session")
             with read_only_postgres():
                 outage = Outage()  # spares the test's own (now read-only) session
                 try:
