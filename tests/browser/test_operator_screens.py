@@ -45,6 +45,7 @@ from mollifier_project.clock import now_ms
 from runs.models import TaskRun
 from runs.snapshot import to_snapshot
 from sweep import sweep
+from sweep.admin.stuck_entries import REASON_MAX
 from sweep.models import OperatorAction, StuckEntry, StuckKind
 from tests.factories import EnvironmentFactory, OrganizationFactory, SnapshotFactory
 from tests.live import ROOT, Gunicorn
@@ -129,9 +130,19 @@ def operator(transactional_db) -> User:
 
 @pytest.fixture
 def stuck_env(buffer, server) -> Scene:
+    return stuck_scene(buffer, server, "acme", "stuck-prod")
+
+
+@pytest.fixture
+def long_named_env(buffer, server) -> Scene:
+    """The same, for an org and env whose slugs are as long as a slug may be, without a hyphen to break at."""
+    return stuck_scene(buffer, server, "a" * 64, "e" * 64)
+
+
+def stuck_scene(buffer: Buffer, server: Gunicorn, org_slug: str, env_slug: str) -> Scene:
     """An env with three entries accepted 10 minutes ago: two leased and dead-lettered, one still queued;
     then one sweep pass of its shard, so the StuckEntry rows exist (2 dead, 1 stale)."""
-    env = EnvironmentFactory(org=OrganizationFactory(slug="acme"), slug="stuck-prod")
+    env = EnvironmentFactory(org=OrganizationFactory(slug=org_slug), slug=env_slug)
     now = now_ms()
     ids = []
     for _ in range(3):
@@ -160,10 +171,12 @@ def stuck_env(buffer, server) -> Scene:
 
 
 @pytest.fixture
-def screenshots() -> Path:
-    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
-    SCREENSHOTS.mkdir(parents=True)
-    return SCREENSHOTS
+def screenshots(request) -> Path:
+    """``.data/screenshots/<test>/``, emptied first."""
+    into = SCREENSHOTS / request.node.name.removeprefix("test_")[:60]
+    shutil.rmtree(into, ignore_errors=True)
+    into.mkdir(parents=True)
+    return into
 
 
 def test_an_operator_steers_and_repairs_a_stuck_env_from_the_admin(operator, buffer, stuck_env, screenshots):
@@ -194,6 +207,18 @@ def test_an_operator_steers_and_repairs_a_stuck_env_from_the_admin(operator, buf
     print(f"\nbrowser walk took {elapsed:.1f} s; screenshots in {screenshots}:")
     for path in shots:
         assert path.stat().st_size > 0
+        print(f"  {path.name}")
+
+
+def test_the_screens_fit_1366_px_whatever_the_length_of_the_names_shown(operator, buffer, long_named_env, screenshots):
+    """Slugs of 64 characters without a hyphen (the longest an org or env slug may be), on every screen that
+    names the env, and a reason without a space as long as a reason may be, in the audit list."""
+    with ThreadPoolExecutor(1) as pool:  # the ORM stays in this thread (module docstring)
+        shots = pool.submit(walk_long_names, long_named_env, screenshots).result(timeout=WALK_BOUND_S)
+
+    assert list(OperatorAction.objects.values_list("action", flat=True)) == ["Re-drive", "pause"]
+    print(f"\nscreenshots in {screenshots}:")
+    for path in shots:
         print(f"  {path.name}")
 
 
@@ -256,20 +281,7 @@ def walk(scene: Scene, into: Path, here: InTestThread) -> list[Path]:
             context.set_default_timeout(STEP_TIMEOUT_MS)
             expect.set_options(timeout=STEP_TIMEOUT_MS)
             page = context.new_page()
-
-            def shoot(name: str, *, both: bool = False) -> None:
-                """A full-page screenshot at 1366 px; ``both``: a changed screen, which must also fit 1366 px
-                without scrolling sideways, and gets a second screenshot at 1920 px."""
-                path = into / f"{name}-1366.png"
-                page.screenshot(path=str(path), full_page=True)
-                shots.append(path)
-                if both:
-                    assert_fits(page, name)
-                    page.set_viewport_size(WIDE)
-                    path = into / f"{name}-1920.png"
-                    page.screenshot(path=str(path), full_page=True)
-                    shots.append(path)
-                    page.set_viewport_size(NARROW)
+            shoot = Camera(page, into, shots)
 
             # 1. The admin sends an anonymous visitor to its login; log in there.
             page.goto("/admin/")
@@ -445,6 +457,29 @@ def walk(scene: Scene, into: Path, here: InTestThread) -> list[Path]:
     return shots
 
 
+@dataclass
+class Camera:
+    """Screenshots of ``page`` into ``into``, listed in ``shots``."""
+
+    page: Page
+    into: Path
+    shots: list[Path]
+
+    def __call__(self, name: str, *, both: bool = False) -> None:
+        """A full-page screenshot at 1366 px; ``both``: a changed screen, which must also fit 1366 px without
+        scrolling sideways, and gets a second screenshot at 1920 px."""
+        path = self.into / f"{name}-1366.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        self.shots.append(path)
+        if both:
+            assert_fits(self.page, name)
+            self.page.set_viewport_size(WIDE)
+            path = self.into / f"{name}-1920.png"
+            self.page.screenshot(path=str(path), full_page=True)
+            self.shots.append(path)
+            self.page.set_viewport_size(NARROW)
+
+
 FITS = """() => ({
     page: document.documentElement.scrollWidth, window: window.innerWidth,
     results: Array.from(document.querySelectorAll('.results'), r => [r.scrollWidth, r.clientWidth]),
@@ -459,6 +494,59 @@ def assert_fits(page: Page, name: str) -> None:
     assert size["page"] <= size["window"], f"{name} overflows the window: {size}"
     for scroll_width, client_width in size["results"]:
         assert scroll_width <= client_width, f"{name}: its table scrolls sideways: {size}"
+
+
+def walk_long_names(scene: Scene, into: Path) -> list[Path]:
+    """Pause the long-named env and re-drive its dead letters, asserting that each screen fits on the way."""
+    shots: list[Path] = []
+    reason = "x" * REASON_MAX
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport=NARROW, base_url=scene.url)
+            context.set_default_timeout(STEP_TIMEOUT_MS)
+            expect.set_options(timeout=STEP_TIMEOUT_MS)
+            page = context.new_page()
+            shoot = Camera(page, into, shots)
+            env_page = f"/admin/buffer/org/{scene.org_id}/env/{scene.env_id}/"
+            page.goto(f"/admin/login/?next={env_page}")
+            page.fill("#id_username", USERNAME)
+            page.fill("#id_password", PASSWORD)
+            page.click("input[type=submit]")
+
+            expect(page.locator("#env-summary")).to_contain_text(scene.env_label)
+            shoot("env", both=True)
+            page.locator("#env-switches").get_by_role("button", name="Pause draining this env…").click()
+            expect(page.locator("#confirm-switch")).to_contain_text(scene.env_label)
+            page.fill("#switch-reason", reason)
+            shoot("pause-confirm", both=True)
+            page.get_by_role("button", name="Yes, pause").click()
+            expect(page.locator("ul.messagelist li.success")).to_contain_text("paused")
+            shoot("env-paused", both=True)
+
+            page.get_by_role("link", name="Buffer dashboard").first.click()
+            expect(page.locator("#switched")).to_contain_text(scene.env_label)
+            shoot("dashboard", both=True)
+
+            page.goto(env_page)
+            page.locator("#env-stuck-entries").click()
+            expect(page.locator("#result_list tbody tr")).to_have_count(3)
+            page.locator("#action-toggle").check()
+            page.select_option("select[name=action]", "redrive_dead_letters")
+            shoot("stuckentries", both=True)
+            page.locator("button[name=index]").click()
+            page.fill("textarea[name=reason]", reason)
+            shoot("redrive-confirm", both=True)
+            page.locator("input[type=submit][value^='Yes']").click()
+            expect(page.locator("ul.messagelist li.success")).to_contain_text("2 re-driven")
+
+            page.goto(env_page)
+            page.locator("#env-audit").click()
+            expect(page.locator("#result_list tbody tr")).to_have_count(2)
+            shoot("audit-trail", both=True)
+        finally:
+            browser.close()
+    return shots
 
 
 def shard_cells(page: Page, shard: int) -> dict[str, str]:
