@@ -89,10 +89,31 @@ def parse_org(text: str) -> Scope:
     return Scope(org)
 
 
-def apply(buffer: Buffer, action: Action, scope: Scope, *, user: str, source: str, reason: str = "") -> str:
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a switch did: the sentence (``"env acme/prod paused"``, ``"… was already paused"``) and whether
+    anything changed (the admin says a no-op as a warning, not a success)."""
+
+    said: str
+    changed: bool
+
+    def __str__(self) -> str:
+        return self.said
+
+
+def already(buffer: Buffer, action: Action, scope: Scope) -> bool:
+    """Whether ``scope`` is already as ``action`` would leave it (the confirmation page says so: a page drawn
+    before another operator threw the same switch)."""
+    s = buffer.switches(buffer.shard_for(scope.org_id))
+    if action in (Action.CLOSE, Action.OPEN):
+        return (scope.env_id in s.closed_envs) is (action is Action.CLOSE)
+    on = scope.org_id in s.paused_orgs if scope.env_id is None else scope.env_id in s.paused_envs
+    return on is (action is Action.PAUSE)
+
+
+def apply(buffer: Buffer, action: Action, scope: Scope, *, user: str, source: str, reason: str = "") -> Outcome:
     """Throw the switch and record it in the audit trail (``sweep.audit``: ``user``, ``source`` admin|cli,
-    ``reason``); returns what happened (``"env acme/prod paused"`` or ``"… was already paused"``). Close and open
-    need an env."""
+    ``reason``); returns what happened. Close and open need an env."""
     if action in (Action.CLOSE, Action.OPEN):
         if scope.env is None:
             raise UnknownScope("closing or opening the intake needs an environment, not an org")
@@ -109,7 +130,7 @@ def apply(buffer: Buffer, action: Action, scope: Scope, *, user: str, source: st
     where = audit.Scope(org_ids=(scope.org_id,), env_ids=() if scope.env_id is None else (scope.env_id,))
     audit.record(user=user, action=name, source=source, scope=where, reason=reason,
                  counts={"changed": int(changed), "already": int(not changed)})  # fmt: skip
-    return said
+    return Outcome(said, bool(changed))
 
 
 @dataclass(frozen=True, slots=True)

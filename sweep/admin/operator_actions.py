@@ -9,10 +9,13 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.utils.html import format_html
 
 from runs.admin.model_admins import ReadOnlyAdmin
 from sweep.models import OperatorAction
+
+TEXT_CHARS = 80  # the list's scope and reason columns are cut to this; the whole text is in the title
 
 
 class EnvFilter(admin.SimpleListFilter):
@@ -34,7 +37,10 @@ class EnvFilter(admin.SimpleListFilter):
 
 @admin.register(OperatorAction)
 class OperatorActionAdmin(ReadOnlyAdmin[OperatorAction]):
-    list_display = ("at", "user", "source", "action", "scope", "run_count", "outcome", "reason")
+    # Fits a 1366 px window beside the filters (tests/browser/test_operator_screens.py measures it): no
+    # navigation sidebar on the list (as on the run and StuckEntry lists), and the free-text columns cut and
+    # allowed to break anywhere, so a long slug or a reason without spaces cannot widen the table.
+    list_display = ("at", "user", "source", "action", "short_scope", "run_count", "outcome", "short_reason")
     list_filter = ("action", "user", "source", EnvFilter)
     search_fields = ("user", "action", "scope", "reason", "run_ids")
     search_help_text = "User, action, org/env name, reason or a run id."
@@ -44,3 +50,20 @@ class OperatorActionAdmin(ReadOnlyAdmin[OperatorAction]):
         "reason",
     )  # fmt: skip
     readonly_fields = fields
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().changelist_view(request, {"is_nav_sidebar_enabled": False, **(extra_context or {})})
+
+    @admin.display(description="scope", ordering="scope")
+    def short_scope(self, obj: OperatorAction) -> str:
+        return _cut(obj.scope)
+
+    @admin.display(description="reason", ordering="reason")
+    def short_reason(self, obj: OperatorAction) -> str:
+        return _cut(obj.reason) if obj.reason else "—"
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to ``TEXT_CHARS``, breakable anywhere, whole (escaped) in its title."""
+    short = text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1] + "…"
+    return format_html('<span title="{}" style="overflow-wrap: anywhere">{}</span>', text, short)

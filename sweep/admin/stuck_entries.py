@@ -161,6 +161,14 @@ class StateFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _selection_changed(request: HttpRequest, rows: Sequence[StuckEntry]) -> bool:
+    """A confirmation answers the count it showed (``confirmed_count``): when the selection now holds another
+    number of rows — "select all" over filters the sweep has added rows to since, rows pruned meanwhile — the
+    repair must not act on rows nobody was asked about, so the page asks again."""
+    confirmed = request.POST.get("confirmed_count")
+    return confirmed is not None and confirmed != str(len(rows))
+
+
 # --------------------------------------------------------------------------------------------------- admin
 
 Repair = Callable[[Buffer, Sequence[StuckEntry], int], repair.Repaired]
@@ -315,7 +323,7 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
         reports, and records the action (``sweep.audit``, plus a ``LogEntry`` per row)."""
         rows = list(queryset.order_by("accepted_at", "run_id"))
         scope = audit.Scope.of(rows)
-        if request.POST.get("confirm") != "yes":
+        if request.POST.get("confirm") != "yes" or _selection_changed(request, rows):
             return self._confirmation(request, rows, scope, action)
         try:
             done = fn(Buffer.from_settings("operator"), rows, now_ms())
@@ -347,6 +355,8 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
             "rows": rows[:CONFIRM_LISTED],
             "more": max(0, len(rows) - CONFIRM_LISTED),
             "count": len(rows),
+            # Asked again: the count confirmed before, when the selection has changed since (``_selection_changed``).
+            "confirmed_count": request.POST.get("confirmed_count") if request.POST.get("confirm") == "yes" else None,
             "scope": scope.names(),
             # "Select all" across pages: the confirmation carries select_across and one id (the admin needs one
             # to route the POST) and the list's filters in its URL, not one hidden field per row (a POST of more
@@ -379,8 +389,8 @@ class StuckEntryAdmin(admin.ModelAdmin[StuckEntry]):
     def redrive_whole_envs(self, request: HttpRequest, queryset: QuerySet[StuckEntry]) -> TemplateResponse | None:
         """The explicit whole-env repair: one message (and audit row) per env, naming it, since it touches
         unselected entries. One confirmation page for all of them."""
-        if request.POST.get("confirm") != "yes":
-            rows = list(queryset.order_by("accepted_at", "run_id"))
+        rows = list(queryset.order_by("accepted_at", "run_id"))
+        if request.POST.get("confirm") != "yes" or _selection_changed(request, rows):
             return self._confirmation(request, rows, audit.Scope.of(rows), "Re-drive every dead letter of these envs")
         for env_id in sorted(set(queryset.values_list("env_id", flat=True))):
             whole_env = functools.partial(_redrive_env, env_id=env_id)

@@ -1,6 +1,8 @@
 """The buffer dashboard's routes, mounted at ``/admin/buffer/`` ahead of the admin site (``mollifier_project.urls``).
 Every view goes through ``admin.site.admin_view`` (staff only, anyone else is redirected to the admin login) and
-needs ``sweep.view_buffer`` besides: staff without it get 403 (docs/operations.md#admin-permissions)."""
+needs ``sweep.view_buffer`` besides: staff without it get 403 (docs/operations.md#admin-permissions). The
+switches too, though they also need ``sweep.repair_buffer``: their confirmation page names the tenant and counts
+its entries."""
 
 from collections.abc import Callable
 
@@ -41,8 +43,8 @@ urlpatterns = [
     ),
     path(
         "org/<int:org_id>/env/<int:env_id>/<str:action>/",
-        admin.site.admin_view(views.steer_switch),
+        buffer_view(views.steer_switch),
         name="steer_env",
     ),
-    path("org/<int:org_id>/<str:action>/", admin.site.admin_view(views.steer_switch), name="steer_org"),
+    path("org/<int:org_id>/<str:action>/", buffer_view(views.steer_switch), name="steer_org"),
 ]

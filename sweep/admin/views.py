@@ -30,7 +30,7 @@ from mollifier_project.clock import from_ms, now_ms
 from runs.admin.privacy import shown
 from runs.models import Environment, Organization
 from sweep import dashboard, steer
-from sweep.admin.stuck_entries import REPAIR_PERMISSION
+from sweep.admin.stuck_entries import REASON_MAX, REPAIR_PERMISSION
 from sweep.models import StuckEntry
 
 TOP_N = 50  # orgs and envs listed on a shard page
@@ -236,11 +236,12 @@ def steer_switch(request: HttpRequest, action: str, org_id: int, env_id: int | N
             return _render(
                 request, "confirm_switch.html", f"{what.value.capitalize()} {scope}?",
                 action=what.value, scope=scope, next=back, queued=sum(c.queued for c in census),
-                retrying=sum(c.retrying for c in census), envs=len(env_ids),
+                retrying=sum(c.retrying for c in census), envs=len(env_ids), reason_max=REASON_MAX,
+                already=steer.already(buffer, what, scope),
             )  # fmt: skip
         done = steer.apply(
             buffer, what, scope, user=request.user.get_username(), source="admin",
-            reason=request.POST.get("reason", ""),
+            reason=request.POST.get("reason", "")[:REASON_MAX],
         )  # fmt: skip
     except BufferUnavailable as exc:
         messages.error(request, f"The buffer's Redis is unreachable: {exc}")
@@ -248,5 +249,9 @@ def steer_switch(request: HttpRequest, action: str, org_id: int, env_id: int | N
     except steer.UnknownScope as exc:
         messages.error(request, str(exc))
         return HttpResponseRedirect(back)
-    messages.success(request, done[0].upper() + done[1:] + ".")
+    said = done.said[0].upper() + done.said[1:] + "."
+    if done.changed:
+        messages.success(request, said)
+    else:  # a second click, or another operator was first: nothing changed
+        messages.warning(request, said)
     return HttpResponseRedirect(back)

@@ -122,7 +122,9 @@ class Command(BaseCommand):
             except steer.UnknownScope as exc:
                 raise CommandError(f"--{'env' if options.get('env') else 'org'}: {exc}") from None
             self.stdout.write(
-                steer.apply(buffer, steer.Action(command), which, user=self._who, source="cli", reason=self._reason)
+                str(
+                    steer.apply(buffer, steer.Action(command), which, user=self._who, source="cli", reason=self._reason)
+                )
             )
 
     def _done(self, action: str, done: repair.Repaired, scope: audit.Scope, *, action_name: str = "") -> None:
