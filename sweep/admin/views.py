@@ -21,6 +21,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from buffer.buffer import Buffer, BufferUnavailable
@@ -227,8 +228,8 @@ def steer_switch(request: HttpRequest, action: str, org_id: int, env_id: int | N
         raise Http404(str(exc)) from None
     buffer = Buffer.from_settings("operator")
     back = request.POST.get("next", "")
-    if not back.startswith("/") or back.startswith("//"):
-        back = reverse("buffer_admin:dashboard")
+    if not back.startswith("/") or not url_has_allowed_host_and_scheme(back, allowed_hosts=None):
+        back = reverse("buffer_admin:dashboard")  # only a path of this site: "//host" and "/\\host" lead off it
     try:
         if what.asks_first and request.POST.get("confirm") != "1":
             env_ids = [scope.env.pk] if scope.env else list(scope.org.environments.values_list("pk", flat=True))

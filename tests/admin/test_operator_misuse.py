@@ -5,6 +5,7 @@ did, records it, and leaves markup as text. Real Redis and Postgres."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import pytest
@@ -168,3 +169,16 @@ def test_steering_needs_the_view_permission_too(client, buffer):
     assert client.post(steer_env(env, "pause"), {"confirm": "1"}).status_code == 403
     assert not buffer.switches(buffer.shard_for(env.org_id)).paused(env.org_id, env.id)
     assert OperatorAction.objects.count() == 0
+
+
+@pytest.mark.parametrize("target", ["/\\evil.example/", "/\t/evil.example/", "//evil.example/"])
+@pytest.mark.django_db(transaction=True)
+def test_the_confirmation_pages_go_back_link_stays_on_the_site(repairer_client, buffer, target):
+    """The page that asks first carries ``next`` into its "No, go back" link: a browser reads ``/\\host`` as
+    another site, so such a ``next`` is replaced by the dashboard before it reaches the page."""
+    env = EnvironmentFactory()
+    page = repairer_client.post(steer_env(env, "pause"), {"next": target})
+    assert page.status_code == 200
+    back = re.search(r'<a href="([^"]*)">No, go back</a>', page.content.decode())
+    assert back, page.content.decode()[:2000]
+    assert back.group(1) == reverse("buffer_admin:dashboard"), back.group(1)
