@@ -8,10 +8,14 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from django.urls import reverse
 
+from buffer.buffer import Buffer
 from drainer import tasks
 from drainer.beat import EPOCH_HEADER, BeatLease
+from tests.buffer.test_memory_pressure import fill
+from tests.redis_servers import redis_server
 from tests.sweep.test_metrics import scrape, value
 
 
@@ -90,6 +94,42 @@ def test_a_standby_does_not_send_and_takes_over_when_the_lease_is_released(buffe
     clock.now += 1.0
     standby.renew_if_due()
     assert (active.current_epoch(), standby.current_epoch()) == (0, 2)
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings, mollifier_settings):
+    """A ``redis-server`` of this test's own (``noeviction``) as the buffer's Redis: to fill it, or to kill it."""
+    with redis_server(tmp_path / "redis", "--maxmemory-policy", "noeviction") as server:
+        settings.REDIS_URL = server.url
+        settings.BUFFER_REDIS_URL = ""
+        mollifier_settings(KEY_PREFIX="beat", SHARDS=1)
+        yield server
+
+
+def test_the_lease_is_taken_and_renewed_when_redis_is_at_maxmemory(own_redis):
+    client = redis.Redis.from_url(own_redis.url)
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 300_000)
+    fill(client)  # every plain write is refused now; the drain (which frees memory) must still be sent ticks
+    client.close()
+    buffer = Buffer.from_settings()
+
+    assert take(buffer, "a:1").epoch == 1
+    assert take(buffer, "a:1", epoch=1).epoch == 1
+    assert buffer.beat_lease().holder == "a:1"
+
+
+def test_a_beat_that_cannot_reach_redis_keeps_sending_only_until_its_lease_would_lapse(own_redis):
+    clock = Clock()
+    lease = BeatLease(Buffer.from_settings(), holder="a:1", ttl_ms=10_000, renew_ms=2_000, clock=clock)
+    lease.renew_if_due()
+    own_redis.kill()
+
+    clock.now += 2.0
+    lease.renew_if_due()  # refused connection: logged, not raised; tried again sooner than the renew interval
+    assert lease.current_epoch() == 1 and lease.wait_s() == 0.5
+    clock.now += 7.1  # 9.1 s after the last renewal was asked for: a standby may hold it by now
+    lease.renew_if_due()
+    assert lease.current_epoch() == 0
 
 
 def test_a_tick_sent_under_an_older_epoch_is_dropped_and_the_current_one_runs(buffer, mollifier_settings):
