@@ -106,6 +106,10 @@ def own_redis(tmp_path, settings, mollifier_settings):
         yield server
 
 
+own_server = pytest.mark.single_redis("points REDIS_URL at a redis-server of its own")
+
+
+@own_server
 def test_the_lease_is_taken_and_renewed_when_redis_is_at_maxmemory(own_redis):
     client = redis.Redis.from_url(own_redis.url)
     client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 300_000)
@@ -118,6 +122,7 @@ def test_the_lease_is_taken_and_renewed_when_redis_is_at_maxmemory(own_redis):
     assert buffer.beat_lease().holder == "a:1"
 
 
+@own_server
 def test_a_beat_that_cannot_reach_redis_keeps_sending_only_until_its_lease_would_lapse(own_redis):
     clock = Clock()
     lease = BeatLease(Buffer.from_settings(), holder="a:1", ttl_ms=10_000, renew_ms=2_000, clock=clock)
