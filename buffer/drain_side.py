@@ -19,6 +19,7 @@ from buffer.core import BufferCore, require
 from buffer.values import (
     AckedClaim,
     AckResult,
+    BeatLease,
     Candidate,
     Entry,
     LeasedRound,
@@ -285,6 +286,30 @@ class DrainSide(BufferCore):
         idle cost of the liveness record). Read by ``Buffer.fan_out_last_tick_ms`` for the tick-age gauge."""
         self._client.set(self.keys(0).fan_out_tick, now_ms)
 
+    # -- the beat lease (docs/architecture.md#beat-lease) -------------------------------------------------------
+
+    def take_beat_lease(self, holder: str, *, held_epoch: int, ttl_ms: int, now_ms: int) -> BeatLease:
+        """Renew the beat lease if ``holder`` still holds it under ``held_epoch``, take it if it is free (a
+        new, larger epoch), else leave it: returns the lease after the call (``lua/beat_lease.lua``)."""
+        require("held_epoch", held_epoch, 0)
+        require("ttl_ms", ttl_ms, 1)
+        if not holder:
+            raise ValueError("holder must be non-empty")
+        k = self.keys(0)
+        epoch, current = self._scripts.beat_lease(
+            keys=[k.beat_lease, k.beat_epoch], args=[holder, held_epoch, ttl_ms, now_ms]
+        )
+        return BeatLease(holder=str(current), epoch=int(epoch))
+
+    def release_beat_lease(self, holder: str, *, epoch: int) -> bool:
+        """Give the lease up (a clean shutdown) if it is still ``holder``'s taking ``epoch``."""
+        return bool(self._scripts.beat_release(keys=[self.keys(0).beat_lease], args=[holder, epoch]))
+
+    def beat_epoch(self) -> int:
+        """The latest epoch the beat lease was taken under (0: never): a message sent under a smaller one came
+        from a beat that has lost the lease since."""
+        return int(self._client.get(self.keys(0).beat_epoch) or 0)
+
 
 class DrainBuffer(Protocol):
     """The drain's contract with the buffer: ``drainer/`` names this type, never ``Buffer``, so that mypy refuses
@@ -327,6 +352,11 @@ class DrainBuffer(Protocol):
     def claim_sends(self, shards: Sequence[int], *, ttl_ms: int) -> list[int]: ...
     def clear_send(self, shard: int) -> None: ...
     def mark_fan_out_tick(self, *, now_ms: int) -> None: ...
+
+    # -- the beat lease
+    def take_beat_lease(self, holder: str, *, held_epoch: int, ttl_ms: int, now_ms: int) -> BeatLease: ...
+    def release_beat_lease(self, holder: str, *, epoch: int) -> bool: ...
+    def beat_epoch(self) -> int: ...
 
 
 _DRAIN_SIDE_IS_A_DRAIN_BUFFER: type[DrainBuffer] = DrainSide  # mypy checks it: the contract names only DrainSide's

@@ -73,6 +73,13 @@ key                                            type    holds / written by
 ``B fan_out:tick``                             STRING  ms of the fan-out's last tick, on shard 0's base only (one key
                                                        for the buffer). ``Buffer.mark_fan_out_tick`` (a plain SET,
                                                        one round trip per tick); read at scrape time
+``B beat:lease``                               HASH    the celery beat allowed to send ticks: ``holder`` (host:pid),
+                                                       ``epoch``, ``since_ms``, ``renewed_ms``; PX = BEAT_LEASE_MS, on
+                                                       shard 0's base only. beat_lease takes and renews it,
+                                                       beat_release deletes it; read at scrape time
+``B beat:epoch``                               STRING  how many times the beat lease was taken (the fencing number a
+                                                       beat's messages carry), shard 0 only; never expires.
+                                                       beat_lease; read by the fan-out's fence
 ``B drained:<bucket ms>``                      STRING  entries that left the buffer (acked or dead-lettered) in the
                                                10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
                                                time for the drain rate and ETA. count_drained; read by
@@ -254,6 +261,15 @@ class ShardKeys:
     def fan_out_tick(self) -> str:
         """Written and read on shard 0's keys only: one tick for the whole buffer."""
         return self.base + "fan_out:tick"
+
+    @property
+    def beat_lease(self) -> str:
+        """Shard 0's keys only, like the tick: one lease for the whole buffer (docs/architecture.md#beat-lease)."""
+        return self.base + "beat:lease"
+
+    @property
+    def beat_epoch(self) -> str:
+        return self.base + "beat:epoch"
 
     def drained(self, bucket_ms: int) -> str:
         """Entries that left the buffer in the bucket starting at ``bucket_ms`` (a multiple of the bucket size)."""

@@ -16,7 +16,7 @@ from buffer.core import BufferCore, require
 from buffer.operators import EnvCensus, ShardTop
 from buffer.stats import ShardStats
 from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
-from buffer.values import Entry, EntryStatus, NodeMemory, Switches, parse_entry, parse_leased
+from buffer.values import BeatLeaseState, Entry, EntryStatus, NodeMemory, Switches, parse_entry, parse_leased
 
 
 class OperatorSide(BufferCore):
@@ -102,6 +102,19 @@ class OperatorSide(BufferCore):
         """When the drain fan-out last ticked (``DrainSide.mark_fan_out_tick``); ``None``: never, on this Redis."""
         tick = self._client.get(self.keys(0).fan_out_tick)
         return None if tick is None else int(tick)
+
+    def beat_lease(self) -> BeatLeaseState | None:
+        """The active beat (``DrainSide.take_beat_lease``); ``None``: no beat holds the lease. One round trip."""
+        k = self.keys(0).beat_lease
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hmget(k, "holder", "epoch", "since_ms", "renewed_ms")
+        pipe.pttl(k)
+        (holder, epoch, since, renewed), ttl = pipe.execute()
+        if holder is None or int(ttl) < 0:
+            return None
+        return BeatLeaseState(
+            holder=holder, epoch=int(epoch), since_ms=int(since), renewed_ms=int(renewed), expires_in_ms=int(ttl)
+        )
 
     def memory(self) -> list[NodeMemory]:
         """Used and max memory of every master (one ``INFO memory`` each), for the gauges and the dashboard: at

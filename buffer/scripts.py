@@ -97,6 +97,8 @@ class Scripts:
     take_lock: Script
     count_drained: Script
     epoch: Script  # the buffer epoch (drainer.epochs)
+    beat_lease: Script  # the one beat that ticks (drainer.beat)
+    beat_release: Script
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
 
 __all__ = [
     "LEASE_FIELDS", "MAX_CANCEL_CHUNK", "AcceptResult", "AcceptStatus", "AckResult", "AckedClaim",
-    "BufferUnavailable", "BulkCancelResult", "Candidate", "ClaimKind", "Entry", "EntryStatus", "EnvCensus",
+    "BeatLease", "BeatLeaseState", "BufferUnavailable", "BulkCancelResult", "Candidate", "ClaimKind", "Entry", "EntryStatus", "EnvCensus",
     "GateArgs", "IdemRef", "LeasedRound", "MutationResult", "MutationStatus", "NodeMemory", "NotReplicated",
     "RestoredKey", "RoundCandidates", "ShardStats", "ShardTop", "StuckScan", "SweepCommit", "SweepCycle",
     "Switches", "TriggerReply", "TriggerStatus", "opt_int", "parse_entry", "parse_leased", "parse_tags",
@@ -186,6 +186,29 @@ class RoundCandidates:
     picks: list[Candidate]
     # Every org of the shard was chosen and none has a second queued env: ``picks`` is everything queued.
     covers_all: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BeatLease:
+    """Who holds the beat lease after a take-or-renew (``Buffer.take_beat_lease``), under which epoch."""
+
+    holder: str
+    epoch: int
+
+    def held_by(self, holder: str) -> bool:
+        return self.holder == holder
+
+
+@dataclass(frozen=True, slots=True)
+class BeatLeaseState:
+    """The beat lease as operators see it (``Buffer.beat_lease``): the active beat, since when (ms), when it
+    last renewed (ms), and how long the lease has left unless renewed (ms)."""
+
+    holder: str
+    epoch: int
+    since_ms: int
+    renewed_ms: int
+    expires_in_ms: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,3 +34,8 @@ DATA_LOSSES = Counter(
     "mollifier_buffer_data_loss_events_total",
     "Checks that found a shard's buffer epoch gone or replaced: the buffer's Redis lost its data (drainer.epochs).",
 )
+
+BEAT_FENCED = Counter(
+    "mollifier_beat_fenced_total",
+    "Scheduled tasks dropped because the beat that sent them had lost the beat lease since (drainer.beat).",
+)

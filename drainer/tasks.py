@@ -14,6 +14,7 @@ from django.db import DatabaseError, close_old_connections
 from buffer.buffer import Buffer
 from buffer.drain_side import DrainBuffer
 from drainer import drain, epochs
+from drainer.beat import Fenced
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
 from runs import engine
@@ -26,7 +27,7 @@ SEND_EXPIRY_TICKS = 5
 SEND_EXPIRY_BUDGETS = 10
 
 
-@shared_task(name="drainer.fan_out", ignore_result=True)
+@shared_task(name="drainer.fan_out", ignore_result=True, base=Fenced)  # a lapsed beat's tick is dropped
 def fan_out() -> list[int]:
     """Send ``drain_shard(k)`` for every shard with work, from an offset that rotates every tick, so
     that with fewer workers than shards no shard waits behind the others every time

@@ -65,6 +65,16 @@ def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[Che
                 id="mollifier.E005",
             )
         )
+    if cfg.BEAT_LEASE_MS < 2 * cfg.BEAT_RENEW_MS:
+        problems.append(
+            Error(
+                f"MOLLIFIER_BEAT_LEASE_MS ({cfg.BEAT_LEASE_MS}) must be at least twice MOLLIFIER_BEAT_RENEW_MS "
+                f"({cfg.BEAT_RENEW_MS}).",
+                hint="The active beat renews its lease every BEAT_RENEW_MS: with less than two renewals per lease, "
+                "one slow Redis call hands the ticks to another beat (docs/operations.md#several-beats).",
+                id="mollifier.E006",
+            )
+        )
     if cfg.SHADOW_MODE and not cfg.ENABLED:
         problems.append(
             Warning(

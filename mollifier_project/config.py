@@ -43,6 +43,12 @@ class MollifierSettings(BaseModel):
     # worker). Idle, a tick costs one pipelined has-work check of every shard (docs/operations.md#celery).
     DRAIN_INTERVAL_S: float = Field(1.0, gt=0)
     DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
+    # Several celery beats, one ticking (docs/operations.md#several-beats): on, each beat sends only while it
+    # holds a lease in the buffer's Redis of BEAT_LEASE_MS, renewed every BEAT_RENEW_MS; a standby takes over
+    # within BEAT_LEASE_MS + BEAT_RENEW_MS of the active beat's death. Off: every beat started ticks.
+    BEAT_LEASE_ENABLED: bool = False
+    BEAT_LEASE_MS: int = Field(10_000, ge=1000, le=600_000)
+    BEAT_RENEW_MS: int = Field(2_000, ge=100)
     # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
     # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
     # written one at a time — twice the crash-recovery cost.
@@ -110,7 +116,9 @@ class MollifierSettings(BaseModel):
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
     METRICS_TOKEN: SecretStr = SecretStr("")
 
-    @field_validator("ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", mode="before")
+    @field_validator(
+        "ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", "BEAT_LEASE_ENABLED", mode="before"
+    )
     @classmethod
     def _strict_flag(cls, value: object) -> object:
         """Accept only the spellings an operator means; ``maybe`` or ``ture`` is an error, not "off"."""

@@ -175,6 +175,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 # Beat entries exist only when their feature flag is on (docs/architecture.md#drain, #stale-sweep): off means not scheduled at all.
 CELERY_BEAT_SCHEDULE = {}
+# Several beats, one ticking (docs/operations.md#several-beats): on, each beat sends only while it holds the beat
+# lease. Off: Celery's own scheduler, and every beat started ticks.
+if MOLLIFIER.BEAT_LEASE_ENABLED:
+    CELERY_BEAT_SCHEDULER = "drainer.beat:LeasedScheduler"
 if MOLLIFIER.DRAINER_ENABLED:
     CELERY_BEAT_SCHEDULE["drain-fan-out"] = {
         "task": "drainer.fan_out",

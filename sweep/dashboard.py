@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from buffer.values import NodeMemory, ShardStats
+from buffer.values import BeatLeaseState, NodeMemory, ShardStats
 
 MEMORY_HIGH = 0.8  # used / maxmemory above which a master is "high" (alert MollifierBufferMemoryHigh)
 MEMORY_FULL = 0.95  # … and "full" (alert MollifierBufferMemoryFull): triggers fail open at maxmemory
@@ -377,6 +377,15 @@ def eta(seconds: float | None) -> str:
 def age_text(ms: int | None) -> str:
     """How long ago something happened, or "never" (``None``: no record)."""
     return "never" if ms is None else duration(ms)
+
+
+def beat_text(lease: BeatLeaseState | None, *, lease_enabled: bool, now_ms: int) -> str:
+    """Which beat ticks (docs/operations.md#several-beats): the lease's holder and since when, or why none is named."""
+    if not lease_enabled:
+        return "lease off (every beat started ticks)"
+    if lease is None:
+        return "none holds the lease (no ticks until one takes it)"
+    return f"{lease.holder}, lease epoch {lease.epoch}, ticking for {duration(max(0, now_ms - lease.since_ms))}"
 
 
 def _age(ms: int | None) -> str:

@@ -10,12 +10,13 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from buffer.buffer import Buffer
+from drainer.beat import Fenced
 from mollifier_project.clock import now_ms
 from sweep import sweep
 from sweep.sweep import SweepLimits
 
 
-@shared_task(name="sweep.fan_out", ignore_result=True)
+@shared_task(name="sweep.fan_out", ignore_result=True, base=Fenced)  # a lapsed beat's tick is dropped
 def fan_out() -> list[int]:
     """Send one ``sweep_shard(k)`` per shard, expiring with the interval so ticks never pile up. With the
     sweep switched off, clear every shard's state instead (the stale gauge then reads 0)."""

@@ -20,7 +20,8 @@ Two kinds of numbers, kept apart on purpose:
 
 No label carries an env or org id (the series count would grow with the tenants); per-tenant detail goes
 to the JSON logs and the admin. The gauge labels are ``shard``, on the per-shard series (0 … SHARDS − 1, fixed by
-configuration), and ``node``, on the memory series (host:port of each master, fixed by the deployment).
+configuration), ``node``, on the memory series (host:port of each master, fixed by the deployment), and ``beat``
+on the active-beat series (host:pid of the beat holding the beat lease: one series at a time).
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class BufferCollector:
                 "Seconds since the drain fan-out (celery beat) last ticked; +Inf when it never did on this Redis.",
                 math.inf if tick_ms is None else max(0, self.now_ms - tick_ms) / 1000,
             )
+        yield from _beat(self.buffer)
         # Per shard: one lock holder drains a shard at a time, so one hot shard can lag however many workers
         # run while the overall ETA looks fine. The worst shard's ETA is one unlabelled series (what the alert
         # reads; a `shard` label on it would change whenever another shard became the worst); the per-shard
@@ -138,6 +140,28 @@ class BufferCollector:
             etas,
         )
         yield from _memory(self.buffer)
+
+
+def _beat(buffer: Buffer) -> Iterator[Metric]:
+    """Which beat ticks: ``mollifier_beat_active_info{beat="host:pid"} 1`` for the holder of the beat lease (no
+    sample while none holds it, and always with the lease off), and the epoch it holds (0: never taken). One
+    label value at a time, a host:pid the deployment chose (docs/operations.md#several-beats)."""
+    try:
+        lease = buffer.beat_lease()
+    except BufferUnavailable:
+        log.warning("metrics: the beat lease could not be read, its gauges left out", exc_info=True)
+        return
+    info = GaugeMetricFamily(
+        "mollifier_beat_active_info", "The celery beat that holds the beat lease (the one that ticks).", labels=["beat"]
+    )
+    if lease is not None:
+        info.add_metric([lease.holder], 1)
+    yield info
+    yield _gauge(
+        "mollifier_beat_lease_epoch",
+        "How many times the beat lease was taken, as of its current holder (0: none holds it now).",
+        0 if lease is None else lease.epoch,
+    )
 
 
 def _memory(buffer: Buffer) -> Iterator[Metric]:

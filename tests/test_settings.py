@@ -27,6 +27,10 @@ DESIGN_DEFAULTS = {
     "HOLD_MS": 500,
     "DRAIN_INTERVAL_S": 1,
     "DRAIN_TIME_BUDGET_MS": 2000,
+    # not in §14: several beats, one ticking (issue 20), docs/operations.md#several-beats
+    "BEAT_LEASE_ENABLED": False,
+    "BEAT_LEASE_MS": 10_000,
+    "BEAT_RENEW_MS": 2_000,
     "DRAIN_LEASE_AHEAD": False,
     "ROUND_BUDGET": 1000,
     "ROUND_MAX_BYTES": 64 * 1024 * 1024,
@@ -97,6 +101,9 @@ def test_values_are_read_from_prefixed_variables():
         ("MOLLIFIER_PACKET_ORIGIN", "ftp://packets.example.com"),
         ("MOLLIFIER_WEB_BODY_MIN_RATE", "0"),
         ("MOLLIFIER_WEB_HEAD_TIMEOUT_S", "-1"),
+        ("MOLLIFIER_BEAT_LEASE_ENABLED", "maybe"),
+        ("MOLLIFIER_BEAT_LEASE_MS", "999"),
+        ("MOLLIFIER_BEAT_RENEW_MS", "99"),
     ],
 )
 def test_bad_value_raises_improperly_configured_naming_the_variable(variable, value):
@@ -205,6 +212,9 @@ def test_default_settings_pass_every_combination_check(mollifier_settings):
         ({"REQUEST_KEY_FENCE_MS": 250, "REDIS_REQUEST_TIMEOUT_MS": 250}, {"mollifier.E005"}),
         ({"REQUEST_KEY_FENCE_MS": 1, "REDIS_REQUEST_TIMEOUT_MS": 250}, {"mollifier.E005"}),
         ({"REQUEST_KEY_FENCE_MS": 251, "REDIS_REQUEST_TIMEOUT_MS": 250}, set()),
+        # A beat lease with fewer than two renewals in it: one slow call hands the ticks to another beat.
+        ({"BEAT_LEASE_MS": 3999, "BEAT_RENEW_MS": 2000}, {"mollifier.E006"}),
+        ({"BEAT_LEASE_MS": 4000, "BEAT_RENEW_MS": 2000}, set()),
     ],
 )
 def test_each_check_fires_exactly_on_its_combination(mollifier_settings, overrides, expected):

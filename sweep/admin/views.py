@@ -106,6 +106,7 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         switches = buffer.switch_counts()
         memory = dashboard.memory_rows(buffer.memory())
         tick_ms = buffer.fan_out_last_tick_ms()
+        beat = buffer.beat_lease()
     except BufferUnavailable as exc:
         return _unavailable(request, "dashboard.html", title, exc)
     bound = stuck_after_ms()
@@ -131,6 +132,7 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         flags=current, verdict=verdict, totals=totals, rows=shown, idle=len(rows) - len(shown), show_all=show_all,
         shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s), memory=memory, stuck_after=dashboard.duration(bound),
         fan_out_tick=dashboard.age_text(tick_age_ms), switched=switched,
+        active_beat=dashboard.beat_text(beat, lease_enabled=settings.MOLLIFIER.BEAT_LEASE_ENABLED, now_ms=now),
     )  # fmt: skip
 
 

@@ -149,9 +149,10 @@ class Cluster:
             {"DRAINTEST_CRASH": crash} if crash else {},
         )  # fmt: skip
 
-    def start_beat(self) -> Process:
-        schedule = self.log_dir / "beat-schedule"
-        return self._start("beat", ["beat", "--schedule", str(schedule), "--loglevel", "INFO"], {})
+    def start_beat(self, name: str = "beat") -> Process:
+        """A ``celery beat`` with a schedule file of its own (several beats may run: ``drainer.beat``)."""
+        schedule = self.log_dir / f"{name}-schedule"
+        return self._start(name, ["beat", "--schedule", str(schedule), "--loglevel", "INFO"], {})
 
     def wait_ready(self, *processes: Process, timeout: float = 30.0) -> None:
         names = {p.name for p in processes}
@@ -209,6 +210,10 @@ class Cluster:
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         events = [json.loads(raw) for raw in self.redis.lrange(self.events_key, 0, -1)]
         return [e for e in events if kind is None or e["event"] == kind]
+
+    def sends(self, task: str) -> list[dict[str, Any]]:
+        """Messages of ``task`` published by this test's processes (a beat's ticks): name, pid, at, beat epoch."""
+        return [e for e in self.events("sent") if e["task"] == task]
 
     def drain_reports(self) -> list[dict[str, Any]]:
         """Finished ``drain_shard`` tasks: name, pid, shard, started/ended, retval, created (run ids)."""

@@ -6,8 +6,9 @@ Environment (set by ``tests.drainer.processes``):
 
 - ``DRAINTEST_NAME``: this process's name, carried in its events.
 - ``DRAINTEST_EVENTS``: a Redis list (under the test's key prefix, so the test's cleanup removes it);
-  one JSON object per worker start (``ready``) and per finished task (``task``: name, shard, pid,
-  start/end times, return value, ids of the rows it created).
+  one JSON object per worker start (``ready``), per finished task (``task``: name, shard, pid,
+  start/end times, return value, ids of the rows it created, the beat epoch its message carried) and per
+  message published (``sent``: task, time, beat epoch — a beat's ticks, counted per beat).
 - ``DRAINTEST_BROKER_PREFIX``: kombu's ``global_keyprefix``: this test's broker keys never meet another
   test's (a stale drain tick from an earlier test would otherwise drain at the wrong moment).
 - ``DRAINTEST_CRASH=after_commit``: SIGKILL this process on its first ``run_created``. The engine sends
@@ -26,6 +27,7 @@ from typing import Any
 import redis
 from celery import signals as celery_signals
 
+from drainer.beat import EPOCH_HEADER
 from mollifier_project.celery import app
 from runs.signals import run_created
 
@@ -56,10 +58,18 @@ def _beat_ready(**kwargs: Any) -> None:
     _record({"event": "ready"})
 
 
+@celery_signals.before_task_publish.connect
+def _sent(sender: Any = None, headers: Any = None, **kwargs: Any) -> None:
+    _record({"event": "sent", "task": sender, "at": time.time(), "epoch": (headers or {}).get(EPOCH_HEADER)})
+
+
 @celery_signals.task_prerun.connect
 def _started(task: Any = None, args: Any = None, **kwargs: Any) -> None:
     _task.clear()
-    _task.update(task=task.name, shard=args[0] if args else None, started=time.time(), created=[])
+    _task.update(
+        task=task.name, shard=args[0] if args else None, started=time.time(), created=[],
+        epoch=getattr(task.request, EPOCH_HEADER, None),
+    )  # fmt: skip
 
 
 @celery_signals.task_postrun.connect
