@@ -283,8 +283,10 @@ class DrainSide(BufferCore):
 
     def mark_fan_out_tick(self, *, now_ms: int) -> None:
         """The fan-out ticked at ``now_ms``: one SET on shard 0's keys (one round trip per tick, the only
-        idle cost of the liveness record). Read by ``Buffer.fan_out_last_tick_ms`` for the tick-age gauge."""
-        self._client.set(self.keys(0).fan_out_tick, now_ms)
+        idle cost of the liveness record). Read by ``Buffer.fan_out_last_tick_ms`` for the tick-age gauge. A
+        script (``lua/mark_tick.lua``), so that it runs at maxmemory too: the fan-out comes after it."""
+        k = self.keys(0).fan_out_tick
+        self._scripts.mark_tick(keys=[k], args=[now_ms])
 
     # -- the beat lease (docs/architecture.md#beat-lease) -------------------------------------------------------
 

@@ -71,7 +71,7 @@ key                                            type    holds / written by
                                                        the last-progress gauge. count_drained (written only when
                                                        something left, so an idle shard costs nothing); never expires
 ``B fan_out:tick``                             STRING  ms of the fan-out's last tick, on shard 0's base only (one key
-                                                       for the buffer). ``Buffer.mark_fan_out_tick`` (a plain SET,
+                                                       for the buffer). ``Buffer.mark_fan_out_tick`` (mark_tick, runs at maxmemory;
                                                        one round trip per tick); read at scrape time
 ``B beat:lease``                               HASH    the celery beat allowed to send ticks: ``holder`` (host:pid),
                                                        ``epoch``, ``since_ms``, ``renewed_ms``; PX = BEAT_LEASE_MS, on

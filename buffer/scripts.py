@@ -94,6 +94,7 @@ class Scripts:
     dead_letter_env: Script
     cancel_many: Script  # bulk actions (runs.bulk)
     claim_send: Script  # the drain's own writes outside its scripts, runnable at maxmemory (lib/full_memory.lua)
+    mark_tick: Script
     take_lock: Script
     count_drained: Script
     epoch: Script  # the buffer epoch (drainer.epochs)

