@@ -97,6 +97,7 @@ class Scripts:
     take_lock: Script
     count_drained: Script
     epoch: Script  # the buffer epoch (drainer.epochs)
+    chart_sample: Script  # the dashboard charts' samples (buffer.charts)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
