@@ -43,6 +43,9 @@ class MollifierSettings(BaseModel):
     # worker). Idle, a tick costs one pipelined has-work check of every shard (docs/operations.md#celery).
     DRAIN_INTERVAL_S: float = Field(1.0, gt=0)
     DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
+    # The dashboard charts (docs/operations.md#dashboard-charts): one fan-out tick per this many seconds keeps a
+    # sample of every shard (two Redis round trips; the other ticks pay nothing more). 0: no samples, no charts.
+    CHART_SAMPLE_S: int = Field(15, ge=0, le=600)
     # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
     # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
     # written one at a time — twice the crash-recovery cost.

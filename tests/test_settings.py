@@ -27,6 +27,7 @@ DESIGN_DEFAULTS = {
     "HOLD_MS": 500,
     "DRAIN_INTERVAL_S": 1,
     "DRAIN_TIME_BUDGET_MS": 2000,
+    "CHART_SAMPLE_S": 15,  # not in §14: the dashboard charts' sample interval (issue 18), docs/operations.md
     "DRAIN_LEASE_AHEAD": False,
     "ROUND_BUDGET": 1000,
     "ROUND_MAX_BYTES": 64 * 1024 * 1024,
