@@ -3,7 +3,8 @@
 The fan-out tick that wins ``chart:due`` (``DrainSide.mark_fan_out_tick``, in the tick's own round trip) reads
 every shard's stats (``buffer.stats``, one pipelined round trip) and appends one sample per shard with
 ``lua/chart_sample.lua`` (one more pipelined round trip): ``(t_ms, depth, drained_total, oldest_age_ms)``.
-A tick that does not win costs nothing more, so an idle buffer pays two round trips per interval, not per tick.
+Only the ticks at a window's start ask for the gate (``drainer.tasks.chart_gate_ms``) and a tick that does not
+win it costs nothing more: the buffer pays two round trips per interval, not per tick.
 
 Each shard keeps the last ``cap_for(every_s)`` samples (an hour and a bit), newest first, in a LIST of
 ``<t>:<depth>:<drained>:<age>`` strings of about 35 bytes; at the default 15 s interval that is 242 samples,

@@ -35,8 +35,9 @@ def fan_out() -> list[int]:
     buffer = Buffer.from_settings()
     now = now_ms()
     # Whether or not the drainer is on: the tick-age gauge says whether beat runs (docs/operations.md#liveness).
-    # The chart sample is due on one tick per CHART_SAMPLE_S, asked in the tick mark's own round trip.
-    chart_due = buffer.mark_fan_out_tick(now_ms=now, chart_every_ms=cfg.CHART_SAMPLE_S * 1000)
+    # A chart sample is due on one tick per CHART_SAMPLE_S, asked in the tick mark's own round trip.
+    gate_ms = chart_gate_ms(now, every_s=cfg.CHART_SAMPLE_S, interval_s=cfg.DRAIN_INTERVAL_S)
+    chart_due = buffer.mark_fan_out_tick(now_ms=now, chart_every_ms=gate_ms)
     shards: list[int] = []
     if cfg.DRAINER_ENABLED:
         tick = int(now / 1000 / cfg.DRAIN_INTERVAL_S)
@@ -48,6 +49,20 @@ def fan_out() -> list[int]:
     if chart_due:  # after the sends, so they never wait for it; also with the drainer off (the charts show it)
         record_chart_samples(buffer, now_ms=now, every_s=cfg.CHART_SAMPLE_S)
     return shards
+
+
+def chart_gate_ms(now_ms: int, *, every_s: int, interval_s: float) -> int:
+    """How long this tick would hold the chart-sample gate, or 0 when it need not ask for it
+    (docs/operations.md#dashboard-charts). Only the ticks in the first two tick intervals of each ``every_s``
+    window ask, so the other ticks cost exactly what they did before the charts; two intervals, so that one
+    late tick does not lose the window's sample. The gate lives half a window: one tick of the window wins it,
+    and it is free again by the next window. ``every_s`` 0: the charts are off."""
+    if every_s <= 0:
+        return 0
+    every_ms = every_s * 1000
+    if now_ms % every_ms >= 2 * interval_s * 1000:
+        return 0
+    return max(1, every_ms // 2)
 
 
 def record_chart_samples(buffer: Buffer, *, now_ms: int, every_s: int) -> None:

@@ -3,8 +3,14 @@ samples written by a real fan-out tick, the SVG in the page, the "no samples yet
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
+import django.contrib.admin
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -17,6 +23,7 @@ from tests.factories import EnvironmentFactory
 pytestmark = pytest.mark.django_db
 
 DASHBOARD = reverse("buffer_admin:dashboard")
+ADMIN_STATIC = Path(django.contrib.admin.__file__).parent / "static"
 SVG = "{http://www.w3.org/2000/svg}"
 CHART = '<svg xmlns="http://www.w3.org/2000/svg" class="buffer-chart"'
 
@@ -90,10 +97,54 @@ def test_the_charts_need_the_view_permission(buffer):
 
 
 def test_the_fan_out_tick_keeps_one_sample_per_interval_also_with_the_drainer_off(buffer, mollifier_settings):
-    mollifier_settings(DRAINER_ENABLED=False, CHART_SAMPLE_S=15)
+    # A window of 2 s and ticks of 1 s: every tick asks for the gate, whatever the clock says now.
+    mollifier_settings(DRAINER_ENABLED=False, CHART_SAMPLE_S=2, DRAIN_INTERVAL_S=1.0)
 
     tasks.fan_out()
     tasks.fan_out()  # the next tick of the same interval: no second sample
 
-    per_shard = buffer.chart_samples(every_s=15)
+    per_shard = buffer.chart_samples(every_s=2)
     assert [len(samples) for samples in per_shard] == [1] * buffer.shards
+
+
+MEASURE = """<script>window.addEventListener('load', () => {
+  const charts = document.getElementById('charts');
+  document.body.setAttribute('data-measure', JSON.stringify({
+    page: document.documentElement.scrollWidth, window: window.innerWidth,
+    charts: charts.scrollWidth, room: charts.clientWidth,
+    drawn: document.querySelectorAll('svg.buffer-chart polyline').length}));
+});</script></body>"""
+
+
+def test_the_charts_fit_a_1366px_window(admin_client, buffer, accept, tmp_path):
+    """Measured in a real browser (headless Chromium, 1366 × 768): the charts render (their polylines are in the
+    DOM) and wrap instead of widening the page."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not chromium:
+        pytest.skip("no Chromium to measure the page with (apt-get install chromium)")
+    now = now_ms()
+    envs: dict[int, object] = {}
+    while len(envs) < buffer.shards:  # every shard busy: the most rows the dashboard draws
+        env = EnvironmentFactory()
+        envs.setdefault(buffer.shard_for(env.org_id), env)
+    for env in envs.values():
+        accept(env, 1, now_ms=now - 45_000)
+    for i in range(3):
+        buffer.record_chart_samples(now_ms=now - (2 - i) * 15_000, every_s=15)
+    html = admin_client.get(DASHBOARD, {"refresh": "0"}).content.decode()
+    page = tmp_path / "dashboard.html"
+    page.write_text(html.replace('"/static/', f'"file://{ADMIN_STATIC}/').replace("</body>", MEASURE))
+
+    done = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1366,768",
+         "--allow-file-access-from-files", "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    found = re.search(r'data-measure="([^"]+)"', done.stdout)
+    assert found, done.stderr[-2000:]
+    size = json.loads(found.group(1).replace("&quot;", '"'))
+    assert size["window"] == 1366
+    assert size["drawn"] == 3 + 3 * buffer.shards  # the browser parsed every chart's line
+    assert size["charts"] <= size["room"], size
+    assert size["page"] <= size["window"], size
