@@ -39,8 +39,13 @@ class Size:
     top: int = 18  # the title
     bottom: int = 16  # the time ticks
 
+    @property
+    def roomy(self) -> bool:
+        """Wide enough to write "−60 min" beside "−45" (a small chart writes "−60")."""
+        return self.width >= 300
 
-BIG = Size(330, 130)
+
+BIG = Size(310, 130)  # three side by side beside the admin sidebar at 1366 px
 SMALL = Size(250, 92)
 
 
@@ -171,8 +176,9 @@ def svg(points: Sequence[Point], metric: Metric, *, now_ms: int, gap_ms: int, si
     ]
     for minutes in TICKS_MIN:
         tx = _n(x(now_ms - minutes * 60_000))
-        text = "now" if minutes == 0 else f"−{minutes} min" if minutes == TICKS_MIN[0] else f"−{minutes}"
-        anchor = "end" if minutes == 0 else "start" if minutes == TICKS_MIN[0] else "middle"
+        first = minutes == TICKS_MIN[0]
+        text = "now" if minutes == 0 else f"−{minutes} min" if first and size.roomy else f"−{minutes}"
+        anchor = "end" if minutes == 0 else "start" if first else "middle"
         out.append(f'<line class="tick" x1="{tx}" y1="{y1}" x2="{tx}" y2="{y1 + 3}" stroke="#999" stroke-width="1"/>')
         out.append(
             f'<text class="tick" x="{tx}" y="{size.height - 3}" font-size="10" text-anchor="{anchor}">{_e(text)}</text>'

@@ -15,7 +15,7 @@ EVERY_S = 15
 T0 = 1_800_000_000_000
 
 
-def test_recording_caps_the_series_and_keeps_it_oldest_first(buffer: Buffer):
+def test_recording_caps_the_series_and_keeps_it_oldest_first(buffer: Buffer, redis_client):
     cap = charts.cap_for(EVERY_S)
     times = [T0 + i * EVERY_S * 1000 for i in range(cap + 7)]
     for t in times:
@@ -27,6 +27,7 @@ def test_recording_caps_the_series_and_keeps_it_oldest_first(buffer: Buffer):
     for samples in per_shard:
         assert [s.t_ms for s in samples] == times[-cap:]  # the oldest 7 trimmed, the order kept
     assert cap == 242  # an hour at 15 s, plus the hour's first edge and one early tick
+    assert {redis_client.llen(ShardKeys(buffer.prefix, k).chart) for k in range(buffer.shards)} == {cap}  # stored
 
 
 def test_a_sample_not_half_an_interval_after_the_newest_is_refused(buffer: Buffer):

@@ -84,6 +84,8 @@ def test_a_chart_is_valid_svg_with_one_point_per_sample_axes_max_and_time_ticks(
     assert len(list(root.iter(f"{SVG}line"))) == 2 + len(charts.TICKS_MIN)  # two axes and a mark per tick
     assert "2,500" in root.findtext(f"{SVG}title", "")
     assert root.get("role") == "img" and "style" not in charts.svg(points, charts.DEPTH, now_ms=NOW, gap_ms=GAP_MS)
+    small = texts(parse(charts.svg(points, charts.DEPTH, now_ms=NOW, gap_ms=GAP_MS, size=charts.SMALL)))
+    assert [w for w in small if w.startswith("−") or w == "now"] == ["−60", "−45", "−30", "−15", "now"]  # no overlap
 
 
 def test_a_missed_sample_breaks_the_line_and_a_lone_sample_is_a_dot():
