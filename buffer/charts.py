@@ -31,7 +31,7 @@ class ChartSample:
 
     t_ms: int
     depth: int  # queued + retrying
-    drained_total: int  # entries that ever left the shard: a counter (falls only when Redis lost its data)
+    drained_total: int  # entries that ever left the shard: a counter (falls only when Redis went back)
     oldest_age_ms: int | None  # the oldest due entry's age; None when nothing waits
 
 

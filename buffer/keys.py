@@ -78,7 +78,8 @@ key                                            type    holds / written by
                                                time for the drain rate and ETA. count_drained; read by
                                                ``buffer.stats``
 ``B drained:total``                             STRING  entries that ever left the shard (acked or dead-lettered): a counter
-                                                       that only grows, reset only by a Redis that lost its data.
+                                                       that only grows, except after a Redis went back in time (restarted
+                                                       from an older snapshot, a lagging replica promoted).
                                                        count_drained; read by chart_sample (the charts' drain rate)
 ``B chart``                                    LIST    the dashboard's chart samples, newest first,
                                                        ``<t ms>:<depth>:<drained total>:<oldest age ms or -1>``,

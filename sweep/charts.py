@@ -6,8 +6,8 @@ No script and no ``style`` attribute: only SVG elements and presentation attribu
 Policy without ``unsafe-inline`` still renders. Every text drawn (titles, labels) is escaped here.
 
 The drain rate between two samples of a shard is the difference of its drained total over the time between
-them; a total that fell (a Redis that lost its data restarted it from 0) counts from 0, as Prometheus'
-``rate()`` does, so a reset never draws a negative rate or a spike.
+them. A total that fell (a Redis restarted from an older snapshot, or a lagging replica promoted) counts from
+0, as Prometheus' ``rate()`` does, so a reset never draws a negative rate or a spike.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class Charts:
 
 def drain_rates(samples: Sequence[ChartSample]) -> list[Point]:
     """Entries per second that left the shard between consecutive samples (oldest first), at the later sample's
-    time. A drained total lower than the one before was reset (Redis lost its data): the entries since the
+    time. A drained total lower than the one before was reset (Redis went back in time): the entries since the
     reset are the new total."""
     rates = []
     for a, b in itertools.pairwise(samples):

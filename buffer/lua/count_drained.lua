@@ -14,7 +14,8 @@ ARGV[3]  now ms (the drain's clock): the time of this progress
 Returns the bucket's new count.
 Guarantees: the bucket always carries its TTL; drain:progress never goes back in time (a round that
 finished late with an older clock leaves a later progress in place) and never expires; drained:total grows by
-count, never expires, and restarts from 0 only with a Redis that lost its data (the charts treat a fall as a reset).
+count and never expires; it falls only with a Redis that went back in time (an older snapshot, a lagging
+replica promoted), which the charts treat as a counter reset.
 ]]
 full_memory_ok(KEYS[1])
 local n = redis.call('INCRBY', KEYS[1], ARGV[1])
