@@ -10,6 +10,7 @@ import pytest
 from buffer import charts
 from buffer.buffer import Buffer
 from buffer.keys import ShardKeys
+from tests.buffer.invariants import assert_consistent
 
 EVERY_S = 15
 T0 = 1_800_000_000_000
@@ -52,6 +53,7 @@ def test_a_sample_holds_the_shards_depth_drained_total_and_oldest_age(buffer: Bu
     per_shard = buffer.chart_samples(every_s=EVERY_S)
     assert per_shard[2] == [charts.ChartSample(T0, depth=4, drained_total=9, oldest_age_ms=90_000)]
     assert per_shard[0] == [charts.ChartSample(T0, depth=0, drained_total=0, oldest_age_ms=None)]
+    assert_consistent(buffer)  # the new keys have the schema's shapes
 
 
 def test_an_unreadable_sample_is_skipped(buffer: Buffer, redis_client):
