@@ -183,7 +183,7 @@ class DrainSide(BufferCore):
         if count == 0:
             return
         k = self.keys(shard)
-        keys = [k.drained(stats.bucket_of(now_ms)), k.drain_progress]
+        keys = [k.drained(stats.bucket_of(now_ms)), k.drain_progress, k.drained_total]
         self._scripts.count_drained(keys=keys, args=[count, stats.BUCKET_TTL_MS, now_ms])  # runs at maxmemory too
 
     # -- the outage circuit, the clock, the epochs ----------------------------------------------------------
@@ -281,12 +281,17 @@ class DrainSide(BufferCore):
         """The shard's drain task has left the broker (it is running): the next tick may send another."""
         self._client.delete(self.keys(shard).drain_sent)
 
-    def mark_fan_out_tick(self, *, now_ms: int) -> None:
-        """The fan-out ticked at ``now_ms``: one SET on shard 0's keys (one round trip per tick, the only
+    def mark_fan_out_tick(self, *, now_ms: int, chart_every_ms: int = 0) -> bool:
+        """The fan-out ticked at ``now_ms``: one script call on shard 0's keys (one round trip per tick, the only
         idle cost of the liveness record). Read by ``Buffer.fan_out_last_tick_ms`` for the tick-age gauge. A
-        script (``lua/mark_tick.lua``), so that it runs at maxmemory too: the fan-out comes after it."""
-        k = self.keys(0).fan_out_tick
-        self._scripts.mark_tick(keys=[k], args=[now_ms])
+        script (``lua/mark_tick.lua``), so that it runs at maxmemory too: the fan-out comes after it.
+
+        ``chart_every_ms`` > 0: the same call also asks whether this tick takes the dashboard's next chart
+        sample (a SET NX PX of ``chart:due``: one tick per interval wins, however many beats or workers tick).
+        Returns ``True`` when it does (``Buffer.record_chart_samples``); always ``False`` with 0."""
+        require("chart_every_ms", chart_every_ms, 0)
+        k = self.keys(0)
+        return int(self._scripts.mark_tick(keys=[k.fan_out_tick, k.chart_due], args=[now_ms, chart_every_ms])) == 1
 
     # -- the beat lease (docs/architecture.md#beat-lease) -------------------------------------------------------
 
@@ -353,7 +358,7 @@ class DrainBuffer(Protocol):
     def shard_has_work(self, shards: Iterable[int] | None = None) -> list[bool]: ...
     def claim_sends(self, shards: Sequence[int], *, ttl_ms: int) -> list[int]: ...
     def clear_send(self, shard: int) -> None: ...
-    def mark_fan_out_tick(self, *, now_ms: int) -> None: ...
+    def mark_fan_out_tick(self, *, now_ms: int, chart_every_ms: int = 0) -> bool: ...
 
     # -- the beat lease
     def take_beat_lease(self, holder: str, *, held_epoch: int, ttl_ms: int, now_ms: int) -> BeatLease: ...

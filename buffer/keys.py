@@ -84,6 +84,17 @@ key                                            type    holds / written by
                                                10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
                                                time for the drain rate and ETA. count_drained; read by
                                                ``buffer.stats``
+``B drained:total``                             STRING  entries that ever left the shard (acked or dead-lettered): a counter
+                                                       that only grows, except after a Redis went back in time (restarted
+                                                       from an older snapshot, a lagging replica promoted).
+                                                       count_drained; read by chart_sample (the charts' drain rate)
+``B chart``                                    LIST    the dashboard's chart samples, newest first,
+                                                       ``<t ms>:<depth>:<drained total>:<oldest age ms or -1>``,
+                                                       capped (``buffer.charts.CAP``). chart_sample; read by
+                                                       ``Buffer.chart_samples`` (docs/operations.md#dashboard-charts)
+``B chart:due``                                STRING  on shard 0's base only: set (NX PX the sample interval) by the
+                                                       fan-out tick that takes the buffer's next chart sample.
+                                                       ``Buffer.mark_fan_out_tick``, in the tick's own round trip
 ``B sweep:orgs``                               LIST    the stale sweep's frozen org list: a sorted copy of ``orgs``
                                                taken when a cycle starts, deleted when it wraps. sweep
 ``B sweep:cursor``                             STRING  index in ``sweep:orgs`` of the next org to visit. sweep
@@ -274,6 +285,21 @@ class ShardKeys:
     def drained(self, bucket_ms: int) -> str:
         """Entries that left the buffer in the bucket starting at ``bucket_ms`` (a multiple of the bucket size)."""
         return f"{self.base}drained:{bucket_ms}"
+
+    @property
+    def drained_total(self) -> str:
+        """Entries that ever left the shard: the charts derive the drain rate from its differences."""
+        return self.base + "drained:total"
+
+    @property
+    def chart(self) -> str:
+        """The shard's capped series of dashboard chart samples, newest first."""
+        return self.base + "chart"
+
+    @property
+    def chart_due(self) -> str:
+        """Written and read on shard 0's keys only: the gate that lets one fan-out tick per interval sample."""
+        return self.base + "chart:due"
 
     @property
     def sweep_orgs(self) -> str:

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from buffer import operators, stats, sweep_state
+from buffer import charts, operators, stats, sweep_state
 from buffer.cluster import primaries
 from buffer.core import BufferCore, require
 from buffer.operators import EnvCensus, ShardTop
 from buffer.stats import ShardStats
 from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
-from buffer.values import BeatLeaseState, Entry, EntryStatus, NodeMemory, Switches, parse_entry, parse_leased
+from buffer.values import (
+    BeatLeaseState,
+    ChartSample,
+    Entry,
+    EntryStatus,
+    NodeMemory,
+    Switches,
+    parse_entry,
+    parse_leased,
+)
 
 
 class OperatorSide(BufferCore):
@@ -115,6 +124,22 @@ class OperatorSide(BufferCore):
         return BeatLeaseState(
             holder=holder, epoch=int(epoch), since_ms=int(since), renewed_ms=int(renewed), expires_in_ms=int(ttl)
         )
+
+    def record_chart_samples(self, *, now_ms: int, every_s: int) -> int:
+        """Append one chart sample per shard (its depth, drained total and oldest age at ``now_ms``), keeping the
+        last ``charts.cap_for(every_s)``: two pipelined round trips whatever the number of shards. Called by the
+        fan-out tick that ``mark_fan_out_tick`` said is due. Returns how many shards took a sample."""
+        shard_keys = [self.keys(s) for s in range(self.shards)]
+        now_stats = stats.read(self._client, self._scripts, shard_keys, now_ms=now_ms)
+        return charts.record(
+            self._client, self._scripts, shard_keys, now_stats, now_ms=now_ms, every_ms=every_s * 1000,
+            cap=charts.cap_for(every_s),
+        )  # fmt: skip
+
+    def chart_samples(self, *, every_s: int) -> list[list[ChartSample]]:
+        """Every shard's chart samples, oldest first, in shard order (at most ``charts.cap_for(every_s)`` each):
+        one pipelined round trip, what the dashboard draws (docs/operations.md#dashboard-charts)."""
+        return charts.read(self._client, [self.keys(s) for s in range(self.shards)], limit=charts.cap_for(every_s))
 
     def memory(self) -> list[NodeMemory]:
         """Used and max memory of every master (one ``INFO memory`` each), for the gauges and the dashboard: at

@@ -100,6 +100,7 @@ class Scripts:
     epoch: Script  # the buffer epoch (drainer.epochs)
     beat_lease: Script  # the one beat that ticks (drainer.beat)
     beat_release: Script
+    chart_sample: Script  # the dashboard charts' samples (buffer.charts)
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from enum import StrEnum
 import redis
 
 from buffer import stored_snapshot
+from buffer.charts import ChartSample
 from buffer.keys import ClaimKind
 from buffer.operators import EnvCensus, ShardTop
 from buffer.stats import ShardStats
@@ -23,7 +24,7 @@ from buffer.sweep_state import StuckScan, SweepCommit, SweepCycle
 
 __all__ = [
     "LEASE_FIELDS", "MAX_CANCEL_CHUNK", "AcceptResult", "AcceptStatus", "AckResult", "AckedClaim",
-    "BeatLease", "BeatLeaseState", "BufferUnavailable", "BulkCancelResult", "Candidate", "ClaimKind", "Entry", "EntryStatus", "EnvCensus",
+    "BeatLease", "BeatLeaseState", "BufferUnavailable", "BulkCancelResult", "Candidate", "ChartSample", "ClaimKind", "Entry", "EntryStatus", "EnvCensus",
     "GateArgs", "IdemRef", "LeasedRound", "MutationResult", "MutationStatus", "NodeMemory", "NotReplicated",
     "RestoredKey", "RoundCandidates", "ShardStats", "ShardTop", "StuckScan", "SweepCommit", "SweepCycle",
     "Switches", "TriggerReply", "TriggerStatus", "opt_int", "parse_entry", "parse_leased", "parse_tags",

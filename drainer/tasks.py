@@ -11,7 +11,7 @@ from celery import shared_task
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
-from buffer.buffer import Buffer
+from buffer.buffer import Buffer, BufferUnavailable
 from buffer.drain_side import DrainBuffer
 from drainer import drain, epochs
 from drainer.beat import Fenced
@@ -36,16 +36,43 @@ def fan_out() -> list[int]:
     buffer = Buffer.from_settings()
     now = now_ms()
     # Whether or not the drainer is on: the tick-age gauge says whether beat runs (docs/operations.md#liveness).
-    buffer.mark_fan_out_tick(now_ms=now)
-    if not cfg.DRAINER_ENABLED:
-        return []
-    tick = int(now / 1000 / cfg.DRAIN_INTERVAL_S)
-    expires_s = send_expiry_s(cfg.DRAIN_INTERVAL_S, time_budget_ms=cfg.DRAIN_TIME_BUDGET_MS)
-    shards = buffer.claim_sends(drain.shards_with_work(buffer, offset=tick), ttl_ms=int(expires_s * 1000))
-    for shard in shards:
-        drain_shard.apply_async((shard,), expires=expires_s)
-    check_epochs(buffer)
+    # A chart sample is due on one tick per CHART_SAMPLE_S, asked in the tick mark's own round trip.
+    gate_ms = chart_gate_ms(now, every_s=cfg.CHART_SAMPLE_S, interval_s=cfg.DRAIN_INTERVAL_S)
+    chart_due = buffer.mark_fan_out_tick(now_ms=now, chart_every_ms=gate_ms)
+    shards: list[int] = []
+    if cfg.DRAINER_ENABLED:
+        tick = int(now / 1000 / cfg.DRAIN_INTERVAL_S)
+        expires_s = send_expiry_s(cfg.DRAIN_INTERVAL_S, time_budget_ms=cfg.DRAIN_TIME_BUDGET_MS)
+        shards = buffer.claim_sends(drain.shards_with_work(buffer, offset=tick), ttl_ms=int(expires_s * 1000))
+        for shard in shards:
+            drain_shard.apply_async((shard,), expires=expires_s)
+        check_epochs(buffer)
+    if chart_due:  # after the sends, so they never wait for it; also with the drainer off (the charts show it)
+        record_chart_samples(buffer, now_ms=now, every_s=cfg.CHART_SAMPLE_S)
     return shards
+
+
+def chart_gate_ms(now_ms: int, *, every_s: int, interval_s: float) -> int:
+    """How long this tick would hold the chart-sample gate, or 0 when it need not ask for it
+    (docs/operations.md#dashboard-charts). Only the ticks in the first two tick intervals of each ``every_s``
+    window ask, so the other ticks cost exactly what they did before the charts; two intervals, so that one
+    late tick does not lose the window's sample. The gate lives half a window: one tick of the window wins it,
+    and it is free again by the next window. ``every_s`` 0: the charts are off."""
+    if every_s <= 0:
+        return 0
+    every_ms = every_s * 1000
+    if now_ms % every_ms >= 2 * interval_s * 1000:
+        return 0
+    return max(1, every_ms // 2)
+
+
+def record_chart_samples(buffer: Buffer, *, now_ms: int, every_s: int) -> None:
+    """The dashboard charts' sample of every shard (``Buffer.record_chart_samples``) on the tick that won it. A
+    failure costs one missing sample (a gap in the charts), never the tick's sends."""
+    try:
+        buffer.record_chart_samples(now_ms=now_ms, every_s=every_s)
+    except BufferUnavailable:
+        log.warning("chart samples skipped: the buffer's Redis is unreachable", exc_info=True)
 
 
 def check_epochs(buffer: DrainBuffer) -> None:

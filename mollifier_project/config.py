@@ -49,6 +49,9 @@ class MollifierSettings(BaseModel):
     BEAT_LEASE_ENABLED: bool = False
     BEAT_LEASE_MS: int = Field(10_000, ge=1000, le=600_000)
     BEAT_RENEW_MS: int = Field(2_000, ge=100)
+    # The dashboard charts (docs/operations.md#dashboard-charts): one fan-out tick per this many seconds keeps a
+    # sample of every shard (two Redis round trips; the other ticks pay nothing more). 0: no samples, no charts.
+    CHART_SAMPLE_S: int = Field(15, ge=0, le=600)
     # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
     # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
     # written one at a time — twice the crash-recovery cost.

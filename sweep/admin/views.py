@@ -2,8 +2,8 @@
 that read Redis live. Thin: each view reads through ``Buffer`` (a bounded number of round trips, whatever the
 number of tenants), looks up the names of the tenants it shows, and lets ``sweep.dashboard`` judge.
 
-* ``/admin/buffer/``: the flags, the health verdict and one row per shard (shards with nothing to show are
-  folded away unless ``?all=1``).
+* ``/admin/buffer/``: the flags, the health verdict, one row per shard (shards with nothing to show are
+  folded away unless ``?all=1``) and the last hour's charts (``sweep.charts``).
 * ``/admin/buffer/shard/<k>/``: the shard's deepest orgs and envs (``TOP_N`` each, ``Buffer.top_envs``).
 * ``/admin/buffer/org/<org>/env/<env>/``: the env's counts, its open stuck entries and the head of its queue.
 
@@ -30,7 +30,7 @@ from drainer import epochs, tasks
 from mollifier_project.clock import from_ms, now_ms
 from runs.admin.privacy import shown
 from runs.models import Environment, Organization
-from sweep import dashboard, steer
+from sweep import charts, dashboard, steer
 from sweep.admin.stuck_entries import REASON_MAX, REPAIR_PERMISSION
 from sweep.models import StuckEntry
 
@@ -107,8 +107,11 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         memory = dashboard.memory_rows(buffer.memory())
         tick_ms = buffer.fan_out_last_tick_ms()
         beat = buffer.beat_lease()
+        every_s = settings.MOLLIFIER.CHART_SAMPLE_S
+        samples = buffer.chart_samples(every_s=every_s) if every_s else None
     except BufferUnavailable as exc:
         return _unavailable(request, "dashboard.html", title, exc)
+    chart_set = None if samples is None else charts.dashboard_charts(samples, now_ms=now, every_s=every_s)
     bound = stuck_after_ms()
     paused = [dashboard.Paused(*c) for c in switches]
     rows = dashboard.rows(
@@ -131,7 +134,7 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         request, "dashboard.html", title,
         flags=current, verdict=verdict, totals=totals, rows=shown, idle=len(rows) - len(shown), show_all=show_all,
         shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s), memory=memory, stuck_after=dashboard.duration(bound),
-        fan_out_tick=dashboard.age_text(tick_age_ms), switched=switched,
+        fan_out_tick=dashboard.age_text(tick_age_ms), switched=switched, charts=chart_set,
         active_beat=dashboard.beat_text(beat, lease_enabled=settings.MOLLIFIER.BEAT_LEASE_ENABLED, now_ms=now),
     )  # fmt: skip
 

@@ -58,6 +58,9 @@ def test_every_shard_key_carries_the_shard_hash_tag():
         k.queued,
         k.heads,
         k.index(7),
+        k.drained_total,
+        k.chart,
+        k.chart_due,
     ]
     assert all(name.startswith("mollifier:{m5}:") for name in names)
     assert len(set(names)) == len(names)

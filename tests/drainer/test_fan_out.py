@@ -81,3 +81,16 @@ def test_the_shard_lock_outlives_the_budget_and_never_the_leases_of_its_holder(b
     )  # fmt: skip
     assert tasks.shard_lock_ms(limits) == lock_ms
     assert budget_ms <= tasks.shard_lock_ms(limits) < lease_ms
+
+
+@pytest.mark.parametrize(
+    ("now_ms", "gate_ms"),
+    [(45_000, 7_500), (46_999, 7_500), (47_000, 0), (59_999, 0), (60_000, 7_500)],
+)
+def test_only_the_ticks_at_the_start_of_a_window_ask_for_the_chart_gate(now_ms, gate_ms):
+    assert tasks.chart_gate_ms(now_ms, every_s=15, interval_s=1.0) == gate_ms
+
+
+def test_with_ticks_as_long_as_the_window_every_tick_asks_and_charts_off_none_does():
+    assert tasks.chart_gate_ms(14_999, every_s=15, interval_s=10.0) == 7_500
+    assert tasks.chart_gate_ms(0, every_s=0, interval_s=1.0) == 0
