@@ -285,6 +285,16 @@ class DrainSide(BufferCore):
         idle cost of the liveness record). Read by ``Buffer.fan_out_last_tick_ms`` for the tick-age gauge."""
         self._client.set(self.keys(0).fan_out_tick, now_ms)
 
+    def heartbeat(self, worker: str, *, now_ms: int, prune_before_ms: int) -> int:
+        """Drain worker ``worker`` is alive at ``now_ms`` (``lua/heartbeat.lua``, one round trip); workers not
+        heard from since ``prune_before_ms`` are forgotten. Returns how many were. Read by ``Buffer.drain_workers``."""
+        k = self.keys(0)
+        return int(self._scripts.heartbeat(keys=[k.drain_workers], args=[worker, now_ms, prune_before_ms]))
+
+    def forget_worker(self, worker: str) -> None:
+        """``worker`` shut down cleanly: it leaves the list rather than turning stale there."""
+        self._client.hdel(self.keys(0).drain_workers, worker)
+
 
 class DrainBuffer(Protocol):
     """The drain's contract with the buffer: ``drainer/`` names this type, never ``Buffer``, so that mypy refuses
@@ -327,6 +337,8 @@ class DrainBuffer(Protocol):
     def claim_sends(self, shards: Sequence[int], *, ttl_ms: int) -> list[int]: ...
     def clear_send(self, shard: int) -> None: ...
     def mark_fan_out_tick(self, *, now_ms: int) -> None: ...
+    def heartbeat(self, worker: str, *, now_ms: int, prune_before_ms: int) -> int: ...
+    def forget_worker(self, worker: str) -> None: ...
 
 
 _DRAIN_SIDE_IS_A_DRAIN_BUFFER: type[DrainBuffer] = DrainSide  # mypy checks it: the contract names only DrainSide's

@@ -73,6 +73,10 @@ key                                            type    holds / written by
 ``B fan_out:tick``                             STRING  ms of the fan-out's last tick, on shard 0's base only (one key
                                                        for the buffer). ``Buffer.mark_fan_out_tick`` (a plain SET,
                                                        one round trip per tick); read at scrape time
+``B drain:workers``                            HASH    drain worker (Celery node name) → ms of its last heartbeat, on
+                                                       shard 0's base only. heartbeat (every few seconds per worker,
+                                                       pruning fields an hour old); ``Buffer.forget_worker`` at a
+                                                       worker's shutdown; read at scrape time and by the dashboard
 ``B drained:<bucket ms>``                      STRING  entries that left the buffer (acked or dead-lettered) in the
                                                10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
                                                time for the drain rate and ETA. count_drained; read by
@@ -254,6 +258,11 @@ class ShardKeys:
     def fan_out_tick(self) -> str:
         """Written and read on shard 0's keys only: one tick for the whole buffer."""
         return self.base + "fan_out:tick"
+
+    @property
+    def drain_workers(self) -> str:
+        """Written and read on shard 0's keys only: one list of drain workers for the whole buffer."""
+        return self.base + "drain:workers"
 
     def drained(self, bucket_ms: int) -> str:
         """Entries that left the buffer in the bucket starting at ``bucket_ms`` (a multiple of the bucket size)."""

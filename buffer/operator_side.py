@@ -103,6 +103,10 @@ class OperatorSide(BufferCore):
         tick = self._client.get(self.keys(0).fan_out_tick)
         return None if tick is None else int(tick)
 
+    def drain_workers(self) -> dict[str, int]:
+        """Every drain worker heard from lately → ms of its last heartbeat (``DrainSide.heartbeat``)."""
+        return {worker: int(ms) for worker, ms in self._client.hgetall(self.keys(0).drain_workers).items()}
+
     def memory(self) -> list[NodeMemory]:
         """Used and max memory of every master (one ``INFO memory`` each), for the gauges and the dashboard: at
         ``maxmemory`` with ``noeviction`` every trigger fails open and only the drain's scripts still write

@@ -96,6 +96,7 @@ class Scripts:
     claim_send: Script  # the drain's own writes outside its scripts, runnable at maxmemory (lib/full_memory.lua)
     take_lock: Script
     count_drained: Script
+    heartbeat: Script  # the drain workers' heartbeats (drainer.heartbeat)
     epoch: Script  # the buffer epoch (drainer.epochs)
 
     @classmethod

@@ -25,7 +25,7 @@ from django.views.decorators.http import require_POST
 
 from buffer.buffer import Buffer, BufferUnavailable
 from buffer.values import Entry
-from drainer import epochs, tasks
+from drainer import epochs, heartbeat, tasks
 from mollifier_project.clock import from_ms, now_ms
 from runs.admin.privacy import shown
 from runs.models import Environment, Organization
@@ -105,9 +105,13 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         switches = buffer.switch_counts()
         memory = dashboard.memory_rows(buffer.memory())
         tick_ms = buffer.fan_out_last_tick_ms()
+        heartbeats = buffer.drain_workers()
     except BufferUnavailable as exc:
         return _unavailable(request, "dashboard.html", title, exc)
     bound = stuck_after_ms()
+    workers = dashboard.worker_rows(
+        heartbeats, now_ms=now, stale_after_ms=heartbeat.stale_after_ms(settings.MOLLIFIER.DRAIN_TIME_BUDGET_MS)
+    )
     paused = [dashboard.Paused(*c) for c in switches]
     rows = dashboard.rows(
         stats, circuits, now_ms=now, paused=paused, stuck_after_ms=bound,
@@ -116,8 +120,9 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
     current = flags()
     tick_age_ms = None if tick_ms is None else max(0, now - tick_ms)
     verdict = dashboard.verdict(
-        current, rows, stale_threshold_ms=settings.MOLLIFIER.STALE_THRESHOLD_S * 1000, fan_out_tick_age_ms=tick_age_ms
-    )
+        current, rows, stale_threshold_ms=settings.MOLLIFIER.STALE_THRESHOLD_S * 1000, fan_out_tick_age_ms=tick_age_ms,
+        workers=workers,
+    )  # fmt: skip
     totals = dashboard.totals(rows)
     try:
         switched = steer.switched(buffer)
@@ -129,7 +134,7 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         request, "dashboard.html", title,
         flags=current, verdict=verdict, totals=totals, rows=shown, idle=len(rows) - len(shown), show_all=show_all,
         shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s), memory=memory, stuck_after=dashboard.duration(bound),
-        fan_out_tick=dashboard.age_text(tick_age_ms), switched=switched,
+        fan_out_tick=dashboard.age_text(tick_age_ms), switched=switched, workers=workers,
     )  # fmt: skip
 
 
