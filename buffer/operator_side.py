@@ -105,7 +105,7 @@ class OperatorSide(BufferCore):
 
     def drain_workers(self) -> dict[str, int]:
         """Every drain worker heard from lately → ms of its last heartbeat (``DrainSide.heartbeat``)."""
-        return {worker: int(ms) for worker, ms in self._client.hgetall(self.keys(0).drain_workers).items()}
+        return {str(worker): int(ms) for worker, ms in self._client.hgetall(self.keys(0).drain_workers).items()}
 
     def memory(self) -> list[NodeMemory]:
         """Used and max memory of every master (one ``INFO memory`` each), for the gauges and the dashboard: at
