@@ -69,6 +69,8 @@ def test_the_org_page_pauses_and_resumes_the_whole_org_with_a_real_drain_round(s
     drain_round(buffer, env.org_id)
     assert TaskRun.objects.count() == 0
 
+    dashboard = steerer.get(reverse("buffer_admin:dashboard")).content.decode()
+    assert f'<a href="{page}"><strong>{env.org.slug}</strong></a>' in dashboard  # the paused org, linked here
     html = steerer.get(page).content.decode()
     assert state(html).startswith("Buffer: the org is paused")
     assert buttons(html) == {"Resume the whole org": reverse("buffer_admin:steer_org", args=[env.org_id, "resume"])}
