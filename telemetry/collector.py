@@ -13,8 +13,10 @@ Two kinds of numbers, kept apart on purpose:
   each process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the scrape sums them.
 * **Gauges** are read from Redis at scrape time (``BufferCollector``): depth, oldest age, leased, dead,
   stale total, drain rate and ETA (overall, the worst shard's, and rate and ETA per shard; the ETAs over the
-  last 10–20 s), the liveness ages (the worst shard's last drain progress, the fan-out's last tick), and the memory
-  of every master (used and max bytes, labelled ``node``). Redis is the
+  last 10–20 s), the liveness ages (the worst shard's last drain progress, the fan-out's last tick), the drain
+  workers' heartbeats (alive, stale, the oldest), what operators switched (paused orgs and envs, closed
+  intakes), the open drain circuits, and the memory of every master (used and max bytes, labelled ``node``).
+  Redis is the
   truth shared by every process, so any web worker answers the same; a per-process gauge would be wrong
   the moment a second worker exists. The one exception is the Redis circuit breaker's state, which is per
   process by design (``buffer.breaker``): ``mollifier_redis_breaker_open`` is a multiprocess gauge summed over
@@ -22,7 +24,8 @@ Two kinds of numbers, kept apart on purpose:
 
 No label carries an env or org id (the series count would grow with the tenants); per-tenant detail goes
 to the JSON logs and the admin. The gauge labels are ``shard``, on the per-shard series (0 … SHARDS − 1, fixed by
-configuration), and ``node``, on the memory series (host:port of each master, fixed by the deployment).
+configuration), ``node``, on the memory series (host:port of each master, fixed by the deployment), and
+``profile`` on the breaker gauge (request | operator).
 """
 
 from __future__ import annotations

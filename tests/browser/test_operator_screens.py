@@ -3,7 +3,8 @@ serving the test database (``tests.live``).
 
 One walk an operator would take: log in, read the dashboard's verdict, drill down from the dashboard to the
 shard and to the env holding dead letters, open a buffered run, select the env's stuck entries in the
-StuckEntry admin, re-drive its dead letters, and see the dashboard's dead count drop to 0. Every step asserts
+StuckEntry admin, re-drive its dead letters, and see the dashboard's dead count drop to 0; then pause and resume
+the whole org from its admin page. Every step asserts
 what the page says; screenshots of each go to ``.data/screenshots/``.
 
 Chromium comes from Debian (``scripts/provision.sh chromium``, run by ``make test``); Playwright never
@@ -311,6 +312,26 @@ def walk(scene: Scene, into: Path) -> list[Path]:
             expect(page.locator("#verdict li", has_text="dead")).to_have_count(0)  # no "dead letters wait" note
             expect(page.locator("#content")).to_contain_text("3 queued, 0 retrying, 0 leased (0 expired), 0 dead")
             shoot("after-redrive")
+
+            # 9. The org's admin page steers the whole org: pause asks first (with a reason), the dashboard names
+            # the paused org and links back to its page, and resume there acts at once (issue 18, item 5).
+            org_page = f"/admin/runs/organization/{scene.org_id}/change/"
+            page.goto(org_page)
+            expect(page.locator("#buffer-switches")).to_have_text(re.compile(r"^\s*Buffer:\s+draining\.\s*$"))
+            page.locator("form.buffer-switch input[value='Pause the whole org…']").click()
+            expect(page.locator("#confirm-switch")).to_contain_text("organization acme")
+            page.fill("input[name=reason]", "browser walk: org pause")
+            shoot("org-pause-confirm")
+            page.locator("input[type=submit][value='Yes, pause']").click()
+            expect(page).to_have_url(re.compile(rf"{org_page}$"))
+            expect(page.locator("#buffer-switches")).to_contain_text("the org is paused")
+            shoot("org-paused")
+            page.goto("/admin/buffer/")
+            expect(page.locator("#drain-workers")).to_contain_text("none has beaten")  # no worker in this walk
+            page.locator("#switched").get_by_role("link", name="acme").click()
+            expect(page).to_have_url(re.compile(rf"{org_page}$"))
+            page.locator("form.buffer-switch input[value='Resume the whole org']").click()
+            expect(page.locator("#buffer-switches")).to_have_text(re.compile(r"^\s*Buffer:\s+draining\.\s*$"))
         finally:
             browser.close()
     return shots
