@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import redis
@@ -22,7 +25,7 @@ from telemetry import collector
 from tests.drainer.processes import wait_until
 from tests.drainer.test_processes import start_cluster  # noqa: F401  (a fixture)
 from tests.redis_servers import redis_server
-from tests.sweep.test_metrics import NOW, org_in, parse, value
+from tests.sweep.test_metrics import NOW, ROOT, org_in, parse, value
 
 DASHBOARD = "buffer_admin:dashboard"
 STALE_MS = 10_000
@@ -127,6 +130,47 @@ def test_an_open_breaker_is_exported_until_redis_answers_again(tmp_path, two_sha
             client.close()
 
 
+OPEN_A_BREAKER = """
+import sys
+from buffer.breaker import Breaker
+breaker = Breaker(failures=1, open_ms=60_000, profile="request")
+breaker.failure()  # the threshold: open
+assert breaker.state == "open"
+print("open", flush=True)
+sys.stdin.read()  # alive until the test closes stdin
+"""
+
+
+def test_the_breaker_gauge_counts_the_live_processes_with_an_open_breaker(two_shards, tmp_path):
+    """Multiprocess mode, as under gunicorn: each process writes its breaker's state to its own file; the scrape
+    sums the live ones, and a process marked dead (gunicorn's child_exit hook) counts no more."""
+    from prometheus_client import multiprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOLLIFIER_")}
+    env.update(PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    processes = [
+        subprocess.Popen([sys.executable, "-c", OPEN_A_BREAKER], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        for p in processes:
+            assert p.stdout.readline().strip() == "open", p.stderr.read()
+
+        def breakers() -> float:
+            text = collector.exposition(
+                two_shards, now_ms=NOW, stale_threshold_s=300, sweep_enabled=True, multiproc_dir=str(tmp_path)
+            )
+            return value(parse(text.decode()), "mollifier_redis_breaker_open", profile="request")
+
+        assert breakers() == 2
+        multiprocess.mark_process_dead(processes[0].pid, str(tmp_path))
+        assert breakers() == 1
+    finally:
+        for p in processes:
+            p.communicate(input="", timeout=30)
+
+
 # ---------------------------------------------------------------------------------------- the dashboard
 
 
@@ -189,7 +233,11 @@ def test_a_real_drain_worker_beats_turns_stale_when_stopped_and_leaves_at_shutdo
         assert "w1@drain-test</strong> beat" in (section := workers_section(admin_client)) and "stale" in section
     finally:
         os.kill(drain.pid, signal.SIGCONT)
+    resumed = time.monotonic()
     wait_until(lambda: alive() == 1, timeout=15, interval=0.2, what="w1 to beat again after SIGCONT")
+    print(
+        f"heartbeat: alive again {time.monotonic() - resumed:.1f} s after SIGCONT (beats every {heartbeat.INTERVAL_S} s)"
+    )
 
     cluster.retire(drain)  # warm shutdown
 
