@@ -112,8 +112,7 @@ def test_an_open_breaker_is_exported_until_redis_answers_again(tmp_path, two_sha
             connection_class=guarded_connection_class(server.url, breaker),
         )  # fmt: skip
         try:
-            assert client.ping()
-            assert value(scrape(two_shards), "mollifier_redis_breaker_open", profile="operator") == 0
+            assert client.ping()  # (the gauge is per process: another test's breaker may have left it at 1)
             server.proc.send_signal(signal.SIGSTOP)
             try:
                 with pytest.raises(redis.TimeoutError):
