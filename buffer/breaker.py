@@ -41,9 +41,14 @@ class BreakerOpen(redis.ConnectionError):
 class Breaker:
     """Consecutive-failure circuit breaker; ``clock`` is monotonic seconds (a test may pass its own)."""
 
-    def __init__(self, *, failures: int, open_ms: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, failures: int, open_ms: int, clock: Callable[[], float] = time.monotonic, profile: str | None = None
+    ) -> None:
+        """``profile`` (the client's: request | operator) labels ``mollifier_redis_breaker_open``; without one the
+        breaker exports no state."""
         if failures < 1 or open_ms < 1:
             raise ValueError("failures and open_ms must be >= 1")
+        self._open_gauge = None if profile is None else metrics.REDIS_BREAKER_OPEN.labels(profile=profile)
         self.threshold = failures
         self.open_s = open_ms / 1000
         self._clock = clock
@@ -85,6 +90,8 @@ class Breaker:
             self._failing_since = None
             self._failed_last = None
             self._open_until = None
+            if reopened and self._open_gauge is not None:
+                self._open_gauge.set(0)  # under the lock: a concurrent failure's set(1) cannot land before it
         if reopened:
             log.warning("buffer Redis answered again: circuit breaker closed")
 
@@ -101,6 +108,8 @@ class Breaker:
             if self._failures < self.threshold and not was_open:
                 return
             self._open_until = now + self.open_s
+            if self._open_gauge is not None:
+                self._open_gauge.set(1)
         metrics.REDIS_BREAKER_OPENED.inc()
         log.warning(
             "buffer Redis %s: circuit breaker open for %.0f ms",

@@ -89,7 +89,7 @@ def client_for(
             breaker: Breaker | None = None
             if profile != "worker":
                 timeout_s = shape[0] / 1000
-                breaker = Breaker(failures=shape[1], open_ms=shape[2])
+                breaker = Breaker(failures=shape[1], open_ms=shape[2], profile=profile)
                 options.update(
                     socket_connect_timeout=min(timeout_s, cfg.REDIS_REQUEST_TIMEOUT_MS / 1000), socket_timeout=timeout_s,
                     retry=Retry(NoBackoff(), retries=0), connection_class=guarded_connection_class(location.url, breaker),

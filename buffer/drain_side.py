@@ -317,6 +317,16 @@ class DrainSide(BufferCore):
         from a beat that has lost the lease since."""
         return int(self._client.get(self.keys(0).beat_epoch) or 0)
 
+    def heartbeat(self, worker: str, *, now_ms: int, prune_before_ms: int) -> int:
+        """Drain worker ``worker`` is alive at ``now_ms`` (``lua/heartbeat.lua``, one round trip); workers not
+        heard from since ``prune_before_ms`` are forgotten. Returns how many were. Read by ``Buffer.drain_workers``."""
+        k = self.keys(0)
+        return int(self._scripts.heartbeat(keys=[k.drain_workers], args=[worker, now_ms, prune_before_ms]))
+
+    def forget_worker(self, worker: str) -> None:
+        """``worker`` shut down cleanly: it leaves the list rather than turning stale there."""
+        self._client.hdel(self.keys(0).drain_workers, worker)
+
 
 class DrainBuffer(Protocol):
     """The drain's contract with the buffer: ``drainer/`` names this type, never ``Buffer``, so that mypy refuses
@@ -364,6 +374,8 @@ class DrainBuffer(Protocol):
     def take_beat_lease(self, holder: str, *, held_epoch: int, ttl_ms: int, now_ms: int) -> BeatLease: ...
     def release_beat_lease(self, holder: str, *, epoch: int) -> bool: ...
     def beat_epoch(self) -> int: ...
+    def heartbeat(self, worker: str, *, now_ms: int, prune_before_ms: int) -> int: ...
+    def forget_worker(self, worker: str) -> None: ...
 
 
 _DRAIN_SIDE_IS_A_DRAIN_BUFFER: type[DrainBuffer] = DrainSide  # mypy checks it: the contract names only DrainSide's

@@ -80,6 +80,10 @@ key                                            type    holds / written by
 ``B beat:epoch``                               STRING  how many times the beat lease was taken (the fencing number a
                                                        beat's messages carry), shard 0 only; never expires.
                                                        beat_lease; read by the fan-out's fence
+``B drain:workers``                            HASH    drain worker (Celery node name) → ms of its last heartbeat, on
+                                                       shard 0's base only. heartbeat (every few seconds per worker,
+                                                       pruning fields an hour old); ``Buffer.forget_worker`` at a
+                                                       worker's shutdown; read at scrape time and by the dashboard
 ``B drained:<bucket ms>``                      STRING  entries that left the buffer (acked or dead-lettered) in the
                                                10 s bucket starting at <bucket ms>; TTL 2 min. Read at scrape
                                                time for the drain rate and ETA. count_drained; read by
@@ -281,6 +285,10 @@ class ShardKeys:
     @property
     def beat_epoch(self) -> str:
         return self.base + "beat:epoch"
+
+    def drain_workers(self) -> str:
+        """Written and read on shard 0's keys only: one list of drain workers for the whole buffer."""
+        return self.base + "drain:workers"
 
     def drained(self, bucket_ms: int) -> str:
         """Entries that left the buffer in the bucket starting at ``bucket_ms`` (a multiple of the bucket size)."""

@@ -7,7 +7,7 @@ to structured logs and the admin.
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 DECISIONS = Counter(
     "mollifier_decisions_total",
@@ -43,3 +43,16 @@ REDIS_BREAKER_REJECTED = Counter(
     "mollifier_redis_breaker_rejected_total",
     "Redis calls of the request path failed at once, without touching Redis, because the breaker was open.",
 )
+
+# Per process, so a gauge of each process summed over the live ones (``livesum``: gunicorn's child_exit marks a
+# dead worker's file, mollifier_project/gunicorn.conf.py): how many processes have this breaker open now. The
+# state lives in each process on purpose (buffer.breaker); Redis, the one shared place, is what is down.
+REDIS_BREAKER_OPEN = Gauge(
+    "mollifier_redis_breaker_open",
+    "Processes whose circuit breaker on the buffer's Redis is not closed (open, or half-open awaiting a probe),"
+    " by client profile (request | operator).",
+    ["profile"],
+    multiprocess_mode="livesum",
+)
+for _profile in ("request", "operator"):
+    REDIS_BREAKER_OPEN.labels(profile=_profile)

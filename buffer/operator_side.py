@@ -141,6 +141,10 @@ class OperatorSide(BufferCore):
         one pipelined round trip, what the dashboard draws (docs/operations.md#dashboard-charts)."""
         return charts.read(self._client, [self.keys(s) for s in range(self.shards)], limit=charts.cap_for(every_s))
 
+    def drain_workers(self) -> dict[str, int]:
+        """Every drain worker heard from lately → ms of its last heartbeat (``DrainSide.heartbeat``)."""
+        return {str(worker): int(ms) for worker, ms in self._client.hgetall(self.keys(0).drain_workers).items()}
+
     def memory(self) -> list[NodeMemory]:
         """Used and max memory of every master (one ``INFO memory`` each), for the gauges and the dashboard: at
         ``maxmemory`` with ``noeviction`` every trigger fails open and only the drain's scripts still write

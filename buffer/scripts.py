@@ -97,6 +97,7 @@ class Scripts:
     mark_tick: Script
     take_lock: Script
     count_drained: Script
+    heartbeat: Script  # the drain workers' heartbeats (drainer.heartbeat)
     epoch: Script  # the buffer epoch (drainer.epochs)
     beat_lease: Script  # the one beat that ticks (drainer.beat)
     beat_release: Script

@@ -118,6 +118,11 @@ class MollifierSettings(BaseModel):
     WEB_BODY_MAX_S: float = Field(20.0, gt=0)
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
     METRICS_TOKEN: SecretStr = SecretStr("")
+    # Where operators read docs/runbook.md (an absolute http(s) URL of the page, no #anchor) and the admin's absolute
+    # URL (…/admin): ``manage.py mollifier_ops render`` writes them into the alert rules' runbook_url and the Grafana
+    # dashboard's links, which must work from inside Alertmanager and Grafana (docs/operations.md#alerts).
+    RUNBOOK_URL: str = ""
+    ADMIN_URL: str = ""
 
     @field_validator(
         "ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", "BEAT_LEASE_ENABLED", mode="before"
@@ -133,6 +138,20 @@ class MollifierSettings(BaseModel):
         if text in _FALSE:
             return False
         raise ValueError(f"expected one of true/false/1/0/yes/no/on/off, got {value!r}")
+
+    @field_validator("RUNBOOK_URL", "ADMIN_URL")
+    @classmethod
+    def _absolute_url(cls, value: str) -> str:
+        """Empty, or an absolute http(s) URL without query or fragment (an anchor or path is appended to it);
+        a relative link is what breaks inside Grafana and Alertmanager."""
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(
+                "expected an absolute http(s) URL without ?query or #fragment, such as https://example.com/x"
+            )
+        return value.rstrip("/")
 
     @field_validator("PACKET_ORIGIN")
     @classmethod

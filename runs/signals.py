@@ -12,8 +12,8 @@ by ``RunsConfig.ready``) connects the receivers that queue the work. Both are se
 a bulk action was stored; its task is sent.
 
 ``envs_deleted_with_buffered_runs`` (``sender`` the admin class, ``user``, ``org_ids``, ``env_ids``,
-``labels``, ``counts``): the admin deleted orgs or envs, and after the commit dead-lettered their buffered
-entries (``{"dead_lettered": n}``) or could not reach Redis (``"redis_unreachable": 1``); ``sweep``
+``labels``, ``counts``, ``reason``: the operator's, may be empty): the admin deleted orgs or envs, and after
+the commit dead-lettered their buffered entries (``{"dead_lettered": n}``) or could not reach Redis (``"redis_unreachable": 1``); ``sweep``
 (``SweepConfig.ready``) records it in the audit trail.
 """
 

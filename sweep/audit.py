@@ -111,13 +111,14 @@ def on_envs_deleted(
     env_ids: Sequence[int],
     labels: Sequence[str],
     counts: Mapping[str, int],
+    reason: str = "",
     **kwargs: object,
 ) -> None:
     """``runs.signals.envs_deleted_with_buffered_runs``: the envs are gone by now, so the scope keeps the
-    labels the deletion knew."""
+    labels the deletion knew; ``reason`` is what the operator typed on the confirmation page."""
     scope = Scope(org_ids=tuple(org_ids), env_ids=tuple(env_ids))
     record(
         user=user, action="delete envs", source="admin", scope=scope,
-        counts=counts, reason="", names=", ".join(
+        counts=counts, reason=reason, names=", ".join(
             f"{label} ({env_id})" for label, env_id in zip(labels, env_ids, strict=True)),
     )  # fmt: skip

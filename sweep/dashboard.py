@@ -24,7 +24,7 @@ say "stuck" above "draining 5.0/s".
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -264,14 +264,23 @@ def count_text(n: int, *, at_least: bool) -> str:
 
 
 def verdict(
-    flags: Flags, shards: Sequence[ShardRow], *, stale_threshold_ms: int, fan_out_tick_age_ms: int | None = None
+    flags: Flags,
+    shards: Sequence[ShardRow],
+    *,
+    stale_threshold_ms: int,
+    fan_out_tick_age_ms: int | None = None,
+    workers: Sequence[WorkerRow] | None = None,
 ) -> Verdict:
     """The health of the whole buffer and why (module docstring for the order). ``fan_out_tick_age_ms``: how
     long ago the drain fan-out last ticked (``None``: unknown, or never); with work due and no tick for longer
-    than the stuck bound, a note says the fan-out (celery beat) is the likely cause."""
+    than the stuck bound, a note says the fan-out (celery beat) is the likely cause. ``workers``: the drain
+    workers' heartbeats (``None``: not read); notes name the stale ones, and say so when work is due and none
+    is alive. Neither changes the health: that is judged by the drain's progress."""
     total = totals(shards)
     notes = _notes(flags, shards, total)
     due = [r for r in shards if r.stalled_ms is not None]
+    if workers is not None:
+        notes.extend(_worker_notes(flags, workers, work_due=bool(due)))
     if flags.drainer_enabled and due:
         bound = min(r.stuck_after_ms for r in due)
         if fan_out_tick_age_ms is None or fan_out_tick_age_ms >= bound:
@@ -350,6 +359,38 @@ def _notes(flags: Flags, shards: Sequence[ShardRow], total: Totals) -> list[str]
     if closed:
         notes.append(f"{_count(closed, 'env')} with intake closed by an operator")
     return notes
+
+
+def _worker_notes(flags: Flags, workers: Sequence[WorkerRow], *, work_due: bool) -> list[str]:
+    notes = []
+    stale = [w for w in workers if w.stale]
+    if stale:
+        names = ", ".join(w.name for w in stale[:5]) + (", …" if len(stale) > 5 else "")
+        notes.append(f"{_count(len(stale), 'drain worker')} stopped beating without shutting down: {names}")
+    if flags.drainer_enabled and work_due and not any(not w.stale for w in workers):
+        notes.append("no drain worker is alive: is a worker consuming the drain queue running?")
+    return notes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    """One drain worker on the dashboard: its Celery node name and how long ago it last beat."""
+
+    name: str
+    age_ms: int
+    stale: bool
+
+    @property
+    def age_text(self) -> str:
+        return duration(self.age_ms)
+
+
+def worker_rows(heartbeats: Mapping[str, int], *, now_ms: int, stale_after_ms: int) -> list[WorkerRow]:
+    """``Buffer.drain_workers`` as rows, by name; stale past ``stale_after_ms`` (``drainer.heartbeat``)."""
+    return [
+        WorkerRow(name, age, age > stale_after_ms)
+        for name, age in sorted((name, max(0, now_ms - ms)) for name, ms in heartbeats.items())
+    ]
 
 
 def duration(ms: int | float) -> str:

@@ -13,15 +13,20 @@ Two kinds of numbers, kept apart on purpose:
   each process writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and the scrape sums them.
 * **Gauges** are read from Redis at scrape time (``BufferCollector``): depth, oldest age, leased, dead,
   stale total, drain rate and ETA (overall, the worst shard's, and rate and ETA per shard; the ETAs over the
-  last 10–20 s), the liveness ages (the worst shard's last drain progress, the fan-out's last tick), and the memory
-  of every master (used and max bytes, labelled ``node``). Redis is the
+  last 10–20 s), the liveness ages (the worst shard's last drain progress, the fan-out's last tick), the drain
+  workers' heartbeats (alive, stale, the oldest), what operators switched (paused orgs and envs, closed
+  intakes), the open drain circuits, and the memory of every master (used and max bytes, labelled ``node``).
+  Redis is the
   truth shared by every process, so any web worker answers the same; a per-process gauge would be wrong
-  the moment a second worker exists.
+  the moment a second worker exists. The one exception is the Redis circuit breaker's state, which is per
+  process by design (``buffer.breaker``): ``mollifier_redis_breaker_open`` is a multiprocess gauge summed over
+  the live processes.
 
 No label carries an env or org id (the series count would grow with the tenants); per-tenant detail goes
 to the JSON logs and the admin. The gauge labels are ``shard``, on the per-shard series (0 … SHARDS − 1, fixed by
-configuration), ``node``, on the memory series (host:port of each master, fixed by the deployment), and ``beat``
-on the active-beat series (host:pid of the beat holding the beat lease: one series at a time).
+configuration), ``node``, on the memory series (host:port of each master, fixed by the deployment), ``beat``
+on the active-beat series (host:pid of the beat holding the beat lease: one series at a time), and
+``profile`` on the breaker gauge (request | operator).
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 import buffer.metrics  # noqa: F401
 import drainer.metrics  # noqa: F401
 from buffer.buffer import Buffer, BufferUnavailable
+from drainer import heartbeat
 
 log = logging.getLogger(__name__)
+DEFAULT_WORKER_STALE_AFTER_MS = heartbeat.stale_after_ms(2_000)  # at the default DRAIN_TIME_BUDGET_MS
 
 
 def drain_eta_s(backlog: int, drained_per_s: float) -> float:
@@ -52,11 +59,20 @@ def drain_eta_s(backlog: int, drained_per_s: float) -> float:
 class BufferCollector:
     """Gauges computed from Redis when scraped. Without Redis only ``mollifier_redis_up 0`` is reported."""
 
-    def __init__(self, buffer: Buffer, *, now_ms: int, stale_threshold_s: int, sweep_enabled: bool) -> None:
+    def __init__(
+        self,
+        buffer: Buffer,
+        *,
+        now_ms: int,
+        stale_threshold_s: int,
+        sweep_enabled: bool,
+        worker_stale_after_ms: int = DEFAULT_WORKER_STALE_AFTER_MS,
+    ) -> None:
         self.buffer = buffer
         self.now_ms = now_ms
         self.stale_threshold_s = stale_threshold_s
         self.sweep_enabled = sweep_enabled
+        self.worker_stale_after_ms = worker_stale_after_ms
 
     def collect(self) -> Iterator[Metric]:
         threshold = GaugeMetricFamily(
@@ -119,6 +135,8 @@ class BufferCollector:
                 math.inf if tick_ms is None else max(0, self.now_ms - tick_ms) / 1000,
             )
         yield from _beat(self.buffer)
+        yield from self._steering()
+        yield from self._workers()
         # Per shard: one lock holder drains a shard at a time, so one hot shard can lag however many workers
         # run while the overall ETA looks fine. The worst shard's ETA is one unlabelled series (what the alert
         # reads; a `shard` label on it would change whenever another shard became the worst); the per-shard
@@ -140,6 +158,56 @@ class BufferCollector:
             etas,
         )
         yield from _memory(self.buffer)
+
+    def _steering(self) -> Iterator[Metric]:
+        """What operators switched (paused orgs and envs, closed intakes) and the shards whose Postgres-outage
+        circuit is open: counts only, the names are on the dashboard (no tenant in a label)."""
+        try:
+            switches = self.buffer.switch_counts()
+            circuits = self.buffer.circuits_until_ms()
+        except BufferUnavailable:
+            log.warning("metrics: switches and circuits could not be read, their gauges left out", exc_info=True)
+            return
+        yield _gauge(
+            "mollifier_paused_orgs", "Orgs an operator paused (accepted, not drained).", sum(s[0] for s in switches)
+        )
+        yield _gauge(
+            "mollifier_paused_envs", "Envs an operator paused (accepted, not drained).", sum(s[1] for s in switches)
+        )
+        yield _gauge(
+            "mollifier_closed_intake_envs",
+            "Envs whose intake an operator closed (their triggers answer 429).",
+            sum(s[2] for s in switches),
+        )
+        yield _gauge(
+            "mollifier_drain_circuits_open",
+            "Shards whose drain circuit is open: the drain stopped writing them because Postgres failed.",
+            sum(1 for until in circuits if until > self.now_ms),
+        )
+
+    def _workers(self) -> Iterator[Metric]:
+        """The drain workers' heartbeats (``drainer.heartbeat``): how many beat lately, how many stopped beating
+        without shutting down, and the oldest heartbeat of those listed."""
+        try:
+            workers = self.buffer.drain_workers()
+        except BufferUnavailable:
+            log.warning("metrics: drain worker heartbeats could not be read, their gauges left out", exc_info=True)
+            return
+        ages = [max(0, self.now_ms - ms) for ms in workers.values()]
+        alive = sum(1 for age in ages if age <= self.worker_stale_after_ms)
+        yield _gauge(
+            "mollifier_drain_workers_alive", "Drain workers whose last heartbeat is within the stale bound.", alive
+        )
+        yield _gauge(
+            "mollifier_drain_workers_stale",
+            "Drain workers that stopped beating without a clean shutdown (killed, stopped, hung), for an hour at most.",
+            len(ages) - alive,
+        )
+        yield _gauge(
+            "mollifier_drain_worker_heartbeat_age_seconds_max",
+            "Seconds since the heartbeat of the listed drain worker heard from longest ago (0 when none is listed).",
+            max(ages, default=0) / 1000,
+        )
 
 
 def _beat(buffer: Buffer) -> Iterator[Metric]:
@@ -217,6 +285,7 @@ def exposition(
     sweep_enabled: bool,
     multiproc_dir: str = "",
     data_losses: int | None = None,
+    worker_stale_after_ms: int = DEFAULT_WORKER_STALE_AFTER_MS,
 ) -> bytes:
     """The Prometheus text for one scrape.
 
@@ -231,7 +300,13 @@ def exposition(
     else:
         registry.register(_Delegate(REGISTRY))
     registry.register(
-        BufferCollector(buffer, now_ms=now_ms, stale_threshold_s=stale_threshold_s, sweep_enabled=sweep_enabled)
+        BufferCollector(
+            buffer,
+            now_ms=now_ms,
+            stale_threshold_s=stale_threshold_s,
+            sweep_enabled=sweep_enabled,
+            worker_stale_after_ms=worker_stale_after_ms,
+        )
     )
     if data_losses is not None:
         registry.register(_Fixed(_gauge(DATA_LOSSES_UNACKNOWLEDGED, DATA_LOSSES_HELP, data_losses)))

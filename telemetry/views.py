@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
 
 from buffer.buffer import Buffer
-from drainer import epochs
+from drainer import epochs, heartbeat
 from mollifier_project.clock import now_ms
 from telemetry import collector
 
@@ -35,6 +35,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         sweep_enabled=cfg.STALE_SWEEP_ENABLED,
         multiproc_dir=settings.PROMETHEUS_MULTIPROC_DIR,
         data_losses=_data_losses(),
+        worker_stale_after_ms=heartbeat.stale_after_ms(cfg.DRAIN_TIME_BUDGET_MS),
     )
     return HttpResponse(body, content_type=CONTENT_TYPE_PLAIN_0_0_4)  # what generate_latest writes
 

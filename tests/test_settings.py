@@ -62,6 +62,8 @@ DESIGN_DEFAULTS = {
     "MAX_METADATA_BYTES": 256 * 1024,
     "MAX_BUFFERED_PER_ENV": 1_000_000,
     "METRICS_TOKEN": SecretStr(""),  # not in §14: the optional /metrics bearer token (§12), off by default
+    "RUNBOOK_URL": "",  # not in §14: the runbook's absolute URL for rendered alert rules (issue 18), docs/operations.md#alerts
+    "ADMIN_URL": "",  # not in §14: the admin's absolute URL for the rendered Grafana links (issue 18), docs/operations.md#alerts
     # not in §14: how long the web tier waits for a slow client (docs/operations.md#slow-clients)
     "WEB_HEAD_TIMEOUT_S": 10.0,
     "WEB_IDLE_TIMEOUT_S": 10.0,

@@ -15,6 +15,9 @@ Organization and Environment admins) therefore
 
 If Redis cannot be reached then, the entries stay queued and the drain dead-letters them itself when it
 finds their env missing; the operator is told so.
+
+When buffered runs would be stranded, both confirmation pages also ask for an optional reason (``reason``,
+posted with the confirmation), which goes with the deletion into the audit trail.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
+from django.contrib.admin.actions import delete_selected
 from django.db import models, transaction
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 
 from buffer.buffer import Buffer, BufferUnavailable
 from mollifier_project.clock import now_ms
@@ -44,6 +49,7 @@ else:
     _Base = object
 
 SUMMARY_LABEL = "buffered runs (Redis), dead-lettered on delete"
+REASON_MAX = 500  # as the other confirmation pages' reason field (maxlength)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,18 @@ class BufferedEntriesDeletionMixin(_Base):
             model_count = {**model_count, SUMMARY_LABEL: stranded.live}
         return deleted, model_count, perms_needed, protected
 
+    def render_delete_form(self, request: HttpRequest, context: dict[str, Any]) -> HttpResponse:
+        return _ask_reason(super().render_delete_form(request, context))
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        """Django's "delete selected", its confirmation page asking for a reason like the single delete page."""
+        actions = super().get_actions(request)
+        entry = actions.get("delete_selected")
+        if entry is not None:
+            _func, name, description = entry
+            actions["delete_selected"] = (_delete_selected_asking_a_reason, name, description)
+        return actions
+
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         envs = envs_of([obj])
         super().delete_model(request, obj)
@@ -147,11 +165,12 @@ class BufferedEntriesDeletionMixin(_Base):
         if not envs:
             return
         user = request.user.get_username() or "an operator"
+        reason = request.POST.get("reason", "").strip()[:REASON_MAX]
 
         def announce(counts: dict[str, int]) -> None:
             envs_deleted_with_buffered_runs.send(
                 sender=type(self), user=user, org_ids=sorted({e.org_id for e in envs}),
-                env_ids=[e.env_id for e in envs], labels=[e.label for e in envs], counts=counts,
+                env_ids=[e.env_id for e in envs], labels=[e.label for e in envs], counts=counts, reason=reason,
             )  # fmt: skip
 
         def bury() -> None:
@@ -182,3 +201,15 @@ class BufferedEntriesDeletionMixin(_Base):
                 )
 
         transaction.on_commit(bury)
+
+
+def _ask_reason(response: Any) -> Any:
+    """A confirmation page that warns of stranded buffered runs also asks why (``ask_reason`` in its context)."""
+    if isinstance(response, TemplateResponse) and response.context_data is not None:
+        counts = dict(response.context_data.get("model_count") or ())
+        response.context_data["ask_reason"] = SUMMARY_LABEL in counts
+    return response
+
+
+def _delete_selected_asking_a_reason(modeladmin: Any, request: HttpRequest, queryset: Any) -> Any:
+    return _ask_reason(delete_selected(modeladmin, request, queryset))

@@ -31,6 +31,7 @@ from django.utils.http import urlencode
 from runs.admin.buffered import BufferedRunAdminMixin
 from runs.admin.deletion import BufferedEntriesDeletionMixin
 from runs.admin.privacy import may_see_payloads, redacted
+from runs.admin.steering import BufferSwitchesMixin
 from runs.models import ApiKey, BatchTaskRun, Environment, Organization, RunAlert, TaskRun, flags_enrol_mollifier
 from runs.tenants import revoke_keys
 
@@ -114,7 +115,7 @@ class OrganizationForm(forms.ModelForm):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(BufferedEntriesDeletionMixin, admin.ModelAdmin[Organization]):
+class OrganizationAdmin(BufferSwitchesMixin, BufferedEntriesDeletionMixin, admin.ModelAdmin[Organization]):
     form = OrganizationForm
     list_display = ("slug", "name", "enrolled", "env_count", "created_at")
     search_fields = ("slug", "name")
@@ -151,7 +152,7 @@ class ApiKeyInline(admin.TabularInline[ApiKey, Environment]):
 
 
 @admin.register(Environment)
-class EnvironmentAdmin(BufferedEntriesDeletionMixin, admin.ModelAdmin[Environment]):
+class EnvironmentAdmin(BufferSwitchesMixin, BufferedEntriesDeletionMixin, admin.ModelAdmin[Environment]):
     list_display = ("org", "slug", "type", "created_at", "keys")
     list_filter = ("type", "org")
     list_select_related = ("org",)

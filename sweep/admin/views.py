@@ -26,7 +26,7 @@ from django.views.decorators.http import require_POST
 
 from buffer.buffer import Buffer, BufferUnavailable
 from buffer.values import Entry
-from drainer import epochs, tasks
+from drainer import epochs, heartbeat, tasks
 from mollifier_project.clock import from_ms, now_ms
 from runs.admin.privacy import shown
 from runs.models import Environment, Organization
@@ -109,10 +109,14 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         beat = buffer.beat_lease()
         every_s = settings.MOLLIFIER.CHART_SAMPLE_S
         samples = buffer.chart_samples(every_s=every_s) if every_s else None
+        heartbeats = buffer.drain_workers()
     except BufferUnavailable as exc:
         return _unavailable(request, "dashboard.html", title, exc)
     chart_set = None if samples is None else charts.dashboard_charts(samples, now_ms=now, every_s=every_s)
     bound = stuck_after_ms()
+    workers = dashboard.worker_rows(
+        heartbeats, now_ms=now, stale_after_ms=heartbeat.stale_after_ms(settings.MOLLIFIER.DRAIN_TIME_BUDGET_MS)
+    )
     paused = [dashboard.Paused(*c) for c in switches]
     rows = dashboard.rows(
         stats, circuits, now_ms=now, paused=paused, stuck_after_ms=bound,
@@ -121,8 +125,9 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
     current = flags()
     tick_age_ms = None if tick_ms is None else max(0, now - tick_ms)
     verdict = dashboard.verdict(
-        current, rows, stale_threshold_ms=settings.MOLLIFIER.STALE_THRESHOLD_S * 1000, fan_out_tick_age_ms=tick_age_ms
-    )
+        current, rows, stale_threshold_ms=settings.MOLLIFIER.STALE_THRESHOLD_S * 1000, fan_out_tick_age_ms=tick_age_ms,
+        workers=workers,
+    )  # fmt: skip
     totals = dashboard.totals(rows)
     try:
         switched = steer.switched(buffer)
@@ -134,7 +139,7 @@ def buffer_dashboard(request: HttpRequest) -> HttpResponse:
         request, "dashboard.html", title,
         flags=current, verdict=verdict, totals=totals, rows=shown, idle=len(rows) - len(shown), show_all=show_all,
         shards=buffer.shards, total_eta=dashboard.eta(totals.eta_s), memory=memory, stuck_after=dashboard.duration(bound),
-        fan_out_tick=dashboard.age_text(tick_age_ms), switched=switched, charts=chart_set,
+        fan_out_tick=dashboard.age_text(tick_age_ms), switched=switched, charts=chart_set, workers=workers,
         active_beat=dashboard.beat_text(beat, lease_enabled=settings.MOLLIFIER.BEAT_LEASE_ENABLED, now_ms=now),
     )  # fmt: skip
 

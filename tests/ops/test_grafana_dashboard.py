@@ -10,6 +10,9 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from django.urls import resolve
+
+from tests.ops.test_runbook import RUNBOOK, slug
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "ops" / "grafana" / "mollifier.json"
@@ -22,7 +25,8 @@ def load() -> dict:
 
 
 def panels(dashboard: dict) -> list[dict]:
-    return [p for p in dashboard["panels"] if p["type"] != "row"]
+    """The panels that query Prometheus (not rows, not the alert list)."""
+    return [p for p in dashboard["panels"] if p["type"] not in ("row", "alertlist")]
 
 
 def expressions(dashboard: dict) -> list[str]:
@@ -33,7 +37,9 @@ def test_dashboard_is_grafana_json_with_a_query_per_panel():
     dashboard = load()
 
     assert dashboard["uid"] == "mollifier" and dashboard["title"]
-    assert [v["type"] for v in dashboard["templating"]["list"]] == ["datasource"]
+    assert [(v["name"], v["type"]) for v in dashboard["templating"]["list"]] == [
+        ("datasource", "datasource"), ("runbook_url", "textbox"), ("admin_url", "textbox")
+    ]  # fmt: skip
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in panels(dashboard):
@@ -133,3 +139,67 @@ def test_panels_do_not_overlap():
         assert not cells & taken, panel["title"]
         assert g["x"] + g["w"] <= 24, panel["title"]
         taken |= cells
+
+
+# -------------------------------------------------------------------------- issue 18, item 9: what was missing
+
+
+def links(dashboard: dict) -> list[dict]:
+    """Every link of the dashboard: its own, each panel's, and each panel's data links."""
+    found = list(dashboard["links"])
+    for panel in dashboard["panels"]:
+        found += panel.get("links", [])
+        found += panel.get("fieldConfig", {}).get("defaults", {}).get("links", [])
+    return found
+
+
+def test_an_alert_list_panel_shows_the_mollifier_alerts_firing_and_pending():
+    (alerts,) = [p for p in load()["panels"] if p["type"] == "alertlist"]
+    options = alerts["options"]
+    assert options["alertName"] == "Mollifier" and not options["dashboardAlerts"]
+    assert options["stateFilter"]["firing"] and options["stateFilter"]["pending"]
+
+
+def test_the_steering_and_worker_gauges_each_have_a_stat_and_a_graph():
+    gauges = {
+        "mollifier_drain_workers_alive", "mollifier_drain_workers_stale", "mollifier_paused_orgs",
+        "mollifier_paused_envs", "mollifier_closed_intake_envs", "mollifier_drain_circuits_open",
+        "mollifier_redis_breaker_open",
+    }  # fmt: skip
+    for kind in ("stat", "timeseries"):
+        read = {
+            name for p in panels(load()) if p["type"] == kind for t in p["targets"]
+            for name in re.findall(r"\b(mollifier_\w+)", t["expr"])
+        }  # fmt: skip
+        assert gauges <= read, (kind, gauges - read)
+    dashboard = load()
+    assert steps(panel_reading(dashboard, "stat", "max(mollifier_drain_workers_alive)")) == [
+        ("red", None),
+        ("green", 1),
+    ]
+    assert steps(panel_reading(dashboard, "stat", "max(mollifier_drain_circuits_open)")) == [
+        ("green", None),
+        ("red", 1),
+    ]
+
+
+def test_every_per_shard_panel_links_each_shard_to_its_admin_page():
+    dashboard = load()
+    (admin_url,) = [v["query"] for v in dashboard["templating"]["list"] if v["name"] == "admin_url"]
+    per_shard = [p for p in panels(dashboard) if any("mollifier_shard_" in t["expr"] for t in p["targets"])]
+    assert len(per_shard) >= 2
+    for panel in per_shard:
+        (link,) = panel["fieldConfig"]["defaults"]["links"]
+        url = link["url"].replace("${admin_url}", admin_url).replace("${__field.labels.shard}", "3")
+        assert url.startswith(admin_url + "/"), panel["title"]
+        match = resolve(url.removeprefix(admin_url.rsplit("/admin", 1)[0]))  # the path Django serves
+        assert match.view_name == "buffer_admin:shard" and match.kwargs == {"shard": 3}, panel["title"]
+
+
+def test_every_runbook_link_goes_through_the_variable_to_a_runbook_heading():
+    headings = {slug(t) for t in re.findall(r"^#{1,6} (.+)$", RUNBOOK.read_text(), flags=re.M)}
+    runbook_links = [link["url"] for link in links(load()) if "runbook" in link["url"]]
+    assert len(runbook_links) >= 8
+    for url in runbook_links:
+        assert url == "${runbook_url}" or url.startswith("${runbook_url}#"), url
+        assert url == "${runbook_url}" or url.split("#", 1)[1] in headings, url

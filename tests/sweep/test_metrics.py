@@ -32,8 +32,8 @@ from tests.factories import EnvironmentFactory, SnapshotFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_000_000_000  # a multiple of the 10 s bucket
-# "le": histogram buckets; "shard": 0 … SHARDS-1; "node": host:port of each master of the buffer's Redis (memory gauges)
-ALLOWED_LABELS = {"outcome", "reason", "result", "le", "shard", "node"}
+# "le": histogram buckets; "shard": 0 … SHARDS-1; "node": host:port of each master of the buffer's Redis (memory gauges); "profile": the breaker's client (request | operator)
+ALLOWED_LABELS = {"outcome", "reason", "result", "le", "shard", "node", "profile"}
 GAUGES = {
     "mollifier_buffer_depth", "mollifier_buffer_leased", "mollifier_buffer_expired_leases", "mollifier_buffer_dead",
     "mollifier_buffer_oldest_age_seconds", "mollifier_stale_entries", "mollifier_stale_threshold_seconds",
