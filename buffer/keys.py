@@ -286,6 +286,7 @@ class ShardKeys:
     def beat_epoch(self) -> str:
         return self.base + "beat:epoch"
 
+    @property
     def drain_workers(self) -> str:
         """Written and read on shard 0's keys only: one list of drain workers for the whole buffer."""
         return self.base + "drain:workers"
