@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.http.request import validate_host
 
+from mollifier_project.config import SDK_RETRY_WINDOW_S
+
 
 @register("mollifier")
 def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -63,6 +65,18 @@ def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[Che
                 "can lapse within one call answers it 503, and every keyed trigger after a pause that long "
                 "restores from Postgres first (docs/api.md#request-idempotency-during-a-redis-outage).",
                 id="mollifier.E005",
+            )
+        )
+    ttl_ms = cfg.REQUEST_KEY_TTL_S * 1000
+    if ttl_ms <= max(cfg.REQUEST_KEY_FENCE_MS, SDK_RETRY_WINDOW_S * 1000):
+        problems.append(
+            Error(
+                f"MOLLIFIER_REQUEST_KEY_TTL_S ({cfg.REQUEST_KEY_TTL_S}) must exceed the SDK's retry window "
+                f"({SDK_RETRY_WINDOW_S} s) and MOLLIFIER_REQUEST_KEY_FENCE_MS ({cfg.REQUEST_KEY_FENCE_MS} ms).",
+                hint="A request key that expires while the client may still retry its call lets the retry make a "
+                "second run; one that expires within the fence lets a key restored after a Redis outage lapse "
+                "before the fence that trusts it (docs/operations.md#request-key-lifetime).",
+                id="mollifier.E006",
             )
         )
     if cfg.SHADOW_MODE and not cfg.ENABLED:
