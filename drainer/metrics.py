@@ -42,9 +42,9 @@ DATA_LOSSES = Counter(
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
     """``histogram.observe(v)`` for every one of ``values`` (an unlabelled histogram), with one increment per
     bucket instead of one per value. prometheus-client has no batch observe, and under the worker's
-    multiprocess mode each observe is a locked write to a memory-mapped file: about 9 µs, an eighth of a drained
-    row's worker CPU (docs/architecture.md#drain-throughput). It updates the same bucket and sum values
-    ``observe`` does (tests/drainer/test_metrics.py compares the two on the pinned client)."""
+    multiprocess mode each observe is a locked write to a memory-mapped file: 4.5 µs a row against 0.3
+    (``bench.row_path --multiprocess``, docs/architecture.md#drain-throughput). It updates the same bucket and
+    sum values ``observe`` does (tests/drainer/test_metrics.py compares the two on the pinned client)."""
     if not values:
         return
     bounds = histogram._upper_bounds
