@@ -20,9 +20,16 @@ entry with the snapshot as a field (written here with HSET, the fields the accep
 queue — no env index. A snapshot longer than ``hash-max-listpack-value`` (64 B by default) turns that hash
 into a hashtable, which is where most of its bytes go.
 
+Then an SDK storm (``--storm`` triggers, 0 to skip): every trigger through the trigger service
+(``runs.trigger.prepare`` and ``trigger``, the gate tripped, compression on) with the body and the fresh
+``x-trigger-request-idempotency-key`` the SDK v4 sends, and the bytes per buffered run of every key under
+the storm's prefix (``MEMORY USAGE``), by key family. The request keys are what stays after the storm's runs
+are drained: the line says for how long (``REQUEST_KEY_TTL_S``) and what 24 h (the lifetime before the
+setting) held.
+
 The last line is machine-readable:
-``typical_bytes=<on> typical_uncompressed_bytes=<off> baseline_bytes=<old layout> ratio=<off/on>``.
-The Redis keys are deleted at the end.
+``typical_bytes=<on> typical_uncompressed_bytes=<off> baseline_bytes=<old layout> ratio=<off/on>
+storm_bytes=<all keys per run>``. The Redis keys are deleted at the end.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entries", type=int, default=5_000, help="entries per snapshot size")
     parser.add_argument("--envs", type=int, default=1, help="envs the entries are spread over")
     parser.add_argument("--repeat", type=int, default=2_000, help="timed (de)compressions per size")
+    parser.add_argument("--storm", type=int, default=5_000, help="SDK triggers in the storm (0: skip it)")
     parser.add_argument(
         "--threshold", type=int, default=None, help="compression threshold in bytes (default: the setting)"
     )
@@ -164,6 +172,55 @@ def measure_baseline(client, prefix: str, docs, env_ids) -> int:
     return (usage(client, per_entry) + usage(client, [f"{base}q:{e}" for e in env_ids])) // len(docs)
 
 
+def sdk_body(i: int) -> bytes:
+    """The trigger body the SDK v4 sends for ``tasks.trigger("process-order", payload)`` (bench/trigger.lua's,
+    without an idempotency key: the SDK sends none unless asked)."""
+    payload = json.dumps({"json": {
+        "orderId": f"ord_{i:09d}", "customerId": f"cus_{i * 7919 % 10**8:08d}", "amount": 100 + i % 99900,
+        "currency": "EUR", "items": [{"sku": f"SKU-{i % 10**4:04d}", "qty": 1}, {"sku": f"SKU-{i * 3 % 10**4:04d}",
+        "qty": 2}], "note": "leave at the door"}}, separators=(",", ":"))  # fmt: skip
+    options = {
+        "queue": {"name": "orders"}, "concurrencyKey": f"cus_{i % 1000}", "payloadType": "application/super+json",
+        "payloadSize": len(payload), "ttl": "1h", "tags": [f"customer_{i % 1000}", "source_api"], "maxAttempts": 3,
+        "metadata": {"source": "checkout"}, "maxDuration": 300, "machine": "small-1x",
+    }  # fmt: skip
+    return json.dumps({"payload": payload, "options": options}).encode()
+
+
+def measure_storm(buffer, client, n: int) -> tuple[dict[str, float], float]:
+    """An SDK storm of ``n`` triggers through the trigger service into ``buffer`` (one env, gate tripped from
+    the first trigger): bytes per buffered run of every key under its prefix, by family (``e``, ``s``, ``req``…),
+    and the median JSON size of a snapshot."""
+    from django.conf import settings
+
+    from runs import trigger
+    from runs.auth import EnvContext
+    from runs.schemas import TriggerBody
+
+    cfg = settings.MOLLIFIER.model_copy(update={"ENABLED": True, "TRIP_THRESHOLD": 0, "MAX_BUFFERED_PER_ENV": 10**9})
+    env = EnvContext(env_id=100, org_id=ORG, env_slug="prod", env_type="PRODUCTION", org_slug="storm", enrolled=True)
+    now_ms = int(time.time() * 1000)
+    sizes = []
+    for i in range(n):
+        body = TriggerBody.model_validate_json(sdk_body(i))
+        snapshot = trigger.prepare(env, "process-order", body.options, body.payload, now_ms=now_ms + i,
+                                   max_payload_bytes=cfg.MAX_PAYLOAD_BYTES, max_metadata_bytes=cfg.MAX_METADATA_BYTES)  # fmt: skip
+        result = trigger.trigger(
+            env, snapshot, buffer=buffer, cfg=cfg, now_ms=now_ms + i, request_key=str(uuid.uuid4())
+        )
+        assert result.path == "buffered", result
+        if i < 200:
+            from runs.snapshot import to_snapshot
+
+            sizes.append(len(to_snapshot(snapshot).encode()))
+    families: dict[str, float] = {}
+    keys = list(client.scan_iter(match=f"{buffer.prefix}:*", count=10_000))
+    for key, used in zip(keys, (usage(client, [key]) for key in keys), strict=True):
+        family = key.split(":", 2)[2].split(":", 1)[0]  # <prefix>:{m0}:<family>:…
+        families[family] = families.get(family, 0) + used / n
+    return families, statistics.median(sizes)
+
+
 def cpu_us(docs, *, min_bytes: int, repeat: int) -> tuple[float, float]:
     """Median µs of what compression adds in Python: per trigger, ``pack`` and ``created_ms`` (what
     ``Buffer.accept``/``trigger`` do with the JSON); per drained row, decoding the reply bytes as the client
@@ -248,8 +305,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             delete_prefixes(client, group)
     print("µs columns: Python CPU per trigger (pack + created_ms) and per drained row (reply decode + unpack), "
           "medians; the row's JSON parse and everything else are the same either way")  # fmt: skip
+    storm = 0.0
+    if args.storm:
+        storm_prefix = f"m{tag}x"
+        try:
+            families, size = measure_storm(
+                Buffer(client, prefix=storm_prefix, shards=1, compress_min_bytes=threshold), client, args.storm
+            )
+        finally:
+            delete_prefixes(client, [storm_prefix])
+        storm = sum(families.values())
+        shares = ", ".join(f"{name} {b:.0f}" for name, b in sorted(families.items(), key=lambda kv: -kv[1]) if b >= 1)
+        print(f"SDK storm of {args.storm} triggers ({size:.0f} B snapshots): {storm:.0f} B per buffered run, all keys "
+              f"({shares})")  # fmt: skip
+        req, ttl_s = families.get("req", 0.0), settings.MOLLIFIER.REQUEST_KEY_TTL_S
+        print(f"after the drain: {req:.0f} B per trigger of request keys, kept REQUEST_KEY_TTL_S={ttl_s} s "
+              f"instead of 24 h ({86400 / ttl_s:.0f}× less request-key memory after a storm)")  # fmt: skip
     before, off, on = results["typical"]
-    print(f"typical_bytes={on} typical_uncompressed_bytes={off} baseline_bytes={before} ratio={off / on:.2f}")
+    print(
+        f"typical_bytes={on} typical_uncompressed_bytes={off} baseline_bytes={before} ratio={off / on:.2f} "
+        f"storm_bytes={storm:.0f}"
+    )
     return 0
 
 

@@ -13,6 +13,11 @@ One process, no Redis, no COPY to a server: the stages a drain round runs for ea
    on the client; the socket write is left out);
 5. ``path``: 1–4 in one pass, as a round runs them.
 
+Then the dwell histogram a round records for its acked entries (``drainer.telemetry.record_round``): one
+``observe`` per row against ``drainer.metrics.observe_many`` over the round, per row. ``--multiprocess``
+measures it in prometheus-client's multiprocess mode (a temporary ``PROMETHEUS_MULTIPROC_DIR``), which the
+Procfile's worker runs in: there each observe is a locked write to a memory-mapped file.
+
 Two snapshots: the bench's realistic one (``bench.materialise.build_snapshots``: ≈650 B, a 200-byte payload,
 2 tags, an idempotency key, trace ids) and a minimal one (id, env, org, task, created_ms). The floor,
 measured in the same run, is what no implementation can skip — ``orjson.loads`` of the document and the
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -44,6 +50,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=2000, help="entries per timed pass")
     parser.add_argument("--repeat", type=int, default=30, help="timed passes per stage; medians are reported")
     parser.add_argument("--database", default=None, help="database name (default: DATABASE_URL's + _bench)")
+    parser.add_argument("--multiprocess", action="store_true", help="prometheus-client's multiprocess mode")
     args = parser.parse_args(argv)
     if args.rows < 1 or args.repeat < 1:
         parser.error("--rows and --repeat must be at least 1")
@@ -68,8 +75,29 @@ def per_row_us(run: Callable[[], object], rows: int, repeat: int) -> float:
     return statistics.median(samples)
 
 
+def dwell_us(rows: int, repeat: int) -> tuple[float, float]:
+    """µs per row of recording a round's dwell times: ``observe`` per row, and ``observe_many`` once."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from drainer import metrics
+
+    buckets = metrics.DWELL._upper_bounds[:-1]  # the drain's buckets (+Inf is implied)
+    histogram = Histogram("bench_dwell_seconds", "bench", buckets=buckets, registry=CollectorRegistry())
+    dwells = [(i % 5000) / 1000 for i in range(rows)]
+
+    def each() -> None:
+        for dwell in dwells:
+            histogram.observe(dwell)
+
+    return per_row_us(each, rows, repeat), per_row_us(lambda: metrics.observe_many(histogram, dwells), rows, repeat)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.multiprocess:  # read when prometheus-client is imported: before Django imports it
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="row-path-prometheus-")
     setup_django(database=args.database)
 
     import orjson
@@ -131,10 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("bytes", "parse_leased", "_parse", "row", "write_row", "path", "floor"):
         r, m = results["realistic"][name], results["minimal"][name]
         print(f"{name:<14} {r:>10.0f} {m:>10.0f}" if name == "bytes" else f"{name:<14} {r:>10.2f} {m:>10.2f}")
+    each, many = dwell_us(args.rows, args.repeat)
+    mode = "multiprocess" if args.multiprocess else "single-process"
+    print(f"dwell histogram, {mode} mode: {each:.2f} µs a row observed one by one, {many:.2f} µs with observe_many")
     real = results["realistic"]
     print(
         f"path_us={real['path']:.2f} path_minimal_us={results['minimal']['path']:.2f} "
-        f"path/floor={real['path'] / real['floor']:.2f}"
+        f"path/floor={real['path'] / real['floor']:.2f} dwell_each_us={each:.2f} dwell_many_us={many:.2f}"
     )
     return 0
 

@@ -34,11 +34,13 @@ def record_round(
         metrics.DRAINED.labels(outcome=outcome).inc(count)
     acked_ids = set(acked)
     per_env: dict[tuple[int, int], list[int]] = defaultdict(list)
+    dwells_s: list[float] = []
     for entry in entries:
         if entry.run_id in acked_ids:
             dwell_ms = max(0, now_ms - entry.accepted_ms)
-            metrics.DWELL.observe(dwell_ms / 1000)
+            dwells_s.append(dwell_ms / 1000)
             per_env[(entry.org_id, entry.env_id)].append(dwell_ms)
+    metrics.observe_many(metrics.DWELL, dwells_s)
     left = len(acked_ids) + report.dead
     if left:
         try:

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 from django.http.request import validate_host
 
+from mollifier_project.config import SDK_RETRY_WINDOW_S
+
 
 @register("mollifier")
 def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -73,6 +75,18 @@ def check_mollifier_settings(app_configs: Any = None, **kwargs: Any) -> list[Che
                 hint="The active beat renews its lease every BEAT_RENEW_MS: with less than two renewals per lease, "
                 "one slow Redis call hands the ticks to another beat (docs/operations.md#several-beats).",
                 id="mollifier.E006",
+            )
+        )
+    ttl_ms = cfg.REQUEST_KEY_TTL_S * 1000
+    if ttl_ms <= max(cfg.REQUEST_KEY_FENCE_MS, SDK_RETRY_WINDOW_S * 1000):
+        problems.append(
+            Error(
+                f"MOLLIFIER_REQUEST_KEY_TTL_S ({cfg.REQUEST_KEY_TTL_S}) must exceed the SDK's retry window "
+                f"({SDK_RETRY_WINDOW_S} s) and MOLLIFIER_REQUEST_KEY_FENCE_MS ({cfg.REQUEST_KEY_FENCE_MS} ms).",
+                hint="A request key that expires while the client may still retry its call lets the retry make a "
+                "second run; one that expires within the fence lets a key restored after a Redis outage lapse "
+                "before the fence that trusts it (docs/operations.md#request-key-lifetime).",
+                id="mollifier.E007",
             )
         )
     if cfg.SHADOW_MODE and not cfg.ENABLED:

@@ -19,6 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 ENV_PREFIX = "MOLLIFIER_"
 
+# The longest the SDK (4.x) keeps retrying one trigger call with the same request key, first attempt to the
+# last attempt's answer: 5 attempts with back-offs of 1, 1.6, 2.56 and 4.1 s (a 429 waits for x-ratelimit-reset
+# instead, about 2 s here), each attempt lasting at most gunicorn's 30 s timeout: 9.3 s + 5 × 30 s ≈ 160 s
+# (docs/operations.md#request-key-lifetime).
+SDK_RETRY_WINDOW_S = 160
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -102,6 +108,11 @@ class MollifierSettings(BaseModel):
     # keyed trigger) is younger than this; a web process writes keyed triggers to Postgres (with the key) only
     # after Redis has failed it this long, and answers them 503 before (docs/api.md#request-idempotency).
     REQUEST_KEY_FENCE_MS: int = Field(2000, ge=1)
+    # How long a request key (Redis ``req:`` keys, and the ``runs_requestkey`` rows of a Redis outage) answers a
+    # retry with the run it made. Only the client's own retries of one call reuse the key, and the SDK's are over
+    # within SDK_RETRY_WINDOW_S; every trigger leaves one key, so this is the Redis memory a storm keeps after its
+    # runs are rows (docs/operations.md#request-key-lifetime). Must exceed both (check mollifier.E007).
+    REQUEST_KEY_TTL_S: int = Field(600, ge=1)
     # The admin's pages and actions (every shard's stats, a search over every shard, a selection's requeue): the
     # same breaker as the request path (one of its own), a longer timeout. A hung Redis costs a page this long.
     REDIS_OPERATOR_TIMEOUT_MS: int = Field(3000, ge=10, le=30_000)

@@ -351,14 +351,21 @@ class KeyHolder:
     reusable: bool  # its run ended in REUSABLE_KEY_STATUSES or its key expired: a new run may take the key
 
 
+# At most one row: the unique index on (env, task_identifier, idempotency_key) answers it.
+_HOLDER_SQL = (
+    f"SELECT id, status, idempotency_key_expires_at FROM {_TABLE} "
+    "WHERE env_id = %s AND task_identifier = %s AND idempotency_key = %s"
+)
+
+
 def idempotency_holder(env_id: int, task_identifier: str, key: str, *, now: datetime) -> KeyHolder | None:
     """The row holding ``key`` (one lookup on the unique index), or ``None``: asked when no Redis claim holds a
-    key a trigger is about to buffer (runs.trigger, docs/architecture.md#idempotency)."""
-    row = (
-        TaskRun.objects.filter(env_id=env_id, task_identifier=task_identifier, idempotency_key=key)
-        .values_list("id", "status", "idempotency_key_expires_at")
-        .first()
-    )
+    key a trigger is about to buffer (runs.trigger, docs/architecture.md#idempotency). Plain SQL: on a keyed
+    buffered trigger, the ORM's query building was 0.9 ms of the web worker's CPU, 5× the query itself
+    (docs/architecture.md#trigger-path)."""
+    with connection.cursor() as cur:
+        cur.execute(_HOLDER_SQL, [env_id, task_identifier, key])
+        row = cur.fetchone()
     if row is None:
         return None
     run_id, status, expires_at = row

@@ -248,7 +248,7 @@ class RequestKey(models.Model):
     """A request key (``x-trigger-request-idempotency-key``) answered while the buffer's Redis was unreachable,
     written in the transaction of the run's row (docs/api.md#request-idempotency): a retry during the outage
     finds it here, and ``restored`` turns true once it is back in Redis. Rows live as long as the Redis key
-    would (24 h) and are deleted after that by the restore that finds them expired."""
+    would (``REQUEST_KEY_TTL_S``) and are deleted after that by the restore that finds them expired."""
 
     env = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
     task_identifier = models.CharField(max_length=128)

@@ -1,9 +1,9 @@
 """Request keys across a Redis outage (docs/api.md#request-idempotency).
 
 A request key (``x-trigger-request-idempotency-key``) normally lives only in the buffer's Redis (``req:`` keys,
-24 h). When the trigger path fails open because Redis is unreachable, the run's row is written directly and
-its request key is recorded here, in the row's transaction: a retry during the outage finds it (and gets the
-same run), and no run is ever answered without its key being somewhere.
+for ``REQUEST_KEY_TTL_S``). When the trigger path fails open because Redis is unreachable, the run's row is
+written directly and its request key is recorded here, in the row's transaction: a retry during the outage
+finds it (and gets the same run), and no run is ever answered without its key being somewhere.
 
 When Redis answers again, a key Redis does not hold is not trusted to be new until every key recorded here
 is back in Redis: the trigger script says UNFENCED while the shard's fence is gone (it expires after

@@ -4,7 +4,7 @@ in that order.
 1. The caller (the view) has authenticated the key into an ``EnvContext`` and parsed the body.
 2. ``prepare`` validates what needs settings or the clock and builds the snapshot; a validation error
    is raised here, before any de-duplication state or the gate is touched.
-3. Request-level de-duplication: ``x-trigger-request-idempotency-key`` → run id (Redis, 24 h), so a
+3. Request-level de-duplication: ``x-trigger-request-idempotency-key`` → run id (Redis, ``REQUEST_KEY_TTL_S``), so a
    client retrying after a lost response gets the same run. While Redis is unreachable the key is recorded
    in Postgres with a directly written row, and put back into Redis after the outage (``runs.request_keys``,
    docs/api.md#request-idempotency-during-a-redis-outage).
@@ -57,7 +57,6 @@ from runs.snapshot import Snapshot, normalise_tags, to_snapshot
 
 log = logging.getLogger(__name__)
 
-REQUEST_KEY_TTL_MS = 24 * 3600 * 1000
 # A claim whose run exists nowhere is taken over only when it is older than any trigger request can
 # last (gunicorn's timeout is 30 s): before that, its trigger may simply not have written yet.
 CLAIM_STALE_MS = 60_000
@@ -341,7 +340,7 @@ def _trigger(
         for _ in range(MAX_SCRIPT_CALLS):
             reply = buffer.trigger(
                 run_id=s.id, env_id=env.env_id, org_id=env.org_id, task=s.task_identifier, now_ms=now_ms,
-                request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS, idempotency=idem,
+                request_key=request_key, request_ttl_ms=cfg.REQUEST_KEY_TTL_S * 1000, idempotency=idem,
                 gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV, idem_pass_ttl_ms=pass_ttl,
                 check_unclaimed=can_accept, request_fence_ms=fence_ms,
             )  # fmt: skip
@@ -355,7 +354,7 @@ def _trigger(
                 continue
             if reply.status is TriggerStatus.REQ_HELD:
                 assert request_key is not None and reply.holder is not None
-                previous = _take_over(buffer, env, s, claims, "req", request_key, reply.holder, now_ms=now_ms)
+                previous = _take_over(buffer, env, s, claims, "req", request_key, reply.holder, now_ms=now_ms, cfg=cfg)
                 if previous is not None:
                     return Triggered(previous, False, "replayed")
                 req_ours = ("req", request_key) in claims.held
@@ -365,7 +364,8 @@ def _trigger(
                 req_ours = True
             if reply.status is TriggerStatus.IDEM_HELD:
                 assert s.idempotency_key is not None and reply.holder is not None
-                live = _take_over(buffer, env, s, claims, "idem", s.idempotency_key, reply.holder, now_ms=now_ms)
+                live = _take_over(buffer, env, s, claims, "idem", s.idempotency_key, reply.holder, now_ms=now_ms,
+                                  cfg=cfg)  # fmt: skip
                 if live is not None:
                     return Triggered(live, True, "cached")
                 continue
@@ -398,7 +398,7 @@ def _trigger(
 
 def _take_over(
     buffer: Buffer, env: EnvContext, s: Snapshot, claims: _Claims, kind: ClaimKind, key: str, holder: str, *,
-    now_ms: int,
+    now_ms: int, cfg: MollifierSettings,
 ) -> str | None:  # fmt: skip
     """The one question the script cannot answer: who holds this key, and is its run alive? Returns the run to
     answer with — a request key's earlier attempt that exists (alive or failed: ``replayed``), an idempotency
@@ -415,7 +415,7 @@ def _take_over(
         )
     # The idempotency claim covers this call's write; an accept re-binds it for the key's whole TTL
     # (lua/lib/entry_accept.lua).
-    ttl_ms = REQUEST_KEY_TTL_MS if kind == "req" else min(_idem_ttl_ms(s, now_ms), DIRECT_CLAIM_MS)
+    ttl_ms = cfg.REQUEST_KEY_TTL_S * 1000 if kind == "req" else min(_idem_ttl_ms(s, now_ms), DIRECT_CLAIM_MS)
     taken = buffer.claim(
         kind, org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=key, run_id=s.id, ttl_ms=ttl_ms,
         stale_run_id=holder,
@@ -467,7 +467,7 @@ def _restore_request_keys(
     try:
         fenced = request_keys.restore(
             buffer, org_id=env.org_id, env_id=env.env_id, task=s.task_identifier, key=request_key, now_ms=now_ms,
-            ttl_ms=REQUEST_KEY_TTL_MS, fence_ms=cfg.REQUEST_KEY_FENCE_MS,
+            ttl_ms=cfg.REQUEST_KEY_TTL_S * 1000, fence_ms=cfg.REQUEST_KEY_FENCE_MS,
         )  # fmt: skip
     except DatabaseError as exc:
         engine.discard_connection()

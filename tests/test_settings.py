@@ -69,6 +69,8 @@ DESIGN_DEFAULTS = {
     "WEB_IDLE_TIMEOUT_S": 10.0,
     "WEB_BODY_MIN_RATE": 1024,
     "WEB_BODY_MAX_S": 20.0,
+    # not in §14: how long a request key answers a retry (docs/operations.md#request-key-lifetime)
+    "REQUEST_KEY_TTL_S": 600,
 }
 
 
@@ -107,6 +109,8 @@ def test_values_are_read_from_prefixed_variables():
         ("MOLLIFIER_BEAT_LEASE_ENABLED", "maybe"),
         ("MOLLIFIER_BEAT_LEASE_MS", "999"),
         ("MOLLIFIER_BEAT_RENEW_MS", "99"),
+        ("MOLLIFIER_REQUEST_KEY_TTL_S", "0"),
+        ("MOLLIFIER_REQUEST_KEY_TTL_S", "10m"),
     ],
 )
 def test_bad_value_raises_improperly_configured_naming_the_variable(variable, value):
@@ -218,6 +222,12 @@ def test_default_settings_pass_every_combination_check(mollifier_settings):
         # A beat lease with fewer than two renewals in it: one slow call hands the ticks to another beat.
         ({"BEAT_LEASE_MS": 3999, "BEAT_RENEW_MS": 2000}, {"mollifier.E006"}),
         ({"BEAT_LEASE_MS": 4000, "BEAT_RENEW_MS": 2000}, set()),
+        # A request key that expires while the SDK may still retry its call (160 s), or within the fence.
+        ({"REQUEST_KEY_TTL_S": 160}, {"mollifier.E007"}),
+        ({"REQUEST_KEY_TTL_S": 60}, {"mollifier.E007"}),
+        ({"REQUEST_KEY_TTL_S": 161}, set()),
+        ({"REQUEST_KEY_TTL_S": 300, "REQUEST_KEY_FENCE_MS": 300_000}, {"mollifier.E007"}),
+        ({"REQUEST_KEY_TTL_S": 301, "REQUEST_KEY_FENCE_MS": 300_000}, set()),
     ],
 )
 def test_each_check_fires_exactly_on_its_combination(mollifier_settings, overrides, expected):
@@ -233,6 +243,15 @@ def test_errors_name_both_variables(mollifier_settings):
 
     assert "MOLLIFIER_LEASE_MS" in error.msg
     assert "MOLLIFIER_DRAIN_TIME_BUDGET_MS" in error.msg
+
+
+def test_a_request_key_ttl_within_the_sdks_retry_window_is_refused_saying_why(mollifier_settings):
+    mollifier_settings(REQUEST_KEY_TTL_S=60)
+
+    [error] = [m for m in check_mollifier_settings() if m.id == "mollifier.E007"]
+
+    assert "MOLLIFIER_REQUEST_KEY_TTL_S (60)" in error.msg
+    assert "retry window (160 s)" in error.msg and "MOLLIFIER_REQUEST_KEY_FENCE_MS" in error.msg
 
 
 # ------------------------------------------------------------------------------------- the secret key
