@@ -2,7 +2,8 @@
 
 The buffer's Redis is ``BUFFER_REDIS_URL`` (else ``REDIS_URL``). On a Redis Cluster every master holds
 some shards' entries, so each master is asked and each one that falls short is named
-(docs/operations.md#redis-cluster).
+(docs/operations.md#redis-cluster). Behind Sentinel the primary the sentinels name now is asked; its replicas
+are not (set the same in every node's configuration: a replica becomes the primary on failover).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from django.core.checks import CheckMessage, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import RedisClusterException
 
-from buffer.client import buffer_redis_url
-from buffer.cluster import BufferCluster, primaries
-from mollifier_project.config import redis_location
+from buffer.client import buffer_redis_url, redis_client
+from buffer.cluster import primaries
+from mollifier_project.config import redacted_url, redis_location
 
 
 def _ask_every_master(parameter: str) -> tuple[list[tuple[str, str | None]], CheckMessage | None]:
@@ -26,11 +27,7 @@ def _ask_every_master(parameter: str) -> tuple[list[tuple[str, str | None]], Che
     url = buffer_redis_url()
     try:
         location = redis_location(url)
-        options: dict[str, Any] = {"socket_connect_timeout": 1, "socket_timeout": 1}
-        if location.cluster:
-            client: Any = BufferCluster.from_url(location.url, **options)
-        else:
-            client = redis.Redis.from_url(location.url, **options)
+        client: Any = redis_client(location, socket_connect_timeout=1, socket_timeout=1)
         try:
             values = []
             for node in primaries(client):
@@ -40,14 +37,8 @@ def _ask_every_master(parameter: str) -> tuple[list[tuple[str, str | None]], Che
         finally:
             client.close()
     except (redis.RedisError, RedisClusterException, ImproperlyConfigured) as exc:  # warn, never crash the check
-        return [], Warning(f"Could not read Redis {parameter} of the buffer's Redis ({_redacted(url)}): {exc}",
+        return [], Warning(f"Could not read Redis {parameter} of the buffer's Redis ({redacted_url(url)}): {exc}",
                            id="mollifier.W004")  # fmt: skip
-
-
-def _redacted(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    return f"{scheme}{sep}***@{host}" if at and credentials else url
 
 
 def _falling_short(values: list[tuple[str, str | None]], ok: Callable[[str | None], bool]) -> str:
