@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from django.conf import settings
 from django.core.checks import CheckMessage, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from redis.exceptions import RedisClusterException
@@ -21,9 +22,12 @@ from buffer.cluster import primaries
 from mollifier_project.config import redacted_url, redis_location
 
 
-def _ask_every_master(parameter: str) -> tuple[list[tuple[str, str | None]], CheckMessage | None]:
-    """``CONFIG GET parameter`` on the buffer's Redis, or on every master of a cluster: ``(node, value)`` each,
-    or a W004 warning when one cannot be read."""
+def _ask_every_master(
+    parameter: str, read: Callable[[redis.Redis], str | None] | None = None
+) -> tuple[list[tuple[str, str | None]], CheckMessage | None]:
+    """``CONFIG GET parameter`` (or ``read``) on the buffer's Redis, or on every master of a cluster:
+    ``(node, value)`` each, or a W004 warning when one cannot be read."""
+    read = read or (lambda node: node.config_get(parameter).get(parameter))
     url = buffer_redis_url()
     try:
         location = redis_location(url)
@@ -32,7 +36,7 @@ def _ask_every_master(parameter: str) -> tuple[list[tuple[str, str | None]], Che
             values = []
             for node in primaries(client):
                 kwargs = node.get_connection_kwargs()
-                values.append((f"{kwargs.get('host')}:{kwargs.get('port')}", node.config_get(parameter).get(parameter)))
+                values.append((f"{kwargs.get('host')}:{kwargs.get('port')}", read(node)))
             return values, None
         finally:
             client.close()
@@ -82,5 +86,31 @@ def check_redis_persistence(app_configs: Any = None, **kwargs: Any) -> list[Chec
             hint="Run the buffer's Redis with `appendonly yes` and `appendfsync always` (nothing lost) or "
             "`everysec` (up to about a second of accepts); see docs/operations.md.",
             id="mollifier.W005",
+        )
+    ]
+
+
+@register("mollifier", "redis")
+def check_accept_replicas(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """``ACCEPT_DURABILITY=replica`` answers a buffered trigger only once a replica has it: a primary without a
+    connected replica answers every one of them 503 after ``ACCEPT_WAIT_MS`` — as after a failover, until the
+    old primary or a new replica resyncs (docs/operations.md#redis-sentinel)."""
+    if settings.MOLLIFIER.ACCEPT_DURABILITY != "replica":
+        return []
+    values, failure = _ask_every_master(
+        "connected_slaves", lambda node: str(node.info("replication").get("connected_slaves", 0))
+    )
+    if failure:
+        return [failure]
+    if all(int(value or 0) >= 1 for _, value in values):
+        return []
+    where = _falling_short(values, lambda value: int(value or 0) >= 1)
+    return [
+        Warning(
+            f"ACCEPT_DURABILITY=replica, but the buffer's Redis has no connected replica{where}: every trigger "
+            "that would be buffered is answered 503 after ACCEPT_WAIT_MS.",
+            hint="Add a replica (two behind Sentinel, so that one is left after a failover), or set "
+            "MOLLIFIER_ACCEPT_DURABILITY=none; see docs/operations.md#redis-sentinel.",
+            id="mollifier.W006",
         )
     ]

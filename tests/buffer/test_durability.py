@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from buffer.buffer import Buffer, NotReplicated
-from buffer.checks import check_redis_persistence
+from buffer.checks import check_accept_replicas, check_redis_persistence
 from buffer.client import CLIENT_OPTIONS
 from buffer.values import AcceptStatus
 from runs import auth
@@ -43,6 +43,22 @@ def primary_and_replica(tmp_path):
             yield primary, replica
         finally:
             replica.stop()
+
+
+def test_replica_durability_warns_when_the_primary_has_no_replica(primary_and_replica, settings, mollifier_settings):
+    primary, replica = primary_and_replica
+    settings.REDIS_URL = primary.url
+    assert check_accept_replicas() == []  # ACCEPT_DURABILITY=none needs none
+    mollifier_settings(ACCEPT_DURABILITY="replica")
+    assert check_accept_replicas() == []
+
+    replica.kill()
+    deadline = time.monotonic() + 10
+    while redis.Redis.from_url(primary.url).info("replication")["connected_slaves"]:
+        assert time.monotonic() < deadline, "the primary never noticed its replica gone"
+        time.sleep(0.05)
+
+    assert _ids(check_accept_replicas()) == {"mollifier.W006"}
 
 
 def _accept(buffer: Buffer, run_id: str):
