@@ -10,7 +10,9 @@ breaker, a failure opens it again at once.
 
 The breaker sits in the client's connections (``guarded_connection_class``): every command, pipeline and
 script call of a request-profile client goes through ``send_packed_command``/``read_response``, so no caller
-can forget it. An error *reply* (a script error, OOM) is an answer: Redis is there.
+can forget it. An error *reply* (a script error, OOM) is an answer: Redis is there — except READONLY on a
+Sentinel client, whose connection turns it into a ``ConnectionError`` (the server it holds was demoted, and
+the next connection asks the sentinels again): no primary is a failure like no Redis.
 
 State is per process, on purpose: the processes learn the same thing independently within a few failed calls
 each (each pays at most ``REDIS_BREAKER_FAILURES`` timeouts per outage), and a shared state would have to
@@ -163,8 +165,10 @@ class _Guarded:
             raise BreakerOpen("the buffer's Redis circuit breaker is open (recent calls failed); not sent")
 
 
-def guarded_connection_class(url: str, breaker: Breaker) -> type:
-    """The connection class redis-py would pick for ``url`` (TCP, TLS or Unix socket), guarded by ``breaker``."""
-    scheme = url.split("://", 1)[0].lower()
-    base: type = {"rediss": SSLConnection, "unix": UnixDomainSocketConnection}.get(scheme, Connection)
+def guarded_connection_class(url: str, breaker: Breaker, base: type | None = None) -> type:
+    """The connection class redis-py would pick for ``url`` (TCP, TLS or Unix socket), or ``base`` (a Sentinel
+    client's, ``buffer.client``), guarded by ``breaker``."""
+    if base is None:
+        scheme = url.split("://", 1)[0].lower()
+        base = {"rediss": SSLConnection, "unix": UnixDomainSocketConnection}.get(scheme, Connection)
     return type(f"Guarded{base.__name__}", (_Guarded, base), {"breaker": breaker})

@@ -2,7 +2,8 @@
 (docs/operations.md#redis-timeouts-and-the-circuit-breaker).
 
 ``client_for`` builds and caches them; ``Buffer.from_settings`` (``buffer.core``) is how the product gets one.
-Every client decodes replies as ``CLIENT_OPTIONS`` says, which ``Buffer`` checks.
+Every client decodes replies as ``CLIENT_OPTIONS`` says, which ``Buffer`` checks. ``redis_client`` makes the
+client a URL's kind asks for: a single server, a cluster, or a Sentinel-managed primary.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import redis
 from django.conf import settings
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from buffer.breaker import Breaker, guarded_connection_class
 from buffer.cluster import BufferCluster
 from buffer.scripts import Scripts
-from mollifier_project.config import MollifierSettings, redis_location
+from mollifier_project.config import MollifierSettings, RedisLocation, SentinelLocation, redis_location
 
 CLIENT_OPTIONS: dict[str, Any] = {"decode_responses": True, "encoding_errors": "surrogateescape"}
 """What every client of the buffer needs: ``str`` replies, and compressed snapshots (binary) that survive
@@ -57,11 +59,47 @@ def breaker_of(client: redis.Redis) -> Breaker | None:
     return found if isinstance(found, Breaker) else None
 
 
+def redis_client(location: RedisLocation, *, breaker: Breaker | None = None, **options: Any) -> redis.Redis:
+    """A new client of ``location`` with ``options`` (redis-py's), its connections guarded by ``breaker`` if given:
+    a ``BufferCluster`` for a cluster; for Sentinel, the monitored primary's client, whose every new connection
+    asks the sentinels where the primary is now — so after a failover the next call reaches the promoted replica,
+    and a call that finds the old primary demoted (READONLY) fails as a ``ConnectionError`` (no primary) and
+    drops that connection (docs/operations.md#redis-sentinel)."""
+    if location.sentinel is not None:
+        return _sentinel_primary(location.sentinel, breaker, options)
+    if breaker is not None:
+        options["connection_class"] = guarded_connection_class(location.url, breaker)
+    if location.cluster:
+        return BufferCluster.from_url(location.url, **options)  # type: ignore[return-value]  # same command API
+    return redis.Redis.from_url(location.url, **options)
+
+
+def _sentinel_primary(where: SentinelLocation, breaker: Breaker | None, options: dict[str, Any]) -> redis.Redis:
+    """``Sentinel.master_for``: the sentinels are asked with the same timeouts as the primary (a sentinel that
+    does not answer costs a call no more than the primary would), and their own credentials."""
+    asking: dict[str, Any] = {k: v for k, v in options.items() if k in ("socket_connect_timeout", "socket_timeout")}
+    if where.sentinel_username:
+        asking["username"] = where.sentinel_username
+    if where.sentinel_password:
+        asking["password"] = where.sentinel_password
+    if where.tls:
+        asking["ssl"] = True
+    base: type = SentinelManagedSSLConnection if where.tls else SentinelManagedConnection
+    connection_class = guarded_connection_class("", breaker, base) if breaker is not None else base
+    sentinel = Sentinel(list(where.hosts), sentinel_kwargs=asking)
+    client: redis.Redis = sentinel.master_for(
+        where.service, redis_class=redis.Redis, connection_class=connection_class, db=where.db,
+        username=where.username, password=where.password, **options,
+    )  # fmt: skip
+    return client
+
+
 def client_for(
     url: str, profile: Profile = "worker", cfg: MollifierSettings | None = None
 ) -> tuple[redis.Redis, Scripts]:
     """The process-wide client of ``profile`` for ``url`` (str replies) and its registered scripts; a
-    ``BufferCluster`` for a ``redis+cluster://`` URL (``buffer.cluster``). ``cfg``: the MOLLIFIER settings
+    ``BufferCluster`` for a ``redis+cluster://`` URL (``buffer.cluster``), a Sentinel-managed primary's for a
+    ``redis+sentinel://`` one (``redis_client``). ``cfg``: the MOLLIFIER settings
     (default: the current ones), whose timeouts and breaker shape the client.
 
     ``request``: connect and reply timeout ``REDIS_REQUEST_TIMEOUT_MS`` (plus ``ACCEPT_WAIT_MS`` when accepts
@@ -92,18 +130,14 @@ def client_for(
                 breaker = Breaker(failures=shape[1], open_ms=shape[2], profile=profile)
                 options.update(
                     socket_connect_timeout=min(timeout_s, cfg.REDIS_REQUEST_TIMEOUT_MS / 1000), socket_timeout=timeout_s,
-                    retry=Retry(NoBackoff(), retries=0), connection_class=guarded_connection_class(location.url, breaker),
+                    retry=Retry(NoBackoff(), retries=0),
                 )  # fmt: skip
             else:
                 options.update(
                     socket_connect_timeout=1.0, socket_timeout=shape[0] / 1000,
                     retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
                 )  # fmt: skip
-            client: redis.Redis = (
-                BufferCluster.from_url(location.url, **options)  # type: ignore[assignment]  # same command API
-                if location.cluster
-                else redis.Redis.from_url(location.url, **options)
-            )
+            client = redis_client(location, breaker=breaker, **options)
             client.mollifier_breaker = breaker  # type: ignore[attr-defined]  # read by breaker_of
             _clients[cache_key] = (client, Scripts.register(client))
         return _clients[cache_key]

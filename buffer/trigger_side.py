@@ -203,6 +203,24 @@ class TriggerSide(BufferCore):
             raise NotReplicated(run_id)
         return reply
 
+    def confirm_replicated(self, run_id: str, *, org_id: int, env_id: int, task: str, request_key: str,
+                           request_ttl_ms: int) -> None:  # fmt: skip
+        """With ``accept_replicas``, raise ``NotReplicated`` unless a replica confirms (``WAIT``) what this
+        primary holds: a retry answered with its request key's earlier run (buffered by an attempt that was
+        answered 503) meets the bar a fresh accept meets. After a failover the promoted primary has no replica
+        until one resyncs; a run answered 200 meanwhile would be lost by the next failover. The request key's
+        TTL is refreshed, as every keyed trigger refreshes it: a write on this connection after the earlier
+        accept in the replication stream, so the WAIT that follows it covers that accept."""
+        require("request_ttl_ms", request_ttl_ms, 1)
+        if not self._accept_replicas:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        pipe.pexpire(self.keys_for_org(org_id).req(env_id, task, request_key), request_ttl_ms)
+        pipe.execute_command("WAIT", self._accept_replicas, self._accept_wait_ms)
+        replicas = int(pipe.execute()[1])
+        if replicas < self._accept_replicas:
+            raise NotReplicated(run_id)
+
     def cancel(self, run_id: str, *, org_id: int, env_id: int, now_ms: int, reason: str) -> MutationResult:
         """Flag a buffered run cancelled (idempotent: the first cancelled_at stays); see ``lua/cancel.lua``."""
         status, cancelled_at = self._scripts.cancel(

@@ -10,9 +10,9 @@ Combinations that are individually valid but wrong together are Django system ch
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -208,45 +208,151 @@ def load_settings(environ: Mapping[str, str] | None = None) -> MollifierSettings
 
 
 CLUSTER_SUFFIX = "+cluster"
+SENTINEL_SUFFIX = "+sentinel"
+SENTINEL_DEFAULT_PORT = 26379
+_SENTINEL_QUERY = frozenset({"sentinel_username", "sentinel_password"})
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelLocation:
+    """A Sentinel-managed primary (``redis+sentinel://``, docs/operations.md#redis-sentinel): the sentinels to
+    ask, the name they monitor it under, and the database. ``username``/``password`` (the URL's userinfo) are
+    the primary's and its replicas'; ``sentinel_username``/``sentinel_password`` (query parameters) the
+    sentinels', which usually have a password of their own. ``tls``: ``rediss+sentinel://``, TLS to both."""
+
+    hosts: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    tls: bool = False
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class RedisLocation:
-    """Where the buffer's Redis is (``BUFFER_REDIS_URL``, else ``REDIS_URL``) and whether it is a cluster.
+    """Where the buffer's Redis is (``BUFFER_REDIS_URL``, else ``REDIS_URL``) and what kind it is.
 
-    Cluster mode is part of the URL (``redis+cluster://host:port``, ``rediss+cluster://`` for TLS) rather
-    than a flag of its own: a standalone client cannot talk to a cluster nor the reverse, so the two can
-    never disagree, and every process handed the URL — a Celery worker, a child process of a test — gets
-    the mode with it (docs/operations.md#redis-cluster)."""
+    Cluster and Sentinel mode are part of the URL (``redis+cluster://host:port``, ``redis+sentinel://host:port/
+    name``, ``rediss+…`` for TLS) rather than a flag of their own: a standalone client cannot talk to a cluster
+    nor the reverse, so the two can never disagree, and every process handed the URL — a Celery worker, a child
+    process of a test — gets the mode with it (docs/operations.md#redis-cluster)."""
 
-    url: str  # what redis-py is given: redis://, rediss:// or unix://
+    url: str  # what redis-py is given: redis://, rediss:// or unix://; for Sentinel the URL as written
     cluster: bool
+    sentinel: SentinelLocation | None = None
 
 
 def redis_location(url: str, variable: str = "BUFFER_REDIS_URL") -> RedisLocation:
     """Parse a buffer Redis URL; raise ``ImproperlyConfigured`` naming ``variable`` when it is unusable."""
     scheme, sep, rest = url.partition("://")
+    if scheme.endswith(SENTINEL_SUFFIX) and sep:
+        return RedisLocation(url, False, _sentinel_location(scheme.removesuffix(SENTINEL_SUFFIX), rest, url, variable))
     cluster = scheme.endswith(CLUSTER_SUFFIX)
     base = scheme.removesuffix(CLUSTER_SUFFIX)
     if not sep or base not in ({"redis", "rediss"} if cluster else {"redis", "rediss", "unix"}):
         raise ImproperlyConfigured(
-            f"{variable}={url!r}: expected redis://host:port/db, rediss://…, unix://… or, for a Redis Cluster, "
-            "redis+cluster://host:port (any one node) or rediss+cluster://…"
+            f"{variable}={redacted_url(url)!r}: expected redis://host:port/db, rediss://…, unix://…, for a Redis "
+            "Cluster redis+cluster://host:port (any one node) or rediss+cluster://…, or for a Sentinel-managed "
+            "primary redis+sentinel://host:port[,host:port…]/service_name[/db] or rediss+sentinel://…"
         )
     if cluster:
         path = rest.partition("?")[0].partition("/")[2]
         if path not in ("", "0"):
-            raise ImproperlyConfigured(f"{variable}={url!r}: a Redis Cluster has only database 0")
+            raise ImproperlyConfigured(f"{variable}={redacted_url(url)!r}: a Redis Cluster has only database 0")
     return RedisLocation(f"{base}://{rest}", cluster)
 
 
-def check_broker_redis_url(url: str) -> None:
-    """``REDIS_URL`` is the Celery broker's default too, and Celery cannot use a cluster: refuse one there."""
-    if url.partition("://")[0].endswith(CLUSTER_SUFFIX):
-        raise ImproperlyConfigured(
-            f"REDIS_URL={url!r}: REDIS_URL is also the Celery broker (CELERY_BROKER_URL's default), which cannot "
-            "be a Redis Cluster; put the cluster in BUFFER_REDIS_URL and keep REDIS_URL a single server"
+def _sentinel_location(base: str, rest: str, url: str, variable: str) -> SentinelLocation:
+    """``[user:password@]host:port[,host:port…]/service[/db][?sentinel_username=…&sentinel_password=…]``."""
+
+    def refuse(problem: str) -> ImproperlyConfigured:
+        return ImproperlyConfigured(
+            f"{variable}={redacted_url(url)!r}: {problem} (expected redis+sentinel://[user:password@]host:port"
+            "[,host:port…]/service_name[/db][?sentinel_password=…], or rediss+sentinel://…)"
         )
+
+    if base not in ("redis", "rediss"):
+        raise refuse(f"unknown scheme {base + SENTINEL_SUFFIX!r}")
+    main, _, query = rest.partition("?")
+    netloc, _, path = main.partition("/")
+    userinfo, at, hosts_text = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if at else ("", "", "")
+    hosts = []
+    for item in hosts_text.split(","):
+        host, colon, port_text = item.rpartition(":") if not item.endswith("]") else (item, "", "")
+        if not colon:
+            host, port_text = item, str(SENTINEL_DEFAULT_PORT)
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise refuse(f"sentinel address {item!r} is not host:port")
+        hosts.append((host, int(port_text)))
+    service, _, db_text = path.partition("/")
+    if not service:
+        raise refuse("no service name (the name the sentinels monitor the primary under)")
+    if db_text and not db_text.isdigit():
+        raise refuse(f"database {db_text!r} is not a number")
+    params = parse_qs(query, keep_blank_values=True, strict_parsing=False)
+    unknown = sorted(set(params) - _SENTINEL_QUERY)
+    if unknown:
+        raise refuse(f"unknown parameter(s) {', '.join(unknown)}")
+    if any(len(values) > 1 for values in params.values()):
+        raise refuse("a parameter is given twice")
+    return SentinelLocation(
+        hosts=tuple(hosts), service=unquote(service), db=int(db_text or 0), tls=base == "rediss",
+        username=unquote(username) or None, password=unquote(password) or None,
+        sentinel_username=params.get("sentinel_username", [""])[0] or None,
+        sentinel_password=params.get("sentinel_password", [""])[0] or None,
+    )  # fmt: skip
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its userinfo and any ``sentinel_password`` replaced by ``***``: it goes into error messages."""
+    scheme, sep, rest = url.partition("://")
+    main, question, query = rest.partition("?")
+    credentials, at, host = main.rpartition("@")
+    main = f"***@{host}" if at and credentials else main
+    if "password" in query:
+        query = "&".join(
+            f"{name}=***" if name.endswith("password") else f"{name}{eq}{value}"
+            for name, eq, value in (part.partition("=") for part in query.split("&"))
+        )
+    return f"{scheme}{sep}{main}{question}{query}"
+
+
+def check_broker_redis_url(url: str) -> None:
+    """``REDIS_URL`` is the Celery broker's default too, and Celery cannot use a cluster, nor read a
+    ``redis+sentinel://`` URL (kombu spells Sentinel ``sentinel://`` with options of its own): refuse both there."""
+    scheme = url.partition("://")[0]
+    if scheme.endswith(CLUSTER_SUFFIX):
+        raise ImproperlyConfigured(
+            f"REDIS_URL={redacted_url(url)!r}: REDIS_URL is also the Celery broker (CELERY_BROKER_URL's default), which "
+            "cannot be a Redis Cluster; put the cluster in BUFFER_REDIS_URL and keep REDIS_URL a single server"
+        )
+    if scheme.endswith(SENTINEL_SUFFIX):
+        raise ImproperlyConfigured(
+            f"REDIS_URL={redacted_url(url)!r}: REDIS_URL is also the Celery broker (CELERY_BROKER_URL's default), which "
+            "does not read redis+sentinel:// URLs; put the Sentinel URL in BUFFER_REDIS_URL, and for the broker set "
+            "CELERY_BROKER_URL=sentinel://host:port;sentinel://host:port with CELERY_BROKER_SENTINEL_MASTER "
+            "(docs/operations.md#redis-sentinel)"
+        )
+
+
+def broker_transport_options(broker_url: str, master_name: str, sentinel_password: str = "") -> dict[str, object]:
+    """kombu's ``broker_transport_options`` for ``broker_url``: for its Sentinel transport (``sentinel://``), the
+    monitored name (``CELERY_BROKER_SENTINEL_MASTER``, required there) and the sentinels' password, if any."""
+    if not broker_url.startswith("sentinel://"):
+        return {}
+    if not master_name:
+        raise ImproperlyConfigured(
+            "CELERY_BROKER_URL is a sentinel:// URL but CELERY_BROKER_SENTINEL_MASTER (the name the sentinels "
+            "monitor the broker's primary under) is not set (docs/operations.md#redis-sentinel)"
+        )
+    options: dict[str, object] = {"master_name": master_name}
+    if sentinel_password:
+        options["sentinel_kwargs"] = {"password": sentinel_password}
+    return options
 
 
 DEVELOPMENT_SECRET_KEY = "dev-insecure-mollifier-secret-key-change-me"  # public: in the repository

@@ -15,7 +15,13 @@ import dj_database_url
 import django_stubs_ext
 from kombu import Exchange, Queue
 
-from mollifier_project.config import check_broker_redis_url, check_secret_key, load_settings, redis_location
+from mollifier_project.config import (
+    broker_transport_options,
+    check_broker_redis_url,
+    check_secret_key,
+    load_settings,
+    redis_location,
+)
 
 # Django's generic classes subscriptable at run time, as django-stubs types them (``admin.ModelAdmin[TaskRun]``).
 django_stubs_ext.monkeypatch()
@@ -149,6 +155,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Celery: Redis as broker. Queues per docs/architecture.md#processes-and-data-flow: drain, sweep, default.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+# A Sentinel-managed broker (docs/operations.md#redis-sentinel): CELERY_BROKER_URL=sentinel://host:port;sentinel://…
+# (kombu's Sentinel transport) and the name the sentinels monitor its primary under; refused at start-up without it.
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(
+    CELERY_BROKER_URL,
+    os.environ.get("CELERY_BROKER_SENTINEL_MASTER", ""),
+    os.environ.get("CELERY_BROKER_SENTINEL_PASSWORD", ""),
+)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"

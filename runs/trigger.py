@@ -336,6 +336,7 @@ def _trigger(
     fence_ms = cfg.REQUEST_KEY_FENCE_MS if request_key else 0
     restored = False  # the request keys were restored once (UNFENCED): a second UNFENCED is not guessed at
     req_ours = False  # the request key is this call's in Redis (the script wrote it, or it was taken over)
+    replayed: str | None = None  # the request key's earlier run, answered with (once a replica confirms it)
     try:
         for _ in range(MAX_SCRIPT_CALLS):
             reply = buffer.trigger(
@@ -356,7 +357,8 @@ def _trigger(
                 assert request_key is not None and reply.holder is not None
                 previous = _take_over(buffer, env, s, claims, "req", request_key, reply.holder, now_ms=now_ms, cfg=cfg)
                 if previous is not None:
-                    return Triggered(previous, False, "replayed")
+                    replayed = previous
+                    break
                 req_ours = ("req", request_key) in claims.held
                 continue
             if request_key and reply.status is not TriggerStatus.CLOSED and reply.status is not TriggerStatus.FULL:
@@ -379,6 +381,11 @@ def _trigger(
         log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
         return _write(buffer, env, s, cfg, now_ms=now_ms, redis_up=False, text=text, request_key=unrecorded)
+    if replayed is not None:  # outside the fail-open above: a new run must not be written for this request
+        assert request_key is not None
+        buffer.confirm_replicated(replayed, org_id=env.org_id, env_id=env.env_id, task=s.task_identifier,
+                                  request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS)  # fmt: skip
+        return Triggered(replayed, False, "replayed")
     if s.idempotency_key and reply.status is TriggerStatus.PASS and pass_ttl is not None:
         claims.hold("idem", s.idempotency_key)
     decision = precheck

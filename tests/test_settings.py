@@ -13,7 +13,13 @@ from pydantic import SecretStr
 
 from buffer.checks import check_redis_eviction_policy
 from mollifier_project.checks import check_mollifier_settings
-from mollifier_project.config import check_broker_redis_url, load_settings, redis_location
+from mollifier_project.config import (
+    SentinelLocation,
+    broker_transport_options,
+    check_broker_redis_url,
+    load_settings,
+    redis_location,
+)
 
 DESIGN_DEFAULTS = {
     "ENABLED": False,
@@ -363,6 +369,66 @@ def test_an_unusable_buffer_redis_url_is_refused_naming_the_variable(url, messag
         redis_location(url)
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis+sentinel://10.0.0.1:26379/buffer", SentinelLocation(hosts=(("10.0.0.1", 26379),), service="buffer")),
+        (
+            "rediss+sentinel://app:s%40cret@10.0.0.1:26379,10.0.0.2:26380,[fd00::3]/buffer/2"
+            "?sentinel_username=sen&sentinel_password=sp",
+            SentinelLocation(
+                hosts=(("10.0.0.1", 26379), ("10.0.0.2", 26380), ("fd00::3", 26379)), service="buffer", db=2, tls=True,
+                username="app", password="s@cret", sentinel_username="sen", sentinel_password="sp",
+            ),
+        ),
+        ("redis+sentinel://:pw@sentinel-a/my%20primary", SentinelLocation(
+            hosts=(("sentinel-a", 26379),), service="my primary", password="pw")),
+    ],
+)  # fmt: skip
+def test_a_sentinel_url_names_its_sentinels_service_database_and_credentials(url, expected):
+    location = redis_location(url)
+
+    assert location.sentinel == expected and not location.cluster
+    for field in ("username", "password", "sentinel_username", "sentinel_password"):
+        assert getattr(expected, field) is None or getattr(expected, field) not in repr(location.sentinel)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+sentinel://10.0.0.1:26379", "no service name"),
+        ("redis+sentinel://10.0.0.1:26379/", "no service name"),
+        ("redis+sentinel://10.0.0.1:port/buffer", "'10.0.0.1:port' is not host:port"),
+        ("redis+sentinel://10.0.0.1:26379,/buffer", "'' is not host:port"),
+        ("redis+sentinel://10.0.0.1:99999/buffer", "is not host:port"),
+        ("redis+sentinel://10.0.0.1/buffer/two", "database 'two' is not a number"),
+        ("redis+sentinel://10.0.0.1/buffer?password=x", "unknown parameter"),
+        ("unix+sentinel:///run/sentinel.sock/buffer", r"unknown scheme 'unix\+sentinel'"),
+    ],
+)
+def test_an_unusable_sentinel_url_is_refused_naming_the_problem(url, message):
+    with pytest.raises(ImproperlyConfigured, match=f"BUFFER_REDIS_URL=.*{message}"):
+        redis_location(url)
+
+
+def test_a_refused_url_does_not_show_its_passwords():
+    with pytest.raises(ImproperlyConfigured) as refused:
+        redis_location("redis+sentinel://u:hunter2@10.0.0.1/?sentinel_password=swordfish")
+
+    assert "hunter2" not in str(refused.value) and "swordfish" not in str(refused.value)
+    assert "no service name" in str(refused.value)
+
+
+def test_the_broker_url_may_not_be_a_redis_sentinel_url_and_its_sentinel_transport_needs_a_master_name():
+    with pytest.raises(ImproperlyConfigured, match=r"REDIS_URL=.*CELERY_BROKER_URL=sentinel://"):
+        check_broker_redis_url("redis+sentinel://127.0.0.1:26379/buffer")
+    assert broker_transport_options("redis://127.0.0.1:6379/0", "") == {}
+    with pytest.raises(ImproperlyConfigured, match="CELERY_BROKER_SENTINEL_MASTER"):
+        broker_transport_options("sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380", "")
+    assert broker_transport_options("sentinel://127.0.0.1:26379", "broker", "sp") == {
+        "master_name": "broker", "sentinel_kwargs": {"password": "sp"}}  # fmt: skip
+
+
 def test_the_broker_url_may_not_be_a_cluster():
     check_broker_redis_url("redis://127.0.0.1:6379/0")
     with pytest.raises(ImproperlyConfigured, match=r"REDIS_URL=.*Celery broker"):
@@ -374,10 +440,13 @@ def test_the_broker_url_may_not_be_a_cluster():
     [
         ({"BUFFER_REDIS_URL": "redis+cluster://127.0.0.1:1/5"}, "BUFFER_REDIS_URL="),
         ({"REDIS_URL": "redis+cluster://127.0.0.1:1"}, "REDIS_URL="),
+        ({"BUFFER_REDIS_URL": "redis+sentinel://127.0.0.1:1"}, "no service name"),
+        ({"CELERY_BROKER_URL": "sentinel://127.0.0.1:1"}, "CELERY_BROKER_SENTINEL_MASTER"),
     ],
 )
 def test_manage_py_check_refuses_a_bad_buffer_or_broker_url_at_start_up(variables, message):
-    env = {k: v for k, v in os.environ.items() if k not in ("BUFFER_REDIS_URL", "REDIS_URL")} | variables
+    unset = ("BUFFER_REDIS_URL", "REDIS_URL", "CELERY_BROKER_URL", "CELERY_BROKER_SENTINEL_MASTER")
+    env = {k: v for k, v in os.environ.items() if k not in unset} | variables
     done = subprocess.run(
         [sys.executable, "manage.py", "check"], capture_output=True, text=True, env=env, timeout=60,
         cwd=django_settings.BASE_DIR,

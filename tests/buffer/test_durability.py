@@ -10,12 +10,12 @@ import pytest
 import redis
 
 from buffer.buffer import Buffer, NotReplicated
-from buffer.checks import check_redis_persistence
+from buffer.checks import check_accept_replicas, check_redis_persistence
 from buffer.client import CLIENT_OPTIONS
 from buffer.values import AcceptStatus
 from runs import auth
 from runs.tenants import ensure_tenant, issue_api_key
-from tests.redis_servers import RedisServer, redis_server
+from tests.redis_servers import RedisServer, redis_server, wait_for_replica
 
 
 def _ids(messages) -> set[str]:
@@ -38,16 +38,27 @@ def test_a_redis_with_aof_passes_the_persistence_check(settings, tmp_path):
 def primary_and_replica(tmp_path):
     with redis_server(tmp_path / "primary") as primary:
         replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port)).start()
-        client = redis.Redis(port=replica.port, **CLIENT_OPTIONS)
-        deadline = time.monotonic() + 10
-        while client.info("replication").get("master_link_status") != "up":
-            assert time.monotonic() < deadline, "the replica never linked"
-            time.sleep(0.05)
-        client.close()
+        wait_for_replica(replica)
         try:
             yield primary, replica
         finally:
             replica.stop()
+
+
+def test_replica_durability_warns_when_the_primary_has_no_replica(primary_and_replica, settings, mollifier_settings):
+    primary, replica = primary_and_replica
+    settings.REDIS_URL = primary.url
+    assert check_accept_replicas() == []  # ACCEPT_DURABILITY=none needs none
+    mollifier_settings(ACCEPT_DURABILITY="replica")
+    assert check_accept_replicas() == []
+
+    replica.kill()
+    deadline = time.monotonic() + 10
+    while redis.Redis.from_url(primary.url).info("replication")["connected_slaves"]:
+        assert time.monotonic() < deadline, "the primary never noticed its replica gone"
+        time.sleep(0.05)
+
+    assert _ids(check_accept_replicas()) == {"mollifier.W006"}
 
 
 def _accept(buffer: Buffer, run_id: str):
@@ -84,9 +95,12 @@ def test_without_a_replica_the_accept_raises_after_the_wait_and_the_entry_stays_
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_unreplicated_trigger_answers_503_and_its_retry_gets_the_same_run(
+def test_an_unreplicated_trigger_answers_503_until_a_replica_has_it_and_its_retry_gets_the_same_run(
     primary_and_replica, client, settings, mollifier_settings, key_prefix
 ):
+    """The retry's answer meets the bar the first attempt's did: after a failover the promoted primary has
+    no replica until one resyncs (tests/chaos/test_sentinel_failover.py), and a retry answered 200 meanwhile
+    would be a run that the next failover loses."""
     primary, replica = primary_and_replica
     settings.REDIS_URL = primary.url
     mollifier_settings(ENABLED=True, TRIP_THRESHOLD=0, ACCEPT_DURABILITY="replica", ACCEPT_WAIT_MS=300)
@@ -105,9 +119,16 @@ def test_an_unreplicated_trigger_answers_503_and_its_retry_gets_the_same_run(
     assert refused.status_code == 503 and refused.headers["x-should-retry"] == "true"
     assert "replica" in refused.json()["error"]
 
-    retried = post()  # the replica is still down, but this request already has its run
+    refused_again = post()  # this request has its run in the primary, which no replica has confirmed yet
+    assert refused_again.status_code == 503 and "replica" in refused_again.json()["error"]
+
+    replica.start()  # back, and resynced from the primary
+    wait_for_replica(replica)
+    retried = post()
     assert retried.status_code == 200, retried.content
     buffer = Buffer.from_settings()
     assert buffer.depth(buffer.shard_for(tenant.org.id), tenant.env.id) == 1
     entry = buffer.get(retried.json()["id"], org_id=tenant.org.id)
     assert entry is not None and entry.status == "QUEUED"
+    on_replica = Buffer(redis.Redis.from_url(replica.url, **CLIENT_OPTIONS), prefix=key_prefix, shards=buffer.shards)
+    assert on_replica.get(retried.json()["id"], org_id=tenant.org.id) is not None

@@ -31,7 +31,11 @@ from drainer.beat import EPOCH_HEADER
 from mollifier_project.celery import app
 from runs.signals import run_created
 
-app.conf.broker_transport_options = {"global_keyprefix": os.environ["DRAINTEST_BROKER_PREFIX"]}
+# Added to the settings' options (a Sentinel broker's master_name, docs/operations.md#redis-sentinel), not instead.
+app.conf.broker_transport_options = {
+    **app.conf.broker_transport_options,
+    "global_keyprefix": os.environ["DRAINTEST_BROKER_PREFIX"],
+}
 
 NAME = os.environ.get("DRAINTEST_NAME", "worker")
 EVENTS = os.environ["DRAINTEST_EVENTS"]
