@@ -31,6 +31,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` importable
 from bench._django import setup_django
 from scripts.netproxy import NetProxy
 
-SDK_HEADERS = {
+SDK_HEADERS: dict[str, Any] = {
     "HTTP_TRIGGER_VERSION": "4.8.3",
     "HTTP_X_TRIGGER_API_VERSION": "2025-07-16",
     "HTTP_X_TRIGGER_SOURCE": "sdk",
@@ -49,7 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--triggers", type=int, default=300, help="sequential triggers per measurement")
     parser.add_argument("--runs", type=int, default=4000, help="parked entries drained per measurement")
-    parser.add_argument("--rtts", default="0,0.5,2", help="round-trip times in ms, comma-separated; the first is the base")
+    parser.add_argument(
+        "--rtts", default="0,0.5,2", help="round-trip times in ms, comma-separated; the first is the base"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="measurements per RTT; medians are reported")
     parser.add_argument("--database", default=None, help="database name (default: DATABASE_URL's + _bench)")
     return parser.parse_args(argv)

@@ -245,7 +245,9 @@ class Topology:
 
         def connect() -> bool:
             try:
-                with psycopg.connect(self.description.database_url("postgres"), connect_timeout=1, autocommit=True) as c:
+                with psycopg.connect(
+                    self.description.database_url("postgres"), connect_timeout=1, autocommit=True
+                ) as c:
                     c.execute(f"CREATE DATABASE {DATABASE}")
                 return True
             except psycopg.OperationalError:
@@ -319,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 pass
             return 0
-        env = {**os.environ, "HOSTS_TOPOLOGY": d.to_json(), "DATABASE_URL": d.database_url(), "REDIS_URL": d.redis_url()}
+        env = {
+            **os.environ,
+            "HOSTS_TOPOLOGY": d.to_json(),
+            "DATABASE_URL": d.database_url(),
+            "REDIS_URL": d.redis_url(),
+        }
         env.pop("BUFFER_REDIS_URL", None)
         try:
             return subprocess.run(command, env=env).returncode

@@ -50,7 +50,7 @@ class Link:
     lock: threading.Lock = field(default_factory=threading.Lock)
     accepted: int = 0
     dropped: int = 0
-    bytes: int = 0
+    carried: int = 0  # bytes
     cut_after: bytes = b""  # armed by the "cut_after" command; cleared when it fires
     cuts_fired: int = 0
     flights: int = 0  # client chunks carried upstream: about one per round trip (a pipeline is one)
@@ -111,7 +111,7 @@ def _pipe(link: Link, src: socket.socket, dst: socket.socket, done: threading.Ev
                 dst.shutdown(socket.SHUT_WR)
                 return
             dst.sendall(data)
-            link.bytes += len(data)
+            link.carried += len(data)
             if trigger:  # the armed chunk went through: now the link is cut
                 link.open.clear()
                 link.cuts_fired += 1
@@ -192,7 +192,7 @@ class Server:
                     pass
         elif op != "stats":
             raise ValueError(f"unknown op {op}")
-        return {"accepted": link.accepted, "dropped": link.dropped, "bytes": link.bytes, "open": len(link.conns),
+        return {"accepted": link.accepted, "dropped": link.dropped, "bytes": link.carried, "open": len(link.conns),
                 "cut": not link.open.is_set(), "cuts_fired": link.cuts_fired, "flights": link.flights}  # fmt: skip
 
 

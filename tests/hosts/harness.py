@@ -10,9 +10,9 @@ or cut off from one server while the rest carry on.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import re
 import urllib.parse
 from collections import Counter
 from pathlib import Path
@@ -23,6 +23,7 @@ from scripts.hosts import Description
 from scripts.netproxy import NetProxy
 from tests.drainer.processes import Cluster, Process
 from tests.live import ROOT, Gunicorn, database_url_of_test_db
+
 
 def description() -> Description:
     return Description.from_json(os.environ["HOSTS_TOPOLOGY"])
@@ -96,7 +97,9 @@ class HostGunicorn(Gunicorn):
         self.port = 8000
         self.url = f"http://{hosts.hosts['web']}:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MOLLIFIER_")}
-        env.update(links.env("web", broker_url=settings.REDIS_URL), DJANGO_ALLOWED_HOSTS=hosts.hosts["web"], **env_overrides)
+        env.update(
+            links.env("web", broker_url=settings.REDIS_URL), DJANGO_ALLOWED_HOSTS=hosts.hosts["web"], **env_overrides
+        )
         self._log_path = log
         self._log = log.open("wb")
         self.process = subprocess.Popen(

@@ -212,7 +212,7 @@ class HttpStorm(threading.Thread):
         parts = url.removeprefix("http://").split(":")
         self.host, self.port, self.secret = parts[0], int(parts[1]), secret
         self.answers: list[tuple[int, dict]] = []
-        self.retried = Counter()
+        self.retried: Counter[int] = Counter()
         self._halt = threading.Event()
         self._lock = threading.Lock()
 
@@ -282,7 +282,7 @@ def test_web_cut_off_from_redis_mid_storm_fails_open_and_loses_nothing(start_clu
     # the retry (same request key) then failed open with the key recorded in Postgres only
     # (docs/api.md#request-idempotency-during-a-redis-outage, "What is not covered"). Payloads are unique
     # per trigger, so rows sharing one are such pairs.
-    by_payload: dict[str, list[tuple[str, bool]]] = {}
+    by_payload: dict[str | None, list[tuple[str, bool]]] = {}
     for run_id, payload, buffered in rows.values_list("id", "payload", "buffered"):
         by_payload.setdefault(payload, []).append((run_id, buffered))
     second_runs = {p: runs for p, runs in by_payload.items() if len(runs) > 1}
@@ -299,8 +299,9 @@ def test_web_cut_off_from_redis_mid_storm_fails_open_and_loses_nothing(start_clu
     assert direct > 0 and rows.count() - direct > 0  # it failed open during the cut, and buffered otherwise
     assert during_cut > 0  # the web kept answering while cut off
     assert len(by_payload) == len(storm.answers)  # no row of a trigger nobody sent
+    answered_ids = set(answered)
     for runs in second_runs.values():  # only the documented pair: an unanswered buffered run + the answered one
-        unanswered = [(run_id, buffered) for run_id, buffered in runs if run_id not in set(answered)]
+        unanswered = [(run_id, buffered) for run_id, buffered in runs if run_id not in answered_ids]
         assert len(runs) == 2 and len(unanswered) == 1 and unanswered[0][1], runs
-        assert [run_id for run_id, _ in runs if run_id in set(answered)][0] in keyed_in_postgres, runs
+        assert next(run_id for run_id, _ in runs if run_id in answered_ids) in keyed_in_postgres, runs
     assert len(second_runs) <= STORM_CONNECTIONS  # at most the triggers in flight when the link was cut
