@@ -13,7 +13,8 @@ link (e.g. "drain1 → redis"). Each link has:
   TCP's retransmissions would after a short partition. ``reset`` closes every connection of the link now.
   ``cut_after`` arms a cut at an exact point: the first client chunk containing the given bytes (e.g.
   ``COMMIT``) is delivered upstream, then the link is cut, so the server acts on it and its reply is held —
-  an ambiguous commit, which a timed cut can only hit by luck.
+  an ambiguous commit, which a timed cut can only hit by luck. ``cut_before`` is the same but holds that
+  chunk too: the server never sees it until the heal (a drain's ack, held past its lease).
 
 Threads, not asyncio: asyncio's timers round up to whole milliseconds, too coarse for a 0.25 ms one-way
 delay; ``time.sleep`` here wakes within about 0.1 ms. Run as a child process (``NetProxy`` below) so that
@@ -52,6 +53,7 @@ class Link:
     dropped: int = 0
     carried: int = 0  # bytes
     cut_after: bytes = b""  # armed by the "cut_after" command; cleared when it fires
+    cut_before: bytes = b""  # armed by the "cut_before" command; cleared when it fires
     cuts_fired: int = 0
     flights: int = 0  # client chunks carried upstream: about one per round trip (a pipeline is one)
 
@@ -82,6 +84,10 @@ def _pipe(link: Link, src: socket.socket, dst: socket.socket, done: threading.Ev
                 last_due = due
                 if upstream and data:
                     link.flights += 1
+                if upstream and link.cut_before and link.cut_before in data:
+                    link.cut_before = b""
+                    link.open.clear()  # queued below, so the writer holds it until the heal
+                    link.cuts_fired += 1
                 trigger = upstream and bool(link.cut_after) and link.cut_after in data
                 if trigger:
                     link.cut_after = b""
@@ -180,6 +186,8 @@ class Server:
             link.open.clear()
         elif op == "cut_after":
             link.cut_after = cmd["marker"].encode()
+        elif op == "cut_before":
+            link.cut_before = cmd["marker"].encode()
         elif op == "heal":
             link.open.set()
         elif op == "reset":
@@ -244,6 +252,10 @@ class NetProxy:
     def cut_after(self, name: str, marker: bytes) -> dict[str, Any]:
         """Cut the link right after the first client chunk containing ``marker`` has been delivered upstream."""
         return self._call(op="cut_after", name=name, marker=marker.decode())
+
+    def cut_before(self, name: str, marker: bytes) -> dict[str, Any]:
+        """Cut the link at the first client chunk containing ``marker``, holding that chunk too."""
+        return self._call(op="cut_before", name=name, marker=marker.decode())
 
     def heal(self, name: str) -> dict[str, Any]:
         return self._call(op="heal", name=name)

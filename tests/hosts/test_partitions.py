@@ -121,9 +121,11 @@ def test_drain_worker_cut_off_from_redis_longer_than_its_lease_mid_round(start_c
     drain2 = cluster.start_worker("drain2", queues="q-drain2")
     cluster.wait_ready(drain1, drain2, timeout=60)
 
+    # The cut comes as drain1 sends its first ack: the round's rows are committed, the ack is held (and
+    # delivered at the heal, long after the lease), and drain1 waits on Redis.
+    links.proxy.cut_before("drain1-redis", buffer._scripts.ack.sha.encode())
     cluster.send_drain(0, queue="q-drain1")
-    wait_until(lambda: rows_of_envs(envs) > 0, timeout=30, interval=0.005, what="drain1's first commit")
-    links.proxy.cut("drain1-redis")
+    wait_until(lambda: links.proxy.stats("drain1-redis")["cuts_fired"], timeout=30, what="drain1's first ack")
     cut_at = time.monotonic()
     rows_at_cut = rows_of_envs(envs)
     leased_at_cut = in_flight(buffer)
@@ -153,7 +155,7 @@ def test_drain_worker_cut_off_from_redis_longer_than_its_lease_mid_round(start_c
         f"drains' sums {dict(sums)}; mutations {dict(outcomes)} after {mutator.busy} BUSY retries; drain1's task "
         f"across the heal ended with {[r['retval'] for r in drain1_after]}"
     )
-    assert leased_at_cut > 0  # the cut came mid-round: drain1 held leases it could not ack
+    assert leased_at_cut > 0 and rows_at_cut > 0  # mid-round: rows committed, their leases held, no ack
     assert rows_at_heal > rows_at_cut  # drain2 took over during the partition
     assert outcomes == {("cancel", "ok"): 40, ("tag", "ok"): 40}
     assert all(rows[s.id] == RunStatus.CANCELED for kind, s in jobs if kind == "cancel")
