@@ -55,7 +55,7 @@ def start_cluster(request, key_prefix, mollifier_settings, links, tmp_path):
 
     yield start
     for cluster in clusters:
-        if request.node.rep_call_failed if hasattr(request.node, "rep_call_failed") else True:
+        if getattr(request.node, "rep_call_failed", True):
             print(cluster.logs())
         cluster.stop()
 
