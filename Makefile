@@ -58,7 +58,8 @@ migrate: services
 test-tools:
 	$(PROVISION) promtool npm chromium
 
-# `make test` ends with the cluster run (test-cluster below): 3.8 min on the 2-core development machine.
+# `make test` ends with the cluster run (test-cluster below): 3.8 min on the 2-core development machine;
+# then the hosts run (test-hosts below): about 2–3 min.
 test: test-tools migrate sdk
 	$(WITH_SERVICES) $(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) test-cluster
