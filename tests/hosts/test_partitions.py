@@ -1,4 +1,4 @@
-"""Partitions across hosts (docs/operations.md#deploying-on-several-hosts, docs/drain cases in drainer/drain.py):
+"""Partitions across hosts (docs/operations.md#what-each-failure-costs; the drain's cases in drainer/drain.py):
 a drain worker cut off from Redis for longer than its lease mid-round, a drain worker cut off from Postgres
 right after it sent COMMIT, the web cut off from Redis mid-storm. Every link is 1 ms of round trip; a cut
 is scripts/netproxy.py holding the link's bytes (no RST, no FIN: each side waits for its own timeout)
