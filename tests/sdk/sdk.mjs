@@ -14,7 +14,8 @@ const ops = {
   trigger: (a) => tasks.trigger(a.task, a.payload, a.options ?? {}, a.retry === false ? undefined : once),
   triggerMany: async (a) => {
     const handles = [];
-    for (let i = 0; i < a.count; i++) handles.push(await tasks.trigger(a.task, { i }, a.options ?? {}, once));
+    const retry = a.retry === false ? undefined : once; // retry: false → the SDK's own retries (503 x-should-retry)
+    for (let i = 0; i < a.count; i++) handles.push(await tasks.trigger(a.task, { i }, a.options ?? {}, retry));
     return handles.map((h) => h.id);
   },
   retrieve: (a) => runs.retrieve(a.id, once),
