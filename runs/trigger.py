@@ -384,7 +384,7 @@ def _trigger(
     if replayed is not None:  # outside the fail-open above: a new run must not be written for this request
         assert request_key is not None
         buffer.confirm_replicated(replayed, org_id=env.org_id, env_id=env.env_id, task=s.task_identifier,
-                                  request_key=request_key, request_ttl_ms=REQUEST_KEY_TTL_MS)  # fmt: skip
+                                  request_key=request_key, request_ttl_ms=cfg.REQUEST_KEY_TTL_S * 1000)  # fmt: skip
         return Triggered(replayed, False, "replayed")
     if s.idempotency_key and reply.status is TriggerStatus.PASS and pass_ttl is not None:
         claims.hold("idem", s.idempotency_key)
