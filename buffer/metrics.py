@@ -43,3 +43,12 @@ REDIS_BREAKER_REJECTED = Counter(
     "mollifier_redis_breaker_rejected_total",
     "Redis calls of the request path failed at once, without touching Redis, because the breaker was open.",
 )
+
+DRAIN_KICKS = Counter(
+    "mollifier_drain_kicks_total",
+    "Drain tasks a web process sent on an accept into an idle shard (docs/architecture.md#kick), by result:"
+    " sent | failed (the broker refused it; the fan-out's tick sends the shard instead).",
+    ["result"],
+)
+for _result in ("sent", "failed"):
+    DRAIN_KICKS.labels(result=_result)

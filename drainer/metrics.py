@@ -34,3 +34,8 @@ DATA_LOSSES = Counter(
     "mollifier_buffer_data_loss_events_total",
     "Checks that found a shard's buffer epoch gone or replaced: the buffer's Redis lost its data (drainer.epochs).",
 )
+
+SUCCESSORS = Counter(
+    "mollifier_drain_successors_total",
+    "Shard tasks that ended with work due and sent their own successor (docs/architecture.md#kick).",
+)

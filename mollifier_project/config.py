@@ -43,6 +43,12 @@ class MollifierSettings(BaseModel):
     # worker). Idle, a tick costs one pipelined has-work check of every shard (docs/operations.md#celery).
     DRAIN_INTERVAL_S: float = Field(1.0, gt=0)
     DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
+    # The kick (docs/architecture.md#kick): an accept into a shard with no drain task sends the shard's task at
+    # once, and a task that ends with work due sends its successor, so a buffered run waits for a worker, not
+    # for a tick; the tick stays as the safety net. On by default, unlike the flags above: it only acts once
+    # DRAINER_ENABLED is on (itself off by default), it changes when a drain runs, never what it writes, and
+    # a lost kick costs at most one mark TTL and a tick (docs/operations.md#kick).
+    DRAIN_KICK: bool = True
     # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
     # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
     # written one at a time — twice the crash-recovery cost.
@@ -110,7 +116,7 @@ class MollifierSettings(BaseModel):
     # Bearer token for /metrics; empty = the endpoint is open (bind it to a private network then).
     METRICS_TOKEN: SecretStr = SecretStr("")
 
-    @field_validator("ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", mode="before")
+    @field_validator("ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", "DRAIN_KICK", mode="before")
     @classmethod
     def _strict_flag(cls, value: object) -> object:
         """Accept only the spellings an operator means; ``maybe`` or ``ture`` is an error, not "off"."""

@@ -27,6 +27,7 @@ DESIGN_DEFAULTS = {
     "HOLD_MS": 500,
     "DRAIN_INTERVAL_S": 1,
     "DRAIN_TIME_BUDGET_MS": 2000,
+    "DRAIN_KICK": True,  # not in §14: the kick on idle → busy (issue 19), docs/architecture.md#kick
     "DRAIN_LEASE_AHEAD": False,
     "ROUND_BUDGET": 1000,
     "ROUND_MAX_BYTES": 64 * 1024 * 1024,
@@ -134,7 +135,7 @@ def test_unknown_mollifier_variable_is_refused_by_name():
         ("off", False),
     ],
 )
-@pytest.mark.parametrize("flag", ["ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE"])
+@pytest.mark.parametrize("flag", ["ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", "DRAIN_KICK"])
 def test_flags_accept_the_usual_spellings(flag, text, value):
     assert getattr(load_settings({f"MOLLIFIER_{flag}": text}), flag) is value
 
