@@ -45,10 +45,9 @@ class MollifierSettings(BaseModel):
     DRAIN_TIME_BUDGET_MS: int = Field(2000, ge=1)
     # The kick (docs/architecture.md#kick): an accept into a shard with no drain task sends the shard's task at
     # once, and a task that ends with work due sends its successor, so a buffered run waits for a worker, not
-    # for a tick; the tick stays as the safety net. On by default, unlike the flags above: it only acts once
-    # DRAINER_ENABLED is on (itself off by default), it changes when a drain runs, never what it writes, and
-    # a lost kick costs at most one mark TTL and a tick (docs/operations.md#kick).
-    DRAIN_KICK: bool = True
+    # for a tick; the tick stays as the safety net. Off by default, as every behaviour change: a crash-loop run
+    # drained slower with it on (docs/operations.md#kick) and is not explained yet.
+    DRAIN_KICK: bool = False
     # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
     # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
     # written one at a time — twice the crash-recovery cost.

@@ -27,7 +27,7 @@ DESIGN_DEFAULTS = {
     "HOLD_MS": 500,
     "DRAIN_INTERVAL_S": 1,
     "DRAIN_TIME_BUDGET_MS": 2000,
-    "DRAIN_KICK": True,  # not in §14: the kick on idle → busy (issue 19), docs/architecture.md#kick
+    "DRAIN_KICK": False,  # not in §14: the kick on idle → busy (issue 19), docs/architecture.md#kick
     "DRAIN_LEASE_AHEAD": False,
     "ROUND_BUDGET": 1000,
     "ROUND_MAX_BYTES": 64 * 1024 * 1024,
