@@ -3,7 +3,7 @@ the shard go from no drain task to work due, so a buffered run waits for a worke
 next tick. The buffer's accept decides atomically whether this accept is the one (``lib/drain_kick.lua``);
 this module only computes the mark's lifetime and sends.
 
-The task is sent by name: the trigger path sits below the drainer (docs/architecture.md#layers) and never
+The task is sent by name: the trigger path sits below the drainer (docs/architecture.md#package-layers) and never
 imports it. A broker failure never fails the trigger: it is logged and counted, the mark is dropped, and the
 fan-out's next tick sends the shard instead.
 """
