@@ -27,7 +27,7 @@ METRICS_DIR := .data/prometheus
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PORT FLOWER_PORT
 
-.PHONY: venv sdk test-tools services services-stop migrate test test-cluster test-hosts demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-sweep bench-memory bench-scripts bench-bulk bench-rtt
+.PHONY: venv sdk test-tools services services-stop migrate test test-cluster test-hosts demo up tenant lint bench bench-trigger bench-drain bench-fairness bench-kick bench-sweep bench-memory bench-scripts bench-bulk bench-rtt
 
 venv: $(STAMP)
 
@@ -117,6 +117,9 @@ bench-drain: migrate
 
 bench-fairness: migrate
 	$(WITH_SERVICES) $(PY) -m bench.fairness
+
+bench-kick: migrate
+	$(WITH_SERVICES) $(PY) -m bench.kick
 
 bench-sweep: migrate
 	$(WITH_SERVICES) $(PY) -m bench.sweep

@@ -12,7 +12,7 @@ shard's drain lock, so the drain starts on a full buffer the moment the locks ar
 
 (1) Latency. One env of a heavy org has ``--heavy`` queued entries; ``--light-envs`` envs of other orgs
     trigger at ``--light-rate`` per second each (``Buffer.accept``, as the trigger path parks a mollified
-    run) for ``--seconds``. A light run's latency is from just before its accept to the moment its entry
+    run, kicking the shard's drain with ``DRAIN_KICK`` on) for ``--seconds``. A light run's latency is from just before its accept to the moment its entry
     is ACKED — the drain acks only after the commit, so that is when its row exists (polled every 20 ms
     in Redis, so the resolution is ≈20 ms). ``materialised_at`` − accept time is shown as a cross-check
     (it is the round's start, so it reads a little low). The heavy backlog left when the light triggers
@@ -148,14 +148,18 @@ class LightTriggers(threading.Thread):
     seconds: float
     accepted: dict[str, tuple[int, int]] = field(default_factory=dict)  # run id → (accept ms, org id)
     error: BaseException | None = None
+    cfg: Any = None  # the settings: with DRAIN_KICK on, an accept into an idle shard kicks (as the trigger path)
 
     def __post_init__(self) -> None:
         threading.Thread.__init__(self, name="light-triggers", daemon=True)
         self.lock = threading.Lock()
 
     def run(self) -> None:
+        from runs import kick
         from runs.ids import new_run_id
         from runs.snapshot import Snapshot, to_snapshot
+
+        kick_ttl_ms = kick.mark_ttl_ms(self.cfg) if self.cfg is not None else None
 
         try:
             start = time.monotonic()
@@ -172,10 +176,12 @@ class LightTriggers(threading.Thread):
                         )  # fmt: skip
                         result = self.buffer.accept(
                             run_id=run_id, env_id=env.id, org_id=env.org_id, snapshot=to_snapshot(snapshot),
-                            now_ms=now, idempotency=None, max_per_env=10**9,
+                            now_ms=now, idempotency=None, max_per_env=10**9, kick_ttl_ms=kick_ttl_ms,
                         )  # fmt: skip
                         if result.status != "ACCEPTED":
                             raise RuntimeError(f"light trigger not accepted: {result}")
+                        if result.kicked:
+                            kick.send(self.buffer, org_id=env.org_id, cfg=self.cfg)
                         with self.lock:
                             self.accepted[run_id] = (now, env.org_id)
                     sent += 1
@@ -229,7 +235,7 @@ def measure_latency(ctx: Context) -> dict[str, Any]:
     support.truncate_runs()
     now = datetime.now(tz=UTC).replace(microsecond=0)
     celery = None
-    light = LightTriggers(buffer, light_envs, args.light_rate, args.seconds)
+    light = LightTriggers(buffer, light_envs, args.light_rate, args.seconds, cfg=ctx.cfg)
     done_at: dict[str, int] = {}
     heavy_left = None
     try:
@@ -460,11 +466,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from buffer.client import client_for
 
     client, scripts = client_for(settings.REDIS_URL)
+    from mollifier_project.celery import app
+
+    app.conf.broker_url = args.broker  # this process's kicks (DRAIN_KICK) go to the worker's broker
     ctx = Context(args, settings.MOLLIFIER, client, scripts)
     cfg = ctx.cfg
     print(
         f"database {url.rsplit('/', 1)[-1]}; SHARDS {cfg.SHARDS}; ROUND_BUDGET {cfg.ROUND_BUDGET}; "
         f"DRAIN_TIME_BUDGET_MS {cfg.DRAIN_TIME_BUDGET_MS}; DRAIN_INTERVAL_S {cfg.DRAIN_INTERVAL_S}; "
+        f"DRAIN_KICK {cfg.DRAIN_KICK}; "
         f"worker ×{args.concurrency} + beat; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}",
         flush=True,
     )

@@ -281,6 +281,24 @@ class DrainSide(BufferCore):
         """The shard's drain task has left the broker (it is running): the next tick may send another."""
         self._client.delete(self.keys(shard).drain_sent)
 
+    def hold_send(self, shard: int, *, ttl_ms: int) -> None:
+        """A shard task holds its lock and drains: it keeps the shard's mark for ``ttl_ms`` (its lock's
+        lifetime), so accepts meanwhile kick nothing (``lua/hold_send.lua``, docs/architecture.md#kick)."""
+        require("ttl_ms", ttl_ms, 1)
+        self._scripts.hold_send(keys=[self.keys(shard).drain_sent], args=[ttl_ms])
+
+    def next_send(self, shard: int, *, now_ms: int, ttl_ms: int, progressed: bool) -> bool:
+        """A shard task that drained ends: True if the shard still has work due and the mark is kept for a
+        successor (the caller sends it), False if the mark is dropped (the next accept kicks). A task that
+        made no progress always drops it, so a shard it cannot drain waits for the tick instead of looping
+        (``lua/next_send.lua``, docs/architecture.md#kick)."""
+        require("ttl_ms", ttl_ms, 1)
+        k = self.keys(shard)
+        kept = self._scripts.next_send(
+            keys=[k.drain_sent, k.orgs, k.retry, k.leases], args=[now_ms, ttl_ms, "1" if progressed else "0"]
+        )
+        return int(kept) == 1
+
     def mark_fan_out_tick(self, *, now_ms: int, chart_every_ms: int = 0) -> bool:
         """The fan-out ticked at ``now_ms``: one script call on shard 0's keys (one round trip per tick, the only
         idle cost of the liveness record). Read by ``Buffer.fan_out_last_tick_ms`` for the tick-age gauge. A
@@ -376,6 +394,8 @@ class DrainBuffer(Protocol):
     def beat_epoch(self) -> int: ...
     def heartbeat(self, worker: str, *, now_ms: int, prune_before_ms: int) -> int: ...
     def forget_worker(self, worker: str) -> None: ...
+    def hold_send(self, shard: int, *, ttl_ms: int) -> None: ...
+    def next_send(self, shard: int, *, now_ms: int, ttl_ms: int, progressed: bool) -> bool: ...
 
 
 _DRAIN_SIDE_IS_A_DRAIN_BUFFER: type[DrainBuffer] = DrainSide  # mypy checks it: the contract names only DrainSide's

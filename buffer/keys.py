@@ -62,8 +62,10 @@ key                                            type    holds / written by
 ``B cursor:envs``                              HASH    org → drain fairness cursor over its envs. candidates
 ``B drain:lock``                               STRING  owner token of the shard task draining the shard (NX PX).
                                                        take_lock, released by release_claim (``Buffer.shard_lock``)
-``B drain:sent``                               STRING  set while a drain task of the shard waits in the broker (NX PX).
-                                                       claim_send; deleted by ``Buffer.clear_send``
+``B drain:sent``                               STRING  set while a drain task of the shard waits in the broker (NX PX);
+                                                       with kicks on, also while it drains. claim_send, an accept's
+                                                       kick (lib/drain_kick), hold_send, next_send; deleted by
+                                                       ``Buffer.clear_send``
 ``B drain:circuit``                            HASH    Postgres-outage circuit: ``until_ms``, ``failures``. open_circuit,
                                                        ``Buffer.close_circuit``
 ``B drain:progress``                           STRING  ms (the drain's clock) of the shard's last drain round that acked

@@ -56,3 +56,11 @@ REDIS_BREAKER_OPEN = Gauge(
 )
 for _profile in ("request", "operator"):
     REDIS_BREAKER_OPEN.labels(profile=_profile)
+DRAIN_KICKS = Counter(
+    "mollifier_drain_kicks_total",
+    "Drain tasks a web process sent on an accept into an idle shard (docs/architecture.md#kick), by result:"
+    " sent | failed (the broker refused it; the fan-out's tick sends the shard instead).",
+    ["result"],
+)
+for _result in ("sent", "failed"):
+    DRAIN_KICKS.labels(result=_result)

@@ -11,7 +11,8 @@ scripts keep (an env is in its org's set iff its queue is non-empty); ``snapshot
 own key; ``shard_counts.lua`` keeps the shard counters the gauges read; ``env_index.lua`` keeps the env index
 run lists page over; ``entry_accept.lua`` writes a new entry (accept, trigger) and calls the three before it;
 ``gate_trip.lua`` counts a trigger in the gate's window (trip, trigger); ``full_memory.lua`` lets the drain's
-scripts run when Redis is at ``maxmemory`` (they free memory). Each is written once, there.
+scripts run when Redis is at ``maxmemory`` (they free memory); ``drain_kick.lua`` sets a shard's drain mark on an
+accept into an idle shard (accept, trigger). Each is written once, there.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ LIB = tuple(
         "entry_accept",
         "gate_trip",
         "full_memory",
+        "drain_kick",
     )
 )
 """The shared Lua files, in registration order (Lua locals must be defined before they are called)."""
@@ -93,6 +95,8 @@ class Scripts:
     env_census: Script
     dead_letter_env: Script
     cancel_many: Script  # bulk actions (runs.bulk)
+    hold_send: Script  # a running shard task keeps its mark; next_send: its successor or nothing (the kick)
+    next_send: Script
     claim_send: Script  # the drain's own writes outside its scripts, runnable at maxmemory (lib/full_memory.lua)
     mark_tick: Script
     take_lock: Script

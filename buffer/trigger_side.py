@@ -39,21 +39,21 @@ _ACCEPT_OUTCOMES = frozenset(
 )
 
 
-def _trigger_reply(status: TriggerStatus, value: str | int, count: int) -> TriggerReply:
+def _trigger_reply(status: TriggerStatus, value: str | int, count: int, kick: int = 0) -> TriggerReply:
     counted = None if count < 0 else count
     if status in (TriggerStatus.REQ_HELD, TriggerStatus.IDEM_HELD):
         return TriggerReply(status, holder=str(value))
     if status is TriggerStatus.PASS:
         return TriggerReply(status, tripped=int(value) == 1, count=counted)
     depth = int(value) if status in (TriggerStatus.ACCEPTED, TriggerStatus.FULL, TriggerStatus.IDEM_UNCLAIMED) else None
-    return TriggerReply(status, depth=depth, tripped=True, count=counted)
+    return TriggerReply(status, depth=depth, tripped=True, count=counted, kicked=int(kick) == 1)
 
 
-def _accept_result(status: AcceptStatus, value: str | int) -> AcceptResult:
+def _accept_result(status: AcceptStatus, value: str | int, kick: int = 0) -> AcceptResult:
     if status is AcceptStatus.IDEMPOTENT:
         return AcceptResult(status, existing_run_id=str(value))
     if status in (AcceptStatus.ACCEPTED, AcceptStatus.FULL):
-        return AcceptResult(status, depth=int(value))
+        return AcceptResult(status, depth=int(value), kicked=int(kick) == 1)
     return AcceptResult(status)
 
 
@@ -91,8 +91,12 @@ class TriggerSide(BufferCore):
         now_ms: int,
         idempotency: IdemRef | None,
         max_per_env: int,
+        kick_ttl_ms: int | None = None,
     ) -> AcceptResult:
         """Park a snapshot; see ``lua/accept.lua``. Counted in ``mollifier_accepted_total{result}``.
+
+        ``kick_ttl_ms``: an accept into a shard with no drain task sets its mark for that long and says so
+        (``AcceptResult.kicked``: the caller sends the task, docs/architecture.md#kick); None: kicks off.
 
         With ``accept_replicas`` the script and a ``WAIT`` share one connection (a pipeline: WAIT counts the
         replicas that have this connection's writes); an accept no replica confirmed raises ``NotReplicated``.
@@ -107,15 +111,18 @@ class TriggerSide(BufferCore):
         if idempotency is not None:
             keys.append(_idem_key(k, env_id, idempotency))
             args[6] = idempotency.ttl_ms
+        if kick_ttl_ms is not None:
+            require("kick_ttl_ms", kick_ttl_ms, 1)
+            args.append(kick_ttl_ms)
         if self._accept_replicas:
             pipe = self._client.pipeline(transaction=False)
             self._scripts.accept(keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", self._accept_replicas, self._accept_wait_ms)
-            (status, value), replicas = pipe.execute()
+            (status, value, *kick), replicas = pipe.execute()
         else:
-            status, value = self._scripts.accept(keys=keys, args=args)
+            status, value, *kick = self._scripts.accept(keys=keys, args=args)
             replicas = None
-        result = _accept_result(AcceptStatus(status), value)
+        result = _accept_result(AcceptStatus(status), value, *kick)
         metrics.ACCEPTED.labels(result=result.status.value.lower()).inc()
         if result.status is AcceptStatus.ACCEPTED and replicas is not None and replicas < self._accept_replicas:
             raise NotReplicated(run_id)
@@ -138,6 +145,7 @@ class TriggerSide(BufferCore):
         idem_pass_ttl_ms: int | None = None,
         check_unclaimed: bool = False,
         request_fence_ms: int = 0,
+        kick_ttl_ms: int | None = None,
     ) -> TriggerReply:
         """A trigger's Redis steps in one round trip (``lua/trigger.lua``): request key, idempotency claim,
         gate (``gate`` None: not counted, pass through) and accept.
@@ -155,6 +163,8 @@ class TriggerSide(BufferCore):
         ``request_fence_ms`` > 0 (with ``request_key``): a request key Redis does not hold counts as new only
         while the shard's fence exists (refreshed for that long); without it the reply is UNFENCED and nothing
         is written (``restore_request_keys``, docs/api.md#request-idempotency).
+
+        ``kick_ttl_ms``: as ``accept``'s (``TriggerReply.kicked``); None: kicks off.
         """
         require("max_per_env", max_per_env, 0)
         require("request_ttl_ms", request_ttl_ms, 1)
@@ -188,15 +198,18 @@ class TriggerSide(BufferCore):
         if request_key and request_fence_ms > 0:
             keys.append(k.req_fence)
             args.append(request_fence_ms)
+        if kick_ttl_ms is not None and can_accept:
+            require("kick_ttl_ms", kick_ttl_ms, 1)
+            args.extend([""] * (18 - len(args)) + [kick_ttl_ms])  # ARGV[19], after the optional fence
         replicas = None
         if self._accept_replicas and can_accept:
             pipe = self._client.pipeline(transaction=False)
             self._scripts.trigger(keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", self._accept_replicas, self._accept_wait_ms)
-            (status, value, count), replicas = pipe.execute()
+            (status, value, count, *kick), replicas = pipe.execute()
         else:
-            status, value, count = self._scripts.trigger(keys=keys, args=args)
-        reply = _trigger_reply(TriggerStatus(status), value, int(count))
+            status, value, count, *kick = self._scripts.trigger(keys=keys, args=args)
+        reply = _trigger_reply(TriggerStatus(status), value, int(count), *kick)
         if reply.status in _ACCEPT_OUTCOMES:
             metrics.ACCEPTED.labels(result=reply.status.value.lower()).inc()
         if reply.status is TriggerStatus.ACCEPTED and replicas is not None and replicas < self._accept_replicas:

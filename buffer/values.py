@@ -106,6 +106,7 @@ class AcceptResult:
     status: AcceptStatus
     existing_run_id: str | None = None  # IDEMPOTENT: the run holding the key
     depth: int | None = None  # ACCEPTED: queue length after the push; FULL: queue length
+    kicked: bool = False  # ACCEPTED into a shard with no drain task: the caller sends one (docs/architecture.md#kick)
 
 
 class TriggerStatus(StrEnum):
@@ -151,6 +152,7 @@ class TriggerReply:
     depth: int | None = None  # ACCEPTED, FULL
     tripped: bool = False  # the gate's answer (False when not counted)
     count: int | None = None  # the gate's window count after this trigger; None when not counted
+    kicked: bool = False  # ACCEPTED into a shard with no drain task: the caller sends one (docs/architecture.md#kick)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,12 @@ DATA_LOSSES = Counter(
     "Checks that found a shard's buffer epoch gone or replaced: the buffer's Redis lost its data (drainer.epochs).",
 )
 
+SUCCESSORS = Counter(
+    "mollifier_drain_successors_total",
+    "Shard tasks that ended with work due and sent their own successor (docs/architecture.md#kick).",
+)
+
+
 BEAT_FENCED = Counter(
     "mollifier_beat_fenced_total",
     "Scheduled tasks dropped because the beat that sent them had lost the beat lease since (drainer.beat).",

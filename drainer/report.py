@@ -26,8 +26,9 @@ class Report:
     outage: bool = False
     circuit_open: bool = False
     # The round took everything queued when it started (every org and env chosen, every share = demand):
-    # the shard task stops there; what arrives meanwhile waits for the next tick, not for a loop of
-    # one-entry rounds that would keep the worker from the other shards.
+    # the shard task stops there; what arrives meanwhile waits for its successor at the drain queue's tail
+    # (kick on) or the next tick, not for a loop of one-entry rounds that would keep the worker from the
+    # other shards.
     emptied: bool = False
     # Why entries were dead-lettered: the distinct reasons, first ones first, at most MAX_DEAD_REASONS
     # (an operator's repair reports them next to its counts).

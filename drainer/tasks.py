@@ -1,4 +1,6 @@
-"""Celery wiring for the drain: beat → ``fan_out`` → ``drain_shard(k)`` for shards with work.
+"""Celery wiring for the drain: beat → ``fan_out`` → ``drain_shard(k)`` for shards with work; with kicks on, an
+accept into an idle shard sends its task at once (``runs.kick``) and a task that ends with work due sends its
+own successor, so the tick is the safety net (docs/architecture.md#kick).
 
 Thin on purpose: flags, the shard lock and connection hygiene here; every decision in ``drainer.drain``.
 """
@@ -13,18 +15,18 @@ from django.db import DatabaseError, close_old_connections
 
 from buffer.buffer import Buffer, BufferUnavailable
 from buffer.drain_side import DrainBuffer
-from drainer import drain, epochs
+from drainer import drain, epochs, metrics
 from drainer.beat import Fenced
 from drainer.limits import DrainLimits
+from drainer.report import Report
 from mollifier_project.clock import now_ms
 from runs import engine
+from runs.kick import send_expiry_s as send_expiry_s
 
 log = logging.getLogger(__name__)
 
 LOCK_MARGIN_MS = 5_000
 LOCK_WAIT_MS = 5_000  # a row lock the drain waits for longer than this fails the statement (retried)
-SEND_EXPIRY_TICKS = 5
-SEND_EXPIRY_BUDGETS = 10
 
 
 @shared_task(name="drainer.fan_out", ignore_result=True, base=Fenced)  # a lapsed beat's tick is dropped
@@ -86,16 +88,6 @@ def check_epochs(buffer: DrainBuffer) -> None:
         close_old_connections()
 
 
-def send_expiry_s(interval_s: float, *, time_budget_ms: int) -> float:
-    """How long a sent shard task may wait in the broker, and its shard's mark with it. Longer than a busy
-    shard waits for a worker process (shard tasks of up to ``time_budget_ms`` each ahead of it): a task that
-    expired in the queue would lose its shard's place in line to shards sent later, which measured as
-    Jain 0.69 over 10 equal orgs with a 1 s expiry (docs/architecture.md#fan-out). At most one waits per
-    shard (``claim_sends``), so a long expiry piles nothing up; a task lost with a killed worker costs its
-    shard this long at most."""
-    return max(SEND_EXPIRY_TICKS * interval_s, SEND_EXPIRY_BUDGETS * time_budget_ms / 1000)
-
-
 def shard_lock_ms(limits: DrainLimits) -> int:
     """How long a shard task's lock lives (PX): its time budget plus a margin for the round it finishes past
     the budget — ``LOCK_MARGIN_MS``, or half the gap between the budget and ``LEASE_MS`` when that is
@@ -113,11 +105,15 @@ def drain_shard(shard: int) -> dict[str, object] | None:
     if not cfg.DRAINER_ENABLED:
         return None
     buffer = Buffer.from_settings()
-    buffer.clear_send(shard)  # before the lock: work that arrives while this task drains gets the next tick's task
+    if not cfg.DRAIN_KICK:
+        buffer.clear_send(shard)  # before the lock: work that arrives while this task drains gets the next tick's task
     limits = DrainLimits.from_settings(cfg)
     with buffer.shard_lock(shard, "drain", timeout_s=shard_lock_ms(limits) / 1000) as held:
         if not held:
+            # With kicks on the holder's end decides the mark (``successor``); it is not this task's to drop.
             return {"shard": shard, "locked": True}
+        if cfg.DRAIN_KICK:
+            buffer.hold_send(shard, ttl_ms=shard_lock_ms(limits))  # accepts meanwhile kick nothing: we take them
         close_old_connections()
         try:
             bound = limits.lease_ms // 2  # a frozen transaction ends, and its row locks go, well before its leases
@@ -128,6 +124,8 @@ def drain_shard(shard: int) -> dict[str, object] | None:
                 report = drain.drain_shard(buffer, shard=shard, limits=limits, clock=buffer.server_time_ms)
         finally:
             close_old_connections()
+    if cfg.DRAIN_KICK:
+        successor(buffer, shard, report=report, limits=limits, interval_s=cfg.DRAIN_INTERVAL_S)
     if report.leased:
         # Not "created": that is a LogRecord attribute, and logging raises KeyError for it in ``extra``.
         log.info(
@@ -135,3 +133,23 @@ def drain_shard(shard: int) -> dict[str, object] | None:
             extra={"shard": shard, "leased": report.leased, "created_runs": report.created, "rounds": report.rounds},
         )  # fmt: skip
     return {"shard": shard, **{k: v for k, v in vars(report).items() if v}}
+
+
+def successor(buffer: DrainBuffer, shard: int, *, report: Report, limits: DrainLimits, interval_s: float) -> bool:
+    """After the lock is released (a successor sent earlier would find it held and end): keep the shard's mark
+    and send the next task if work is still due, or drop the mark (``Buffer.next_send``). The successor joins
+    the drain queue's tail, so shards take turns in the broker's order. A task whose circuit is open, or that
+    leased nothing, has no successor: the tick sends the shard once it can be drained, instead of a loop of
+    tasks that end at once. Returns whether one was sent."""
+    progressed = (report.leased > 0 or report.reclaimed > 0) and not report.circuit_open
+    expires = send_expiry_s(interval_s, time_budget_ms=limits.time_budget_ms)
+    if not buffer.next_send(shard, now_ms=buffer.server_time_ms(), ttl_ms=int(expires * 1000), progressed=progressed):
+        return False
+    try:
+        drain_shard.apply_async((shard,), expires=expires, retry=False)
+    except Exception:  # the broker refused it: drop the mark, so the next tick sends the shard
+        log.warning("successor of shard %s not sent", shard, exc_info=True, extra={"shard": shard})
+        buffer.clear_send(shard)
+        return False
+    metrics.SUCCESSORS.inc()
+    return True

@@ -58,6 +58,11 @@ class MollifierSettings(BaseModel):
     # The dashboard charts (docs/operations.md#dashboard-charts): one fan-out tick per this many seconds keeps a
     # sample of every shard (two Redis round trips; the other ticks pay nothing more). 0: no samples, no charts.
     CHART_SAMPLE_S: int = Field(15, ge=0, le=600)
+    # The kick (docs/architecture.md#kick): an accept into a shard with no drain task sends the shard's task at
+    # once, and a task that ends with work due sends its successor, so a buffered run waits for a worker, not
+    # for a tick; the tick stays as the safety net. Off by default, as every behaviour change: a crash-loop run
+    # drained slower with it on (docs/operations.md#kick) and is not explained yet.
+    DRAIN_KICK: bool = False
     # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
     # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
     # written one at a time — twice the crash-recovery cost.
@@ -136,7 +141,13 @@ class MollifierSettings(BaseModel):
     ADMIN_URL: str = ""
 
     @field_validator(
-        "ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", "BEAT_LEASE_ENABLED", mode="before"
+        "ENABLED",
+        "DRAINER_ENABLED",
+        "STALE_SWEEP_ENABLED",
+        "SHADOW_MODE",
+        "BEAT_LEASE_ENABLED",
+        "DRAIN_KICK",
+        mode="before",
     )
     @classmethod
     def _strict_flag(cls, value: object) -> object:

@@ -45,7 +45,7 @@ from buffer.buffer import Buffer, BufferUnavailable, NotReplicated
 from buffer.values import AcceptStatus, ClaimKind, EntryStatus, GateArgs, IdemRef, TriggerStatus
 from mollifier_project.clock import from_ms, to_ms
 from mollifier_project.config import MollifierSettings
-from runs import engine, fast_json, ids, request_keys
+from runs import engine, fast_json, ids, kick, request_keys
 from runs import metadata as metadata_codec
 from runs.auth import EnvContext
 from runs.db_errors import Failure, classify
@@ -343,7 +343,7 @@ def _trigger(
                 run_id=s.id, env_id=env.env_id, org_id=env.org_id, task=s.task_identifier, now_ms=now_ms,
                 request_key=request_key, request_ttl_ms=cfg.REQUEST_KEY_TTL_S * 1000, idempotency=idem,
                 gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV, idem_pass_ttl_ms=pass_ttl,
-                check_unclaimed=can_accept, request_fence_ms=fence_ms,
+                check_unclaimed=can_accept, request_fence_ms=fence_ms, kick_ttl_ms=kick.mark_ttl_ms(cfg),
             )  # fmt: skip
             if reply.status is TriggerStatus.UNFENCED:
                 if restored:  # the fence went up and lapsed again at once: do not guess
@@ -400,6 +400,8 @@ def _trigger(
         raise _refusal(reply.status is TriggerStatus.FULL, reply.depth, cfg, now_ms=now_ms)
     if reply.status is TriggerStatus.IDEM_UNCLAIMED:
         return _accept_unclaimed(buffer, env, s, cfg, now_ms=now_ms, text=text)
+    if reply.kicked:  # ACCEPTED into a shard with no drain task (docs/architecture.md#kick)
+        kick.send(buffer, org_id=env.org_id, cfg=cfg)
     return Triggered(s.id, False, "buffered")  # ACCEPTED, or DUPLICATE: a retried call whose first one ran
 
 
@@ -568,7 +570,10 @@ def _accept(
     result = buffer.accept(
         run_id=s.id, env_id=env.env_id, org_id=env.org_id, snapshot=text or to_snapshot(s), now_ms=now_ms,
         idempotency=_idem_ref(env, s, now_ms), max_per_env=cfg.MAX_BUFFERED_PER_ENV,
+        kick_ttl_ms=kick.mark_ttl_ms(cfg),
     )  # fmt: skip
+    if result.kicked:
+        kick.send(buffer, org_id=env.org_id, cfg=cfg)
     if result.status == AcceptStatus.FULL or result.status == AcceptStatus.CLOSED:
         raise _refusal(result.status == AcceptStatus.FULL, result.depth, cfg, now_ms=now_ms)
     if result.status == AcceptStatus.IDEMPOTENT and result.existing_run_id:

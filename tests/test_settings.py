@@ -38,6 +38,7 @@ DESIGN_DEFAULTS = {
     "BEAT_LEASE_MS": 10_000,
     "BEAT_RENEW_MS": 2_000,
     "CHART_SAMPLE_S": 15,  # not in §14: the dashboard charts' sample interval (issue 18), docs/operations.md
+    "DRAIN_KICK": False,  # not in §14: the kick on idle → busy (issue 19), docs/architecture.md#kick
     "DRAIN_LEASE_AHEAD": False,
     "ROUND_BUDGET": 1000,
     "ROUND_MAX_BYTES": 64 * 1024 * 1024,
@@ -154,7 +155,7 @@ def test_unknown_mollifier_variable_is_refused_by_name():
         ("off", False),
     ],
 )
-@pytest.mark.parametrize("flag", ["ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE"])
+@pytest.mark.parametrize("flag", ["ENABLED", "DRAINER_ENABLED", "STALE_SWEEP_ENABLED", "SHADOW_MODE", "DRAIN_KICK"])
 def test_flags_accept_the_usual_spellings(flag, text, value):
     assert getattr(load_settings({f"MOLLIFIER_{flag}": text}), flag) is value
 

@@ -16,9 +16,10 @@ ARGV[6]  max entries per env queue (exact cap)
 ARGV[7]  idempotency key TTL in ms (only with KEYS[6]; "" without it)
 ARGV[8]  shard key base "<prefix>:{m<k>}:" (for keys ``lib/entry_accept.lua`` derives)
 ARGV[9]  the snapshot's created_ms (digits; the caller reads it from the JSON): its env index position
+ARGV[10] (optional) the kick's mark TTL in ms, or "": kicks off (``lib/drain_kick.lua``)
 
 Returns {status, value}:
-  {"ACCEPTED", depth after the push}
+  {"ACCEPTED", depth after the push, kick}  kick 1: the shard had no drain task, send one now (ARGV[10])
   {"DUPLICATE", status of the existing entry}  the run id already has an entry in any state (incl. ACKED grace)
   {"IDEMPOTENT", holder run id}                KEYS[6] is bound to another run
   {"CLOSED", 0}                                an operator closed the env's intake (KEYS[5])
@@ -52,4 +53,4 @@ entry_accept(
   {entry = entry, queue = queue, org_envs = org_envs, orgs = orgs, idem = idem, base = ARGV[8]},
   {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = ARGV[5], idem_ttl_ms = ARGV[7],
    created_ms = ARGV[9]})
-return {'ACCEPTED', depth + 1}
+return {'ACCEPTED', depth + 1, drain_kick(ARGV[8], ARGV[10])}

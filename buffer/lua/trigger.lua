@@ -36,6 +36,8 @@ ARGV[17] "1": a free idempotency key of a trigger about to be accepted stops the
          because a row may hold the key in Postgres with its claim gone (cut or lapsed); "0": accept it
 ARGV[18] (optional) the fence's TTL in ms, with a request key: a request key Redis does not hold is trusted
          to be new only while the fence exists (docs/api.md#request-idempotency); each such trigger refreshes it
+ARGV[19] (optional) the kick's mark TTL in ms, or "": kicks off (``lib/drain_kick.lua``; ARGV[18] is then
+         passed, "" without a fence)
 
 Returns {status, value, count}; count = the gate's window count after this trigger, -1 if not counted:
   {"REQ_HELD", holder, -1}      the request key is held by another run; nothing written
@@ -47,7 +49,8 @@ Returns {status, value, count}; count = the gate's window count after this trigg
                                 (the idempotency key only with ARGV[16] ~= "", for ARGV[16] ms)
   {"IDEM_UNCLAIMED", depth, count}  (ARGV[17] = "1") the gate mollifies and nothing claims the key: only the
                                 request key (if any) is now held by ARGV[1]; Python asks Postgres, then accepts
-  {"ACCEPTED", depth, count}    parked: entry, queue, keys written (``entry_accept``)
+  {"ACCEPTED", depth, count, kick}  parked: entry, queue, keys written (``entry_accept``); kick 1: the shard
+                                had no drain task, send one now (ARGV[19])
   {"DUPLICATE", status, count}  the run id already has an entry (a retried call whose first one ran)
   {"CLOSED", 0, count}          an operator closed the env's intake; no key written
   {"FULL", depth, count}        the queue already holds ARGV[6] entries; no key written
@@ -128,4 +131,4 @@ entry_accept(
   {entry = entry, queue = queue, org_envs = org_envs, orgs = orgs, idem = idem, base = ARGV[7]},
   {run = run, env = env, org = org, snapshot = ARGV[4], now_ms = now, idem_ttl_ms = idem_ttl,
    created_ms = ARGV[15]})
-return {'ACCEPTED', depth + 1, count}
+return {'ACCEPTED', depth + 1, count, drain_kick(ARGV[7], ARGV[19])}
