@@ -32,7 +32,7 @@ _SHAPE = re.compile(
     r"(?P<orgs>orgs)|org:(?P<org>\d+):envs|q:(?P<queue>\d+)|e:(?P<entry>[^:]+)|s:(?P<snapshot>[^:]+)|(?P<zset>leases|retry|dead)"
     r"|(?P<queued>queued)|(?P<heads>heads)|ix:(?P<index>\d+)|paused:(?:orgs|envs)|closed:envs"
     r"|(?P<claim>idem|req):(?P<claim_env>\d+):[A-Za-z0-9_-]*:[A-Za-z0-9_-]*"
-    r"|(?P<gate>rate|tripped):(?P<gate_env>\d+)|cursor:(?:orgs|envs)|drained:\d+|drained:total|chart|chart:due|drain:circuit|drain:progress|fan_out:tick|epoch|beat:lease|beat:epoch)$"
+    r"|(?P<gate>rate|tripped):(?P<gate_env>\d+)|cursor:(?:orgs|envs)|drained:\d+|drained:total|chart|chart:due|drain:circuit|drain:progress|drain:sent|drain:workers|fan_out:tick|epoch|beat:lease|beat:epoch)$"
 )
 
 
