@@ -483,17 +483,27 @@ class Camera:
 FITS = """() => ({
     page: document.documentElement.scrollWidth, window: window.innerWidth,
     results: Array.from(document.querySelectorAll('.results'), r => [r.scrollWidth, r.clientWidth]),
+    broken_headings: Array.from(document.querySelectorAll('#content thead th')).flatMap(th => {
+        const broken = [], words = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+        for (let n = words.nextNode(); n; n = words.nextNode()) {
+            const word = n.textContent.trim(), r = document.createRange();
+            r.selectNodeContents(n);
+            if (word && !word.includes(" ") && r.getClientRects().length > 1) broken.push(word);
+        }
+        return broken;
+    }),
 })"""
 
 
 def assert_fits(page: Page, name: str) -> None:
     """No scrolling sideways: neither the page nor an admin list's table, which scrolls inside its own box
     (``.results``) and would clip columns while the page itself fits (as tests/ops/test_admin_screens.py
-    measures the run list)."""
+    measures the run list). Nor fitting by breaking a one-word column heading ("DEPT" over "H")."""
     size = page.evaluate(FITS)
     assert size["page"] <= size["window"], f"{name} overflows the window: {size}"
     for scroll_width, client_width in size["results"]:
         assert scroll_width <= client_width, f"{name}: its table scrolls sideways: {size}"
+    assert size["broken_headings"] == [], f"{name}: one-word column headings broken over lines: {size}"
 
 
 def walk_long_names(scene: Scene, into: Path) -> list[Path]:
