@@ -3,14 +3,8 @@ samples written by a real fan-out tick, the SVG in the page, the "no samples yet
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-import django.contrib.admin
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -18,12 +12,12 @@ from django.urls import reverse
 
 from drainer import tasks
 from mollifier_project.clock import now_ms
+from tests.chromium import measure_at_1366
 from tests.factories import EnvironmentFactory
 
 pytestmark = pytest.mark.django_db
 
 DASHBOARD = reverse("buffer_admin:dashboard")
-ADMIN_STATIC = Path(django.contrib.admin.__file__).parent / "static"
 SVG = "{http://www.w3.org/2000/svg}"
 CHART = '<svg xmlns="http://www.w3.org/2000/svg" class="buffer-chart"'
 
@@ -119,9 +113,6 @@ MEASURE = """<script>window.addEventListener('load', () => {
 def test_the_charts_fit_a_1366px_window(admin_client, buffer, accept, tmp_path):
     """Measured in a real browser (headless Chromium, 1366 × 768): the charts render (their polylines are in the
     DOM) and wrap instead of widening the page."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not chromium:
-        pytest.skip("no Chromium to measure the page with (apt-get install chromium)")
     now = now_ms()
     envs: dict[int, object] = {}
     while len(envs) < buffer.shards:  # every shard busy: the most rows the dashboard draws
@@ -132,18 +123,8 @@ def test_the_charts_fit_a_1366px_window(admin_client, buffer, accept, tmp_path):
     for i in range(3):
         buffer.record_chart_samples(now_ms=now - (2 - i) * 15_000, every_s=15)
     html = admin_client.get(DASHBOARD, {"refresh": "0"}).content.decode()
-    page = tmp_path / "dashboard.html"
-    page.write_text(html.replace('"/static/', f'"file://{ADMIN_STATIC}/').replace("</body>", MEASURE))
 
-    done = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1366,768",
-         "--allow-file-access-from-files", "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-
-    found = re.search(r'data-measure="([^"]+)"', done.stdout)
-    assert found, done.stderr[-2000:]
-    size = json.loads(found.group(1).replace("&quot;", '"'))
+    size = measure_at_1366(html, tmp_path, measure=MEASURE)
     assert size["window"] == 1366
     assert size["drawn"] == 3 + 3 * buffer.shards  # the browser parsed every chart's line
     assert size["charts"] <= size["room"], size

@@ -77,32 +77,15 @@ def test_an_entry_a_repair_did_not_change_stays_open(repairer_client, rows):
 def test_the_list_fits_a_1366px_window(admin_client, tmp_path):
     """Measured as the run list is (tests/ops/test_admin_screens.py: headless Chromium at 1366 × 768), with
     long realistic values and the "all" filter, so the open column shows: no horizontal scrolling."""
-    import json
-    import re
-    import shutil
-    import subprocess
-
+    from tests.chromium import measure_at_1366
     from tests.factories import OrganizationFactory
-    from tests.ops.test_admin_screens import ADMIN_STATIC, MEASURE
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not chromium:
-        pytest.skip("no Chromium to measure the page with (apt-get install chromium)")
     env = EnvironmentFactory(org=OrganizationFactory(slug="acme-industries-europe"), slug="production-eu-west")
     for i in range(3):
         stuck(env, f"run_01m966q5eyzcqv1mz6nmdedr{i}", age=timedelta(hours=30 + i), attempts=12,
               error="InvalidRun: duplicate key value violates unique constraint \"runs_taskrun_pkey\" " * 3)  # fmt: skip
     html = admin_client.get(LIST, {"state": "all"}).content.decode()
-    page = tmp_path / "stuck.html"
-    page.write_text(html.replace('"/static/', f'"file://{ADMIN_STATIC}/').replace("</body>", MEASURE))
-    done = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1366,768",
-         "--allow-file-access-from-files", "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    found = re.search(r'data-measure="([^"]+)"', done.stdout)
-    assert found, done.stderr[-2000:]
-    size = json.loads(found.group(1).replace("&quot;", '"'))
+    size = measure_at_1366(html, tmp_path)
     assert size["window"] == 1366
     assert size["results"] <= size["room"], size
     assert size["page"] <= size["window"], size

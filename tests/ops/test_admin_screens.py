@@ -3,14 +3,9 @@ run list that fits a 1366 px window, "Batches", and enrolment as a checkbox."""
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-import subprocess
 from io import StringIO
-from pathlib import Path
 
-import django.contrib.admin
 import pytest
 from django.contrib.admin.utils import quote
 from django.core.management import call_command
@@ -19,11 +14,11 @@ from django.utils import timezone
 
 from runs.admin.model_admins import TaskRunAdmin
 from runs.models import BatchTaskRun, Organization, TaskRun
+from tests.chromium import measure_at_1366
 from tests.factories import BatchFactory, EnvironmentFactory, OrganizationFactory, fail_run, trigger_run
 
 pytestmark = pytest.mark.django_db
 
-ADMIN_STATIC = Path(django.contrib.admin.__file__).parent / "static"
 STAMP = re.compile(r"\b\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC\b")
 
 
@@ -70,36 +65,14 @@ def test_run_list_has_no_navigation_sidebar_and_other_lists_keep_it(admin_client
     assert orgs.context["is_nav_sidebar_enabled"] is True
 
 
-MEASURE = """<script>window.addEventListener('load', () => {
-  const results = document.querySelector('.results');
-  document.body.setAttribute('data-measure', JSON.stringify({
-    page: document.documentElement.scrollWidth, window: window.innerWidth,
-    results: results.scrollWidth, room: results.clientWidth}));
-});</script></body>"""
-
-
 def test_run_list_fits_a_1366px_window(admin_client, tmp_path):
     """Measured in a real browser (headless Chromium, 1366 × 768) with realistic long values: the table
     needs no horizontal scrolling, and neither does the page."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not chromium:
-        pytest.skip("no Chromium to measure the page with (apt-get install chromium)")
     env = EnvironmentFactory(org=OrganizationFactory(slug="acme-industries"), slug="production")
     trigger_run(env, task_identifier="generate-monthly-report", buffered=True)
     fail_run(env, task_identifier="send-welcome-email-v2")
     html = admin_client.get(reverse("admin:runs_taskrun_changelist")).content.decode()
-    page = tmp_path / "runs.html"
-    page.write_text(html.replace('"/static/', f'"file://{ADMIN_STATIC}/').replace("</body>", MEASURE))
-
-    done = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1366,768",
-         "--allow-file-access-from-files", "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-
-    found = re.search(r'data-measure="([^"]+)"', done.stdout)
-    assert found, done.stderr[-2000:]
-    size = json.loads(found.group(1).replace("&quot;", '"'))
+    size = measure_at_1366(html, tmp_path)
     assert size["window"] == 1366
     assert size["results"] <= size["room"], size  # the table fits beside the filters
     assert size["page"] <= size["window"], size
