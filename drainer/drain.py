@@ -70,8 +70,8 @@ from buffer.values import AckedClaim, Entry, LeasedRound
 from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report
-from mollifier_project.clock import from_ms, now_ms
-from runs import engine, overrides
+from mollifier_project.clock import from_ms, now_ms, to_ms
+from runs import engine, overrides, request_keys
 from runs.db_errors import Failure, classify, lock_timed_out, timed_out
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot
 
@@ -363,9 +363,11 @@ def materialise(
     state = _Round(buffer, shard, limits, now_ms, Report(leased=len(entries)))
     state.pending = {e.run_id: e for e in entries}
     keyed: dict[str, Snapshot] = {}  # runs with an idempotency key: the ack cuts their claims
+    parsed: list[tuple[Entry, Snapshot]] = []
     normal: list[tuple[Entry, Snapshot]] = []
     cancelled: list[tuple[Entry, Snapshot]] = []
     failed: list[_Failed] = []
+    duplicates: set[str] = set()
     for entry in entries:
         try:
             snapshot = _parse(entry)
@@ -377,17 +379,22 @@ def materialise(
             continue
         if snapshot.idempotency_key:
             keyed[entry.run_id] = snapshot
-        if fail_with is not None:  # an operator's "fail": a SYSTEM_FAILURE row whatever the entry holds
-            failed.append((entry, snapshot, fail_with))
-        elif entry.cancelled_at_ms is not None:
-            cancelled.append((entry, snapshot))
-        elif entry.attempts >= limits.max_attempts:
-            failed.append(
-                (entry, snapshot, f"gave up after {entry.attempts} attempts: {entry.last_error or 'lease expired'}")
-            )
-        else:
-            normal.append((entry, snapshot))
+        parsed.append((entry, snapshot))
     try:
+        duplicates = _claim_request_keys(state, parsed)
+        for entry, snapshot in parsed:
+            if entry.run_id in duplicates:
+                continue
+            if fail_with is not None:  # an operator's "fail": a SYSTEM_FAILURE row whatever the entry holds
+                failed.append((entry, snapshot, fail_with))
+            elif entry.cancelled_at_ms is not None:
+                cancelled.append((entry, snapshot))
+            elif entry.attempts >= limits.max_attempts:
+                failed.append(
+                    (entry, snapshot, f"gave up after {entry.attempts} attempts: {entry.last_error or 'lease expired'}")
+                )
+            else:
+                normal.append((entry, snapshot))
         failed.extend(_materialise_normal(state, normal))
         for entry, snapshot in _cancelled_in_bulk(state, cancelled):
             _guarded(state, entry, snapshot, failed, functools.partial(_cancelled_row, state, entry, snapshot))
@@ -408,12 +415,50 @@ def materialise(
                 if run in keyed
             ]
             acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=limits.ack_grace_ms, claims=claims)
-            resolved = {entry.run_id for entry, _ in cancelled}  # their rows are CANCELED already
+            # CANCELED rows already; a duplicate has no row (its late mutations are dropped: _claim_request_keys)
+            resolved = {entry.run_id for entry, _ in cancelled} | duplicates
             _cancel_late([flag for flag in acked.cancelled if flag[0] not in resolved])
-            _tag_late(acked.tagged, {e.run_id: e for e in entries}, now_ms=now_ms)
+            _tag_late(
+                [t for t in acked.tagged if t[0] not in duplicates], {e.run_id: e for e in entries}, now_ms=now_ms
+            )
     # Telemetry only (counters, dwell, drain rate, per-env log lines); never changes the round's result.
     telemetry.record_round(buffer, shard=shard, report=state.report, entries=entries, acked=state.acks, now_ms=now_ms)
     return state.report
+
+
+def _claim_request_keys(state: _Round, parsed: list[tuple[Entry, Snapshot]]) -> set[str]:
+    """Record the request keys of the round's runs in Postgres before any row is written
+    (``runs.request_keys.claim_drained``, docs/architecture.md#request-keys-in-the-drain), and ack as duplicates,
+    without a row, the entries whose key a run made after them holds: a retry of the same trigger, whose first
+    answer was lost, that failed open to a direct write while its web could not reach Redis. The client holds
+    that run; this entry's id never reached it, so mutations made on it meanwhile are dropped (logged). Returns
+    their ids. One statement per round that has keyed runs; none otherwise."""
+    drained = [
+        request_keys.Drained(e.run_id, s.env_id, s.task_identifier, s.request_key, to_ms(s.created_at))
+        for e, s in parsed
+        if s.request_key
+    ]
+    if not drained:
+        return set()
+    try:
+        held = request_keys.claim_drained(drained, ttl_s=state.limits.request_key_ttl_s, now=from_ms(state.now_ms))
+    except Exception as exc:
+        if classify(exc) is Failure.OUTAGE:
+            raise _Outage from exc
+        # Anything else must not stall the shard: the round is written as before this check existed.
+        log.exception("could not record the request keys of a round of shard %s", state.shard)
+        return set()
+    entries = {e.run_id: e for e, _ in parsed}
+    for run_id, holder in held.items():
+        entry = entries[run_id]
+        mutated = entry.cancelled_at_ms is not None or bool(entry.extra_tags)
+        log.warning(
+            "run %s is a duplicate of run %s (one request key): acked without a row%s", run_id, holder,
+            "; its buffered cancel or tags are dropped" if mutated else "", extra={**_ids(entry), "holder": holder},
+        )  # fmt: skip
+        state.report.duplicate += 1
+        state.ack(entry)
+    return set(held)
 
 
 def _tag_late(tagged: list[tuple[str, list[str]]], leased: dict[str, Entry], *, now_ms: int) -> None:

@@ -285,6 +285,9 @@ def trigger(
     request_key: str | None = None,
 ) -> Triggered:
     """Run steps 3–6 of the module docstring for a prepared snapshot."""
+    if request_key and snapshot.request_key != request_key:
+        # A buffered run carries its request key to the drain (``runs.request_keys.claim_drained``).
+        snapshot = snapshot.replace(request_key=request_key)
     claims = _Claims(buffer, env, snapshot.task_identifier, snapshot.id)
     try:
         result = _trigger(env, snapshot, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass,
@@ -414,7 +417,14 @@ def _take_over(
     key's live run (``isCached``) — or None, to ask the script again: the key is then this call's (taken over
     from a run that exists nowhere, or from a failed or expired one whose row gives the key up), or another
     trigger took it over first and the script says who. A young holder that exists nowhere is a trigger still
-    in flight: 409 (``_settled_state``)."""
+    in flight: 409 (``_settled_state``).
+
+    A request key the drain found held in Postgres by another run (a retry that failed open) names, in Redis,
+    the duplicate it acked without a row: Postgres' holder, if it exists, is the run (``request_keys.recorded``)."""
+    if kind == "req":
+        recorded = _recorded_holder(env, s, key, holder, cfg=cfg)
+        if recorded != holder and _holder_state(buffer, env, recorded) != "missing":
+            return recorded
     state = _settled_state(buffer, env, holder, now_ms=now_ms)
     if state == "live" or (state == "reusable" and kind == "req"):
         return holder
@@ -432,6 +442,19 @@ def _take_over(
     if taken is None:
         claims.hold(kind, key)
     return None
+
+
+def _recorded_holder(env: EnvContext, s: Snapshot, key: str, holder: str, *, cfg: MollifierSettings) -> str:
+    """The run Postgres records for the request key, if another than ``holder`` (Redis'); else ``holder``.
+    Asked only of a retried request (REQ_HELD). Postgres unreachable: Redis' answer stands."""
+    try:
+        recorded = request_keys.recorded(env.env_id, s.task_identifier, key, now=s.created_at,
+                                         ttl_s=cfg.REQUEST_KEY_TTL_S)  # fmt: skip
+    except DatabaseError as exc:
+        engine.discard_connection()
+        log.warning("request key not looked up in Postgres: %r", exc, extra={"env_id": env.env_id})
+        return holder
+    return recorded or holder
 
 
 def _accept_unclaimed(
@@ -598,7 +621,10 @@ def _write(
         if request_key is None:
             return _insert(s)
         with transaction.atomic():
-            holder = request_keys.record(env.env_id, s.task_identifier, request_key, run_id=s.id, now=s.created_at)
+            holder = request_keys.record(
+                env.env_id, s.task_identifier, request_key, run_id=s.id, now=s.created_at,
+                ttl_s=cfg.REQUEST_KEY_TTL_S,
+            )  # fmt: skip
             if holder is not None:
                 return Triggered(holder, False, "replayed")
             answer = _insert(s)
