@@ -10,6 +10,10 @@ is back in Redis: the trigger script says UNFENCED while the shard's fence is go
 ``REQUEST_KEY_FENCE_MS`` without a keyed trigger, so after any outage that long), and ``restore`` puts the
 recorded keys back and raises the fence. Whichever process sees the retry — one that saw the outage or not —
 asks Redis first, and Redis sends it here.
+
+The drain records here the keys of the buffered runs it writes (``claim_drained``), before their rows: a retry
+that fails open then finds a buffered attempt whose answer the outage lost, and an attempt drained after such a
+retry was written is dropped as its duplicate (docs/architecture.md#request-keys-in-the-drain).
 """
 
 from __future__ import annotations
