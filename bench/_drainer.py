@@ -33,7 +33,7 @@ from bench._django import PROJECT_ROOT
 from buffer.buffer import Buffer
 from buffer.values import AcceptStatus
 from runs.ids import new_run_id
-from runs.models import Environment, Organization, RequestKey, TaskRun
+from runs.models import Environment, Organization, TaskRun
 from runs.snapshot import Snapshot, to_snapshot
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/10"
@@ -60,9 +60,8 @@ def ensure_tenants(name: str, *, orgs: int, envs: int) -> list[Environment]:
 
 
 def truncate_runs() -> None:
-    """Empty the run table, and the request keys the drain records beside the rows."""
     with connection.cursor() as cur:
-        cur.execute(f"TRUNCATE {TaskRun._meta.db_table}, {RequestKey._meta.db_table} CASCADE")
+        cur.execute(f"TRUNCATE {TaskRun._meta.db_table} CASCADE")
 
 
 def fill(buffer: Buffer, snapshots: Iterable[Snapshot], *, now_ms: int, batch: int = 2000) -> int:

@@ -70,7 +70,7 @@ from buffer.values import AckedClaim, Entry, LeasedRound
 from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report
-from mollifier_project.clock import from_ms, now_ms, to_ms
+from mollifier_project.clock import from_ms, now_ms
 from runs import engine, overrides, request_keys
 from runs.db_errors import Failure, classify, lock_timed_out, timed_out
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot
@@ -381,7 +381,7 @@ def materialise(
             keyed[entry.run_id] = snapshot
         parsed.append((entry, snapshot))
     try:
-        duplicates = _claim_request_keys(state, parsed)
+        duplicates = _superseded(state, parsed)
         for entry, snapshot in parsed:
             if entry.run_id in duplicates:
                 continue
@@ -415,7 +415,7 @@ def materialise(
                 if run in keyed
             ]
             acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=limits.ack_grace_ms, claims=claims)
-            # CANCELED rows already; a duplicate has no row (its late mutations are dropped: _claim_request_keys)
+            # CANCELED rows already; a duplicate has no row (its late mutations are dropped: _superseded)
             resolved = {entry.run_id for entry, _ in cancelled} | duplicates
             _cancel_late([flag for flag in acked.cancelled if flag[0] not in resolved])
             _tag_late(
@@ -426,27 +426,23 @@ def materialise(
     return state.report
 
 
-def _claim_request_keys(state: _Round, parsed: list[tuple[Entry, Snapshot]]) -> set[str]:
-    """Record the request keys of the round's runs in Postgres before any row is written
-    (``runs.request_keys.claim_drained``, docs/architecture.md#request-keys-in-the-drain), and ack as duplicates,
-    without a row, the entries whose key a run made after them holds: a retry of the same trigger, whose first
-    answer was lost, that failed open to a direct write while its web could not reach Redis. The client holds
-    that run; this entry's id never reached it, so mutations made on it meanwhile are dropped (logged). Returns
-    their ids. One statement per round that has keyed runs; none otherwise."""
-    drained = [
-        request_keys.Drained(e.run_id, s.env_id, s.task_identifier, s.request_key, to_ms(s.created_at))
-        for e, s in parsed
-        if s.request_key
-    ]
-    if not drained:
+def _superseded(state: _Round, parsed: list[tuple[Entry, Snapshot]]) -> set[str]:
+    """Ack as duplicates, without a row, the round's keyed runs that a fail-open retry superseded: a trigger
+    whose script ran but whose reply was lost (its web noted it: ``runs.request_keys.note_ambiguous``), then
+    retried and written directly while its web could not reach Redis (docs/architecture.md#request-keys-across-an-outage).
+    The client holds the retry's run; this entry's id never reached it, so mutations made on it meanwhile are
+    dropped (logged). Returns their ids. One read per round that has keyed runs, which finds nothing outside an
+    outage; no write."""
+    keyed = [e.run_id for e, s in parsed if s.request_key]
+    if not keyed:
         return set()
     try:
-        held = request_keys.claim_drained(drained, ttl_s=state.limits.request_key_ttl_s, now=from_ms(state.now_ms))
+        held = request_keys.superseded(keyed)
     except Exception as exc:
         if classify(exc) is Failure.OUTAGE:
             raise _Outage from exc
         # Anything else must not stall the shard: the round is written as before this check existed.
-        log.exception("could not record the request keys of a round of shard %s", state.shard)
+        log.exception("could not look up the superseded attempts of a round of shard %s", state.shard)
         return set()
     entries = {e.run_id: e for e, _ in parsed}
     for run_id, holder in held.items():

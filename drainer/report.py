@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The per-entry outcome counts of a round, in the order telemetry and logs show them.
-# ``duplicate``: an entry acked without a row, its request key held by another run (docs/architecture.md#request-keys-in-the-drain).
+# ``duplicate``: an entry acked without a row, its request key held by another run (docs/architecture.md#request-keys-across-an-outage).
 OUTCOMES = ("created", "existed", "cancelled", "failed", "duplicate", "dead", "requeued", "released")
 MAX_DEAD_REASONS = 10  # a shard task's report stays small however many entries a storm dead-letters
 

@@ -11,16 +11,17 @@ is back in Redis: the trigger script says UNFENCED while the shard's fence is go
 recorded keys back and raises the fence. Whichever process sees the retry — one that saw the outage or not —
 asks Redis first, and Redis sends it here.
 
-The drain records here the keys of the buffered runs it writes (``claim_drained``), before their rows: a retry
-that fails open then finds a buffered attempt whose answer the outage lost, and an attempt drained after such a
-retry was written is dropped as its duplicate (docs/architecture.md#request-keys-in-the-drain).
+A keyed trigger whose script call failed after it may have been sent (its reply lost, so its run may be in the
+buffer holding the key) is noted here by the web, then only (``note_ambiguous``): a retry that fails open answers
+that attempt if the drain has written it, else supersedes it, and the drain acks a superseded attempt without a
+row (``superseded``; docs/architecture.md#request-keys-across-an-outage). The normal trigger and drain never
+write here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
@@ -28,7 +29,7 @@ from django.db import connection, transaction
 from buffer.buffer import Buffer
 from buffer.values import RestoredKey
 from mollifier_project.clock import from_ms, to_ms
-from runs.models import RequestKey
+from runs.models import AmbiguousAttempt, RequestKey, TaskRun
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ _TAKE_OVER_EXPIRED = (
 
 def record(env_id: int, task: str, key: str, *, run_id: str, now: datetime, ttl_s: int) -> str | None:
     """Record ``key`` → ``run_id`` (call inside the transaction that writes the run). Returns the run that
-    already holds the key — recorded by an earlier fail-open write, or by the drain for a buffered run
-    (``claim_drained``) — the caller answers that run and writes nothing; or None once ``run_id`` holds it.
+    already holds the key — recorded by an earlier fail-open write, or a buffered attempt whose answer was lost
+    and which the drain has written (``note_ambiguous``) — the caller answers that run and writes nothing; or
+    None once ``run_id`` holds it (its key's unwritten ambiguous attempts are then superseded by it).
     A holder recorded more than ``ttl_s`` before ``now`` is an older use of the key and is taken over."""
     with connection.cursor() as cursor:
         cursor.execute(
@@ -54,78 +56,68 @@ def record(env_id: int, task: str, key: str, *, run_id: str, now: datetime, ttl_
             f"VALUES (%s, %s, %s, %s, %s, false) {_TAKE_OVER_EXPIRED.format(t=_TABLE)} RETURNING run_id",
             [env_id, task, key, run_id, now, ttl_s],
         )
-        if cursor.fetchone() is not None:
-            return None
-    holder = RequestKey.objects.filter(env_id=env_id, task_identifier=task, key=key).values_list("run_id", flat=True)
-    return holder.first() or run_id
+        ours = cursor.fetchone() is not None
+    if not ours:
+        holder = RequestKey.objects.filter(env_id=env_id, task_identifier=task, key=key).values_list(
+            "run_id", flat=True
+        )
+        return holder.first() or run_id
+    drained = _take_ambiguous(env_id, task, key, run_id=run_id, now=now, ttl_s=ttl_s)
+    if drained is not None:
+        point(env_id, task, key, run_id=drained)
+    return drained
 
 
-@dataclass(frozen=True, slots=True)
-class Drained:
-    """A buffered run about to be written by the drain, with its request key."""
+def note_ambiguous(env_id: int, task: str, key: str, *, run_id: str, now: datetime, ttl_s: int) -> None:
+    """Record that run ``run_id``'s trigger script may have run with request key ``key`` although its call
+    failed (its reply lost): a fail-open retry of the key must find it (``record``). Prunes as many expired
+    attempts as it adds. Written only when such a failure happens: the normal paths never write here."""
+    with transaction.atomic():
+        AmbiguousAttempt.objects.filter(
+            id__in=AmbiguousAttempt.objects.filter(created_at__lt=now - timedelta(seconds=ttl_s)).values("id")[:1]
+        ).delete()
+        AmbiguousAttempt.objects.get_or_create(
+            run_id=run_id, defaults={"env_id": env_id, "task_identifier": task, "key": key, "created_at": now}
+        )
 
-    run_id: str
-    env_id: int
-    task: str
-    key: str
-    created_ms: int  # the run's trigger time (epoch ms: a list of ints crosses to Postgres at half the cost)
+
+def _take_ambiguous(env_id: int, task: str, key: str, *, run_id: str, now: datetime, ttl_s: int) -> str | None:
+    """Inside the fail-open write of ``run_id`` for ``key``: the key's ambiguous attempts of the last ``ttl_s``,
+    locked. One the drain wrote is the run the key names: returned (the caller answers it). Else they are
+    marked superseded by ``run_id`` (the drain then acks them without a row) and None is returned."""
+    attempts = list(
+        AmbiguousAttempt.objects.select_for_update()
+        .filter(env_id=env_id, task_identifier=task, key=key, created_at__gte=now - timedelta(seconds=ttl_s))
+        .exclude(run_id=run_id)
+        .order_by("created_at")
+        .values_list("run_id", flat=True)
+    )
+    if not attempts:
+        return None
+    written = TaskRun.objects.filter(id__in=attempts).values_list("id", flat=True).first()
+    if written is not None:
+        return written
+    AmbiguousAttempt.objects.filter(run_id__in=attempts).update(superseded_by=run_id)
+    log.warning("request key's ambiguous attempts %s superseded by run %s", attempts, run_id, extra={"env_id": env_id})
+    return None
 
 
-def claim_drained(runs: Sequence[Drained], *, ttl_s: int, now: datetime) -> dict[str, str]:
-    """Record the request keys of buffered runs the drain is about to write, in one statement that commits
-    before their rows are written (docs/architecture.md#request-keys-in-the-drain). Returns the duplicates:
-    run id → the run holding its key that was made *after* it, within ``ttl_s``: a retry of the same request
-    (the client retries only a call whose answer it lost, so this run's id never reached it) that failed open
-    to a direct write while its web could not reach Redis (``record``). Those get no row.
+def superseded(run_ids: Sequence[str]) -> dict[str, str]:
+    """Of the drain's ``run_ids``, the ambiguous attempts a fail-open retry superseded: run id → the retry's
+    run. One indexed read; the table holds only outage rows, so it finds nothing but during one.
 
-    Both sides insert under the key's unique constraint, so whichever commits first holds the key and the
-    other finds it: a fail-open retry (``record``) then answers the drained run, and the drain acks its entry
-    as a duplicate of the retry's run — never both rows, and never a run dropped that a later attempt was
-    answered with. A holder made *before* this run (its answer was the one lost: this run is the retry) keeps
-    its row and this run takes the key; so does a re-drain of the same run. Of several entries of one round
-    with one key, the latest claims it and none is a duplicate. The rows are marked restored (Redis holds these
-    keys: the trigger script wrote them), and rows expired by ``now`` are pruned, as many as this call records."""
-    latest: dict[tuple[int, str, str], Drained] = {}
-    for run in sorted(runs, key=lambda r: r.created_ms):
-        latest[(run.env_id, run.task, run.key)] = run
-    # One order for every drainer: two claiming the same keys cannot deadlock.
-    claims = sorted(latest.values(), key=lambda r: (r.env_id, r.task, r.key))
-    if not claims:
+    ``FOR SHARE`` without the ``superseded_by`` condition: an attempt a retry's write has locked (``record``)
+    is read once that write ends, so a retry that got there first is always seen. The other order — this
+    read, then the retry's write, then this round's row commit — is the one race left
+    (docs/architecture.md#request-keys-across-an-outage)."""
+    if not run_ids:
         return {}
-    duplicates: dict[str, str] = {}
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {_TABLE} (env_id, task_identifier, key, run_id, created_at, restored) "
-            "SELECT env_id, task, key, run_id, to_timestamp(ms / 1000.0), true FROM unnest("
-            "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[]) AS k(env_id, task, key, run_id, ms) "
-            "ON CONFLICT (env_id, task_identifier, key) DO UPDATE SET run_id = EXCLUDED.run_id, "
-            "created_at = EXCLUDED.created_at, restored = true "
-            f"WHERE {_TABLE}.run_id = EXCLUDED.run_id OR {_TABLE}.created_at <= EXCLUDED.created_at RETURNING run_id",
-            [
-                [r.env_id for r in claims], [r.task for r in claims], [r.key for r in claims],
-                [r.run_id for r in claims], [r.created_ms for r in claims],
-            ],
-        )  # fmt: skip
-        ours = {row[0] for row in cursor.fetchall()}
-        lost = [r for r in claims if r.run_id not in ours]
-        if lost:  # held by a run made after this one: a duplicate, unless that is a use of the key beyond its life
-            cursor.execute(
-                f"SELECT k.run_id, t.run_id FROM {_TABLE} t JOIN unnest(%s::bigint[], %s::text[], %s::text[], "
-                "%s::text[], %s::bigint[]) AS k(env_id, task, key, run_id, ms) "
-                "ON t.env_id = k.env_id AND t.task_identifier = k.task AND t.key = k.key "
-                "WHERE t.created_at < to_timestamp(k.ms / 1000.0) + make_interval(secs => %s)",
-                [
-                    [r.env_id for r in lost], [r.task for r in lost], [r.key for r in lost],
-                    [r.run_id for r in lost], [r.created_ms for r in lost], ttl_s,
-                ],
-            )  # fmt: skip
-            duplicates.update(dict(cursor.fetchall()))
-        cursor.execute(
-            f"DELETE FROM {_TABLE} WHERE id IN (SELECT id FROM {_TABLE} WHERE created_at < %s "
-            "ORDER BY created_at LIMIT %s)",
-            [now - timedelta(seconds=ttl_s), len(claims)],
+            f"SELECT run_id, superseded_by FROM {AmbiguousAttempt._meta.db_table} WHERE run_id = ANY(%s) FOR SHARE",
+            [list(run_ids)],
         )
-    return duplicates
+        return {run: holder for run, holder in cursor.fetchall() if holder is not None}
 
 
 def recorded(env_id: int, task: str, key: str, *, now: datetime, ttl_s: int) -> str | None:

@@ -41,6 +41,7 @@ from typing import Any
 from django.db import DatabaseError, transaction
 
 from buffer import gate
+from buffer.breaker import BreakerOpen
 from buffer.buffer import Buffer, BufferUnavailable, NotReplicated
 from buffer.values import AcceptStatus, ClaimKind, EntryStatus, GateArgs, IdemRef, TriggerStatus
 from mollifier_project.clock import from_ms, to_ms
@@ -286,7 +287,7 @@ def trigger(
 ) -> Triggered:
     """Run steps 3–6 of the module docstring for a prepared snapshot."""
     if request_key and snapshot.request_key != request_key:
-        # A buffered run carries its request key to the drain (``runs.request_keys.claim_drained``).
+        # A buffered run carries its request key: the drain checks only keyed runs for a superseded attempt.
         snapshot = snapshot.replace(request_key=request_key)
     claims = _Claims(buffer, env, snapshot.task_identifier, snapshot.id)
     try:
@@ -380,6 +381,7 @@ def _trigger(
     except BufferUnavailable as exc:  # Redis is unreachable: fail open
         unrecorded = None if req_ours else request_key
         if unrecorded:
+            _note_ambiguous(env, s, unrecorded, exc, cfg=cfg)
             _check_fallback(buffer, env, cfg)  # or 503: the key cannot be recorded safely yet
         log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
@@ -419,8 +421,9 @@ def _take_over(
     trigger took it over first and the script says who. A young holder that exists nowhere is a trigger still
     in flight: 409 (``_settled_state``).
 
-    A request key the drain found held in Postgres by another run (a retry that failed open) names, in Redis,
-    the duplicate it acked without a row: Postgres' holder, if it exists, is the run (``request_keys.recorded``)."""
+    A request key whose buffered attempt a fail-open retry superseded still names that attempt in Redis, and the
+    drain acks it without a row: Postgres' holder (the retry's run), if it exists, is the run
+    (``request_keys.recorded``)."""
     if kind == "req":
         recorded = _recorded_holder(env, s, key, holder, cfg=cfg)
         if recorded != holder and _holder_state(buffer, env, recorded) != "missing":
@@ -506,6 +509,21 @@ def _restore_request_keys(
         log.warning("request keys not restored, Postgres unavailable: %r", exc, extra={"org_id": env.org_id})
         return 0
     return cfg.REQUEST_KEY_FENCE_MS if fenced else 0
+
+
+def _note_ambiguous(env: EnvContext, s: Snapshot, key: str, exc: Exception, *, cfg: MollifierSettings) -> None:
+    """A keyed script call failed after it may have been sent (a timeout, a reset; not an open breaker, which
+    sends nothing): run ``s.id`` may be in the buffer holding ``key``, its answer lost. Note it in Postgres so a
+    fail-open retry of the key makes one run with it (``request_keys.note_ambiguous``). Best effort: Postgres
+    failing too is logged; the request goes on as before."""
+    if isinstance(exc, BreakerOpen):
+        return
+    try:
+        request_keys.note_ambiguous(env.env_id, s.task_identifier, key, run_id=s.id, now=s.created_at,
+                                    ttl_s=cfg.REQUEST_KEY_TTL_S)  # fmt: skip
+    except DatabaseError as exc2:
+        engine.discard_connection()
+        log.warning("ambiguous keyed trigger not noted in Postgres: %r", exc2, extra={"env_id": env.env_id})
 
 
 def _check_fallback(buffer: Buffer, env: EnvContext, cfg: MollifierSettings) -> None:
