@@ -437,7 +437,7 @@ def _superseded(state: _Round, parsed: list[tuple[Entry, Snapshot]]) -> set[str]
     if not keyed:
         return set()
     try:
-        held = request_keys.superseded(keyed)
+        held = request_keys.superseded(keyed, ttl_s=state.limits.request_key_ttl_s)
     except Exception as exc:
         if classify(exc) is Failure.OUTAGE:
             raise _Outage from exc

@@ -71,7 +71,8 @@ def record(env_id: int, task: str, key: str, *, run_id: str, now: datetime, ttl_
 def note_ambiguous(env_id: int, task: str, key: str, *, run_id: str, now: datetime, ttl_s: int) -> None:
     """Record that run ``run_id``'s trigger script may have run with request key ``key`` although its call
     failed (its reply lost): a fail-open retry of the key must find it (``record``). Prunes as many expired
-    attempts as it adds. Written only when such a failure happens: the normal paths never write here."""
+    attempts as it adds, so the table grows only past a busy outage's attempts; expired ones cost the drain
+    nothing (``superseded``). Written only when such a failure happens: the normal paths never write here."""
     with transaction.atomic():
         AmbiguousAttempt.objects.filter(
             id__in=AmbiguousAttempt.objects.filter(created_at__lt=now - timedelta(seconds=ttl_s)).values("id")[:1]
@@ -102,9 +103,10 @@ def _take_ambiguous(env_id: int, task: str, key: str, *, run_id: str, now: datet
     return None
 
 
-def superseded(run_ids: Sequence[str]) -> dict[str, str]:
+def superseded(run_ids: Sequence[str], *, ttl_s: int) -> dict[str, str]:
     """Of the drain's ``run_ids``, the ambiguous attempts a fail-open retry superseded: run id → the retry's
-    run. One indexed read; the table holds only outage rows, so it finds nothing but during one.
+    run. Outside ``ttl_s`` of an outage one indexed read that finds nothing; an attempt superseded longer ago
+    than that is no longer looked for (its key's life is over, as in Redis).
 
     ``FOR SHARE`` without the ``superseded_by`` condition: an attempt a retry's write has locked (``record``)
     is read once that write ends, so a retry that got there first is always seen. The other order — this
@@ -112,11 +114,17 @@ def superseded(run_ids: Sequence[str]) -> dict[str, str]:
     (docs/architecture.md#request-keys-across-an-outage)."""
     if not run_ids:
         return {}
-    with transaction.atomic(), connection.cursor() as cursor:
+    table = AmbiguousAttempt._meta.db_table
+    with connection.cursor() as cursor:  # autocommit: each statement its own transaction
+        # No attempt noted within ``ttl_s`` (no outage lately): answered without shipping the ids, 0.1 ms rather
+        # than 2–5 ms for 1,000 ids. An attempt noted after this read is superseded later still: the same race.
         cursor.execute(
-            f"SELECT run_id, superseded_by FROM {AmbiguousAttempt._meta.db_table} WHERE run_id = ANY(%s) FOR SHARE",
-            [list(run_ids)],
+            f"SELECT EXISTS (SELECT 1 FROM {table} WHERE created_at >= now() - make_interval(secs => %s))", [ttl_s]
         )
+        row = cursor.fetchone()
+        if not (row and row[0]):
+            return {}
+        cursor.execute(f"SELECT run_id, superseded_by FROM {table} WHERE run_id = ANY(%s) FOR SHARE", [list(run_ids)])
         return {run: holder for run, holder in cursor.fetchall() if holder is not None}
 
 

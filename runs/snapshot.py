@@ -64,9 +64,9 @@ class Snapshot:
     depth: int = 0
     trace_id: str | None = None
     span_id: str | None = None
-    # The request key (``x-trigger-request-idempotency-key``) of a buffered run: the drain records it in Postgres
-    # so a retry that failed open finds this run, and acks this run as a duplicate of one such a retry wrote
-    # (docs/api.md#request-idempotency-during-a-redis-outage). Not a column.
+    # The request key (``x-trigger-request-idempotency-key``) of a buffered run: only a keyed run can be an
+    # ambiguous attempt a fail-open retry superseded, so the drain looks up only these
+    # (docs/architecture.md#request-keys-across-an-outage). Not a column.
     request_key: str | None = None
 
     def replace(self, **changes: Any) -> Snapshot:

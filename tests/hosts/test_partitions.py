@@ -25,7 +25,7 @@ from django.db import connection
 from mollifier_project.clock import now_ms as wall_clock_ms
 from runs import mutations
 from runs.auth import EnvContext
-from runs.models import RequestKey, RunStatus, TaskRun
+from runs.models import AmbiguousAttempt, RequestKey, RunStatus, TaskRun
 from runs.tenants import ensure_tenant, issue_api_key
 from tests.chaos.storm import Storm, dead_letters, envs_over_shards, in_flight, rows_of_envs
 from tests.drainer.processes import wait_until
@@ -287,19 +287,21 @@ def test_web_cut_off_from_redis_mid_storm_fails_open_and_loses_nothing(start_clu
     rows = TaskRun.objects.filter(env=tenant.env)
     direct = rows.filter(buffered=False).count()
     # A trigger whose script ran in Redis just before the cut, its reply lost, is retried by the SDK with the same
-    # request key, and that retry fails open after the fence: the drain records the buffered run's key in
-    # Postgres, so whichever of the two reaches Postgres second finds the other (docs/api.md#request-idempotency-
-    # during-a-redis-outage). Payloads are unique per trigger: rows sharing one would be a doubled run.
+    # request key, and that retry fails open after the fence: the web noted the attempt as ambiguous in Postgres,
+    # so the retry answers it if drained, else supersedes it and the drain drops it (docs/architecture.md#request-
+    # keys-across-an-outage). Payloads are unique per trigger: rows sharing one would be a doubled run.
     by_payload: dict[str | None, list[str]] = {}
     for run_id, payload in rows.values_list("id", "payload"):
         by_payload.setdefault(payload, []).append(run_id)
     doubled = {p: runs for p, runs in by_payload.items() if len(runs) > 1}
     keys = RequestKey.objects.filter(env=tenant.env)
+    ambiguous = AmbiguousAttempt.objects.filter(env=tenant.env)
     print(
         f"\nhosts: web cut from Redis for 3 s mid-storm: {len(storm.answers)} triggers, {during_cut} answered during "
         f"the cut; answers {dict(Counter(s for s, _ in storm.answers))} after 503 retries {dict(storm.retried)}; "
         f"rows {rows.count()}: {direct} written directly (fail open), {rows.count() - direct} through the buffer; "
         f"request keys in Postgres {keys.count()} ({keys.filter(restored=False).count()} not back in Redis); "
+        f"ambiguous attempts noted {ambiguous.count()} ({ambiguous.exclude(superseded_by=None).count()} superseded); "
         f"drained duplicates acked without a row {duplicates_acked(tmp_path)}; "
         f"doubled runs {len(doubled)}"
     )
@@ -309,4 +311,4 @@ def test_web_cut_off_from_redis_mid_storm_fails_open_and_loses_nothing(start_clu
     assert direct > 0 and rows.count() - direct > 0  # it failed open during the cut, and buffered otherwise
     assert during_cut > 0  # the web kept answering while cut off
     assert len(by_payload) == len(storm.answers)  # no row of a trigger nobody sent
-    assert doubled == {}  # before the drain recorded request keys: 0–2 such pairs per run (6 runs)
+    assert doubled == {}  # before ambiguous attempts were noted (main): 0–2 such pairs per run (6 runs)

@@ -24,14 +24,18 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings as django_settings
+from django.db import connection, transaction
+from django.utils import timezone
 
 from buffer.buffer import Buffer
 from drainer.drain import materialise, run_round
 from drainer.limits import DrainLimits
 from mollifier_project.clock import now_ms
+from runs import request_keys
 from runs.models import AmbiguousAttempt, RequestKey, TaskRun
 from runs.tenants import ensure_tenant, issue_api_key
 from tests.buffer.invariants import assert_consistent
+from tests.factories import EnvironmentFactory
 from tests.live import free_port
 
 TRIGGER = "/api/v1/tasks/hello/trigger"
@@ -236,3 +240,38 @@ def test_materialise_acks_a_duplicate_that_was_cancelled_and_tagged_without_writ
     assert (report.duplicate, report.created) == (1, 0)
     assert list(TaskRun.objects.filter(env=tenant.env).values_list("id", "tags")) == [(answered, [])]
     assert_consistent(buffer)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_drains_read_waits_for_a_retrys_write_in_flight_and_sees_it_superseded():
+    """The retry's transaction has locked the attempt (superseding it) and not committed yet: the drain's read
+    waits for it and sees ``superseded_by`` — it does not write the attempt's row beside the retry's."""
+    env = EnvironmentFactory()
+    now = timezone.now()
+    request_keys.note_ambiguous(env.id, "hello", "k", run_id="run_a", now=now, ttl_s=600)
+    locked, release = threading.Event(), threading.Event()
+
+    def retry() -> None:
+        with transaction.atomic():
+            assert request_keys.record(env.id, "hello", "k", run_id="run_b", now=now, ttl_s=600) is None
+            locked.set()
+            release.wait(10)
+        connection.close()
+
+    seen: dict[str, str] = {}
+
+    def drain_read() -> None:
+        seen.update(request_keys.superseded(["run_a", "run_other"], ttl_s=600))
+        connection.close()
+
+    writer = threading.Thread(target=retry)
+    writer.start()
+    assert locked.wait(10)
+    reader = threading.Thread(target=drain_read)
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive()  # before FOR SHARE: it read at once, found nothing superseded, and A was written too
+    release.set()
+    writer.join(10)
+    reader.join(10)
+    assert seen == {"run_a": "run_b"}
