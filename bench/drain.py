@@ -37,7 +37,6 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,10 +58,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_worker_arguments(parser)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one drain may take before giving up")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--request-keys", action="store_true",
-        help="every snapshot carries an x-trigger-request-idempotency-key, as the SDK's triggers do",
-    )  # fmt: skip
     args = parser.parse_args(argv)
     args.orgs = args.orgs or args.envs
     for name in ("runs", "envs", "orgs", "per_entry", "repeat", "concurrency"):
@@ -107,8 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             seed=seed * 1000 + i)
             for i, env in enumerate(envs)
         ]  # fmt: skip
-        if args.request_keys:
-            groups = [[s.replace(request_key=str(uuid.uuid4())) for s in group] for group in groups]
         return support.interleave(groups)
 
     drained = snapshots_for(args.runs, args.seed)

@@ -12,7 +12,7 @@ Format (version 1), compact JSON; times are integer epoch milliseconds::
      "idem": "…", "idem_user": "…", "idem_expires_ms": …, "queue": "…", "concurrency_key": "…",
      "delay_until_ms": …, "ttl": "1h", "max_attempts": 3, "max_duration": 300, "machine": "small-1x",
      "priority": 0, "batch": "batch_…", "batch_index": 0, "parent": "run_…", "root": "run_…",
-     "depth": 0, "trace_id": "…", "span_id": "…", "req": "…"}
+     "depth": 0, "trace_id": "…", "span_id": "…"}
 
 Optional keys are omitted when empty, which keeps buffered entries small.
 """
@@ -64,10 +64,6 @@ class Snapshot:
     depth: int = 0
     trace_id: str | None = None
     span_id: str | None = None
-    # The request key (``x-trigger-request-idempotency-key``) of a buffered run: only a keyed run can be an
-    # ambiguous attempt a fail-open retry superseded, so the drain looks up only these
-    # (docs/architecture.md#request-keys-across-an-outage). Not a column.
-    request_key: str | None = None
 
     def replace(self, **changes: Any) -> Snapshot:
         return dataclasses.replace(self, **changes)
@@ -139,7 +135,6 @@ _OPTIONAL_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("depth", "depth", int),
     ("trace_id", "trace_id", str),
     ("span_id", "span_id", str),
-    ("req", "request_key", str),
 )
 _OPTIONAL_TIMES = (
     ("idem_expires_ms", "idempotency_key_expires_at"),

@@ -286,9 +286,6 @@ def trigger(
     request_key: str | None = None,
 ) -> Triggered:
     """Run steps 3–6 of the module docstring for a prepared snapshot."""
-    if request_key and snapshot.request_key != request_key:
-        # A buffered run carries its request key: the drain checks only keyed runs for a superseded attempt.
-        snapshot = snapshot.replace(request_key=request_key)
     claims = _Claims(buffer, env, snapshot.task_identifier, snapshot.id)
     try:
         result = _trigger(env, snapshot, claims, buffer=buffer, cfg=cfg, now_ms=now_ms, bypass=bypass,
