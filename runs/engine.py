@@ -21,6 +21,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import psycopg
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.dispatch import Signal
@@ -382,17 +383,25 @@ def _fetchone_as_own_health_check(sql: str, params: Sequence[Any]) -> tuple[Any,
     if unchecked:
         connection.health_check_done = True  # type: ignore[attr-defined]  # this read is the check
     try:
-        with connection.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()
+        return _fetchone_prepared(sql, params)
     except DatabaseError:
         raw = connection.connection
         if not (unchecked and (raw is None or raw.closed or raw.broken)):
             raise
         log.info("reused database connection was broken; reconnecting once")
         discard_connection()
-    with connection.cursor() as cur:
-        cur.execute(sql, params)
+    return _fetchone_prepared(sql, params)
+
+
+def _fetchone_prepared(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """``sql`` as a prepared statement of this connection (psycopg's server-side binding, ``prepare=True``):
+    Postgres parses and plans it once per connection, not on every call as through Django's client-side-binding
+    cursor. 500 lookups alternated, median of 7: 353 → 260 µs a lookup, 104 → 93 µs of the client's CPU
+    (docs/architecture.md#lookup-first). Errors are Django's, as from any cursor."""
+    connection.close_if_health_check_failed()  # a no-op unless the caller left the check to Django
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
+        cur.execute(sql, params, prepare=True)
         return cur.fetchone()
 
 
