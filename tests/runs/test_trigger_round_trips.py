@@ -11,7 +11,6 @@ import json
 import time
 import uuid
 
-import psycopg
 import pytest
 from redis.connection import AbstractConnection
 
@@ -23,21 +22,6 @@ from runs.tenants import ensure_tenant, issue_api_key
 from tests.live import free_port
 
 TRIGGER = "/api/v1/tasks/hello/trigger"
-
-
-@pytest.fixture
-def statements(monkeypatch):
-    """A list that gets one item per statement sent to Postgres (any psycopg cursor: Django's, or the prepared
-    lookup's, which Django's query counter does not see) while the test runs."""
-    sent: list[str] = []
-    original = psycopg.Cursor.execute
-
-    def counting(self, query, *args, **kwargs):
-        sent.append(str(query))
-        return original(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
-    return sent
 
 
 @pytest.fixture
