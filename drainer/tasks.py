@@ -8,8 +8,6 @@ Thin on purpose: flags, the shard lock and connection hygiene here; every decisi
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 
 from celery import shared_task
 from django.conf import settings
@@ -29,11 +27,6 @@ log = logging.getLogger(__name__)
 
 LOCK_MARGIN_MS = 5_000
 LOCK_WAIT_MS = 5_000  # a row lock the drain waits for longer than this fails the statement (retried)
-# With kicks on, a task that emptied its shard keeps the mark this long before it gives the shard up: a steady
-# stream that the drain outpaces would otherwise make every few triggers an idle → busy kick and a task of a few
-# rows (docs/operations.md#kick). What arrives meanwhile goes to one successor.
-KICK_LINGER_MS = 100
-LINGER_MARGIN_MS = 1_000  # the lingering mark outlives the sleep by this much: a task killed then costs ~1 s
 
 
 @shared_task(name="drainer.fan_out", ignore_result=True, base=Fenced)  # a lapsed beat's tick is dropped
@@ -142,22 +135,14 @@ def drain_shard(shard: int) -> dict[str, object] | None:
     return {"shard": shard, **{k: v for k, v in vars(report).items() if v}}
 
 
-def successor(
-    buffer: DrainBuffer, shard: int, *, report: Report, limits: DrainLimits, interval_s: float,
-    linger_ms: int = KICK_LINGER_MS, sleep: Callable[[float], None] = time.sleep,
-) -> bool:  # fmt: skip
+def successor(buffer: DrainBuffer, shard: int, *, report: Report, limits: DrainLimits, interval_s: float) -> bool:
     """After the lock is released (a successor sent earlier would find it held and end): keep the shard's mark
     and send the next task if work is still due, or drop the mark (``Buffer.next_send``). The successor joins
     the drain queue's tail, so shards take turns in the broker's order. A task whose circuit is open, or that
     leased nothing, has no successor: the tick sends the shard once it can be drained, instead of a loop of
-    tasks that end at once. A task that emptied the shard first holds the mark ``linger_ms`` (``KICK_LINGER_MS``),
-    so a stream the drain outpaces costs one task per linger, not one kick per few triggers. Returns whether
-    one was sent."""
+    tasks that end at once. Returns whether one was sent."""
     progressed = (report.leased > 0 or report.reclaimed > 0) and not report.circuit_open
     expires = send_expiry_s(interval_s, time_budget_ms=limits.time_budget_ms)
-    if progressed and report.emptied and linger_ms > 0:
-        buffer.hold_send(shard, ttl_ms=linger_ms + LINGER_MARGIN_MS)  # accepts meanwhile kick nothing
-        sleep(linger_ms / 1000)
     if not buffer.next_send(shard, now_ms=buffer.server_time_ms(), ttl_ms=int(expires * 1000), progressed=progressed):
         return False
     try:
