@@ -244,6 +244,46 @@ def test_a_worker_killed_draining_a_kicked_shard_is_recovered_by_the_tick(start_
     assert_one_live_row_each(ids)
 
 
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_while_busy_loses_no_kick_it_had_not_started(start_cluster, kick_via, client, tenant):
+    """A kick sent while the only worker process drains another shard waits in the broker, not in that worker:
+    a prefork worker that prefetched it (Celery's default: the main process reserves one more message per
+    process while the child runs one) took it to its grave, and the shard's mark kept every tick away for the
+    mark's life (the kick's broker expiry, 30 s here). Without prefetch the next worker takes it at once."""
+    # A 3 s budget over 10-entry rounds keeps shard A's task running while the kick arrives.
+    cluster, buffer = start_cluster(
+        **{**KICK_SETTINGS, "SHARDS": 2}, DRAIN_INTERVAL_S=0.2, DRAIN_TIME_BUDGET_MS=3000, LEASE_MS=10_000,
+        ROUND_BUDGET=10,
+    )  # fmt: skip
+    kick_via(cluster)
+    (t, secret) = tenant
+    kicked = buffer.shard_for(t.org.id)
+    other = next(e for e in (EnvironmentFactory() for _ in range(50)) if buffer.shard_for(e.org_id) != kicked)
+    park(buffer, [SnapshotFactory(env=other) for _ in range(3000)])  # shard A: seconds of 10-entry rounds
+    busy = cluster.start_worker("busy", pool="prefork")  # the Procfile's pool; no beat yet
+    cluster.wait_ready(busy)
+    cluster.send_drain(1 - kicked)
+    wait_until(lambda: buffer._client.exists(buffer.keys(1 - kicked).drain_lock), timeout=30, what="A's drain")
+
+    run_id = trigger(client, secret)  # shard B idle: its kick goes to the broker while A drains
+    time.sleep(0.5)  # a prefetching worker takes the message within a few ms
+    waiting = waiting_drain_tasks(cluster)
+    assert buffer._client.exists(buffer.keys(1 - kicked).drain_lock), "A's task ended before the kill"
+    busy.kill_group()  # the node goes: main process and child
+    killed_at = time.monotonic()
+    worker, beat = cluster.start_worker("w1"), cluster.start_beat()
+    cluster.wait_ready(worker, beat)
+    ready_s = time.monotonic() - killed_at
+    wait_until(TaskRun.objects.filter(id=run_id).exists, timeout=60, what="the kicked run's row")
+    row_s = time.monotonic() - killed_at
+    # Within a few ticks of the new worker being ready, not the mark's 30 s.
+    said = f"row {row_s:.1f} s after the kill, worker ready after {ready_s:.1f} s; in the broker at the kill: {waiting}"
+    assert row_s - ready_s < 5, said
+    assert waiting == [[kicked]], said  # the kick waited in the broker, not in the busy worker
+    assert_one_live_row_each([run_id])
+
+
 # ------------------------------------------------------------------------------------------- successors
 
 
