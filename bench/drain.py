@@ -26,7 +26,8 @@ reported as medians:
 (an export of an earlier commit, say: ``git archive <commit> | tar -x -C DIR``, with ``DIR/.venv`` linked),
 interleaved with this tree's, so a change to the drain is measured before and after in one run, under the
 same load. ``--profile DIR`` records the worker's processes with py-spy during this tree's drains (collapsed
-stacks, ``bench.profile``) and prints where their samples went. ``--per-entry 0`` skips (c).
+stacks, ``bench.profile``) and prints where their samples went; py-spy's own CPU then slows this tree's
+drains only (measured 0.73× on a loaded 2-core box), so read ``--compare`` ratios from a run without it. ``--per-entry 0`` skips (c).
 
 The fill and the processes' start-up are not timed. A ``CPU per drained row`` line (Linux) splits the CPU
 spent during the drain between the worker, beat, the Postgres backends of the benchmark database, the
