@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import setup_logging
+from celery.signals import setup_logging, task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mollifier_project.settings")
 
@@ -89,3 +89,18 @@ def _use_django_logging(**kwargs: object) -> None:
     from django.conf import settings
 
     dictConfig(settings.LOGGING)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _keep_healthy_connections(task: object = None, **kwargs: object) -> None:
+    """Around every task, what Django does around every request: drop a database connection that had an error,
+    was left inside a transaction or is older than ``CONN_MAX_AGE``, and health-check a kept one before its next
+    query. With ``CELERY_DB_REUSE_MAX`` set (settings) Celery's Django fix-up no longer closes the connection
+    after each task, so a worker keeps its Postgres session between tasks (docs/operations.md#postgres): a
+    drain task no longer opens one. Eager calls (tests) run inside the caller's transaction: left alone."""
+    if getattr(getattr(task, "request", None), "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()
