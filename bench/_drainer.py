@@ -162,6 +162,7 @@ class Celery:
     pool: str = "prefork"
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mollifier-bench-")))
     keep_logs: bool = False  # else the log directory goes with ``stop`` (errors are read before that)
+    root: Path = PROJECT_ROOT  # the tree the processes import the project from (``bench.drain --compare``)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     _logs: list[Any] = field(default_factory=list)
 
@@ -184,7 +185,7 @@ class Celery:
         self._logs.append(log)
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "mollifier_project", *args],
-            cwd=PROJECT_ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=self.root, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
     def start(self) -> None:
@@ -272,9 +273,10 @@ class CpuMeter:
     backends serving the benchmark database, the Redis server, and everything else on the machine (other
     users included — on a shared machine that line is the noise). Linux only; all zeros elsewhere.
 
-    Backends come and go (Celery closes Django's connections around every task), so ``poll`` is called
-    often during the drain and keeps the last CPU figure seen per process; what a backend spends between
-    its last poll and its exit is missed (≤ one poll interval per drain task).
+    Backends can come and go (a worker replaces a session after an error; a tree from before the workers kept
+    their sessions opened one per task), so ``poll`` is called often during the drain and keeps the last CPU
+    figure seen per process; what a backend spends between its last poll and its exit is missed (≤ one poll
+    interval per session).
     """
 
     celery: Celery

@@ -22,6 +22,13 @@ reported as medians:
 (c) ``per-entry``: the naive replay on ``--per-entry`` fresh snapshots: lease one entry, ``engine.trigger``
     it, ack it, round robin over the envs.
 
+``--compare DIR`` measures (a) a second time per repeat with the worker and beat started from another tree
+(an export of an earlier commit, say: ``git archive <commit> | tar -x -C DIR``, with ``DIR/.venv`` linked),
+interleaved with this tree's, so a change to the drain is measured before and after in one run, under the
+same load. ``--profile DIR`` records the worker's processes with py-spy during this tree's drains (collapsed
+stacks, ``bench.profile``) and prints where their samples went; py-spy's own CPU then slows this tree's
+drains only (measured 0.73× on a loaded 2-core box), so read ``--compare`` ratios from a run without it. ``--per-entry 0`` skips (c).
+
 The fill and the processes' start-up are not timed. A ``CPU per drained row`` line (Linux) splits the CPU
 spent during the drain between the worker, beat, the Postgres backends of the benchmark database, the
 Redis server and everything else on the machine — on a 2-core box, 2 s of CPU per second divided by the
@@ -34,10 +41,14 @@ the Celery broker on ``--broker`` (db 10 by default); processes and keys are rem
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +56,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import profile as bench_profile
 from bench._django import Measurement, add_worker_arguments, parse_settings, setup_django
 
 
@@ -53,16 +65,34 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=100_000, help="buffered runs drained by the worker")
     parser.add_argument("--envs", type=int, default=10, help="environments the runs are spread over")
     parser.add_argument("--orgs", type=int, default=None, help="orgs the envs are spread over (default: one per env)")
-    parser.add_argument("--per-entry", type=int, default=5000, help="runs for the one-at-a-time replay")
+    parser.add_argument("--per-entry", type=int, default=5000, help="runs for the one-at-a-time replay (0: skip it)")
     parser.add_argument("--repeat", type=int, default=3, help="measurements per method; medians are reported")
     add_worker_arguments(parser)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one drain may take before giving up")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also drain with the worker started from the project tree DIR, interleaved",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy the worker's processes during this tree's drains; collapsed stacks go to DIR",
+    )
     args = parser.parse_args(argv)
     args.orgs = args.orgs or args.envs
-    for name in ("runs", "envs", "orgs", "per_entry", "repeat", "concurrency"):
+    for name in ("runs", "envs", "orgs", "repeat", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.per_entry < 0:
+        parser.error("--per-entry must be 0 or more")
+    if args.compare is not None and not (args.compare / "mollifier_project").is_dir():
+        parser.error(f"--compare {args.compare}: not a project tree (no mollifier_project/ in it)")
     if args.orgs > args.envs:
         parser.error("--orgs cannot exceed --envs (every org needs an env)")
     args.settings = parse_settings(parser, args.set)
@@ -115,10 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     buffer_shards = {shard_for(e.org_id, cfg.SHARDS) for e in envs}
     worker_env = {f"MOLLIFIER_{name}": value for name, value in args.settings.items()}
     failures: list[str] = []
-    cpu: dict[str, float] = {}  # CPU seconds per process group, summed over the drain repeats
-    cpu_wall: list[float] = []
-    steady_drain = Measurement(f"drain: worker ×{args.concurrency} + beat", args.runs)
-    from_release = Measurement("  (from lock release)", args.runs)
+    trees = [Drains("this tree", support.PROJECT_ROOT, args.concurrency, args.runs)]
+    if args.compare is not None:
+        trees.append(Drains(str(args.compare), args.compare.resolve(), args.concurrency, args.runs))
+    profiles: list[Path] = []
 
     def check_rows(expected: int, what: str) -> None:
         total = TaskRun.objects.count()
@@ -126,16 +156,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if total != expected or pending != expected:
             failures.append(f"{what}: {total} rows ({pending} buffered PENDING), expected {expected}")
 
-    def run_drain() -> None:
+    def run_drain(tree: Drains) -> None:
         prefix = support.unique_prefix("drain")
         buffer = Buffer(client, prefix=prefix, shards=cfg.SHARDS, scripts=scripts)
-        celery = support.Celery(prefix, worker_env, broker_url=args.broker, concurrency=args.concurrency)
+        celery = support.Celery(
+            prefix, worker_env, broker_url=args.broker, concurrency=args.concurrency, root=tree.root
+        )
         support.truncate_runs()
+        spies: list[subprocess.Popen[bytes]] = []
         try:
             hold = support.ShardHold(buffer)
             support.fill(buffer, drained, now_ms=wall_ms())
             celery.start()
             celery.wait_ready()
+            if args.profile is not None and tree is trees[0]:
+                label = f"drain{len(profiles)}"
+                spies = _spy(celery, args.profile, seconds=int(args.timeout), label=label)
+                profiles.extend([args.profile / f"{label}-{pid}.txt" for pid in _pool(celery)])
             meter = support.CpuMeter(celery, database=settings.DATABASES["default"]["NAME"])
             meter.begin()
             released = time.time()
@@ -154,16 +191,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             first = TaskRun.objects.order_by("materialised_at").values_list("materialised_at", flat=True).first()
             errors = celery.errors()
             if errors:
-                failures.append(f"drain: worker/beat logged errors, e.g. {errors[0]}")
+                failures.append(f"drain ({tree.label}): worker/beat logged errors, e.g. {errors[0]}")
         finally:
+            for spy in spies:  # SIGINT: py-spy writes what it sampled so far and exits
+                spy.send_signal(signal.SIGINT)
+            bench_profile.wait(spies, timeout=30)
             celery.stop()
             support.delete_prefix(client, prefix)
-        check_rows(args.runs, "drain")
-        steady_drain.seconds.append(done - first.timestamp())
-        from_release.seconds.append(done - released)
+        check_rows(args.runs, f"drain ({tree.label})")
+        tree.steady.seconds.append(done - first.timestamp())
+        tree.from_release.seconds.append(done - released)
         for name, seconds in meter.seconds.items():
-            cpu[name] = cpu.get(name, 0.0) + seconds
-        cpu_wall.append(done - released)
+            tree.cpu[name] = tree.cpu.get(name, 0.0) + seconds
+        tree.cpu_wall.append(done - released)
 
     def run_copy() -> None:
         support.truncate_runs()
@@ -211,11 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_rows(args.per_entry, "per-entry")
 
     copy_staging = Measurement("copy-staging + INSERT … ON CONFLICT", args.runs)
-    per_entry = Measurement("per-entry: lease 1, trigger, ack", args.per_entry)
-    methods: list[tuple[Measurement, Callable[[], None]]] = [
-        (steady_drain, run_drain),
+    per_entry = Measurement("per-entry: lease 1, trigger, ack", max(1, args.per_entry))
+    methods: list[tuple[Measurement | None, Callable[[], None]]] = [
+        *((tree.steady, functools.partial(run_drain, tree)) for tree in trees),
         (copy_staging, run_copy),
-        (per_entry, run_per_entry),
+        *([(per_entry, run_per_entry)] if args.per_entry else []),
     ]
     overrides = " ".join(f"{k}={v}" for k, v in args.settings.items()) or "defaults"
     print(
@@ -230,26 +270,72 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run()
     finally:
         support.truncate_runs()
+    print(f"load {os.getloadavg()[0]:.2f} at the end")
     print(f"{'method':<38} {'rows':>8} {'seconds':>9} {'rows/s (median)':>16} {'min–max rows/s':>18}")
-    for m in (steady_drain, from_release, copy_staging, per_entry):
+    shown = [m for tree in trees for m in (tree.steady, tree.from_release)]
+    shown += [copy_staging, *([per_entry] if args.per_entry else [])]
+    for m in shown:
         spread = f"{min(m.rates):,.0f}–{max(m.rates):,.0f}"
         print(f"{m.method:<38} {m.rows:>8} {m.median_seconds:>9.3f} {m.rows_per_second:>16,.0f} {spread:>18}")
-    if cpu:
-        drained_rows = args.runs * len(cpu_wall)
-        capacity = sum(cpu_wall) * (os.cpu_count() or 1)
-        parts = "  ".join(f"{name} {seconds / drained_rows * 1e6:.1f}" for name, seconds in cpu.items())
-        print(
-            f"CPU per drained row (µs): {parts}  | total {sum(cpu.values()) / drained_rows * 1e6:.1f}; "
-            f"machine busy {100 * sum(cpu.values()) / capacity:.0f}% during the drain"
-        )
+    for tree in trees:
+        if tree.cpu:
+            drained_rows = args.runs * len(tree.cpu_wall)
+            capacity = sum(tree.cpu_wall) * (os.cpu_count() or 1)
+            parts = "  ".join(f"{name} {seconds / drained_rows * 1e6:.1f}" for name, seconds in tree.cpu.items())
+            print(
+                f"CPU per drained row (µs, {tree.label}): {parts}  | total "
+                f"{sum(tree.cpu.values()) / drained_rows * 1e6:.1f}; "
+                f"machine busy {100 * sum(tree.cpu.values()) / capacity:.0f}% during the drain"
+            )
+    if profiles:
+        print(f"py-spy of the worker's processes during this tree's drains ({args.profile}):")
+        print(bench_profile.summarise([p for p in profiles if p.exists()], top=25))
     for failure in failures:
         print(f"!! {failure}")
-    rate = steady_drain.rows_per_second
-    print(
-        f"drain_rows_per_s={rate:.0f} vs_copy={rate / copy_staging.rows_per_second:.2f} "
-        f"vs_per_entry={rate / per_entry.rows_per_second:.2f}"
-    )
+    if len(trees) > 1:
+        base, this = trees[1].steady.rows_per_second, trees[0].steady.rows_per_second
+        print(f"this tree ÷ {trees[1].label}: {this / base:.2f} (drain rows/s, medians of the same run)")
+    rate = trees[0].steady.rows_per_second
+    line = f"drain_rows_per_s={rate:.0f} vs_copy={rate / copy_staging.rows_per_second:.2f}"
+    if len(trees) > 1:
+        line += f" compared_vs_copy={trees[1].steady.rows_per_second / copy_staging.rows_per_second:.2f}"
+    if args.per_entry:
+        line += f" vs_per_entry={rate / per_entry.rows_per_second:.2f}"
+    print(line)
     return 1 if failures else 0
+
+
+@dataclass
+class Drains:
+    """The drain measured with the worker started from one project tree (``--compare``: two of them)."""
+
+    label: str
+    root: Path
+    concurrency: int
+    runs: int
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process group, summed over repeats
+    cpu_wall: list[float] = field(default_factory=list)
+    steady: Measurement = field(init=False)
+    from_release: Measurement = field(init=False)
+
+    def __post_init__(self) -> None:
+        suffix = "" if self.label == "this tree" else f" [{self.label}]"
+        self.steady = Measurement(f"drain: worker ×{self.concurrency} + beat{suffix}", self.runs)
+        self.from_release = Measurement("  (from lock release)", self.runs)
+
+
+def _pool(celery: Any) -> list[int]:
+    """The worker's pool processes (prefork children), else the worker itself (solo pool)."""
+    from bench import _drainer as support
+
+    worker = celery.processes["worker"].pid
+    return support.children(worker) or [worker]
+
+
+def _spy(celery: Any, out_dir: Path, *, seconds: int, label: str) -> list[subprocess.Popen[bytes]]:
+    return bench_profile.start(
+        bench_profile.require_py_spy(), _pool(celery), seconds=seconds, out_dir=out_dir, label=label
+    )
 
 
 def _dt(ms: int) -> datetime:

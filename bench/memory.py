@@ -147,7 +147,7 @@ def measure_layout(buffer, client, docs, env_ids) -> int:
             client=pipe,
         )
     replies = pipe.execute()
-    assert all(status == "ACCEPTED" for status, _ in replies), replies[:3]
+    assert all(status == "ACCEPTED" for status, *_ in replies), replies[:3]
     per_entry = [key for run_id, _, _ in docs for key in (k.entry(run_id), k.snapshot(run_id))]
     shared = [k.queue(e) for e in env_ids] + [k.index(e) for e in env_ids] + [k.queued, k.heads, k.org_envs(ORG)]
     encodings = {client.object("encoding", k.entry(docs[0][0])), client.object("encoding", k.index(env_ids[0]))}

@@ -19,6 +19,7 @@ from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedS
 
 from buffer.breaker import Breaker, guarded_connection_class
 from buffer.cluster import BufferCluster
+from buffer.script_pipeline import BufferRedis
 from buffer.scripts import Scripts
 from mollifier_project.config import MollifierSettings, RedisLocation, SentinelLocation, redis_location
 
@@ -71,7 +72,7 @@ def redis_client(location: RedisLocation, *, breaker: Breaker | None = None, **o
         options["connection_class"] = guarded_connection_class(location.url, breaker)
     if location.cluster:
         return BufferCluster.from_url(location.url, **options)  # type: ignore[return-value]  # same command API
-    return redis.Redis.from_url(location.url, **options)
+    return BufferRedis.from_url(location.url, **options)
 
 
 def _sentinel_primary(where: SentinelLocation, breaker: Breaker | None, options: dict[str, Any]) -> redis.Redis:
@@ -88,7 +89,7 @@ def _sentinel_primary(where: SentinelLocation, breaker: Breaker | None, options:
     connection_class = guarded_connection_class("", breaker, base) if breaker is not None else base
     sentinel = Sentinel(list(where.hosts), sentinel_kwargs=asking)
     client: redis.Redis = sentinel.master_for(
-        where.service, redis_class=redis.Redis, connection_class=connection_class, db=where.db,
+        where.service, redis_class=BufferRedis, connection_class=connection_class, db=where.db,
         username=where.username, password=where.password, **options,
     )  # fmt: skip
     return client

@@ -28,6 +28,8 @@ from redis.cluster import ClusterNode
 from redis.commands.core import Script
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
+from buffer.script_pipeline import script_pipeline
+
 # Commands whose first argument is not the key: where their key is.
 _KEY_POSITION = {"evalsha": 2, "eval": 2}
 
@@ -118,11 +120,11 @@ class NodePipeline:
             groups.setdefault(node.name, (node, []))[1].append(i)
         replies: list[Any] = [None] * len(calls)
         for node, indexes in groups.values():
-            pipe = self._cluster.get_redis_connection(node).pipeline(transaction=False)
+            pipe = script_pipeline(self._cluster.get_redis_connection(node))
             for i in indexes:
                 name, args, kwargs = calls[i]
                 if name == "evalsha" and args[0] in self._cluster.scripts_by_sha:
-                    pipe.scripts.add(self._cluster.scripts_by_sha[args[0]])  # SCRIPT EXISTS, load if missing
+                    pipe.scripts.add(self._cluster.scripts_by_sha[args[0]])  # loaded there on NOSCRIPT
                 getattr(pipe, name)(*args, **kwargs)
             for i, reply in zip(indexes, pipe.execute(raise_on_error=False), strict=True):
                 replies[i] = reply

@@ -59,8 +59,9 @@ for _profile in ("request", "operator"):
 DRAIN_KICKS = Counter(
     "mollifier_drain_kicks_total",
     "Drain tasks a web process sent on an accept into an idle shard (docs/architecture.md#kick), by result:"
-    " sent | failed (the broker refused it; the fan-out's tick sends the shard instead).",
+    " sent | failed (the broker refused it or did not answer within a second; the fan-out's tick sends the shard"
+    " instead) | skipped (not tried: a kick failed in this process within the last 5 s).",
     ["result"],
 )
-for _result in ("sent", "failed"):
+for _result in ("sent", "failed", "skipped"):
     DRAIN_KICKS.labels(result=_result)

@@ -13,7 +13,7 @@ the stored form. Two forms, told apart by the first byte:
   of JSON) and a check of the inflated result. A JSON document never starts with ``\\x01``. The bytes ``\\x00`` … ``\\x08``
   are reserved for formats; an unknown one reads as corrupt, never as JSON.
 
-The buffer's client decodes replies as UTF-8 with ``surrogateescape`` (``buffer.buffer.CLIENT_OPTIONS``):
+The buffer's client decodes replies as UTF-8 with ``surrogateescape`` (``buffer.client.CLIENT_OPTIONS``):
 compressed bytes arrive as a ``str`` whose undecodable bytes are lone surrogates, and
 ``str.encode("utf-8", "surrogateescape")`` gives back exactly the stored bytes. Plain JSON is valid UTF-8
 and arrives unchanged.

@@ -335,10 +335,15 @@ class TriggerSide(BufferCore):
         holder = self._scripts.claim(keys=[key_name], args=[run_id, ttl_ms, stale_run_id or ""])
         return holder or None
 
-    def release_claim(self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str, run_id: str) -> bool:
-        """Delete the key only if ``run_id`` holds it; ``True`` if it did."""
+    def release_claim(
+        self, kind: ClaimKind, *, org_id: int, env_id: int, task: str, key: str, run_id: str, grace_ms: int = 0
+    ) -> bool:
+        """Delete the key only if ``run_id`` holds it; ``True`` if it did. ``grace_ms`` > 0: cut it to live at
+        most that long instead (the claim of a committed row, ``lua/release_claim.lua``)."""
+        require("grace_ms", grace_ms, 0)
         key_name = self.keys_for_org(org_id).claim(kind, env_id, task, key)
-        return int(self._scripts.release_claim(keys=[key_name], args=[run_id])) == 1
+        args: list[str | int] = [run_id, grace_ms] if grace_ms > 0 else [run_id]
+        return int(self._scripts.release_claim(keys=[key_name], args=args)) == 1
 
     def restore_request_keys(self, restored: Sequence[RestoredKey], *, fence_org_id: int | None, fence_ms: int) -> None:
         """Put request keys recorded in Postgres during a Redis outage back (``SET NX``: a key Redis holds keeps

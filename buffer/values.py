@@ -192,6 +192,16 @@ class RoundCandidates:
 
 
 @dataclass(frozen=True, slots=True)
+class RoundStart:
+    """What ``Buffer.start_round`` did and found: the expired leases it reclaimed (run id, attempts), how many due
+    retries it promoted, and the next round's candidates."""
+
+    reclaimed: list[tuple[str, int]]
+    promoted: int
+    candidates: RoundCandidates
+
+
+@dataclass(frozen=True, slots=True)
 class BeatLease:
     """Who holds the beat lease after a take-or-renew (``Buffer.take_beat_lease``), under which epoch."""
 

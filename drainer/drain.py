@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buffer.drain_side import DrainBuffer
-from buffer.values import AckedClaim, Entry, LeasedRound
+from buffer.values import AckedClaim, Entry, LeasedRound, RoundCandidates
 from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report
@@ -119,6 +119,10 @@ def drain_shard(
     start = clock()
     unread: int | None = start  # the first iteration's "now": one TIME round trip fewer for a one-round task
     ahead: Future[_Leased] | None = None  # the next round, leased while this one commits
+    # Until when the shard's circuit is open: read once, then as this task opens and closes it (only the shard
+    # lock's holder does; a second holder after a lock expiry at worst tries one round into an outage it did
+    # not see, which opens the circuit again) — one round trip per task instead of one per round.
+    circuit: int | None = None
     with ThreadPoolExecutor(
         max_workers=1, thread_name_prefix=f"drain-{shard}-lease"
     ) as pool:  # a thread on first use only
@@ -130,7 +134,9 @@ def drain_shard(
                 now, unread = (unread if unread is not None else clock()), None
                 if now - start >= limits.time_budget_ms:
                     break
-                until = buffer.circuit_until_ms(shard)
+                if circuit is None:
+                    circuit = buffer.circuit_until_ms(shard)
+                until = circuit
                 if until > now:
                     wait_ms = until - now
                     if now + wait_ms - start >= limits.time_budget_ms:
@@ -146,27 +152,34 @@ def drain_shard(
             if result.outage:
                 ahead = None  # released with this round's entries (``materialise``), in lease order
             report.add(result)
-            if _stop_after(buffer, report, result, shard=shard, until=until, limits=limits, start=start, clock=clock):
+            stop, circuit = _stop_after(
+                buffer, report, result, shard=shard, until=until, circuit=circuit, limits=limits, start=start,
+                clock=clock,
+            )  # fmt: skip
+            if stop:
                 break
     return report
 
 
 def _stop_after(
-    buffer: DrainBuffer, report: Report, result: Report, *, shard: int, until: int, limits: DrainLimits, start: int,
-    clock: Callable[[], int],
-) -> bool:  # fmt: skip
+    buffer: DrainBuffer, report: Report, result: Report, *, shard: int, until: int, circuit: int | None,
+    limits: DrainLimits, start: int, clock: Callable[[], int],
+) -> tuple[bool, int | None]:  # fmt: skip
     """After a round: open the circuit on an outage (and keep going: the next iteration waits it out), close
-    it when the round reached Postgres after one, stop when the round leased nothing or emptied the shard."""
+    it when the round reached Postgres after one, stop when the round leased nothing or emptied the shard.
+    Returns whether to stop, and until when the circuit is open now (``circuit`` as the loop knew it, changed)."""
     if result.outage:
-        delay = buffer.open_circuit(shard, now_ms=clock(), base_ms=CIRCUIT_BASE_MS, max_ms=CIRCUIT_MAX_MS)
+        now = clock()
+        delay = buffer.open_circuit(shard, now_ms=now, base_ms=CIRCUIT_BASE_MS, max_ms=CIRCUIT_MAX_MS)
         log.warning("postgres unreachable; shard %s backs off %s ms", shard, delay, extra={"shard": shard})
-        return False
+        return False, now + delay
     if until:  # the circuit was open and this round reached Postgres: close it
         buffer.close_circuit(shard)
+        circuit = 0
     if result.leased == 0 or result.emptied:
         report.emptied = result.emptied
-        return True
-    return False
+        return True, circuit
+    return False, circuit
 
 
 # ------------------------------------------------------------------------------------------- round
@@ -184,7 +197,11 @@ def choose(buffer: DrainBuffer, *, shard: int, limits: DrainLimits) -> list[tupl
 def _plan(buffer: DrainBuffer, *, shard: int, limits: DrainLimits) -> tuple[list[tuple[int, int, int]], bool]:
     """``choose``, and whether the picks cover everything queued in the shard right now (every org
     chosen, each with a single queued env, each share equal to its env's demand)."""
-    found = buffer.round_candidates(shard, max_orgs=limits.max_orgs_per_round)
+    return _split(buffer.round_candidates(shard, max_orgs=limits.max_orgs_per_round), limits)
+
+
+def _split(found: RoundCandidates, limits: DrainLimits) -> tuple[list[tuple[int, int, int]], bool]:
+    """``_plan`` over candidates already read."""
     demands = [c.depth for c in found.picks]
     shares = fairness.max_min_split(limits.round_budget, demands)
     covers_all = found.covers_all and shares == demands
@@ -226,20 +243,25 @@ class _Leased:
         return (self.covers_all and self.took_all) or not self.round.entries or bool(self.round.solo_waiting)
 
 
-def _lease(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
-    picks, covers_all = _plan(buffer, shard=shard, limits=limits)
+def _lease(
+    buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int, found: RoundCandidates | None = None
+) -> _Leased:
+    picks, covers_all = _plan(buffer, shard=shard, limits=limits) if found is None else _split(found, limits)
     per_env_bytes = max(1, limits.round_max_bytes // len(picks)) if picks else 0
     leased = buffer.lease_round(shard, picks, now_ms=now_ms, lease_ms=limits.lease_ms, max_bytes=per_env_bytes)
     return _Leased(now_ms, picks, covers_all, leased)
 
 
 def _lease_next(buffer: DrainBuffer, *, shard: int, limits: DrainLimits, now_ms: int) -> _Leased:
-    """Reclaim expired leases, promote due retries, then lease the next round: all Redis, no Postgres."""
-    reclaimed = len(buffer.reclaim_expired(shard, now_ms=now_ms, limit=RECLAIM_LIMIT))
-    metrics.RECLAIMED.inc(reclaimed)
-    buffer.promote_due(shard, now_ms=now_ms, limit=PROMOTE_LIMIT)
-    leased = _lease(buffer, shard=shard, limits=limits, now_ms=now_ms)
-    leased.reclaimed = reclaimed
+    """Reclaim expired leases, promote due retries, then lease the next round: all Redis, no Postgres — two
+    round trips (``Buffer.start_round``, then the lease)."""
+    started = buffer.start_round(
+        shard, now_ms=now_ms, reclaim_limit=RECLAIM_LIMIT, promote_limit=PROMOTE_LIMIT,
+        max_orgs=limits.max_orgs_per_round,
+    )  # fmt: skip
+    metrics.RECLAIMED.inc(len(started.reclaimed))
+    leased = _lease(buffer, shard=shard, limits=limits, now_ms=now_ms, found=started.candidates)
+    leased.reclaimed = len(started.reclaimed)
     return leased
 
 

@@ -60,9 +60,9 @@ class MollifierSettings(BaseModel):
     CHART_SAMPLE_S: int = Field(15, ge=0, le=600)
     # The kick (docs/architecture.md#kick): an accept into a shard with no drain task sends the shard's task at
     # once, and a task that ends with work due sends its successor, so a buffered run waits for a worker, not
-    # for a tick; the tick stays as the safety net. Off by default, as every behaviour change: a crash-loop run
-    # drained slower with it on (docs/operations.md#kick) and is not explained yet.
-    DRAIN_KICK: bool = False
+    # for a tick; the tick stays as the safety net. On by default (docs/operations.md#kick): the crash-loop
+    # chaos test drains as fast with it as without it once workers do not prefetch (settings.py).
+    DRAIN_KICK: bool = True
     # Lease round n + 1 on a second thread while round n commits (docs/architecture.md#drain-throughput).
     # Off by default: a killed worker then leaves two rounds in flight, whose reclaimed entries are
     # written one at a time — twice the crash-recovery cost.

@@ -184,7 +184,16 @@ CELERY_TASK_ROUTES = {
 CELERY_TASK_ANNOTATIONS = {name: {"send_events": False} for name in ("drainer.fan_out", "drainer.drain_shard")}
 # One task at a time per process, so expired drain ticks are dropped rather than hoarded (docs/architecture.md#drain).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# And none reserved beyond the ones running (Celery 5.6+, Redis brokers): a prefork worker otherwise reserves one
+# more message per process while its children run, and a worker killed then takes that shard task with it while
+# the shard's drain:sent mark keeps every tick away until the mark lapses (docs/architecture.md#kick).
+CELERY_WORKER_DISABLE_PREFETCH = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fix-up closes every database connection before and after each task unless this is set; then it
+# closes them once per this many tasks. Set, a worker keeps its Postgres session between tasks (a drain task no
+# longer pays for a new one; docs/operations.md#postgres); ``mollifier_project.celery`` drops a broken or aged one
+# around every task instead, as Django does around requests.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_TIMEZONE = "UTC"
 # Beat entries exist only when their feature flag is on (docs/architecture.md#drain, #stale-sweep): off means not scheduled at all.
 CELERY_BEAT_SCHEDULE = {}

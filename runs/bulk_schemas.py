@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, model_validator
 
-from runs.schemas import MACHINES, Text, _Body
+from runs.schemas import MACHINES, Body, Text
 
 ApiStatus = Literal[
     "PENDING_VERSION", "QUEUED", "DEQUEUED", "EXECUTING", "WAITING", "COMPLETED", "CANCELED", "FAILED",
@@ -97,7 +97,7 @@ def _present(value: Any) -> bool:
     return True
 
 
-class CreateBulkActionBody(_Body):
+class CreateBulkActionBody(Body):
     action: Literal["cancel", "replay"]
     filter: BulkFilter | None = None
     runIds: list[Annotated[Text, Field(min_length=1, max_length=64)]] | None = Field(

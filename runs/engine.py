@@ -21,6 +21,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import psycopg
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.dispatch import Signal
@@ -363,13 +364,45 @@ def idempotency_holder(env_id: int, task_identifier: str, key: str, *, now: date
     key a trigger is about to buffer (runs.trigger, docs/architecture.md#idempotency). Plain SQL: on a keyed
     buffered trigger, the ORM's query building was 0.9 ms of the web worker's CPU, 5× the query itself
     (docs/architecture.md#trigger-path)."""
-    with connection.cursor() as cur:
-        cur.execute(_HOLDER_SQL, [env_id, task_identifier, key])
-        row = cur.fetchone()
+    row = _fetchone_as_own_health_check(_HOLDER_SQL, [env_id, task_identifier, key])
     if row is None:
         return None
     run_id, status, expires_at = row
     return KeyHolder(run_id, status in REUSABLE_KEY_STATUSES or (expires_at is not None and expires_at <= now))
+
+
+def _fetchone_as_own_health_check(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """One read outside a transaction, used as the connection's health check: Django's ``CONN_HEALTH_CHECKS``
+    would first send a ``SELECT 1`` (a round trip) on a connection reused from an earlier request. Instead the
+    read goes straight out, and if the connection turns out broken (Postgres restarted, backend killed) it is
+    dropped and the read sent once more on a new one: what the health check would have done, one round trip
+    cheaper when the connection is fine (docs/architecture.md#trigger-path)."""
+    # health_check_done: Django's own flag (BaseDatabaseWrapper, 4.1+), not in django-stubs.
+    done = connection.health_check_done  # type: ignore[attr-defined]
+    unchecked = connection.connection is not None and not done and not connection.in_atomic_block
+    if unchecked:
+        connection.health_check_done = True  # type: ignore[attr-defined]  # this read is the check
+    try:
+        return _fetchone_prepared(sql, params)
+    except DatabaseError:
+        raw = connection.connection
+        if not (unchecked and (raw is None or raw.closed or raw.broken)):
+            raise
+        log.info("reused database connection was broken; reconnecting once")
+        discard_connection()
+    return _fetchone_prepared(sql, params)
+
+
+def _fetchone_prepared(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """``sql`` as a prepared statement of this connection (psycopg's server-side binding, ``prepare=True``):
+    Postgres parses and plans it once per connection, not on every call as through Django's client-side-binding
+    cursor. 500 lookups alternated, median of 7: 353 → 260 µs a lookup, 104 → 93 µs of the client's CPU
+    (docs/architecture.md#lookup-first). Errors are Django's, as from any cursor."""
+    connection.close_if_health_check_failed()  # a no-op unless the caller left the check to Django
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
+        cur.execute(sql, params, prepare=True)
+        return cur.fetchone()
 
 
 def release_idempotency_key(

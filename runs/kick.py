@@ -11,10 +11,11 @@ fan-out's next tick sends the shard instead.
 from __future__ import annotations
 
 import logging
+import time
 
 from buffer import metrics
 from buffer.buffer import Buffer, BufferUnavailable
-from mollifier_project.celery import app
+from mollifier_project.celery import BoundedSender, SendSkipped
 from mollifier_project.config import MollifierSettings
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,14 @@ DRAIN_TASK = "drainer.drain_shard"
 DRAIN_QUEUE = "drain"
 SEND_EXPIRY_TICKS = 5
 SEND_EXPIRY_BUDGETS = 10
+QUIET_AFTER_FAILURE_S = 5.0
+"""After a kick the broker did not take, this process sends none for this long: the fan-out's tick sends the
+shards meanwhile, so a hung broker costs one trigger ``SEND_TIMEOUT_S`` per process per window, not every
+kicking trigger a second."""
+
+sender = BoundedSender(quiet_s=QUIET_AFTER_FAILURE_S)
+"""This process's kick connection: kept between kicks, every socket wait bounded (a hung broker must not hold a
+request)."""
 
 
 def send_expiry_s(interval_s: float, *, time_budget_ms: int) -> float:
@@ -48,15 +57,19 @@ def send(buffer: Buffer, *, org_id: int, cfg: MollifierSettings) -> None:
     shard = buffer.shard_for(org_id)
     expires = send_expiry_s(cfg.DRAIN_INTERVAL_S, time_budget_ms=cfg.DRAIN_TIME_BUDGET_MS)
     try:
-        # retry=False: a broker that refuses fails this call at once, never the request's time.
-        app.send_task(DRAIN_TASK, args=(shard,), queue=DRAIN_QUEUE, expires=expires, retry=False)
+        # No retry, every socket wait bounded (SEND_TIMEOUT_S): a refusing or hung broker costs this request
+        # at most about a second, never a worker (docs/operations.md#kick).
+        sender.send(DRAIN_TASK, (shard,), now_s=time.monotonic(), queue=DRAIN_QUEUE, expires=expires)
+    except SendSkipped:  # a kick failed moments ago in this process: the tick sends the shard
+        metrics.DRAIN_KICKS.labels(result="skipped").inc()
     except Exception:  # any broker or serialiser error: the entry is parked, only its kick is lost
         metrics.DRAIN_KICKS.labels(result="failed").inc()
         log.warning("drain kick of shard %s not sent; the fan-out's tick sends it", shard, exc_info=True,
                     extra={"shard": shard, "org_id": org_id})  # fmt: skip
-        try:
-            buffer.clear_send(shard)  # so the next tick, not the mark's lapse, sends the shard
-        except BufferUnavailable:
-            pass
+    else:
+        metrics.DRAIN_KICKS.labels(result="sent").inc()
         return
-    metrics.DRAIN_KICKS.labels(result="sent").inc()
+    try:
+        buffer.clear_send(shard)  # so the next tick, not the mark's lapse, sends the shard
+    except BufferUnavailable:
+        pass

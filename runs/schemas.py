@@ -154,7 +154,7 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
-class _Body(_Lenient):
+class Body(_Lenient):
     """A whole request body or NDJSON line: its nesting is checked before any field is."""
 
     @model_validator(mode="before")
@@ -232,7 +232,7 @@ def _store_path(payload: Any, options: TriggerOptions) -> None:
         raise PydanticCustomError("packet_path", "{reason}", {"reason": f"payload: a stored packet path {problem}"})
 
 
-class TriggerBody(_Body):
+class TriggerBody(Body):
     payload: Payload = None
     context: Any = None
     options: TriggerOptions = Field(default_factory=TriggerOptions)
@@ -243,7 +243,7 @@ class TriggerBody(_Body):
         return self
 
 
-class BatchItem(_Body):
+class BatchItem(Body):
     index: Annotated[StrictInt, Field(ge=0)]
     task: Text = Field(min_length=1, max_length=128)
     payload: Payload = None
@@ -255,7 +255,7 @@ class BatchItem(_Body):
         return self
 
 
-class CreateBatchBody(_Body):
+class CreateBatchBody(Body):
     runCount: StrictInt
     taskIdentifiers: list[Text] | None = None
     parentRunId: Text | None = None
@@ -271,7 +271,7 @@ class CreateBatchBody(_Body):
         return value
 
 
-class TagsBody(_Body):
+class TagsBody(Body):
     tags: list[Annotated[Text, Field(max_length=MAX_TAG_LENGTH)]]
 
     @field_validator("tags", mode="before")
@@ -280,7 +280,7 @@ class TagsBody(_Body):
         return [value] if isinstance(value, str) else value
 
 
-class ResetIdempotencyBody(_Body):
+class ResetIdempotencyBody(Body):
     taskIdentifier: Text = Field(min_length=1, max_length=128)
 
 
@@ -301,7 +301,7 @@ def describe(error: ValidationError) -> str:
 # ------------------------------------------------------------- packets, reschedule, replay, metadata
 
 
-class RescheduleBody(_Body):
+class RescheduleBody(Body):
     delay: Text = Field(min_length=1, max_length=64)  # a duration ("1h") or an ISO date (the SDK sends a Date so)
 
 
@@ -309,7 +309,7 @@ def _tags_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-class ReplayBody(_Body):
+class ReplayBody(Body):
     """``ReplayRunRequestBody``: every field optional; what is given overrides the original run's value."""
 
     payload: Payload = None
@@ -374,7 +374,7 @@ class MetadataOperation(_Lenient):
         return self
 
 
-class MetadataBody(_Body):
+class MetadataBody(Body):
     """``UpdateMetadataRequestBody`` (the SDK's flushed metadata)."""
 
     metadata: Annotated[dict[str, Any], AfterValidator(_storable_json)] | None = None

@@ -15,6 +15,7 @@ from django.db import InterfaceError, OperationalError
 from django.dispatch import receiver
 
 from buffer.buffer import Buffer, BufferUnavailable
+from mollifier_project.celery import send_bounded
 from runs import alerts, bulk
 from runs.models import BulkAction, TaskRun
 from runs.signals import bulk_action_created, run_failure_committed
@@ -56,7 +57,7 @@ def run_bulk_action(action_id: str) -> int:
 def enqueue_run_alert(sender: type[TaskRun], *, run_id: str, **kwargs: Any) -> None:
     """Queue the alert of a SYSTEM_FAILURE row the engine just committed."""
     try:
-        record_run_alert.delay(run_id)
+        send_bounded(record_run_alert, (run_id,))  # a hung broker costs the committing process ~1 s
     except Exception:  # the broker is down: the row exists and says SYSTEM_FAILURE; the alert is lost, loudly
         log.exception("could not enqueue the alert for failed run %s", run_id)
 
@@ -65,6 +66,6 @@ def enqueue_run_alert(sender: type[TaskRun], *, run_id: str, **kwargs: Any) -> N
 def send_bulk_action(sender: type[BulkAction], *, action_id: str, **kwargs: Any) -> None:
     """Send the task of a bulk action ``runs.bulk.create`` just committed."""
     try:
-        run_bulk_action.delay(action_id)
+        send_bounded(run_bulk_action, (action_id,))  # a hung broker costs the request ~1 s, not a worker
     except Exception:  # the broker is down: the action stays PENDING, loudly (docs/runbook.md#cancel-a-runaway-storm)
         log.exception("could not send the task of bulk action %s", action_id)

@@ -65,6 +65,13 @@ CLAIM_STALE_MS = 60_000
 # write, however slow (a request lasts at most gunicorn's 30 s), is covered; after that its row and the unique
 # index answer for the key, and the claim stops costing Redis memory (docs/architecture.md#idempotency).
 DIRECT_CLAIM_MS = CLAIM_STALE_MS
+# How long the idempotency claim of a directly written run outlives its commit (cut, not deleted): longer than
+# a lookup-first trigger may take from its Postgres lookup to its script call (``LOOKUP_FIRST_MAX_MS``).
+COMMITTED_CLAIM_GRACE_MS = 5_000
+# A lookup-first trigger (``_key_free_in_postgres``) trusts its lookup only if its script call starts within this
+# of the lookup's start, and only if the ack's grace (``ACK_GRACE_S``, how long a drained run's claim outlives its
+# row's commit) is at least twice this; otherwise the script stops at IDEM_UNCLAIMED and asks again.
+LOOKUP_FIRST_MAX_MS = COMMITTED_CLAIM_GRACE_MS // 2
 # Script calls per trigger, at most: one after restoring request keys (UNFENCED), one after each key is taken
 # over (request, idempotency), the last, and one more per key for a takeover another trigger won (its holder is
 # then young: answered, or 409, on the next call). More means keys churned round after round: 503, retry.
@@ -139,6 +146,7 @@ class _Claims:
     task: str
     run_id: str
     held: list[tuple[ClaimKind, str]] = field(default_factory=list)
+    grace_ms: int = 0  # > 0: the run exists; its claims are cut to this, not deleted
 
     def hold(self, kind: ClaimKind, key: str) -> None:
         if (kind, key) not in self.held:
@@ -148,7 +156,13 @@ class _Claims:
         for kind, key in self.held:
             try:
                 self.buffer.release_claim(
-                    kind, org_id=self.env.org_id, env_id=self.env.env_id, task=self.task, key=key, run_id=self.run_id
+                    kind,
+                    org_id=self.env.org_id,
+                    env_id=self.env.env_id,
+                    task=self.task,
+                    key=key,
+                    run_id=self.run_id,
+                    grace_ms=self.grace_ms,
                 )
             except BufferUnavailable:
                 log.warning("could not release %s claim for run %s", kind, self.run_id)
@@ -296,6 +310,9 @@ def trigger(
             key = snapshot.idempotency_key
             direct = result.path == "direct" and key is not None and ("idem", key) in claims.held
             claims.held = [("idem", key)] if direct and key is not None else []  # released below
+            # ... after a grace, not at once: a trigger that asked the unique index just before this commit and
+            # calls the script after it still finds the claim (``_key_free_in_postgres``).
+            claims.grace_ms = COMMITTED_CLAIM_GRACE_MS
         return result
     except MaybeWritten:
         claims.held.clear()  # see MaybeWritten: the retry must find this run, not make another
@@ -335,17 +352,28 @@ def _trigger(
         None if precheck is not None else GateArgs(cfg.TRIP_WINDOW_MS, cfg.TRIP_THRESHOLD, cfg.HOLD_MS, env.enrolled)
     )
     fence_ms = cfg.REQUEST_KEY_FENCE_MS if request_key else 0
+    checked_at: float | None = None  # monotonic start of a lookup-first that found the key free in Postgres
+    lookup_first = cfg.ACK_GRACE_S * 1000 >= 2 * LOOKUP_FIRST_MAX_MS
+    if lookup_first and can_accept and idem is not None and (buffer.prefix, env.env_id) in _MOLLIFIED_ENVS:
+        # The env's last trigger in this process was mollified, so this one most likely is too: ask the unique
+        # index first, and the script can accept in the same call instead of stopping at IDEM_UNCLAIMED.
+        started = time.monotonic()
+        if _key_free_in_postgres(env, s):
+            checked_at = started
     restored = False  # the request keys were restored once (UNFENCED): a second UNFENCED is not guessed at
     req_ours = False  # the request key is this call's in Redis (the script wrote it, or it was taken over)
     replayed: str | None = None  # the request key's earlier run, answered with (once a replica confirms it)
     try:
         for _ in range(MAX_SCRIPT_CALLS):
+            checked = checked_at is not None and (time.monotonic() - checked_at) * 1000 < LOOKUP_FIRST_MAX_MS
             reply = buffer.trigger(
                 run_id=s.id, env_id=env.env_id, org_id=env.org_id, task=s.task_identifier, now_ms=now_ms,
                 request_key=request_key, request_ttl_ms=cfg.REQUEST_KEY_TTL_S * 1000, idempotency=idem,
                 gate=gate_args, snapshot=text, max_per_env=cfg.MAX_BUFFERED_PER_ENV, idem_pass_ttl_ms=pass_ttl,
-                check_unclaimed=can_accept, request_fence_ms=fence_ms, kick_ttl_ms=kick.mark_ttl_ms(cfg),
+                check_unclaimed=can_accept and not checked, request_fence_ms=fence_ms, kick_ttl_ms=kick.mark_ttl_ms(cfg),
             )  # fmt: skip
+            if can_accept:
+                _remember_gate((buffer.prefix, env.env_id), reply.status)
             if reply.status is TriggerStatus.UNFENCED:
                 if restored:  # the fence went up and lapsed again at once: do not guess
                     raise Unavailable(
@@ -455,6 +483,40 @@ def _recorded_holder(env: EnvContext, s: Snapshot, key: str, holder: str, *, cfg
         log.warning("request key not looked up in Postgres: %r", exc, extra={"env_id": env.env_id})
         return holder
     return recorded or holder
+
+
+# (key prefix, env) whose last trigger in this process the gate mollified: a hint for the order of two checks,
+# never a decision (the script decides).
+_MOLLIFIED_ENVS: set[tuple[str, int]] = set()
+_MOLLIFIED_ENVS_MAX = 100_000
+_MOLLIFIED = frozenset(
+    {TriggerStatus.ACCEPTED, TriggerStatus.IDEM_UNCLAIMED, TriggerStatus.DUPLICATE, TriggerStatus.FULL,
+     TriggerStatus.CLOSED}
+)  # fmt: skip
+
+
+def _remember_gate(env: tuple[str, int], status: TriggerStatus) -> None:
+    if status in _MOLLIFIED:
+        if len(_MOLLIFIED_ENVS) >= _MOLLIFIED_ENVS_MAX:
+            _MOLLIFIED_ENVS.clear()
+        _MOLLIFIED_ENVS.add(env)
+    elif status is TriggerStatus.PASS:
+        _MOLLIFIED_ENVS.discard(env)
+
+
+def _key_free_in_postgres(env: EnvContext, s: Snapshot) -> bool:
+    """Asked before the script, for a keyed trigger of an env being mollified: does no row hold its key? Then
+    the script may accept it if no claim holds the key either (the check ``IDEM_UNCLAIMED`` stops for, made
+    first: the same two checks one round trip apart, in the other order). A row holding it, live or reusable:
+    False, and the script stops at ``IDEM_UNCLAIMED`` as without the hint. Postgres unreachable: True, as
+    ``_accept_unclaimed`` accepts then (docs/architecture.md#idempotency)."""
+    assert s.idempotency_key is not None
+    try:
+        return engine.idempotency_holder(env.env_id, s.task_identifier, s.idempotency_key, now=s.created_at) is None
+    except DatabaseError as exc:
+        engine.discard_connection()
+        log.warning("idempotency lookup failed, accepting: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
+        return True
 
 
 def _accept_unclaimed(

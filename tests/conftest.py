@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg
 import pytest
 
 from buffer.client import buffer_redis_url
@@ -102,3 +103,18 @@ def celery_eager():
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
     yield app
     app.conf.task_always_eager, app.conf.task_eager_propagates = previous
+
+
+@pytest.fixture
+def statements(monkeypatch):
+    """A list that gets one item per statement sent to Postgres (any psycopg cursor: Django's, or the prepared
+    lookup's, which Django's query counter does not see) while the test runs."""
+    sent: list[str] = []
+    original = psycopg.Cursor.execute
+
+    def counting(self, query, *args, **kwargs):
+        sent.append(str(query))
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+    return sent

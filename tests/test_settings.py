@@ -38,7 +38,7 @@ DESIGN_DEFAULTS = {
     "BEAT_LEASE_MS": 10_000,
     "BEAT_RENEW_MS": 2_000,
     "CHART_SAMPLE_S": 15,  # not in §14: the dashboard charts' sample interval (issue 18), docs/operations.md
-    "DRAIN_KICK": False,  # not in §14: the kick on idle → busy (issue 19), docs/architecture.md#kick
+    "DRAIN_KICK": True,  # not in §14: the kick on idle → busy (issue 19), docs/architecture.md#kick
     "DRAIN_LEASE_AHEAD": False,
     "ROUND_BUDGET": 1000,
     "ROUND_MAX_BYTES": 64 * 1024 * 1024,

@@ -26,11 +26,12 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.contrib import messages
 from django.contrib.admin.actions import delete_selected
 from django.db import models, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
@@ -41,12 +42,12 @@ from runs.signals import envs_deleted_with_buffered_runs
 
 log = logging.getLogger(__name__)
 
-if TYPE_CHECKING:  # the mixin is typed as the ModelAdmin it is mixed into
-    from django.contrib.admin import ModelAdmin
+_Tenant = TypeVar("_Tenant", bound=Organization | Environment)
 
-    _Base = ModelAdmin[Any]
+if TYPE_CHECKING:  # the mixin is typed as the ModelAdmin of the org or env it is mixed into
+    from django.contrib.admin import ModelAdmin as _Base
 else:
-    _Base = object
+    from typing import Generic as _Base
 
 SUMMARY_LABEL = "buffered runs (Redis), dead-lettered on delete"
 REASON_MAX = 500  # as the other confirmation pages' reason field (maxlength)
@@ -119,12 +120,12 @@ def envs_of(objs: Iterable[models.Model]) -> list[DoomedEnv]:
     return [DoomedEnv(e.org_id, e.pk, f"{e.org.slug}/{e.slug}") for e in found.order_by("pk")]
 
 
-class BufferedEntriesDeletionMixin(_Base):
+class BufferedEntriesDeletionMixin(_Base[_Tenant]):
     """Warns about and dead-letters the buffered runs of deleted envs (module docstring)."""
 
     def get_deleted_objects(
-        self, objs: Any, request: HttpRequest
-    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+        self, objs: Sequence[_Tenant] | QuerySet[_Tenant], request: HttpRequest
+    ) -> tuple[list[str], dict[str, int], set[str], list[str]]:
         deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
         envs = envs_of(objs)
         if not envs:
@@ -151,12 +152,12 @@ class BufferedEntriesDeletionMixin(_Base):
             actions["delete_selected"] = (_delete_selected_asking_a_reason, name, description)
         return actions
 
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+    def delete_model(self, request: HttpRequest, obj: _Tenant) -> None:
         envs = envs_of([obj])
         super().delete_model(request, obj)
         self._dead_letter_on_commit(request, envs)
 
-    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[_Tenant]) -> None:
         envs = envs_of(queryset)
         super().delete_queryset(request, queryset)
         self._dead_letter_on_commit(request, envs)

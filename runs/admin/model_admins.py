@@ -38,7 +38,7 @@ from runs.tenants import revoke_keys
 _M = TypeVar("_M", bound=models.Model)
 
 
-class CappedCountPaginator(Paginator):
+class CappedCountPaginator(Paginator[models.Model]):
     """Counts at most ``cap + 1`` rows: ``COUNT(*)`` over millions of runs would cost seconds on every
     page load. ``capped`` tells the pagination template to say "more than <cap>" instead of a number."""
 
@@ -88,7 +88,7 @@ def _changelist_link(model: type[models.Model], label: str, **params: str | int)
 # ------------------------------------------------------------------------------------------- tenants
 
 
-class OrganizationForm(forms.ModelForm):
+class OrganizationForm(forms.ModelForm[Organization]):
     """Enrolment is a checkbox, not a JSON box: it reads and writes ``feature_flags["mollifier"]`` as JSON
     ``true`` / ``false`` (strict enrolment, ``flags_enrol_mollifier``) and leaves every other flag alone."""
 
@@ -115,7 +115,9 @@ class OrganizationForm(forms.ModelForm):
 
 
 @admin.register(Organization)
-class OrganizationAdmin(BufferSwitchesMixin, BufferedEntriesDeletionMixin, admin.ModelAdmin[Organization]):
+class OrganizationAdmin(
+    BufferSwitchesMixin[Organization], BufferedEntriesDeletionMixin[Organization], admin.ModelAdmin[Organization]
+):
     form = OrganizationForm
     list_display = ("slug", "name", "enrolled", "env_count", "created_at")
     search_fields = ("slug", "name")
@@ -152,7 +154,9 @@ class ApiKeyInline(admin.TabularInline[ApiKey, Environment]):
 
 
 @admin.register(Environment)
-class EnvironmentAdmin(BufferSwitchesMixin, BufferedEntriesDeletionMixin, admin.ModelAdmin[Environment]):
+class EnvironmentAdmin(
+    BufferSwitchesMixin[Environment], BufferedEntriesDeletionMixin[Environment], admin.ModelAdmin[Environment]
+):
     list_display = ("org", "slug", "type", "created_at", "keys")
     list_filter = ("type", "org")
     list_select_related = ("org",)

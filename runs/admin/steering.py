@@ -7,19 +7,19 @@ which asks first, records the switch in the audit trail and comes back here; thi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.http import HttpRequest, HttpResponse
 
 from buffer.buffer import Buffer, BufferUnavailable
 from runs.models import Environment, Organization
 
-if TYPE_CHECKING:  # the mixin is typed as the ModelAdmin it is mixed into
-    from django.contrib.admin import ModelAdmin
+_Tenant = TypeVar("_Tenant", bound=Organization | Environment)
 
-    _Base = ModelAdmin[Any]
+if TYPE_CHECKING:  # the mixin is typed as the ModelAdmin of the org or env it is mixed into
+    from django.contrib.admin import ModelAdmin as _Base
 else:
-    _Base = object
+    from typing import Generic as _Base
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +51,7 @@ def switches_of(obj: Organization | Environment) -> BufferSwitches:
     )
 
 
-class BufferSwitchesMixin(_Base):
+class BufferSwitchesMixin(_Base[_Tenant]):
     """Adds ``buffer_switches`` to the change page (template ``admin/runs/steer_change_form.html``)."""
 
     change_form_template = "admin/runs/steer_change_form.html"

@@ -70,7 +70,8 @@ def test_postgres_fault_mid_drain_loses_nothing_costs_no_attempts_and_drain_resu
         if fault == "restart":
             outage = Outage()
             try:
-                # Mid-drain: strike while the worker is in a drain task (it holds a session only then). The
+                # Mid-drain: strike once the worker holds a session (it keeps one between tasks, so the blow
+                # lands in a task or between two; the outage that follows hits the next task either way). The
                 # first blow is the kill itself, so a task that ends between a look and the blow cannot make
                 # the fault miss the drain.
                 wait_until(lambda: outage.cut() > 0, timeout=10, interval=0.005, what="a drain task's session cut")

@@ -15,7 +15,8 @@ long as 100k parked). An answered trigger is an accept whose reply was ACCEPTED 
 anything else).
 
 ``CHAOS_TRIGGERS`` sets the volume (default 100,000), ``CHAOS_SHARDS`` / ``CHAOS_ORGS_PER_SHARD`` the
-tenants (default the product's 16 shards, one org each), ``CHAOS_PROGRESS=1`` prints a line every 10 s.
+tenants (default the product's 16 shards, one org each), ``CHAOS_PROGRESS=1`` prints a line every 10 s,
+``CHAOS_DRAIN_KICK=true|false`` overrides the product's ``DRAIN_KICK`` (to compare the two in one session).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ STORM_PER_S = 5_000  # accepts per second asked of the Producer (about 3,000 are
 DRAIN_DEADLINE_S = 420.0  # from the start of the test; 100k took 67–157 s (four runs) before the env index and
 # counters, about 250 s on a quiet machine after them (one run); the slack is for a shared machine
 PROGRESS = bool(os.environ.get("CHAOS_PROGRESS"))
+KICK = {"DRAIN_KICK": os.environ["CHAOS_DRAIN_KICK"] == "true"} if os.environ.get("CHAOS_DRAIN_KICK") else {}
 
 
 @pytest.mark.slow
@@ -55,7 +57,7 @@ PROGRESS = bool(os.environ.get("CHAOS_PROGRESS"))
 @pytest.mark.django_db(transaction=True)
 def test_storm_drained_by_a_worker_killed_every_two_seconds_makes_exactly_one_row_per_trigger(start_cluster):
     started = time.monotonic()
-    cluster, buffer = start_cluster(SHARDS=SHARDS, DRAIN_INTERVAL_S=0.5)
+    cluster, buffer = start_cluster(SHARDS=SHARDS, DRAIN_INTERVAL_S=0.5, **KICK)
     envs = envs_over_shards(SHARDS, orgs_per_shard=ORGS_PER_SHARD)
     storm = Storm(buffer, envs, limit=TRIGGERS)
     in_flight_at_kills: list[int] = []

@@ -81,6 +81,11 @@ class Process:
             os.kill(self.popen.pid, signal.SIGKILL)
         return self.popen.wait(10)
 
+    def kill_group(self) -> None:
+        """SIGKILL this process and every process of its session (a prefork worker's children) at once."""
+        os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
     def stop(self) -> None:
         """Warm shutdown if it comes quickly (``terminate`` first, for all processes at once), else
         SIGKILL; then anything left in its session."""
@@ -138,15 +143,23 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def start_worker(self, name: str, *, crash: str = "", queues: str = "drain") -> Process:
+    def start_worker(
+        self, name: str, *, crash: str = "", queues: str = "drain", pool: str = "solo", session: bool = False
+    ) -> Process:
         """A solo-pool worker on the ``drain`` queue (or ``queues``: a private one lets the test hand one task
         to this very process): the task runs in the process we start, so SIGKILL or SIGSTOP of that pid
-        hits the drain itself, and one process executes one task at a time."""
+        hits the drain itself, and one process executes one task at a time. ``pool="prefork"``: the
+        Procfile's pool, one child; the main process reads the broker while the child runs a task (what
+        prefetch means), and ``kill_group`` is the node failure that takes both. ``session``: task events
+        carry the Postgres session (``DRAINTEST_SESSION``, tests/drainer/worker_app.py)."""
+        extra = {"DRAINTEST_CRASH": crash} if crash else {}
+        if session:
+            extra["DRAINTEST_SESSION"] = "1"
         return self._start(
             name,
-            ["worker", "--pool", "solo", "--concurrency", "1", "--queues", queues, "--hostname", f"{name}@drain-test",
+            ["worker", "--pool", pool, "--concurrency", "1", "--queues", queues, "--hostname", f"{name}@drain-test",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-            {"DRAINTEST_CRASH": crash} if crash else {},
+            extra,
         )  # fmt: skip
 
     def start_beat(self, name: str = "beat") -> Process:
@@ -255,8 +268,8 @@ def inserts_waiting_on_a_lock() -> list[int]:
 
 
 def other_sessions() -> int:
-    """Client sessions of the test database besides the test's own (a worker holds one only while it runs a
-    task: Celery's Django fixup closes connections after each task)."""
+    """Client sessions of the test database besides the test's own (a worker keeps one between tasks once it
+    has run one: docs/operations.md#postgres)."""
     with connection.cursor() as cur:
         cur.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"

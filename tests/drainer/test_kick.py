@@ -2,12 +2,15 @@
 fan-out's tick as the safety net: real Redis, real Postgres, ``celery worker``/``beat`` subprocesses
 (``tests.drainer.processes``). Triggers go through the HTTP API in this process; its kicks are sent by a real
 Celery app on the test's private broker (the one the subprocesses consume), in place of the project's app.
+A hung broker (a redis-server of the test's own, SIGSTOPped) costs one kicking trigger the bounded wait.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import signal
+import time
 from collections import Counter
 
 import pytest
@@ -17,6 +20,7 @@ from celery import Celery
 from buffer import metrics as buffer_metrics
 from buffer.buffer import Buffer
 from buffer.keys import ShardKeys
+from mollifier_project.celery import SEND_TIMEOUT_S, BoundedSender
 from runs import kick
 from runs.models import TaskRun
 from runs.tenants import ensure_tenant, issue_api_key
@@ -24,6 +28,7 @@ from tests.drainer.processes import wait_until
 from tests.drainer.test_processes import BASE_SETTINGS, assert_one_live_row_each, park
 from tests.drainer.test_processes import start_cluster as start_cluster  # the process tests' fixture
 from tests.factories import EnvironmentFactory, SnapshotFactory
+from tests.redis_servers import redis_server
 
 TRIGGER = "/api/v1/tasks/hello/trigger"
 KICK_SETTINGS = {"SHARDS": 1, "ENABLED": True, "TRIP_THRESHOLD": 0, "DRAIN_KICK": True}
@@ -67,7 +72,7 @@ def kick_via(monkeypatch):
     """Send this process's kicks through ``cluster``'s broker (a real Celery app, the subprocesses' broker)."""
 
     def use(cluster) -> None:
-        monkeypatch.setattr(kick, "app", cluster.sender)
+        monkeypatch.setattr(kick, "sender", BoundedSender(cluster.sender))
 
     return use
 
@@ -132,7 +137,7 @@ def test_a_storm_into_a_busy_shard_kicks_once_and_its_tasks_keep_draining_withou
 def test_kicks_off_send_nothing_and_set_no_mark(key_prefix, mollifier_settings, client, tenant, monkeypatch):
     mollifier_settings(**BASE_SETTINGS, **{**KICK_SETTINGS, "DRAIN_KICK": False})
     dead = Celery("no-broker", broker="redis://127.0.0.1:1/0", set_as_current=False)
-    monkeypatch.setattr(kick, "app", dead)  # any send would be counted as failed
+    monkeypatch.setattr(kick, "sender", BoundedSender(dead))  # any send would be counted as failed
     (_, secret) = tenant
     before = kicks() + kicks("failed")
     trigger(client, secret)
@@ -146,7 +151,7 @@ def test_a_kick_the_broker_refuses_never_fails_the_trigger_and_leaves_the_shard_
 ):
     mollifier_settings(**BASE_SETTINGS, **KICK_SETTINGS)
     dead = Celery("no-broker", broker="redis://127.0.0.1:1/0", set_as_current=False)  # nothing listens on port 1
-    monkeypatch.setattr(kick, "app", dead)
+    monkeypatch.setattr(kick, "sender", BoundedSender(dead))
     (t, secret) = tenant
     failed = kicks("failed")
     run_id = trigger(client, secret)
@@ -155,6 +160,46 @@ def test_a_kick_the_broker_refuses_never_fails_the_trigger_and_leaves_the_shard_
     assert kicks("failed") - failed == 1
     assert mark(buffer) is None  # dropped: the next tick sends the shard (claim_sends), not the mark's lapse
     assert buffer.claim_sends([0], ttl_ms=1000) == [0]
+
+
+# The kick's bounded wait plus a loaded 2-core box's own work for one trigger. Before the bound, Celery's pooled
+# connection waited on the hung broker with no socket timeout: the request never came back by itself.
+KICKING_TRIGGER_BOUND_S = SEND_TIMEOUT_S + 2.0
+QUIET_TRIGGER_BOUND_S = 0.5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_hung_broker_costs_one_kicking_trigger_a_second_and_the_next_ones_nothing(
+    key_prefix, mollifier_settings, client, tenant, monkeypatch, tmp_path
+):
+    mollifier_settings(**BASE_SETTINGS, **KICK_SETTINGS)
+    (t, secret) = tenant
+    buffer = Buffer.from_settings()
+    with redis_server(tmp_path / "broker") as server:
+        broker = Celery("hung-broker", broker=server.url, set_as_current=False)
+        monkeypatch.setattr(kick, "sender", BoundedSender(broker, quiet_s=kick.QUIET_AFTER_FAILURE_S))
+        sent, failed, skipped = kicks(), kicks("failed"), kicks("skipped")
+        trigger(client, secret)  # healthy: the kick's connection is open, as in the field
+        assert kicks() - sent == 1
+        buffer.clear_send(0)  # the shard is idle again (as after its task ran): the next accept kicks
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            hung_run = trigger(client, secret)
+            hung_s = time.monotonic() - started
+            started = time.monotonic()
+            quiet_run = trigger(client, secret)
+            quiet_s = time.monotonic() - started
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+    print(f"\nhung-broker kick: kicking trigger {hung_s:.3f} s, the next one {quiet_s:.3f} s")
+    assert hung_s < KICKING_TRIGGER_BOUND_S, hung_s
+    assert kicks("failed") - failed == 1
+    assert quiet_s < QUIET_TRIGGER_BOUND_S, quiet_s
+    assert kicks("skipped") - skipped == 1  # not tried: no second wait on the hung broker
+    for run_id in (hung_run, quiet_run):
+        assert buffer.get(run_id, org_id=t.org.id) is not None  # answered 200 and parked
+    assert mark(buffer) is None  # dropped: the tick, not the mark's lapse, sends the shard
 
 
 # ------------------------------------------------------------------------------------------- safety net
@@ -197,6 +242,46 @@ def test_a_worker_killed_draining_a_kicked_shard_is_recovered_by_the_tick(start_
         lambda: all(e is not None and e.status == "ACKED" for e in entries()), timeout=60, what="every entry acked"
     )
     assert_one_live_row_each(ids)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_while_busy_loses_no_kick_it_had_not_started(start_cluster, kick_via, client, tenant):
+    """A kick sent while the only worker process drains another shard waits in the broker, not in that worker:
+    a prefork worker that prefetched it (Celery's default: the main process reserves one more message per
+    process while the child runs one) took it to its grave, and the shard's mark kept every tick away for the
+    mark's life (the kick's broker expiry, 30 s here). Without prefetch the next worker takes it at once."""
+    # A 3 s budget over 10-entry rounds keeps shard A's task running while the kick arrives.
+    cluster, buffer = start_cluster(
+        **{**KICK_SETTINGS, "SHARDS": 2}, DRAIN_INTERVAL_S=0.2, DRAIN_TIME_BUDGET_MS=3000, LEASE_MS=10_000,
+        ROUND_BUDGET=10,
+    )  # fmt: skip
+    kick_via(cluster)
+    (t, secret) = tenant
+    kicked = buffer.shard_for(t.org.id)
+    other = next(e for e in (EnvironmentFactory() for _ in range(50)) if buffer.shard_for(e.org_id) != kicked)
+    park(buffer, [SnapshotFactory(env=other) for _ in range(3000)])  # shard A: seconds of 10-entry rounds
+    busy = cluster.start_worker("busy", pool="prefork")  # the Procfile's pool; no beat yet
+    cluster.wait_ready(busy)
+    cluster.send_drain(1 - kicked)
+    wait_until(lambda: buffer._client.exists(buffer.keys(1 - kicked).drain_lock), timeout=30, what="A's drain")
+
+    run_id = trigger(client, secret)  # shard B idle: its kick goes to the broker while A drains
+    time.sleep(0.5)  # a prefetching worker takes the message within a few ms
+    waiting = waiting_drain_tasks(cluster)
+    assert buffer._client.exists(buffer.keys(1 - kicked).drain_lock), "A's task ended before the kill"
+    busy.kill_group()  # the node goes: main process and child
+    killed_at = time.monotonic()
+    worker, beat = cluster.start_worker("w1"), cluster.start_beat()
+    cluster.wait_ready(worker, beat)
+    ready_s = time.monotonic() - killed_at
+    wait_until(TaskRun.objects.filter(id=run_id).exists, timeout=60, what="the kicked run's row")
+    row_s = time.monotonic() - killed_at
+    # Within a few ticks of the new worker being ready, not the mark's 30 s.
+    said = f"row {row_s:.1f} s after the kill, worker ready after {ready_s:.1f} s; in the broker at the kill: {waiting}"
+    assert row_s - ready_s < 5, said
+    assert waiting == [[kicked]], said  # the kick waited in the broker, not in the busy worker
+    assert_one_live_row_each([run_id])
 
 
 # ------------------------------------------------------------------------------------------- successors

@@ -14,6 +14,9 @@ Environment (set by ``tests.drainer.processes``):
 - ``DRAINTEST_CRASH=after_commit``: SIGKILL this process on its first ``run_created``. The engine sends
   that signal after the drain's transaction committed and before the drain acks: the crash lands
   exactly between commit and ack.
+- ``DRAINTEST_SESSION=1``: each task's event also carries the Postgres session it wrote through —
+  ``session_at_start`` (backend pid and timeouts before the task's first statement, read when the task
+  starts) and ``session`` (the same, read once inside the drain, at its first ``run_created``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import redis
 from celery import signals as celery_signals
+from django.db import connection
 
 from drainer.beat import EPOCH_HEADER
 from mollifier_project.celery import app
@@ -40,6 +44,7 @@ app.conf.broker_transport_options = {
 NAME = os.environ.get("DRAINTEST_NAME", "worker")
 EVENTS = os.environ["DRAINTEST_EVENTS"]
 CRASH = os.environ.get("DRAINTEST_CRASH", "")
+SESSION = os.environ.get("DRAINTEST_SESSION", "") == "1"
 
 _client: redis.Redis | None = None
 _task: dict[str, Any] = {}
@@ -74,6 +79,19 @@ def _started(task: Any = None, args: Any = None, **kwargs: Any) -> None:
         task=task.name, shard=args[0] if args else None, started=time.time(), created=[],
         epoch=getattr(task.request, EPOCH_HEADER, None),
     )  # fmt: skip
+    if SESSION:
+        _task["session_at_start"] = _session()
+
+
+def _session() -> dict[str, Any]:
+    """This process's Postgres session: its backend pid and the drain's three timeouts as they stand."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT pg_backend_pid(), current_setting('statement_timeout'), current_setting('lock_timeout'),"
+            " current_setting('idle_in_transaction_session_timeout')"
+        )
+        pid, statement, lock, idle = cur.fetchone()
+    return {"pid": pid, "statement_timeout": statement, "lock_timeout": lock, "idle_timeout": idle}
 
 
 @celery_signals.task_postrun.connect
@@ -84,6 +102,8 @@ def _finished(retval: Any = None, **kwargs: Any) -> None:
 def _created(sender: Any, run_id: str, **kwargs: Any) -> None:
     if CRASH == "after_commit":
         os.kill(os.getpid(), signal.SIGKILL)
+    if SESSION and "session" not in _task:
+        _task["session"] = _session()
     _task.setdefault("created", []).append(run_id)
 
 
