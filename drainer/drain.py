@@ -71,7 +71,7 @@ from drainer import fairness, metrics, telemetry
 from drainer.limits import DrainLimits
 from drainer.report import Report
 from mollifier_project.clock import from_ms, now_ms
-from runs import engine, overrides
+from runs import engine, overrides, request_keys
 from runs.db_errors import Failure, classify, lock_timed_out, timed_out
 from runs.snapshot import Snapshot, SnapshotError, from_snapshot
 
@@ -385,9 +385,11 @@ def materialise(
     state = _Round(buffer, shard, limits, now_ms, Report(leased=len(entries)))
     state.pending = {e.run_id: e for e in entries}
     keyed: dict[str, Snapshot] = {}  # runs with an idempotency key: the ack cuts their claims
+    parsed: list[tuple[Entry, Snapshot]] = []
     normal: list[tuple[Entry, Snapshot]] = []
     cancelled: list[tuple[Entry, Snapshot]] = []
     failed: list[_Failed] = []
+    duplicates: set[str] = set()
     for entry in entries:
         try:
             snapshot = _parse(entry)
@@ -399,17 +401,22 @@ def materialise(
             continue
         if snapshot.idempotency_key:
             keyed[entry.run_id] = snapshot
-        if fail_with is not None:  # an operator's "fail": a SYSTEM_FAILURE row whatever the entry holds
-            failed.append((entry, snapshot, fail_with))
-        elif entry.cancelled_at_ms is not None:
-            cancelled.append((entry, snapshot))
-        elif entry.attempts >= limits.max_attempts:
-            failed.append(
-                (entry, snapshot, f"gave up after {entry.attempts} attempts: {entry.last_error or 'lease expired'}")
-            )
-        else:
-            normal.append((entry, snapshot))
+        parsed.append((entry, snapshot))
     try:
+        duplicates = _superseded(state, parsed)
+        for entry, snapshot in parsed:
+            if entry.run_id in duplicates:
+                continue
+            if fail_with is not None:  # an operator's "fail": a SYSTEM_FAILURE row whatever the entry holds
+                failed.append((entry, snapshot, fail_with))
+            elif entry.cancelled_at_ms is not None:
+                cancelled.append((entry, snapshot))
+            elif entry.attempts >= limits.max_attempts:
+                failed.append(
+                    (entry, snapshot, f"gave up after {entry.attempts} attempts: {entry.last_error or 'lease expired'}")
+                )
+            else:
+                normal.append((entry, snapshot))
         failed.extend(_materialise_normal(state, normal))
         for entry, snapshot in _cancelled_in_bulk(state, cancelled):
             _guarded(state, entry, snapshot, failed, functools.partial(_cancelled_row, state, entry, snapshot))
@@ -430,12 +437,45 @@ def materialise(
                 if run in keyed
             ]
             acked = buffer.ack(shard, state.acks, now_ms=now_ms, grace_ms=limits.ack_grace_ms, claims=claims)
-            resolved = {entry.run_id for entry, _ in cancelled}  # their rows are CANCELED already
+            # CANCELED rows already; a duplicate has no row (its late mutations are dropped: _superseded)
+            resolved = {entry.run_id for entry, _ in cancelled} | duplicates
             _cancel_late([flag for flag in acked.cancelled if flag[0] not in resolved])
-            _tag_late(acked.tagged, {e.run_id: e for e in entries}, now_ms=now_ms)
+            _tag_late(
+                [t for t in acked.tagged if t[0] not in duplicates], {e.run_id: e for e in entries}, now_ms=now_ms
+            )
     # Telemetry only (counters, dwell, drain rate, per-env log lines); never changes the round's result.
     telemetry.record_round(buffer, shard=shard, report=state.report, entries=entries, acked=state.acks, now_ms=now_ms)
     return state.report
+
+
+def _superseded(state: _Round, parsed: list[tuple[Entry, Snapshot]]) -> set[str]:
+    """Ack as duplicates, without a row, the round's keyed runs that a fail-open retry superseded: a trigger
+    whose script ran but whose reply was lost (its web noted it: ``runs.request_keys.note_ambiguous``), then
+    retried and written directly while its web could not reach Redis (docs/architecture.md#request-keys-across-an-outage).
+    The client holds the retry's run; this entry's id never reached it, so mutations made on it meanwhile are
+    dropped (logged). Returns their ids. One read per round (``EXISTS``, 0.1 ms) while no attempt was noted
+    within ``REQUEST_KEY_TTL_S``; no write."""
+    if not parsed:
+        return set()
+    try:
+        held = request_keys.superseded([e.run_id for e, _ in parsed], ttl_s=state.limits.request_key_ttl_s)
+    except Exception as exc:
+        if classify(exc) is Failure.OUTAGE:
+            raise _Outage from exc
+        # Anything else must not stall the shard: the round is written as before this check existed.
+        log.exception("could not look up the superseded attempts of a round of shard %s", state.shard)
+        return set()
+    entries = {e.run_id: e for e, _ in parsed}
+    for run_id, holder in held.items():
+        entry = entries[run_id]
+        mutated = entry.cancelled_at_ms is not None or bool(entry.extra_tags)
+        log.warning(
+            "run %s is a duplicate of run %s (one request key): acked without a row%s", run_id, holder,
+            "; its buffered cancel or tags are dropped" if mutated else "", extra={**_ids(entry), "holder": holder},
+        )  # fmt: skip
+        state.report.duplicate += 1
+        state.ack(entry)
+    return set(held)
 
 
 def _tag_late(tagged: list[tuple[str, list[str]]], leased: dict[str, Entry], *, now_ms: int) -> None:

@@ -19,6 +19,7 @@ class DrainLimits:
     max_attempts: int  # MAX_ATTEMPTS: then a SYSTEM_FAILURE row
     ack_grace_ms: int  # ACK_GRACE_S in ms: how long an acked entry stays readable
     lease_ahead: bool = False  # DRAIN_LEASE_AHEAD: lease the next round while this one commits
+    request_key_ttl_s: int = 600  # REQUEST_KEY_TTL_S: how long a request key names one run
 
     @classmethod
     def from_settings(cls, cfg: MollifierSettings) -> DrainLimits:
@@ -31,4 +32,5 @@ class DrainLimits:
             max_attempts=cfg.MAX_ATTEMPTS,
             ack_grace_ms=cfg.ACK_GRACE_S * 1000,
             lease_ahead=cfg.DRAIN_LEASE_AHEAD,
+            request_key_ttl_s=cfg.REQUEST_KEY_TTL_S,
         )

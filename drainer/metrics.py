@@ -13,12 +13,12 @@ from prometheus_client import Counter, Histogram
 
 DRAINED = Counter(
     "mollifier_drained_total",
-    "Leased entries by drain outcome (created | existed | cancelled | failed | dead | requeued | released).",
+    "Leased entries by drain outcome (created | existed | cancelled | failed | duplicate | dead | requeued | released).",
     ["outcome"],
 )
 # The outcomes by which an entry leaves the buffer, exported at 0 from the first scrape (the balance rule in
 # ops/prometheus reads them; see buffer.metrics.ACCEPTED).
-LEFT_BUFFER_OUTCOMES = ("created", "existed", "cancelled", "failed")
+LEFT_BUFFER_OUTCOMES = ("created", "existed", "cancelled", "failed", "duplicate")
 for _outcome in (*LEFT_BUFFER_OUTCOMES, "dead"):
     DRAINED.labels(outcome=_outcome)
 

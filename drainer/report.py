@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The per-entry outcome counts of a round, in the order telemetry and logs show them.
-OUTCOMES = ("created", "existed", "cancelled", "failed", "dead", "requeued", "released")
+# ``duplicate``: an entry acked without a row, its request key held by another run (docs/architecture.md#request-keys-across-an-outage).
+OUTCOMES = ("created", "existed", "cancelled", "failed", "duplicate", "dead", "requeued", "released")
 MAX_DEAD_REASONS = 10  # a shard task's report stays small however many entries a storm dead-letters
 
 
@@ -18,6 +19,7 @@ class Report:
     existed: int = 0
     cancelled: int = 0
     failed: int = 0
+    duplicate: int = 0
     dead: int = 0
     requeued: int = 0
     released: int = 0

@@ -270,6 +270,31 @@ class RequestKey(models.Model):
         return f"{self.key} → {self.run_id}"
 
 
+class AmbiguousAttempt(models.Model):
+    """A keyed trigger whose script call failed in a way that may have run it (a timeout or a reset after the
+    command was sent, not an open breaker): run ``run_id`` may be in the buffer holding the request key, its
+    answer lost (docs/architecture.md#request-keys-across-an-outage). Written by the web only then, best effort.
+    A fail-open retry of the key answers the attempt if the drain wrote it, else sets ``superseded_by`` to its
+    own run in its transaction, and the drain acks a superseded attempt without a row. Rows are pruned after
+    ``REQUEST_KEY_TTL_S``, as many as each new one."""
+
+    env = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    task_identifier = models.CharField(max_length=128)
+    key = models.CharField(max_length=MAX_REQUEST_KEY_LENGTH)
+    run_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+    superseded_by = models.CharField(max_length=64, null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["env", "task_identifier", "key"], name="ambiguous_attempt_key"),
+            models.Index(fields=["created_at"], name="ambiguous_attempt_created_at"),  # expiry
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ?→ {self.run_id}"
+
+
 class BatchItem(models.Model):
     """Which run each index of a batch became. Unique per (batch, index): the SDK may resend the whole
     item stream, and a resent index must not make a second run."""

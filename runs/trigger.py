@@ -41,6 +41,7 @@ from typing import Any
 from django.db import DatabaseError, transaction
 
 from buffer import gate
+from buffer.breaker import BreakerOpen
 from buffer.buffer import Buffer, BufferUnavailable, NotReplicated
 from buffer.values import AcceptStatus, ClaimKind, EntryStatus, GateArgs, IdemRef, TriggerStatus
 from mollifier_project.clock import from_ms, to_ms
@@ -405,6 +406,7 @@ def _trigger(
     except BufferUnavailable as exc:  # Redis is unreachable: fail open
         unrecorded = None if req_ours else request_key
         if unrecorded:
+            _note_ambiguous(env, s, unrecorded, exc, cfg=cfg)
             _check_fallback(buffer, env, cfg)  # or 503: the key cannot be recorded safely yet
         log.warning("buffer unavailable, failing open: %r", exc, extra={"env_id": env.env_id, "org_id": env.org_id})
         gate.count_fail_open()
@@ -442,7 +444,15 @@ def _take_over(
     key's live run (``isCached``) — or None, to ask the script again: the key is then this call's (taken over
     from a run that exists nowhere, or from a failed or expired one whose row gives the key up), or another
     trigger took it over first and the script says who. A young holder that exists nowhere is a trigger still
-    in flight: 409 (``_settled_state``)."""
+    in flight: 409 (``_settled_state``).
+
+    A request key whose buffered attempt a fail-open retry superseded still names that attempt in Redis, and the
+    drain acks it without a row: Postgres' holder (the retry's run), if it exists, is the run
+    (``request_keys.recorded``)."""
+    if kind == "req":
+        recorded = _recorded_holder(env, s, key, holder, cfg=cfg)
+        if recorded != holder and _holder_state(buffer, env, recorded) != "missing":
+            return recorded
     state = _settled_state(buffer, env, holder, now_ms=now_ms)
     if state == "live" or (state == "reusable" and kind == "req"):
         return holder
@@ -460,6 +470,19 @@ def _take_over(
     if taken is None:
         claims.hold(kind, key)
     return None
+
+
+def _recorded_holder(env: EnvContext, s: Snapshot, key: str, holder: str, *, cfg: MollifierSettings) -> str:
+    """The run Postgres records for the request key, if another than ``holder`` (Redis'); else ``holder``.
+    Asked only of a retried request (REQ_HELD). Postgres unreachable: Redis' answer stands."""
+    try:
+        recorded = request_keys.recorded(env.env_id, s.task_identifier, key, now=s.created_at,
+                                         ttl_s=cfg.REQUEST_KEY_TTL_S)  # fmt: skip
+    except DatabaseError as exc:
+        engine.discard_connection()
+        log.warning("request key not looked up in Postgres: %r", exc, extra={"env_id": env.env_id})
+        return holder
+    return recorded or holder
 
 
 # (key prefix, env) whose last trigger in this process the gate mollified: a hint for the order of two checks,
@@ -545,6 +568,21 @@ def _restore_request_keys(
         log.warning("request keys not restored, Postgres unavailable: %r", exc, extra={"org_id": env.org_id})
         return 0
     return cfg.REQUEST_KEY_FENCE_MS if fenced else 0
+
+
+def _note_ambiguous(env: EnvContext, s: Snapshot, key: str, exc: Exception, *, cfg: MollifierSettings) -> None:
+    """A keyed script call failed after it may have been sent (a timeout, a reset; not an open breaker, which
+    sends nothing): run ``s.id`` may be in the buffer holding ``key``, its answer lost. Note it in Postgres so a
+    fail-open retry of the key makes one run with it (``request_keys.note_ambiguous``). Best effort: Postgres
+    failing too is logged; the request goes on as before."""
+    if isinstance(exc, BreakerOpen):
+        return
+    try:
+        request_keys.note_ambiguous(env.env_id, s.task_identifier, key, run_id=s.id, now=s.created_at,
+                                    ttl_s=cfg.REQUEST_KEY_TTL_S)  # fmt: skip
+    except DatabaseError as exc2:
+        engine.discard_connection()
+        log.warning("ambiguous keyed trigger not noted in Postgres: %r", exc2, extra={"env_id": env.env_id})
 
 
 def _check_fallback(buffer: Buffer, env: EnvContext, cfg: MollifierSettings) -> None:
@@ -660,7 +698,10 @@ def _write(
         if request_key is None:
             return _insert(s)
         with transaction.atomic():
-            holder = request_keys.record(env.env_id, s.task_identifier, request_key, run_id=s.id, now=s.created_at)
+            holder = request_keys.record(
+                env.env_id, s.task_identifier, request_key, run_id=s.id, now=s.created_at,
+                ttl_s=cfg.REQUEST_KEY_TTL_S,
+            )  # fmt: skip
             if holder is not None:
                 return Triggered(holder, False, "replayed")
             answer = _insert(s)
